@@ -1,0 +1,190 @@
+"""Checkpoints as safetensors with JSON metadata; atomic writes; nothing is ever unpickled.
+
+Two kinds of file:
+- a *model* file (``model.safetensors``): weights plus metadata (arch, width, classes, config, step),
+  the thing users pass to ``evaluate`` or ``adapt``; a readable ``model.json`` sidecar is written beside it.
+- a *training state* file (``checkpoints/step_XXXXXXX.safetensors``): weights, optimizer tensors and RNG
+  state in one file, so that one atomic rename makes a consistent resume point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from segadapt.errors import CheckpointError
+
+META_KEY = "segadapt"
+MODEL_FILE = "model.safetensors"
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temp path in the same directory; rename it onto `path` only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def _save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
+
+
+def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint; pass a run directory or a .safetensors file")
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e}); re-export the weights") from None
+    meta = json.loads(raw) if raw else {}
+    return tensors, meta
+
+
+# --- model files ------------------------------------------------------------------------------------
+
+def save_model(path: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
+    """Weights + metadata in one safetensors file, and a human-readable JSON sidecar."""
+    _save(path, model.state_dict(), meta)
+    write_json_atomic(path.with_suffix(".json"), meta)
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """Accept a run directory (uses its model.safetensors) or a file."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / MODEL_FILE
+    if not p.is_file():
+        raise CheckpointError(f"{path}: no model found; pass a run directory holding {MODEL_FILE}, or the file")
+    return p
+
+
+def load_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    p = resolve_model_path(path)
+    tensors, meta = _load(p)
+    if "arch" not in meta:
+        raise CheckpointError(f"{p}: safetensors file has no segadapt metadata; it was not written by segadapt")
+    return tensors, meta
+
+
+def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path | str) -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+            "check --arch/--width/--num-classes match the checkpoint"
+        )
+    for k, v in tensors.items():
+        if own[k].shape != v.shape:
+            raise CheckpointError(
+                f"{source}: {k} has shape {tuple(v.shape)} but the model expects {tuple(own[k].shape)}; "
+                "check --width/--num-classes match the checkpoint"
+            )
+    model.load_state_dict(tensors)
+
+
+# --- training state ---------------------------------------------------------------------------------
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for idx, slots in state["state"].items():
+        for name, value in slots.items():
+            key = f"optim.{idx}.{name}"
+            if isinstance(value, torch.Tensor):
+                tensors[key] = value
+            else:
+                scalars[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    items = [(k, v) for k, v in tensors.items() if k.startswith("optim.")]
+    items += list(info["scalars"].items())
+    for key, value in items:
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": info["param_groups"]}
+
+
+def save_training_state(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    meta: dict[str, Any],
+) -> None:
+    """Everything needed to continue exactly: weights, optimizer slots, step, and RNG state."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt_tensors, opt_info = _flatten_optimizer(optimizer.state_dict())
+    tensors.update(opt_tensors)
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    _save(path, tensors, {**meta, "step": step, "optimizer": opt_info})
+
+
+def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore weights, optimizer and RNG in place; returns the metadata (with ``step``)."""
+    tensors, meta = _load(path)
+    if "optimizer" not in meta:
+        raise CheckpointError(f"{path}: not a segadapt training-state file; resume reads checkpoints/step_*")
+    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    load_weights(model, weights, path)
+    try:
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: optimizer state does not match this run ({e}); start a fresh run") from None
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+    return meta
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step_{step:07d}.safetensors"
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    files = sorted((run_dir / "checkpoints").glob("step_*.safetensors"))
+    return files[-1] if files else None
+
+
+def prune_checkpoints(run_dir: Path, keep: int = 2) -> None:
+    """Keep the newest `keep` resume points; older ones only cost disk."""
+    files = sorted((run_dir / "checkpoints").glob("step_*.safetensors"))
+    for f in files[:-keep]:
+        f.unlink(missing_ok=True)

@@ -1,0 +1,259 @@
+"""Typed run configuration: dataclasses, presets, TOML load/save and ``section.key=value`` overrides.
+
+Every run saves the resolved config as ``config.toml`` so it can be reproduced with ``--config``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from segadapt.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "vgg16_deeplab"
+    width: float = 1.0  # channel multiplier: 1.0 is the paper's VGG-16, 0.25 is CPU-sized
+    num_classes: int = 0  # 0 = take it from the dataset
+    init_weights: str = ""  # torchvision-format VGG-16 state dict (ImageNet init), optional
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"  # synthetic | camvid | voc | folder
+    root: str = ""  # dataset root (unused for synthetic)
+    train_split: str = "train"
+    val_split: str = "val"
+    # Images are first resized so their shorter side is `base_size` (0 = keep as stored); this is how
+    # CamVid is brought to 240x320 on CPU. Training then applies random scale, crop and flip.
+    base_size: int = 0
+    crop_size: list[int] = field(default_factory=lambda: [321, 321])  # [height, width]
+    scale_min: float = 0.5
+    scale_max: float = 1.5
+    hflip: bool = True
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    num_workers: int = 0
+    # synthetic dataset: generated on the fly, deterministic by seed
+    synthetic_size: list[int] = field(default_factory=lambda: [96, 128])  # [height, width]
+    synthetic_train: int = 2000
+    synthetic_val: int = 200
+    synthetic_seed: int = 0
+    # folder dataset: <root>/<split>/images and <root>/<split>/masks, matched by file stem
+    num_classes: int = 0
+    ignore_index: int = 255
+    class_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 20000
+    batch_size: int = 10
+    lr: float = 2.5e-4
+    head_lr_mult: float = 10.0  # DeepLab trains the freshly initialised classifier 10x faster
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    seed: int = 0
+    eval_every: int = 0  # 0 = only at the end
+    checkpoint_every: int = 1000
+    log_every: int = 20
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch intra-op threads on CPU; 0 = torch default
+    deterministic: bool = False
+    time_budget_s: float = 0.0  # stop early after this many seconds (0 = no limit); for CPU benchmarks
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    out_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# --- presets ---------------------------------------------------------------------------------------
+
+def _preset_voc() -> RunConfig:
+    """The reference study: DeepLab VGG-16 on PASCAL VOC 2012 + SBD (10,582 train images)."""
+    cfg = RunConfig(name="voc")
+    cfg.data = DataConfig(dataset="voc", crop_size=[321, 321])
+    cfg.train = TrainConfig(iterations=20000, batch_size=10, lr=2.5e-4, momentum=0.9, poly_power=0.9)
+    cfg.model = ModelConfig(width=1.0)
+    return cfg
+
+
+def _preset_synthetic() -> RunConfig:
+    """CPU scale: width-0.25 VGG trained from scratch on the embedded synthetic scenes in minutes."""
+    cfg = RunConfig(name="synthetic")
+    cfg.model = ModelConfig(width=0.25)
+    cfg.data = DataConfig(dataset="synthetic", crop_size=[96, 128], scale_min=0.75, scale_max=1.25)
+    cfg.train = TrainConfig(
+        iterations=600, batch_size=8, lr=0.01, head_lr_mult=1.0, weight_decay=1e-4,
+        checkpoint_every=200, eval_every=0,
+    )
+    return cfg
+
+
+def _preset_camvid() -> RunConfig:
+    """CamVid at 240x320 on CPU (width 0.25), as in benchmarks/."""
+    cfg = RunConfig(name="camvid")
+    cfg.model = ModelConfig(width=0.25)
+    cfg.data = DataConfig(
+        dataset="camvid", root="../shared/data/camvid", base_size=240, crop_size=[240, 320],
+        scale_min=0.75, scale_max=1.25,
+    )
+    cfg.train = TrainConfig(iterations=2000, batch_size=8, lr=0.01, head_lr_mult=1.0, weight_decay=1e-4)
+    return cfg
+
+
+PRESETS = {"voc": _preset_voc, "synthetic": _preset_synthetic, "camvid": _preset_camvid}
+
+
+def preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+# --- dict / TOML conversion -----------------------------------------------------------------------
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check/convert a parsed TOML or CLI value against a dataclass field type."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (list, tuple):
+        (item_tp,) = typing.get_args(tp)[:1]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[]") for v in value]
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} does not match {tp}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}")
+    base = cls()
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return dataclasses.replace(base, **kwargs)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found; check the path given to --config") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e}); fix the syntax") from None
+
+
+def load_toml(path: str | Path, cls: type = RunConfig) -> Any:
+    return from_dict(cls, read_toml(path), str(path))
+
+
+def merge(cfg: Any, data: dict[str, Any], where: str = "config") -> Any:
+    """Return cfg with the keys in `data` (possibly nested tables) replaced."""
+    merged = to_dict(cfg)
+
+    def deep(dst: dict, src: dict) -> None:
+        for k, v in src.items():
+            if isinstance(v, dict) and isinstance(dst.get(k), dict):
+                deep(dst[k], v)
+            else:
+                dst[k] = v
+
+    deep(merged, data)
+    return from_dict(type(cfg), merged, where)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        escaped = v.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def dumps_toml(cfg: Any) -> str:
+    """TOML text for a dataclass tree (scalars first, then one table per nested dataclass)."""
+    lines: list[str] = []
+
+    def emit(d: dict[str, Any], prefix: str) -> None:
+        tables = {k: v for k, v in d.items() if isinstance(v, dict)}
+        for k, v in d.items():
+            if not isinstance(v, dict):
+                lines.append(f"{k} = {_toml_value(v)}")
+        for k, v in tables.items():
+            name = f"{prefix}{k}"
+            lines.append("")
+            lines.append(f"[{name}]")
+            emit(v, name + ".")
+
+    emit(to_dict(cfg), "")
+    return "\n".join(lines) + "\n"
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``train.lr=0.01`` -> {"train": {"lr": 0.01}}; the value is parsed as a TOML value, else a string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected section.key=value, e.g. train.lr=0.01")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out

@@ -1,0 +1,58 @@
+import pytest
+
+from segadapt.cli import build_parser, resolve_config
+from segadapt.config import RunConfig, dumps_toml, load_toml, merge, parse_override, preset
+from segadapt.errors import ConfigError
+
+
+def test_voc_preset_has_the_study_values():
+    cfg = preset("voc")
+    assert (cfg.train.lr, cfg.train.momentum, cfg.train.poly_power) == (2.5e-4, 0.9, 0.9)
+    assert (cfg.train.batch_size, cfg.train.iterations, cfg.model.width) == (10, 20000, 1.0)
+
+
+def test_toml_round_trip(tmp_path):
+    cfg = preset("camvid")
+    cfg.data.class_names = ['a "quoted" name', "b"]
+    path = tmp_path / "c.toml"
+    path.write_text(dumps_toml(cfg))
+    assert load_toml(path) == cfg
+
+
+def test_partial_toml_keeps_defaults(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\nlr = 0.1\n")
+    cfg = load_toml(path)
+    assert cfg.train.lr == 0.1 and cfg.train.momentum == RunConfig().train.momentum
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [("[train]\nlrr = 0.1\n", "unknown key.*lrr"), ("[train]\nlr = 'fast'\n", "train.lr"), ("[train\n", "not valid TOML")],
+)
+def test_bad_toml_names_file_and_key(tmp_path, text, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match) as e:
+        load_toml(path)
+    assert "bad.toml" in str(e.value)
+
+
+def test_overrides_and_precedence(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\nlr = 0.1\niterations = 5\n")
+    args = build_parser().parse_args(
+        ["train", "--preset", "voc", "--config", str(path), "--iterations", "7", "--set", "data.crop_size=[64, 80]"]
+    )
+    cfg = resolve_config(args)
+    assert cfg.train.lr == 0.1  # from file over preset
+    assert cfg.train.iterations == 7  # flag over file
+    assert cfg.data.crop_size == [64, 80]
+    assert cfg.data.dataset == "voc"
+
+
+def test_int_is_accepted_for_float_and_override_parsing():
+    assert merge(RunConfig(), parse_override("train.lr=1")).train.lr == 1.0
+    assert parse_override("data.root=some/path") == {"data": {"root": "some/path"}}
+    with pytest.raises(ConfigError):
+        parse_override("nonsense")
