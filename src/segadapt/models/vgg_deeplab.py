@@ -1,0 +1,144 @@
+"""VGG-16 DeepLab-LargeFOV (DeepLab v1), output stride 8, with named feature taps and early exit.
+
+Layout, as in the reference study:
+    conv1(2x64) pool1/2 | conv2(2x128) pool2/2 | conv3(3x256) pool3/2 | conv4(3x512) pool4/1 |
+    conv5(3x512, dilation 2) pool5/1 | fc6(3x3, 1024, dilation 12) | fc7(1x1, 1024) | classifier(1x1)
+pool4 and pool5 keep stride 1 so the logits are at 1/8 of the input; they are upsampled bilinearly.
+The taps pool1..pool5 are the post-pooling maps the study regresses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# (name, out channels, convs, dilation, pool stride)
+VGG_BLOCKS = (
+    ("1", 64, 2, 1, 2),
+    ("2", 128, 2, 1, 2),
+    ("3", 256, 3, 1, 2),
+    ("4", 512, 3, 1, 1),
+    ("5", 512, 3, 2, 1),
+)
+FC_CHANNELS = 1024
+
+
+def scaled(channels: int, width: float) -> int:
+    return max(4, int(round(channels * width)))
+
+
+def conv_block(cin: int, cout: int, n: int, dilation: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(n):
+        conv = nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=dilation, dilation=dilation)
+        layers += [conv, nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class VGGDeepLab(nn.Module):
+    TAPS = ("pool1", "pool2", "pool3", "pool4", "pool5", "fc6", "fc7", "logits")
+
+    def __init__(self, num_classes: int, width: float = 1.0, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.num_classes, self.width = num_classes, width
+        cin = 3
+        for name, ch, n, dilation, stride in VGG_BLOCKS:
+            cout = scaled(ch, width)
+            setattr(self, f"conv{name}", conv_block(cin, cout, n, dilation))
+            setattr(self, f"pool{name}", nn.MaxPool2d(3, stride=stride, padding=1))
+            cin = cout
+        fc = scaled(FC_CHANNELS, width)
+        self.fc6 = nn.Sequential(
+            nn.Conv2d(cin, fc, 3, padding=12, dilation=12), nn.ReLU(inplace=True), nn.Dropout(dropout)
+        )
+        self.fc7 = nn.Sequential(nn.Conv2d(fc, fc, 1), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.classifier = nn.Conv2d(fc, num_classes, 1)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.classifier.weight, std=0.01)
+
+    def stages(self) -> Iterator[tuple[str, nn.Module]]:
+        """(tap name or "", module) in execution order; a tap is the output of its named stage."""
+        for name, *_ in VGG_BLOCKS:
+            yield "", getattr(self, f"conv{name}")
+            yield f"pool{name}", getattr(self, f"pool{name}")
+        yield "fc6", self.fc6
+        yield "fc7", self.fc7
+        yield "logits", self.classifier
+
+    def _check(self, taps: Sequence[str]) -> int:
+        unknown = [t for t in taps if t not in self.TAPS]
+        if unknown or not taps:
+            raise ValueError(f"unknown tap(s) {unknown or list(taps)}; valid taps: {', '.join(self.TAPS)}")
+        return max(self.TAPS.index(t) for t in taps)
+
+    def features(self, x: torch.Tensor, taps: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The requested maps; computation stops after the deepest one, so nothing above it runs."""
+        deepest = self.TAPS[self._check(taps)]
+        out: dict[str, torch.Tensor] = {}
+        for tap, module in self.stages():
+            x = module(x)
+            if tap in taps:
+                out[tap] = x
+            if tap == deepest:
+                break
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.features(x, ["logits"])["logits"]
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def modules_up_to(self, tap: str) -> list[nn.Module]:
+        """Modules whose parameters influence `tap`: what adaptation may train when `tap` is the deepest."""
+        last = self._check([tap])
+        mods: list[nn.Module] = []
+        for name, module in self.stages():
+            mods.append(module)
+            if name and self.TAPS.index(name) == last:
+                break
+        return mods
+
+    def parameters_up_to(self, tap: str) -> list[nn.Parameter]:
+        return [p for m in self.modules_up_to(tap) for p in m.parameters()]
+
+    def parameters_above(self, tap: str) -> list[nn.Parameter]:
+        below = {id(p) for p in self.parameters_up_to(tap)}
+        return [p for p in self.parameters() if id(p) not in below]
+
+    def classifier_parameters(self) -> list[nn.Parameter]:
+        return list(self.classifier.parameters())
+
+
+class PixelNet(nn.Module):
+    """Per-pixel baseline of 1x1 convolutions: it sees colour only, no context.
+
+    It exists to show that a dataset needs spatial context: a good dataset makes it score clearly worse
+    than VGGDeepLab.
+    """
+
+    TAPS = ("logits",)
+
+    def __init__(self, num_classes: int, width: float = 1.0, hidden: int = 64) -> None:
+        super().__init__()
+        h = scaled(hidden, max(width, 1.0))
+        self.body = nn.Sequential(nn.Conv2d(3, h, 1), nn.ReLU(inplace=True), nn.Conv2d(h, h, 1), nn.ReLU(inplace=True))
+        self.classifier = nn.Conv2d(h, num_classes, 1)
+
+    def features(self, x: torch.Tensor, taps: Sequence[str]) -> dict[str, torch.Tensor]:
+        if list(taps) != ["logits"]:
+            raise ValueError(f"unknown tap(s) {list(taps)}; valid taps: logits")
+        return {"logits": self.classifier(self.body(x))}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x, ["logits"])["logits"]
+
+    def classifier_parameters(self) -> list[nn.Parameter]:
+        return list(self.classifier.parameters())
