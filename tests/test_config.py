@@ -28,7 +28,11 @@ def test_partial_toml_keeps_defaults(tmp_path):
 
 @pytest.mark.parametrize(
     "text, match",
-    [("[train]\nlrr = 0.1\n", "unknown key.*lrr"), ("[train]\nlr = 'fast'\n", "train.lr"), ("[train\n", "not valid TOML")],
+    [
+        ("[train]\nlrr = 0.1\n", "unknown key.*lrr"),
+        ("[train]\nlr = 'fast'\n", "train.lr"),
+        ("[train\n", "not valid TOML"),
+    ],
 )
 def test_bad_toml_names_file_and_key(tmp_path, text, match):
     path = tmp_path / "bad.toml"

@@ -104,7 +104,7 @@ def _preset_synthetic() -> RunConfig:
     cfg.model = ModelConfig(width=0.25)
     cfg.data = DataConfig(dataset="synthetic", crop_size=[96, 128], scale_min=0.75, scale_max=1.25)
     cfg.train = TrainConfig(
-        iterations=600, batch_size=8, lr=0.01, head_lr_mult=1.0, weight_decay=1e-4,
+        iterations=800, batch_size=8, lr=0.02, head_lr_mult=1.0, weight_decay=1e-4,
         checkpoint_every=200, eval_every=0,
     )
     return cfg

@@ -1,0 +1,17 @@
+"""Datasets: raw sources (synthetic, CamVid, VOC, folder), joint transforms, and the torch wrapper."""
+
+from segadapt.data.base import DatasetInfo, SegmentationDataset, SegmentationSource
+from segadapt.data.datasets import DATASETS, build_dataset, build_source, make_transform
+from segadapt.data.transforms import GeoParams, JointTransform
+
+__all__ = [
+    "DATASETS",
+    "DatasetInfo",
+    "GeoParams",
+    "JointTransform",
+    "SegmentationDataset",
+    "SegmentationSource",
+    "build_dataset",
+    "build_source",
+    "make_transform",
+]

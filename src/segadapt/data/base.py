@@ -1,0 +1,106 @@
+"""What every dataset provides, and the checked readers that turn bad files into one clear error line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from segadapt.errors import DataError
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    class_names: tuple[str, ...]
+    ignore_index: int
+    palette: tuple[tuple[int, int, int], ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+class SegmentationSource:
+    """Raw (image, mask) samples: uint8 HxWx3 RGB and int64 HxW. No augmentation here."""
+
+    info: DatasetInfo
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def stem(self, i: int) -> str:
+        """Name shared by the same scene in D1 and D2; pairs are matched on it."""
+        raise NotImplementedError
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def image_path(self, i: int) -> Path | None:
+        return None
+
+    def mask_path(self, i: int) -> Path | None:
+        return None
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """A source plus a joint transform, yielding (normalised float 3xHxW, int64 HxW) tensors."""
+
+    def __init__(self, source: SegmentationSource, transform) -> None:
+        self.source, self.transform, self.info = source, transform, source.info
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.source.load(i)
+        return self.transform(image, mask)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """RGB uint8; grey and RGBA files are converted, since cameras and scanners produce both."""
+    data = np.fromfile(path, np.uint8) if path.is_file() else None
+    if data is None:
+        raise DataError(f"{path}: image file not found; check the dataset root")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise DataError(f"{path}: unreadable or corrupt image; re-export it as JPEG/PNG or remove it")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Class-index mask as int64; palette PNGs give their indices, never their colours."""
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("RGB", "RGBA"):
+                raise DataError(
+                    f"{path}: mask is a {im.mode} colour image; masks must hold class indices "
+                    "(single-channel or palette PNG), convert the colours to indices first"
+                )
+            mask = np.array(im)
+    except FileNotFoundError:
+        raise DataError(f"{path}: mask file not found; every image needs a mask with the same stem") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DataError(f"{path}: unreadable or corrupt mask ({e}); re-export it as PNG") from None
+    if mask.ndim != 2:
+        raise DataError(f"{path}: mask has shape {mask.shape}; expected a single-channel index mask")
+    return mask.astype(np.int64)
+
+
+def check_pair(image: np.ndarray, mask: np.ndarray, info: DatasetInfo, image_path: Path, mask_path: Path) -> None:
+    if image.shape[:2] != mask.shape:
+        raise DataError(
+            f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but image {image_path.name} is "
+            f"{image.shape[1]}x{image.shape[0]}; masks must match their image's size"
+        )
+    values = np.unique(mask)
+    bad = values[((values < 0) | (values >= info.num_classes)) & (values != info.ignore_index)]
+    if bad.size:
+        raise DataError(
+            f"{mask_path}: label values {bad[:8].tolist()} outside 0..{info.num_classes - 1} and not the ignore "
+            f"index {info.ignore_index}; fix the mask or set data.num_classes/data.ignore_index"
+        )

@@ -1,0 +1,145 @@
+"""Labelled datasets on disk (CamVid, PASCAL VOC 2012 + SBD, a generic folder) and the builders.
+
+Pairing (every image has a mask) is checked when a dataset is opened; pixel contents are checked as each
+sample is read, so opening 10k images stays instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from segadapt.config import DataConfig
+from segadapt.data import palettes
+from segadapt.data.base import DatasetInfo, SegmentationDataset, SegmentationSource, check_pair, read_image, read_mask
+from segadapt.data.transforms import JointTransform
+from segadapt.errors import ConfigError, DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+CAMVID_CLASSES = ("sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car",
+                  "pedestrian", "bicyclist")
+VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+               "tvmonitor")
+
+
+class FileSource(SegmentationSource):
+    """Samples given as (stem, image path, mask path) triples."""
+
+    def __init__(self, info: DatasetInfo, items: list[tuple[str, Path, Path]]) -> None:
+        self.info, self.items = info, items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def stem(self, i: int) -> str:
+        return self.items[i][0]
+
+    def image_path(self, i: int) -> Path:
+        return self.items[i][1]
+
+    def mask_path(self, i: int) -> Path:
+        return self.items[i][2]
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        _, ip, mp = self.items[i]
+        image, mask = read_image(ip), read_mask(mp)
+        check_pair(image, mask, self.info, ip, mp)
+        return image, mask
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise DataError(f"{path}: {what} directory not found; check data.root and the split name")
+    return path
+
+
+def pair_by_stem(image_dir: Path, mask_dir: Path) -> list[tuple[str, Path, Path]]:
+    """Match images to masks by file stem; an image without a mask is an error, not a silent skip."""
+    images = sorted(p for p in _require_dir(image_dir, "image").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise DataError(f"{image_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+    masks = {p.stem: p for p in _require_dir(mask_dir, "mask").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    items = []
+    for img in images:
+        if img.stem not in masks:
+            raise DataError(f"{img}: image has no mask; expected {mask_dir / (img.stem + '.png')}")
+        items.append((img.stem, img, masks[img.stem]))
+    return items
+
+
+def camvid(root: Path, split: str) -> FileSource:
+    info = DatasetInfo("camvid", CAMVID_CLASSES, 11, palettes.CAMVID)
+    return FileSource(info, pair_by_stem(root / split / "images", root / split / "labels"))
+
+
+def voc(root: Path, split: str) -> FileSource:
+    """VOC2012 layout; masks from SegmentationClassAug (SBD, 10,582 train_aug images) when present."""
+    info = DatasetInfo("voc", VOC_CLASSES, 255, palettes.voc(21))
+    mask_dir = root / "SegmentationClassAug"
+    if not mask_dir.is_dir():
+        mask_dir = root / "SegmentationClass"
+    lists = [root / "ImageSets" / "Segmentation" / f"{split}.txt", root / f"{split}.txt"]
+    listing = next((p for p in lists if p.is_file()), None)
+    if listing is None:
+        raise DataError(f"{lists[0]}: split list not found; splits are ImageSets/Segmentation/<split>.txt")
+    items = []
+    for line in listing.read_text().split("\n"):
+        name = line.strip().split()[0] if line.strip() else ""
+        if not name:
+            continue
+        name = Path(name).stem  # SBD lists may hold paths
+        image, mask = root / "JPEGImages" / f"{name}.jpg", mask_dir / f"{name}.png"
+        if not image.is_file():
+            raise DataError(f"{image}: listed in {listing.name} but missing; check data.root")
+        if not mask.is_file():
+            raise DataError(f"{image}: image has no mask; expected {mask}")
+        items.append((name, image, mask))
+    if not items:
+        raise DataError(f"{listing}: split list is empty")
+    return FileSource(info, items)
+
+
+def folder(root: Path, split: str, cfg: DataConfig) -> FileSource:
+    if cfg.num_classes <= 0:
+        raise DataError(f"{root}: folder datasets need the class count; pass --set data.num_classes=N")
+    names = tuple(cfg.class_names) or tuple(f"class_{i}" for i in range(cfg.num_classes))
+    if len(names) != cfg.num_classes:
+        raise ConfigError(f"data.class_names has {len(names)} names but data.num_classes is {cfg.num_classes}")
+    info = DatasetInfo(root.name or "folder", names, cfg.ignore_index, palettes.generic(cfg.num_classes))
+    return FileSource(info, pair_by_stem(root / split / "images", root / split / "masks"))
+
+
+DATASETS = ("synthetic", "camvid", "voc", "folder")
+
+
+def build_source(cfg: DataConfig, split: str) -> SegmentationSource:
+    if cfg.dataset == "synthetic":
+        from segadapt.data.synthetic import SyntheticScenes
+
+        n = cfg.synthetic_train if split == cfg.train_split else cfg.synthetic_val
+        return SyntheticScenes(n, (cfg.synthetic_size[0], cfg.synthetic_size[1]), cfg.synthetic_seed, split)
+    if cfg.dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
+    if not cfg.root:
+        raise ConfigError(f"dataset {cfg.dataset} needs a root directory; pass --root DIR")
+    root = _require_dir(Path(cfg.root), "dataset root")
+    if cfg.dataset == "camvid":
+        return camvid(root, split)
+    if cfg.dataset == "voc":
+        return voc(root, split)
+    return folder(root, split, cfg)
+
+
+def make_transform(cfg: DataConfig, train: bool, ignore_index: int) -> JointTransform:
+    return JointTransform(
+        train=train, crop_size=cfg.crop_size, scale_range=(cfg.scale_min, cfg.scale_max), hflip=cfg.hflip,
+        base_size=cfg.base_size, mean=cfg.mean, std=cfg.std, ignore_index=ignore_index,
+    )
+
+
+def build_dataset(cfg: DataConfig, split: str, train: bool) -> SegmentationDataset:
+    """train=True: random scale/crop/flip; train=False: full images (after the base-size resize)."""
+    source = build_source(cfg, split)
+    return SegmentationDataset(source, make_transform(cfg, train, source.info.ignore_index))

@@ -1,0 +1,236 @@
+"""Procedural road scenes: the embedded default dataset, generated on the fly and deterministic by seed.
+
+Built so that colour alone is not enough: road, pavement, overcast sky and many facades share greys,
+cars take any colour (green ones look like trees), and every image gets its own exposure and colour cast.
+What tells the classes apart is what a segmentation network is for: texture (asphalt grain vs paving
+grid vs window grid vs foliage), shape (car, person, canopy) and layout (sky above buildings above the
+ground, road converging to a vanishing point, people on the pavement).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+from segadapt.data.base import DatasetInfo, SegmentationSource
+
+CLASSES = ("sky", "building", "road", "pavement", "tree", "car", "person")
+PALETTE = ((70, 130, 180), (128, 0, 0), (128, 64, 128), (60, 40, 222), (107, 142, 35), (64, 0, 128), (220, 20, 60))
+SKY, BUILDING, ROAD, PAVEMENT, TREE, CAR, PERSON = range(len(CLASSES))
+SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+BANK = 256  # side of the pre-computed noise textures that every sample crops from
+
+
+@lru_cache(maxsize=1)
+def _noise_bank() -> dict[str, np.ndarray]:
+    """Zero-mean, unit-std textures computed once per process; samples crop them at random offsets."""
+    rng = np.random.default_rng(12345)
+
+    def unit(a: np.ndarray) -> np.ndarray:
+        a = a - a.mean()
+        return (a / (a.std() + 1e-6)).astype(np.float32)
+
+    white = rng.standard_normal((BANK, BANK)).astype(np.float32)
+    return {
+        "fine": unit(cv2.GaussianBlur(white, (0, 0), 0.7)),
+        "blob": unit(cv2.GaussianBlur(rng.standard_normal((BANK, BANK)).astype(np.float32), (0, 0), 6)),
+        "leaf": unit(cv2.GaussianBlur(rng.standard_normal((BANK, BANK)).astype(np.float32), (0, 0), 1.3)),
+    }
+
+
+class SyntheticScenes(SegmentationSource):
+    def __init__(self, n: int, size: tuple[int, int] = (96, 128), seed: int = 0, split: str = "train") -> None:
+        self.n, self.size, self.seed, self.split = n, (int(size[0]), int(size[1])), seed, split
+        self.split_id = SPLIT_IDS.get(split, sum(split.encode()) + 3)
+        self.info = DatasetInfo("synthetic", CLASSES, 255, PALETTE)
+        # Rendering costs a few ms; epochs revisit samples, so keep them (about 50 KB each at 96x128).
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def stem(self, i: int) -> str:
+        return f"synthetic_{self.split}_{i:06d}"
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        if i not in self._cache:
+            rng = np.random.default_rng([self.seed, self.split_id, i])
+            image, label = render_scene(rng, *self.size)
+            self._cache[i] = (image, label.astype(np.uint8))
+        image, label = self._cache[i]
+        return image.copy(), label.astype(np.int64)
+
+
+# --- rendering -----------------------------------------------------------------------------------------
+
+class _Canvas:
+    """An image and its label map, painted back to front."""
+
+    def __init__(self, rng: np.random.Generator, h: int, w: int) -> None:
+        self.rng, self.h, self.w = rng, h, w
+        self.img = np.zeros((h, w, 3), np.float32)
+        self.label = np.zeros((h, w), np.int64)
+        self.bank = _noise_bank()
+
+    def texture(self, kind: str) -> np.ndarray:
+        y = int(self.rng.integers(0, BANK - self.h))
+        x = int(self.rng.integers(0, BANK - self.w))
+        return self.bank[kind][y : y + self.h, x : x + self.w]
+
+    def paint(self, mask: np.ndarray, cls: int, colour: np.ndarray) -> None:
+        """`colour` is (3,) or (h, w, 3); painted where mask is set."""
+        m = mask.astype(bool)
+        np.copyto(self.label, cls, where=m)
+        np.copyto(self.img, np.asarray(colour, np.float32), where=m[..., None])
+
+    def empty(self) -> np.ndarray:
+        return np.zeros((self.h, self.w), np.uint8)
+
+
+def _grey(rng: np.random.Generator, lo: float, hi: float, tint: float = 12.0) -> np.ndarray:
+    return rng.uniform(lo, hi) + rng.uniform(-tint, tint, 3)
+
+
+def _textured(c: _Canvas, base: np.ndarray, kind: str, amp: float) -> np.ndarray:
+    return base.astype(np.float32)[None, None, :] + np.float32(amp) * c.texture(kind)[..., None]
+
+
+def render_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    c = _Canvas(rng, h, w)
+    horizon = int(h * rng.uniform(0.35, 0.55))
+    ys = np.arange(h, dtype=np.float32)[:, None, None] / h
+    xs = np.arange(w, dtype=np.float32)[None, :]
+
+    # sky: blue gradient or overcast grey (the same greys as road and walls), with soft clouds
+    top = rng.uniform([60, 100, 170], [140, 170, 240]) if rng.random() < 0.6 else _grey(rng, 110, 200, 6)
+    bottom = top + rng.uniform(20, 60)
+    sky = top + (bottom - top) * ys + 18 * c.texture("blob")[..., None]
+    c.paint(np.ones((h, w), bool), SKY, sky)
+
+    # buildings: a row of facades standing on the horizon, gaps show sky; facades carry a window grid
+    x = int(rng.integers(-w // 8, w // 10))
+    while x < w:
+        bw = int(rng.uniform(0.15, 0.4) * w)
+        if rng.random() < 0.8:
+            top_y = int(rng.uniform(0.02, 0.75) * horizon)
+            m = c.empty()
+            m[top_y:horizon, max(x, 0) : x + bw] = 1
+            wall = _grey(rng, 90, 190, 25) if rng.random() < 0.6 else rng.uniform([120, 60, 40], [200, 150, 110])
+            face = _textured(c, wall, "fine", 6)
+            px, py = int(rng.integers(5, 10)), int(rng.integers(5, 10))
+            win_w, win_h = int(rng.integers(2, px - 1)), int(rng.integers(2, py - 1))
+            gx = ((xs - x) % px) < win_w
+            gy = ((np.arange(h)[:, None] - top_y) % py) < win_h
+            win = (gx & gy)[..., None]
+            win_colour = rng.uniform(20, 70, 3) if rng.random() < 0.6 else rng.uniform([120, 150, 170], [180, 210, 240])
+            face = np.where(win, win_colour[None, None, :], face)
+            c.paint(m, BUILDING, face)
+        x += bw + int(rng.integers(0, w // 6))
+
+    # ground: pavement everywhere below the horizon, then the road converging to a vanishing point
+    ground = c.empty()
+    ground[horizon:] = 1
+    pave = _grey(rng, 90, 180, 20)
+    tile = int(rng.integers(4, 8))
+    grid = ((np.arange(h)[:, None] % tile) == 0) | ((xs.astype(int) % tile) == 0)
+    pave_img = _textured(c, pave, "fine", 4) - 40 * grid[..., None]
+    c.paint(ground, PAVEMENT, pave_img)
+
+    vx = rng.uniform(0.3, 0.7) * w
+    half_bottom = rng.uniform(0.3, 0.55) * w
+    centre_bottom = vx + rng.uniform(-0.2, 0.2) * w
+    road_poly = np.array(
+        [[vx - 2, horizon], [vx + 2, horizon], [centre_bottom + half_bottom, h], [centre_bottom - half_bottom, h]],
+        np.int32,
+    )
+    road = c.empty()
+    cv2.fillPoly(road, [road_poly], 1)
+    asphalt = _grey(rng, 50, 150, 10)
+    road_img = _textured(c, asphalt, "fine", 14)
+    # dashed centre line, part of the road class
+    t = (np.arange(h)[:, None] - horizon) / max(h - horizon, 1)
+    centre_x = vx + (centre_bottom - vx) * t
+    dash = (np.abs(xs - centre_x) < 0.5 + 1.5 * t) & ((np.arange(h)[:, None] // 5) % 2 == 0)
+    road_img = np.where(dash[..., None], np.float32(230), road_img)
+    c.paint(road, ROAD, road_img)
+
+    # trees: clusters of foliage blobs on trunks, near the horizon, in front of buildings
+    for _ in range(int(rng.integers(0, 4))):
+        tx = rng.uniform(0, w)
+        base_y = horizon + rng.uniform(-0.02, 0.15) * h
+        size = rng.uniform(0.08, 0.18) * h
+        m = c.empty()
+        trunk_top = int(base_y - 1.2 * size)
+        m[trunk_top : int(base_y), int(tx - size * 0.12) : int(tx + size * 0.12) + 1] = 1
+        for _ in range(int(rng.integers(3, 6))):
+            cx = int(tx + rng.uniform(-1, 1) * size)
+            cy = int(trunk_top - rng.uniform(0, 1.2) * size)
+            ax = max(2, int(rng.uniform(0.6, 1.2) * size))
+            ay = max(2, int(rng.uniform(0.6, 1.2) * size))
+            cv2.ellipse(m, (cx, cy), (ax, ay), 0, 0, 360, 1, -1)
+        green = rng.random() < 0.75
+        leaf = rng.uniform([40, 80, 20], [120, 170, 70]) if green else rng.uniform([120, 90, 30], [190, 150, 60])
+        c.paint(m, TREE, _textured(c, leaf, "leaf", 32))
+
+    # people on the pavement, then cars on the road, far to near so near objects occlude far ones
+    objects = [("person", rng.uniform(horizon + 0.1 * h, h)) for _ in range(int(rng.integers(1, 4)))]
+    objects += [("car", rng.uniform(horizon + 0.05 * h, h)) for _ in range(int(rng.integers(1, 4)))]
+    for kind, foot in sorted(objects, key=lambda o: o[1]):
+        t = (foot - horizon) / max(h - horizon, 1)
+        road_half = 2 + (half_bottom - 2) * t
+        road_centre = vx + (centre_bottom - vx) * t
+        if kind == "car":
+            _draw_car(c, road_centre + rng.uniform(-0.8, 0.8) * road_half, foot, scale=0.35 + 0.65 * t)
+        else:
+            side = 1 if rng.random() < 0.5 else -1
+            px = road_centre + side * (road_half + rng.uniform(0.03, 0.2) * w)
+            _draw_person(c, px, foot, scale=0.4 + 0.6 * t)
+
+    # exposure, colour cast and sensor noise: colours shift from image to image
+    img = c.img * rng.uniform(0.75, 1.25) + rng.uniform(-20, 20, 3)
+    img = img + rng.normal(0, 3, img.shape).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8), c.label
+
+
+def _draw_car(c: _Canvas, cx: float, foot: float, scale: float) -> None:
+    rng, h = c.rng, c.h
+    cw, ch = scale * rng.uniform(0.28, 0.4) * c.w, scale * rng.uniform(0.18, 0.24) * h
+    x0, x1, y1 = int(cx - cw / 2), int(cx + cw / 2), int(foot)
+    body_top = int(y1 - 0.6 * ch)
+    body = c.empty()
+    body[body_top : y1 - max(1, int(0.12 * ch)), max(x0, 0) : x1] = 1
+    roof = np.array([[x0 + cw * 0.18, body_top], [x1 - cw * 0.18, body_top], [x1 - cw * 0.3, y1 - ch],
+                     [x0 + cw * 0.3, y1 - ch]], np.int32)
+    cv2.fillPoly(body, [roof], 1)
+    wheels = c.empty()
+    r = max(1, int(0.16 * ch))
+    for wx in (x0 + cw * 0.22, x1 - cw * 0.22):
+        cv2.circle(wheels, (int(wx), y1 - r), r, 1, -1)
+    colour = rng.uniform(20, 235, 3)
+    paint_img = _textured(c, colour, "fine", 5)
+    glass = c.empty()
+    inset = max(1, int(cw * 0.05))
+    cv2.fillPoly(glass, [roof + np.array([[inset, 1], [-inset, 1], [-inset, 1], [inset, 1]], np.int32)], 1)
+    paint_img = np.where(glass[..., None].astype(bool), rng.uniform(30, 90, 3)[None, None, :], paint_img)
+    c.paint(body, CAR, paint_img)
+    c.paint(wheels, CAR, np.full(3, 25.0, np.float32))
+
+
+def _draw_person(c: _Canvas, cx: float, foot: float, scale: float) -> None:
+    rng = c.rng
+    ph = scale * rng.uniform(0.45, 0.65) * c.h
+    pw = max(3.0, ph * rng.uniform(0.3, 0.4))
+    y1 = int(foot)
+    legs, torso, head = c.empty(), c.empty(), c.empty()
+    hip = int(y1 - 0.45 * ph)
+    shoulder = int(y1 - 0.82 * ph)
+    cv2.rectangle(legs, (int(cx - pw * 0.4), hip), (int(cx + pw * 0.4), y1), 1, -1)
+    cv2.rectangle(torso, (int(cx - pw / 2), shoulder), (int(cx + pw / 2), hip), 1, -1)
+    cv2.circle(head, (int(cx), int(y1 - 0.91 * ph)), max(1, int(0.09 * ph)), 1, -1)
+    c.paint(legs, PERSON, rng.uniform(20, 120, 3))
+    c.paint(torso, PERSON, _textured(c, rng.uniform(30, 230, 3), "fine", 6))
+    c.paint(head, PERSON, rng.uniform([150, 100, 70], [240, 200, 170]))

@@ -1,0 +1,101 @@
+"""Joint image/mask augmentation (scale, crop, flip) and normalisation.
+
+Geometry is drawn once (`sample_params`) and applied by `apply`, so the same crop can be cut from two
+images of one scene (X1 from D1, X2 from D2). Random draws come from torch's global RNG: DataLoader worker
+seeding and a checkpointed RNG state then make augmentation reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class GeoParams:
+    scale: float  # on top of the base-size resize
+    top: float  # crop offsets as fractions of the free range, so they fit any image size
+    left: float
+    flip: bool
+
+
+class JointTransform:
+    def __init__(
+        self,
+        *,
+        train: bool,
+        crop_size: Sequence[int] = (321, 321),
+        scale_range: tuple[float, float] = (0.5, 1.5),
+        hflip: bool = True,
+        base_size: int = 0,
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        ignore_index: int = 255,
+    ) -> None:
+        self.train, self.crop = train, (int(crop_size[0]), int(crop_size[1]))
+        self.scale_range, self.hflip, self.base_size = scale_range, hflip, base_size
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.ignore_index = ignore_index
+
+    def sample_params(self) -> GeoParams:
+        lo, hi = self.scale_range
+        u = torch.rand(4).tolist()
+        return GeoParams(lo + (hi - lo) * u[0], u[1], u[2], self.hflip and u[3] < 0.5)
+
+    def _base_scale(self, h: int, w: int) -> float:
+        return self.base_size / min(h, w) if self.base_size else 1.0
+
+    def apply(
+        self, image: np.ndarray, mask: np.ndarray | None, params: GeoParams | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Resize once (base size x random scale), pad, crop, flip; `params=None` means evaluation."""
+        h, w = image.shape[:2]
+        s = self._base_scale(h, w) * (params.scale if params else 1.0)
+        if s != 1.0:
+            size = (max(1, round(w * s)), max(1, round(h * s)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+            if mask is not None:
+                # NEAREST_EXACT samples pixel centres like INTER_LINEAR; plain NEAREST is off by half a pixel
+                mask = cv2.resize(mask.astype(np.int32), size, interpolation=cv2.INTER_NEAREST_EXACT)
+        if params is not None:
+            image, mask = self._crop(image, mask, params)
+            if params.flip:
+                image = image[:, ::-1]
+                mask = mask[:, ::-1] if mask is not None else None
+        mask_t = torch.from_numpy(np.ascontiguousarray(mask)).long() if mask is not None else None
+        return self.normalize(image), mask_t
+
+    def _crop(
+        self, image: np.ndarray, mask: np.ndarray | None, p: GeoParams
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        ch, cw = self.crop
+        h, w = image.shape[:2]
+        pad_h, pad_w = max(ch - h, 0), max(cw - w, 0)
+        if pad_h or pad_w:  # small images: pad with black pixels and ignored labels
+            image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+            if mask is not None:
+                mask = np.pad(mask, ((0, pad_h), (0, pad_w)), constant_values=self.ignore_index)
+            h, w = image.shape[:2]
+        y = min(int(p.top * (h - ch + 1)), h - ch)
+        x = min(int(p.left * (w - cw + 1)), w - cw)
+        image = image[y : y + ch, x : x + cw]
+        return image, (mask[y : y + ch, x : x + cw] if mask is not None else None)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        img, m = self.apply(image, mask, self.sample_params() if self.train else None)
+        assert m is not None
+        return img, m
+
+    def normalize(self, image: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+        return (x - self.mean) / self.std
+
+    def denormalize(self, x: torch.Tensor) -> np.ndarray:
+        """Back to uint8 HxWx3 for figures."""
+        img = (x.detach().cpu().float() * self.std + self.mean).clamp(0, 1).mul(255).round()
+        return img.byte().permute(1, 2, 0).numpy()

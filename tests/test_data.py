@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segadapt.config import DataConfig
+from segadapt.data import build_dataset, build_source
+from segadapt.data.palettes import voc as voc_palette
+from segadapt.errors import ConfigError, DataError
+
+
+def write_pair(root, split, stem, size=(16, 12), labels=(0, 1), mask_size=None, mask_mode="L"):
+    (root / split / "images").mkdir(parents=True, exist_ok=True)
+    (root / split / "masks").mkdir(parents=True, exist_ok=True)
+    w, h = size
+    img = np.random.default_rng(0).integers(0, 255, (h, w, 3), np.uint8)
+    Image.fromarray(img).save(root / split / "images" / f"{stem}.png")
+    mw, mh = mask_size or size
+    mask = np.resize(np.array(labels, np.uint8), (mh, mw))
+    if mask_mode == "RGB":
+        Image.fromarray(np.stack([mask * 40] * 3, -1)).save(root / split / "masks" / f"{stem}.png")
+    else:
+        Image.fromarray(mask, mode="L").save(root / split / "masks" / f"{stem}.png")
+
+
+def folder_cfg(root, **kw) -> DataConfig:
+    return DataConfig(dataset="folder", root=str(root), num_classes=3, ignore_index=255, **kw)
+
+
+def test_folder_dataset_pairs_by_stem(tmp_path):
+    for stem in ("b", "a"):
+        write_pair(tmp_path, "train", stem, labels=(0, 2, 255))
+    src = build_source(folder_cfg(tmp_path), "train")
+    assert [src.stem(i) for i in range(len(src))] == ["a", "b"]
+    img, mask = src.load(0)
+    assert img.shape == (12, 16, 3) and mask.dtype == np.int64 and set(np.unique(mask)) == {0, 2, 255}
+    assert src.info.class_names == ("class_0", "class_1", "class_2")
+
+
+@pytest.mark.parametrize(
+    "setup, match",
+    [
+        (lambda r: write_pair(r, "train", "x", mask_size=(8, 8)), "mask is 8x8 but image x.png is 16x12"),
+        (lambda r: write_pair(r, "train", "x", labels=(0, 7)), r"label values \[7\]"),
+        (lambda r: write_pair(r, "train", "x", mask_mode="RGB"), "colour image; masks must hold class indices"),
+    ],
+)
+def test_bad_masks_are_one_clear_error(tmp_path, setup, match):
+    setup(tmp_path)
+    src = build_source(folder_cfg(tmp_path), "train")
+    with pytest.raises(DataError, match=match) as e:
+        src.load(0)
+    assert "x.png" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff\xd8\xff\xe0 truncated jpeg"])
+def test_corrupt_or_empty_image(tmp_path, content):
+    write_pair(tmp_path, "train", "x")
+    (tmp_path / "train" / "images" / "x.png").write_bytes(content)
+    with pytest.raises(DataError, match="x.png: unreadable or corrupt image"):
+        build_source(folder_cfg(tmp_path), "train").load(0)
+
+
+def test_image_without_mask_is_caught_when_opening(tmp_path):
+    write_pair(tmp_path, "train", "x")
+    (tmp_path / "train" / "masks" / "x.png").unlink()
+    with pytest.raises(DataError, match=r"x.png: image has no mask; expected .*masks/x.png"):
+        build_source(folder_cfg(tmp_path), "train")
+
+
+def test_grey_and_rgba_images_become_rgb(tmp_path):
+    write_pair(tmp_path, "train", "g")
+    Image.fromarray(np.zeros((12, 16), np.uint8)).save(tmp_path / "train" / "images" / "g.png")
+    write_pair(tmp_path, "train", "r")
+    Image.fromarray(np.zeros((12, 16, 4), np.uint8)).save(tmp_path / "train" / "images" / "r.png")
+    src = build_source(folder_cfg(tmp_path), "train")
+    assert all(src.load(i)[0].shape == (12, 16, 3) for i in range(2))
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="synthetic, camvid, voc, folder"):
+        build_source(DataConfig(dataset="kitti", root=str(tmp_path)), "train")
+    with pytest.raises(DataError, match="data.num_classes"):
+        build_source(DataConfig(dataset="folder", root=str(tmp_path)), "train")
+    with pytest.raises(DataError, match="directory not found"):
+        build_source(folder_cfg(tmp_path / "nowhere"), "train")
+
+
+def test_voc_reads_palette_indices(tmp_path):
+    root = tmp_path / "VOC2012"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    Image.fromarray(np.zeros((10, 14, 3), np.uint8)).save(root / "JPEGImages" / "2007_000001.jpg")
+    mask = np.zeros((10, 14), np.uint8)
+    mask[2:5, 3:9] = 15  # person
+    mask[0] = 255  # boundary
+    png = Image.fromarray(mask, mode="P")
+    png.putpalette([v for c in voc_palette(256) for v in c])
+    png.save(root / "SegmentationClass" / "2007_000001.png")
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("2007_000001\n")
+    src = build_source(DataConfig(dataset="voc", root=str(root)), "val")
+    _, m = src.load(0)
+    assert set(np.unique(m)) == {0, 15, 255}
+    assert src.info.num_classes == 21 and src.info.palette[15] == (192, 128, 128)
+
+
+def test_camvid_loads_and_batches(camvid_root):
+    cfg = DataConfig(dataset="camvid", root=str(camvid_root), base_size=120, crop_size=[96, 128])
+    src = build_source(cfg, "val")
+    assert len(src) == 101 and src.info.ignore_index == 11 and src.info.num_classes == 11
+    img, mask = src.load(0)
+    assert img.shape == (360, 480, 3) and mask.shape == (360, 480)
+    assert mask.max() <= 11
+    ds = build_dataset(cfg, "train", train=True)
+    x, y = next(iter(torch.utils.data.DataLoader(ds, batch_size=2, shuffle=True)))
+    assert x.shape == (2, 3, 96, 128) and y.shape == (2, 96, 128) and y.dtype == torch.int64
+    ev = build_dataset(cfg, "val", train=False)
+    assert ev[0][0].shape == (3, 120, 160)
