@@ -75,6 +75,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch default
     deterministic: bool = False
+    channels_last: bool = True  # NHWC convolutions: measured ~20% faster on CPU for this VGG
     time_budget_s: float = 0.0  # stop early after this many seconds (0 = no limit); for CPU benchmarks
 
 

@@ -126,6 +126,8 @@ def train(
 
     # model and optimizer
     model = (model or create_model(cfg, info.num_classes)).to(device)
+    memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     optimizer = torch.optim.SGD(
         param_groups(model, tc.lr, tc.head_lr_mult), lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay
     )
@@ -170,7 +172,7 @@ def train(
                 break
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(group["base_lr"], step, tc.iterations, tc.poly_power)
-            images = images.to(device, non_blocking=True)
+            images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             masks = masks.to(device, non_blocking=True)
             loss = F.cross_entropy(model(images), masks, ignore_index=info.ignore_index)
             if not math.isfinite(loss.item()):
