@@ -1,0 +1,51 @@
+import json
+import subprocess
+import sys
+
+from segadapt.cli import main
+
+TINY = [
+    "--width", "0.125", "--iterations", "3", "--batch-size", "2", "--threads", "1",
+    "--set", "data.synthetic_size=[32, 48]", "--set", "data.crop_size=[32, 48]",
+    "--set", "data.synthetic_train=8", "--set", "data.synthetic_val=2",
+]
+
+
+def test_train_then_evaluate(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "synthetic", *TINY, "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "[train]" in out and "iterations = 3" in out  # the resolved config is printed
+    assert f"run: {run}" in out
+    assert main(["evaluate", "--model", str(run)]) == 0
+    result = json.loads((run / "eval_synthetic_val.json").read_text())
+    assert result["images"] == 2 and len(result["class_iou"]) == 7
+    assert main(["train", *TINY, "--out", str(run)]) == 2  # refuses to overwrite a run
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_resume_can_extend_a_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+    assert main(["train", "--resume", str(run), "--iterations", "5"]) == 0
+    assert json.loads((run / "model.json").read_text())["step"] == 5
+
+
+def test_bad_input_is_one_line_without_traceback(tmp_path, capsys):
+    code = main(["train", "--dataset", "camvid", "--root", str(tmp_path / "missing")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("segadapt: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert "missing" in err
+
+
+def test_bad_model_file(tmp_path, capsys):
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"not a model")
+    assert main(["evaluate", "--model", str(bad)]) == 2
+    assert "model.safetensors" in capsys.readouterr().err
+
+
+def test_console_script_help():
+    out = subprocess.run([sys.executable, "-m", "segadapt.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "train" in out.stdout and "evaluate" in out.stdout and "demo" in out.stdout

@@ -1,0 +1,73 @@
+import csv
+import itertools
+import json
+
+import pytest
+import torch
+
+from segadapt import checkpoint as ckpt
+from segadapt.config import preset
+from segadapt.train import EpochSampler, load_model, poly_lr, train
+
+
+def tiny_config(iterations: int = 6):
+    cfg = preset("synthetic")
+    cfg.model.width = 0.125
+    cfg.data.synthetic_size = [32, 48]
+    cfg.data.crop_size = [32, 48]
+    cfg.data.synthetic_train, cfg.data.synthetic_val = 24, 4
+    cfg.train.iterations, cfg.train.batch_size = iterations, 4
+    cfg.train.checkpoint_every, cfg.train.log_every = 3, 1
+    cfg.train.threads = 1
+    return cfg
+
+
+def test_poly_schedule():
+    assert poly_lr(0.1, 0, 100, 0.9) == 0.1
+    assert poly_lr(0.1, 50, 100, 0.9) == pytest.approx(0.1 * 0.5**0.9)
+    assert poly_lr(0.1, 100, 100, 0.9) == 0.0
+
+
+def test_epoch_sampler_resumes_mid_epoch():
+    full = list(itertools.islice(iter(EpochSampler(10, seed=3)), 25))
+    assert sorted(full[:10]) == list(range(10)) and full[:10] != full[10:20]
+    assert list(itertools.islice(iter(EpochSampler(10, seed=3, start=13)), 12)) == full[13:25]
+
+
+def test_run_directory_contents(tmp_path):
+    m = train(tiny_config(), tmp_path)
+    assert {"config.toml", "log.csv", "metrics.json", "model.safetensors", "model.json"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["step"] == 6 and 0 <= metrics["val"]["miou"] <= 1
+    rows = list(csv.DictReader((tmp_path / "log.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    model, meta = load_model(tmp_path)
+    assert meta["class_names"][0] == "sky" and meta["step"] == 6
+    assert model(torch.zeros(1, 3, 32, 48)).shape == (1, 7, 32, 48)
+    assert m["val"] == metrics["val"]
+
+
+def test_resume_ends_with_identical_weights(tmp_path):
+    """A run stopped after step 3 and resumed must finish exactly like an uninterrupted one."""
+    train(tiny_config(), tmp_path / "a")
+    b = tmp_path / "b"
+    train(tiny_config(), b)
+    # make b look like a run killed right after its step-3 checkpoint
+    ckpt.checkpoint_path(b, 6).unlink()
+    (b / "model.safetensors").unlink()
+    train(tiny_config(), b, resume=True)
+    wa, _ = ckpt.load_model_file(tmp_path / "a")
+    wb, _ = ckpt.load_model_file(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    rows = list(csv.DictReader((b / "log.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]  # no duplicated steps after resume
+
+
+def test_training_reduces_loss(tmp_path):
+    cfg = tiny_config(iterations=40)
+    cfg.train.checkpoint_every = 0
+    train(cfg, tmp_path)
+    losses = [float(r["loss"]) for r in csv.DictReader((tmp_path / "log.csv").open())]
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
