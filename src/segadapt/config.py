@@ -80,12 +80,33 @@ class TrainConfig:
 
 
 @dataclass
+class ShiftConfig:
+    """Where D2 comes from: a filter applied to D1 on the fly, a folder of D2 images, or a CSV of pairs."""
+
+    filter: str = "ripple"  # photocopy | ripple | cubism
+    severity: float = 0.5  # 0..1, mapped onto the filter's parameters
+    seed: int = 0
+    d2_dir: str = ""  # folder of D2 images matched to D1 by file stem (e.g. written by `segadapt shift`)
+    pairs_csv: str = ""  # CSV with columns x1,x2 (image paths)
+    photometric: float = 0.0  # independent brightness/contrast jitter of X1 and X2 (fraction)
+
+
+@dataclass
+class AdaptConfig:
+    h1: str = ""  # the trained source model: a run directory or model .safetensors
+    layers: list[str] = field(default_factory=lambda: ["pool5"])  # taps to regress, or one preset name
+    weights: list[float] = field(default_factory=list)  # one per layer; empty = 1.0 each (presets bring theirs)
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     out_dir: str = "runs"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    shift: ShiftConfig = field(default_factory=ShiftConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
 
 # --- presets ---------------------------------------------------------------------------------------

@@ -40,6 +40,10 @@ class SegmentationSource:
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
+    def load_image(self, i: int) -> np.ndarray:
+        """The image alone: the label-free paths (adaptation) call only this."""
+        return self.load(i)[0]
+
     def image_path(self, i: int) -> Path | None:
         return None
 

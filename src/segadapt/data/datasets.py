@@ -42,6 +42,9 @@ class FileSource(SegmentationSource):
     def mask_path(self, i: int) -> Path:
         return self.items[i][2]
 
+    def load_image(self, i: int) -> np.ndarray:
+        return read_image(self.items[i][1])
+
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         _, ip, mp = self.items[i]
         image, mask = read_image(ip), read_mask(mp)

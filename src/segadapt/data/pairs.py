@@ -1,0 +1,138 @@
+"""Paired scenes (X1 from D1, X2 from D2) for feature regression, and D2 sources made from D1.
+
+Pairs are matched by file stem. Geometric augmentation is drawn once and applied to both images, so the
+two feature maps stay aligned; photometric jitter is drawn for each image separately. Nothing here reads
+a D2 label.
+"""
+
+from __future__ import annotations
+
+import csv
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segadapt.data.base import DatasetInfo, SegmentationSource, read_image
+from segadapt.data.datasets import IMAGE_SUFFIXES
+from segadapt.data.transforms import JointTransform
+from segadapt.errors import DataError
+
+Shift = Callable[[np.ndarray, int], np.ndarray]  # (uint8 HxWx3 image, seed) -> shifted image
+
+
+def stem_seed(stem: str, seed: int) -> int:
+    """Per-image filter seed: stable across runs and processes (unlike hash())."""
+    return (zlib.crc32(stem.encode()) + 1_000_003 * seed) % 2**31
+
+
+class ShiftedSource(SegmentationSource):
+    """D2 = filter(D1), computed on the fly. Labels are D1's, unwarped, as in the study (baselines B1/B2)."""
+
+    def __init__(self, source: SegmentationSource, shift: Shift, seed: int = 0, name: str = "shifted") -> None:
+        self.source, self.shift, self.seed = source, shift, seed
+        self.info = DatasetInfo(f"{source.info.name}+{name}", source.info.class_names, source.info.ignore_index,
+                                source.info.palette)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def stem(self, i: int) -> str:
+        return self.source.stem(i)
+
+    def load_image(self, i: int) -> np.ndarray:
+        return self.shift(self.source.load_image(i), stem_seed(self.stem(i), self.seed))
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        image, mask = self.source.load(i)
+        return self.shift(image, stem_seed(self.stem(i), self.seed)), mask
+
+
+class ImageListSource(SegmentationSource):
+    """Unlabelled images (a D2 folder, or one column of a pairs CSV); asking for labels is an error."""
+
+    def __init__(self, items: list[tuple[str, Path]], info: DatasetInfo | None = None) -> None:
+        self.items = items
+        self.info = info or DatasetInfo("images", (), 255, ())
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def stem(self, i: int) -> str:
+        return self.items[i][0]
+
+    def image_path(self, i: int) -> Path:
+        return self.items[i][1]
+
+    def load_image(self, i: int) -> np.ndarray:
+        return read_image(self.items[i][1])
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        raise DataError(f"{self.items[i][1]}: this image set has no labels; it can only be used for adaptation")
+
+
+def image_folder(directory: Path) -> ImageListSource:
+    if not directory.is_dir():
+        raise DataError(f"{directory}: D2 image directory not found; check the path")
+    files = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{directory}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return ImageListSource([(p.stem, p) for p in files])
+
+
+def csv_pairs(path: Path) -> tuple[ImageListSource, ImageListSource]:
+    """A CSV with columns x1,x2 (paths relative to the CSV's folder, or absolute)."""
+    if not path.is_file():
+        raise DataError(f"{path}: pairs CSV not found")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"x1", "x2"} <= set(reader.fieldnames):
+            raise DataError(f"{path}: pairs CSV needs a header with columns x1,x2")
+        rows = [(r["x1"], r["x2"]) for r in reader]
+    if not rows:
+        raise DataError(f"{path}: pairs CSV has no rows")
+    one = [(f"{k:06d}", path.parent / a) for k, (a, _) in enumerate(rows)]
+    two = [(f"{k:06d}", path.parent / b) for k, (_, b) in enumerate(rows)]
+    return ImageListSource(one), ImageListSource(two)
+
+
+class PairedDataset(torch.utils.data.Dataset):
+    """(X1, X2) tensors of one scene, with shared geometry; D2 labels are never touched."""
+
+    def __init__(
+        self, d1: SegmentationSource, d2: SegmentationSource, transform: JointTransform, photometric: float = 0.0
+    ) -> None:
+        self.d1, self.d2, self.transform, self.photometric = d1, d2, transform, photometric
+        index = {d2.stem(j): j for j in range(len(d2))}
+        self.pairs = []
+        for i in range(len(d1)):
+            stem = d1.stem(i)
+            if stem not in index:
+                where = d1.image_path(i) or stem
+                raise DataError(f"{where}: no D2 image with stem {stem!r}; pairs are matched by file stem")
+            self.pairs.append((i, index[stem]))
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def _jitter(self, image: np.ndarray) -> np.ndarray:
+        if not self.photometric:
+            return image
+        gain, bias = (1 + self.photometric * (2 * torch.rand(2) - 1)).tolist()
+        return np.clip(image.astype(np.float32) * gain + (bias - 1) * 64, 0, 255).astype(np.uint8)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        i, j = self.pairs[k]
+        x1, x2 = self.d1.load_image(i), self.d2.load_image(j)
+        if x1.shape[:2] != x2.shape[:2]:
+            a, b = self.d1.image_path(i) or self.d1.stem(i), self.d2.image_path(j) or self.d2.stem(j)
+            raise DataError(
+                f"{b}: size {x2.shape[1]}x{x2.shape[0]} differs from its pair {a} ({x1.shape[1]}x{x1.shape[0]}); "
+                "paired images must show the same scene at the same size"
+            )
+        params = self.transform.sample_params() if self.transform.train else None
+        t1, _ = self.transform.apply(self._jitter(x1), None, params)
+        t2, _ = self.transform.apply(self._jitter(x2), None, params)
+        return t1, t2

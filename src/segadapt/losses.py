@@ -1,0 +1,54 @@
+"""The feature-regression loss and the study's layer-weight presets.
+
+loss = sum_l w_l * mean((F1_l(X1) - F2_l(X2))^2): a per-element mean inside each layer, so layers of
+different sizes are comparable and the weights alone set their balance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from segadapt.errors import ConfigError
+
+POOLS = ("pool1", "pool2", "pool3", "pool4", "pool5")
+W_INC = (0.2, 0.4, 0.6, 0.8, 0.9)
+W_DEC = tuple(reversed(W_INC))
+LAYER_PRESETS: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {
+    **{p: ((p,), (1.0,)) for p in POOLS},
+    "all_inc": (POOLS, W_INC),
+    "all_dec": (POOLS, W_DEC),
+}
+LAYER_PRESETS["all"] = LAYER_PRESETS["all_inc"]
+
+
+def resolve_layers(preset: str = "", layers: Sequence[str] = (), weights: Sequence[float] = ()) -> dict[str, float]:
+    """Tap name -> weight, from a preset name or explicit layers (weights default to 1)."""
+    if preset:
+        if preset not in LAYER_PRESETS:
+            raise ConfigError(f"unknown layer preset {preset!r}; choose one of {', '.join(LAYER_PRESETS)}")
+        layers, weights = LAYER_PRESETS[preset]
+    if not layers:
+        raise ConfigError("no layers to regress; pass --layers pool5 or a preset such as --preset-layers all")
+    weights = list(weights) or [1.0] * len(layers)
+    if len(weights) != len(layers):
+        raise ConfigError(f"{len(layers)} layers but {len(weights)} weights; give one weight per layer")
+    if len(set(layers)) != len(layers):
+        raise ConfigError(f"layer listed twice in {list(layers)}")
+    return dict(zip(layers, (float(w) for w in weights)))
+
+
+def feature_regression_loss(
+    target: Mapping[str, torch.Tensor], pred: Mapping[str, torch.Tensor], weights: Mapping[str, float]
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted sum of per-layer mean squared errors; also returns each layer's unweighted error."""
+    total = torch.zeros((), device=next(iter(pred.values())).device)
+    per_layer: dict[str, float] = {}
+    for name, w in weights.items():
+        # written as a difference, not F.mse_loss: the target may be an inference-mode tensor, which
+        # autograd cannot save, and (a - b)^2 only saves the difference
+        err = (pred[name].float() - target[name].float()).pow(2).mean()
+        per_layer[name] = float(err.detach())
+        total = total + w * err
+    return total, per_layer

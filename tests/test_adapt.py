@@ -1,0 +1,111 @@
+import csv
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from segadapt.adapt import adapt
+from segadapt.config import preset
+from segadapt.data import JointTransform
+from segadapt.data.pairs import PairedDataset, ShiftedSource
+from segadapt.data.synthetic import SyntheticScenes
+from segadapt.errors import ConfigError, DataError
+from segadapt.losses import W_INC, resolve_layers
+from segadapt.models import VGGDeepLab
+from segadapt.train import load_model
+
+
+def darken(image: np.ndarray, seed: int) -> np.ndarray:
+    return (image * 0.5).astype(np.uint8)
+
+
+class LabelsForbidden(ShiftedSource):
+    """A D2 whose labels raise: adaptation must never ask for them."""
+
+    def load(self, i):
+        raise AssertionError("adaptation read a D2 label")
+
+
+def make_pairs(n: int = 8) -> PairedDataset:
+    d1 = SyntheticScenes(n, size=(32, 48))
+    d2 = LabelsForbidden(d1, darken)
+    return PairedDataset(d1, d2, JointTransform(train=True, crop_size=(32, 48), scale_range=(0.9, 1.1)))
+
+
+def tiny_cfg(layers: list[str], iterations: int = 8):
+    cfg = preset("synthetic")
+    cfg.adapt.layers = layers
+    cfg.train.iterations, cfg.train.batch_size, cfg.train.lr, cfg.train.log_every = iterations, 4, 0.01, 1
+    cfg.train.threads = 1
+    return cfg
+
+
+@pytest.fixture
+def h1() -> tuple[nn.Module, dict]:
+    torch.manual_seed(0)
+    return VGGDeepLab(7, width=0.125), {"arch": "vgg16_deeplab", "width": 0.125, "num_classes": 7}
+
+
+def test_layers_above_deepest_tap_stay_bit_identical(tmp_path, h1):
+    teacher, meta = h1
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    adapt(tiny_cfg(["pool3"]), tmp_path, make_pairs(), teacher=teacher, h1_meta=meta)
+    h2, _ = load_model(tmp_path)
+    after = h2.state_dict()
+    for k, v in before.items():
+        if k.startswith(("conv4", "conv5", "fc6", "fc7", "classifier")):
+            assert torch.equal(after[k], v), k
+    assert not torch.equal(after["conv1.0.weight"], before["conv1.0.weight"])  # below the tap: trained
+    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in before.items())  # H1 untouched
+
+
+def test_regression_reduces_feature_error_without_labels(tmp_path, h1):
+    teacher, meta = h1
+    result = adapt(tiny_cfg(["pool1", "pool2"], iterations=30), tmp_path, make_pairs(), teacher=teacher, h1_meta=meta)
+    rows = list(csv.DictReader((tmp_path / "log.csv").open()))
+    assert {"loss_pool1", "loss_pool2"} <= set(rows[0])
+    first, last = float(rows[0]["loss"]), float(rows[-1]["loss"])
+    assert last < 0.7 * first
+    assert result["layers"] == {"pool1": 1.0, "pool2": 1.0}
+
+
+def test_any_module_with_hook_taps(tmp_path):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 4, 3, padding=1)
+            self.mid = nn.Conv2d(4, 4, 3, padding=1)
+            self.head = nn.Conv2d(4, 7, 1)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.mid(torch.relu(self.stem(x)))))
+
+    torch.manual_seed(0)
+    net = Net()
+    head_before = net.head.weight.clone()
+    cfg = tiny_cfg(["stem"])
+    cfg.train.channels_last = False
+    from segadapt import checkpoint as ckpt
+
+    # a user model is not in the registry: check the weights directly
+    adapt(cfg, tmp_path, make_pairs(), teacher=net, h1_meta={"arch": "custom"})
+    tensors, _ = ckpt.load_model_file(tmp_path)
+    assert torch.equal(tensors["head.weight"], head_before)
+    assert torch.equal(tensors["mid.weight"], net.mid.weight)
+    assert not torch.equal(tensors["stem.weight"], net.stem.weight)
+
+
+def test_layer_presets():
+    assert resolve_layers("all_inc") == dict(zip(["pool1", "pool2", "pool3", "pool4", "pool5"], W_INC))
+    assert list(resolve_layers("all_dec").values()) == list(reversed(W_INC))
+    assert resolve_layers(layers=["pool3", "pool5"], weights=[0.5, 1.0]) == {"pool3": 0.5, "pool5": 1.0}
+    with pytest.raises(ConfigError, match="one weight per layer"):
+        resolve_layers(layers=["pool3", "pool5"], weights=[0.5])
+
+
+def test_missing_pair_names_the_file():
+    d1 = SyntheticScenes(3, size=(16, 16))
+    d2 = SyntheticScenes(2, size=(16, 16))
+    with pytest.raises(DataError, match="synthetic_train_000002"):
+        PairedDataset(d1, d2, JointTransform(train=False))
