@@ -7,8 +7,12 @@ import torch
 from safetensors.torch import save_file
 
 from segadapt.errors import CheckpointError
-from segadapt.models import VGGDeepLab
-from segadapt.models.pretrained import TORCHVISION_CONV_INDICES, load_vgg16_imagenet
+from segadapt.models import PixelNet, VGGDeepLab
+from segadapt.models.pretrained import (
+    TORCHVISION_CONV_INDICES,
+    convert_torchvision_vgg16,
+    load_vgg16_imagenet,
+)
 
 WIDTH = 0.125
 
@@ -36,16 +40,51 @@ def test_keys_land_in_the_right_layers(tmp_path):
     path = tmp_path / "vgg16.pth"
     torch.save(sd, path)
     classifier_before = model.classifier.weight.clone()
-    mapped = load_vgg16_imagenet(model, path)
-    assert len(mapped) == 13 * 2 + 4
+    report = load_vgg16_imagenet(model, path)
+    assert len(report) == 13 * 2 + 4
+    assert report[0] == "features.0.weight -> conv1.0.weight"
+    assert "classifier.0.weight -> fc6.0.weight" in report
     assert torch.equal(model.conv1[0].weight, sd["features.0.weight"])
     assert torch.equal(model.conv3[4].weight, sd["features.14.weight"])  # conv3_3
     assert torch.equal(model.conv5[4].bias, sd["features.28.bias"])  # conv5_3
     c5 = model.fc6[0].weight.shape[1]
     fc6 = sd["classifier.0.weight"].reshape(-1, c5, 7, 7)
     assert torch.equal(model.fc6[0].weight, fc6[::4][:, :, ::3, ::3])
+    assert torch.equal(model.fc6[0].weight[1, 2, 1, 2], fc6[4, 2, 3, 6])  # filter 4 -> 1, kernel taps 0/3/6
+    assert torch.equal(model.fc6[0].bias, sd["classifier.0.bias"][::4])
     assert torch.equal(model.fc7[0].weight[:, :, 0, 0], sd["classifier.3.weight"][::4, ::4])
+    assert torch.equal(model.fc7[0].bias, sd["classifier.3.bias"][::4])
     assert torch.equal(model.classifier.weight, classifier_before)  # stays freshly initialised
+
+
+def test_every_conv_in_order(tmp_path):
+    model = VGGDeepLab(5, width=WIDTH)
+    sd = fake_torchvision_vgg16(model)
+    torch.save(sd, tmp_path / "vgg16.pth")
+    load_vgg16_imagenet(model, tmp_path / "vgg16.pth")
+    blocks = [model.conv1, model.conv2, model.conv3, model.conv4, model.conv5]
+    convs = [block[i] for block in blocks for i in range(0, len(block), 2)]  # (conv, ReLU) pairs
+    assert len(convs) == 13
+    for idx, conv in zip(TORCHVISION_CONV_INDICES, convs):
+        assert torch.equal(conv.weight, sd[f"features.{idx}.weight"])
+        assert torch.equal(conv.bias, sd[f"features.{idx}.bias"])
+
+
+def test_real_vgg16_shapes_convert_at_paper_width():
+    """The true torchvision shapes (fc6 is 4096 x 25088), on the meta device so nothing is allocated."""
+    cfg = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+    with torch.device("meta"):
+        model = VGGDeepLab(21, width=1.0)
+        sd = {}
+        for idx, cin, cout in zip(TORCHVISION_CONV_INDICES, [3, *cfg[:-1]], cfg):
+            sd[f"features.{idx}.weight"] = torch.empty(cout, cin, 3, 3)
+            sd[f"features.{idx}.bias"] = torch.empty(cout)
+        sd["classifier.0.weight"], sd["classifier.0.bias"] = torch.empty(4096, 25088), torch.empty(4096)
+        sd["classifier.3.weight"], sd["classifier.3.bias"] = torch.empty(4096, 4096), torch.empty(4096)
+    out = convert_torchvision_vgg16(sd, model, "vgg16.pth")
+    assert len(out) == 30
+    assert out["fc6.0.weight"][1].shape == (1024, 512, 3, 3)
+    assert out["fc7.0.weight"][1].shape == (1024, 1024, 1, 1)
 
 
 def test_safetensors_input(tmp_path):
@@ -54,6 +93,8 @@ def test_safetensors_input(tmp_path):
     save_file(sd, str(tmp_path / "vgg16.safetensors"))
     load_vgg16_imagenet(model, tmp_path / "vgg16.safetensors")
     assert torch.equal(model.conv2[0].weight, sd["features.5.weight"])
+    (tmp_path / "vgg16.safetensors").rename(tmp_path / "misnamed.pth")  # recognised by content, not suffix
+    load_vgg16_imagenet(VGGDeepLab(5, width=WIDTH), tmp_path / "misnamed.pth")
 
 
 def test_width_mismatch_names_key_and_fix(tmp_path):
@@ -71,6 +112,23 @@ def test_missing_key_is_named(tmp_path):
         load_vgg16_imagenet(VGGDeepLab(5, width=WIDTH), tmp_path / "vgg16.pth")
 
 
+def test_other_files_are_refused_with_the_fix(tmp_path):
+    model = VGGDeepLab(5, width=WIDTH)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_vgg16_imagenet(model, tmp_path / "nope.pth")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="junk.safetensors: unreadable"):
+        load_vgg16_imagenet(model, tmp_path / "junk.safetensors")
+    (tmp_path / "junk.pth").write_bytes(b"<html>404</html>")
+    with pytest.raises(CheckpointError, match="junk.pth: neither a torch.save file nor safetensors"):
+        load_vgg16_imagenet(model, tmp_path / "junk.pth")
+    torch.save({"state_dict": fake_torchvision_vgg16(model), "epoch": 3}, tmp_path / "ckpt.pth")
+    with pytest.raises(CheckpointError, match=r"ckpt\.pth: entries .*state_dict.* are not tensors"):
+        load_vgg16_imagenet(model, tmp_path / "ckpt.pth")
+    with pytest.raises(CheckpointError, match="vgg16_deeplab"):
+        load_vgg16_imagenet(PixelNet(5), tmp_path / "ckpt.pth")
+
+
 class Malicious:
     marker: Path
 
@@ -84,6 +142,7 @@ def test_pickled_code_is_refused_without_running(tmp_path):
     evil.marker = marker
     torch.save({"features.0.weight": evil}, tmp_path / "evil.pth")
     assert not marker.exists()
-    with pytest.raises(CheckpointError, match="refused"):
+    with pytest.raises(CheckpointError, match="evil.pth: refused") as err:
         load_vgg16_imagenet(VGGDeepLab(5, width=WIDTH), tmp_path / "evil.pth")
     assert not marker.exists()
+    assert "\n" not in str(err.value) and "\x1b" not in str(err.value)  # one clean line

@@ -7,6 +7,7 @@ and classifier.3 is fc7 (4096 x 4096). DeepLab-LargeFOV shrinks fc6/fc7 to 1024 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -18,37 +19,62 @@ from segadapt.models.vgg_deeplab import VGG_BLOCKS, VGGDeepLab
 TORCHVISION_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 
 
+def _load_error_detail(e: Exception) -> str:
+    """One informative line from a loader error; torch.load's weights_only error is a page of advice."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    m = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    detail = m.group(1) if m else (lines[0] if lines else type(e).__name__)
+    detail = detail.split(" was not an allowed global")[0].split(". Please")[0]
+    return detail[:120]
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from .safetensors, or from a torch.save'd dict with weights_only=True: no pickled code runs."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: weights file not found; pass a local VGG-16 state dict to --init-weights")
-    if path.suffix == ".safetensors":
+        raise CheckpointError(f"{path}: weights file not found; point --init-weights at a local VGG-16 file")
+    with path.open("rb") as f:
+        head = f.read(9)
+    if path.suffix == ".safetensors" or head[8:9] == b"{":  # safetensors: u64 header length, then JSON
         try:
             return load_file(str(path))
-        except Exception as e:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+        except Exception as e:  # safetensors raises its own error types
+            detail = _load_error_detail(e)
+            raise CheckpointError(f"{path}: unreadable safetensors file ({detail}); re-export it") from None
+    if not head.startswith((b"PK", b"\x80")):  # torch.save writes a zip archive (or, long ago, a pickle)
+        raise CheckpointError(f"{path}: neither a torch.save file nor safetensors; expected VGG-16 weights")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"{path}: refused: not a plain tensor state dict ({first}); pickled code is never run, "
-            "convert the file to safetensors or a plain state dict"
+            f"{path}: refused: not a plain state dict of tensors ({_load_error_detail(e)}); pickled code is "
+            "never run, so re-save it with torch.save(model.state_dict()) or as .safetensors"
         ) from None
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"{path}: expected a dict of tensors (a state dict); got {type(sd).__name__}")
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path}: holds a {type(sd).__name__}, not a dict; save model.state_dict()")
+    odd = [str(k) for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if odd:
+        raise CheckpointError(
+            f"{path}: entries {odd[:3]} are not tensors; a training checkpoint? save model.state_dict() alone"
+        )
     return sd
 
 
-def convert_torchvision_vgg16(sd: dict[str, torch.Tensor], model: VGGDeepLab, source: str) -> dict[str, torch.Tensor]:
-    """Map torchvision keys onto the model's; shapes are checked against the model, not assumed."""
+def convert_torchvision_vgg16(
+    sd: dict[str, torch.Tensor], model: VGGDeepLab, source: str
+) -> dict[str, tuple[str, torch.Tensor]]:
+    """{model key: (torchvision key, tensor)}; shapes are checked against the model, not assumed.
+
+    Works for any width whose shapes line up, which lets tests use a small model and a matching fake dict.
+    """
     own = model.state_dict()
     convs = [f"conv{name}.{2 * i}" for name, _, n, _, _ in VGG_BLOCKS for i in range(n)]
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, tuple[str, torch.Tensor]] = {}
 
     def take(key: str) -> torch.Tensor:
         if key not in sd:
-            raise CheckpointError(f"{source}: key {key} missing; expected a torchvision-format VGG-16 state dict")
+            raise CheckpointError(f"{source}: key {key} missing; expected a torchvision VGG-16 state dict")
         return sd[key]
 
     def put(src_key: str, dst: str, value: torch.Tensor) -> None:
@@ -57,32 +83,39 @@ def convert_torchvision_vgg16(sd: dict[str, torch.Tensor], model: VGGDeepLab, so
                 f"{source}: key {src_key} has shape {tuple(value.shape)} but the model expects "
                 f"{tuple(own[dst].shape)}; ImageNet weights need --width 1.0"
             )
-        out[dst] = value
+        out[dst] = (src_key, value.contiguous())
 
     for idx, dst in zip(TORCHVISION_CONV_INDICES, convs):
         for kind in ("weight", "bias"):
-            put(f"features.{idx}.{kind}", f"{dst}.{kind}", take(f"features.{idx}.{kind}"))
+            key = f"features.{idx}.{kind}"
+            put(key, f"{dst}.{kind}", take(key))
 
-    fc6_w, fc6_b = take("classifier.0.weight"), take("classifier.0.bias")
+    # fc6: (4096, 512*7*7) -> (4096, 512, 7, 7) -> every 4th filter, kernel taps 0/3/6 -> (1024, 512, 3, 3)
+    fc6_w = take("classifier.0.weight")
     cin = own["fc6.0.weight"].shape[1]
     if fc6_w.ndim != 2 or fc6_w.shape[1] != cin * 49:
         raise CheckpointError(
             f"{source}: key classifier.0.weight has shape {tuple(fc6_w.shape)}, expected (N, {cin * 49}); "
             "ImageNet weights need --width 1.0"
         )
-    fc6 = fc6_w.reshape(-1, cin, 7, 7)[::4][:, :, ::3, ::3]
-    put("classifier.0.weight", "fc6.0.weight", fc6.contiguous())
-    put("classifier.0.bias", "fc6.0.bias", fc6_b[::4].contiguous())
-    fc7_w, fc7_b = take("classifier.3.weight"), take("classifier.3.bias")
-    put("classifier.3.weight", "fc7.0.weight", fc7_w[::4, ::4].reshape(*fc7_w[::4, ::4].shape, 1, 1).contiguous())
-    put("classifier.3.bias", "fc7.0.bias", fc7_b[::4].contiguous())
+    put("classifier.0.weight", "fc6.0.weight", fc6_w.reshape(-1, cin, 7, 7)[::4, :, ::3, ::3])
+    put("classifier.0.bias", "fc6.0.bias", take("classifier.0.bias")[::4])
+    # fc7: (4096, 4096) -> every 4th output and input -> (1024, 1024, 1, 1)
+    fc7_w = take("classifier.3.weight")
+    if fc7_w.ndim != 2:
+        raise CheckpointError(f"{source}: key classifier.3.weight is {tuple(fc7_w.shape)}, expected 2-D")
+    put("classifier.3.weight", "fc7.0.weight", fc7_w[::4, ::4, None, None])
+    put("classifier.3.bias", "fc7.0.bias", take("classifier.3.bias")[::4])
     return out
 
 
 def load_vgg16_imagenet(model: VGGDeepLab, path: str | Path) -> list[str]:
-    """Copy ImageNet weights into everything but the classifier; returns the model keys that were set."""
+    """Copy ImageNet weights into everything but the classifier (fc8 stays random: other classes).
+
+    Returns one "torchvision key -> model key" line per tensor set, for the run log.
+    """
     if not isinstance(model, VGGDeepLab):
-        raise CheckpointError(f"{path}: ImageNet VGG-16 weights only fit arch vgg16_deeplab")
+        raise CheckpointError(f"{path}: ImageNet VGG-16 weights only fit arch vgg16_deeplab; set model.arch")
     mapped = convert_torchvision_vgg16(read_state_dict(path), model, str(path))
-    model.load_state_dict(mapped, strict=False)
-    return sorted(mapped)
+    model.load_state_dict({dst: value for dst, (_, value) in mapped.items()}, strict=False)
+    return [f"{src} -> {dst}" for dst, (src, _) in mapped.items()]

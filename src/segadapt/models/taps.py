@@ -7,7 +7,8 @@ layers (as in `named_modules()`), get their outputs, and pay only for the layers
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,10 +20,12 @@ class _AllTapsCaptured(Exception):
 
 def _resolve(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
     modules = dict(model.named_modules())
+    if not names:
+        raise ValueError("no layers to tap; name at least one of model.named_modules()")
     out = {}
     for name in names:
         if name not in modules:
-            close = difflib.get_close_matches(name, list(modules), n=3)
+            close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else "; see model.named_modules()"
             raise ValueError(f"layer {name!r} not found in {type(model).__name__}{hint}")
         out[name] = modules[name]
@@ -30,14 +33,22 @@ def _resolve(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
 
 
 def tap_features(model: nn.Module, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Outputs of the named submodules for input `x`; layers after the last of them never run."""
+    """Outputs of the named submodules for input `x`; layers after the last of them never run.
+
+    A module called more than once (a shared ReLU, say) is tapped at its first call. Outputs captured
+    before the last tap are cloned, because a later in-place op (ReLU(inplace=True) after a tapped conv)
+    would otherwise overwrite them silently. Gradients flow through the returned tensors.
+    """
     targets = _resolve(model, names)
-    captured: dict[str, torch.Tensor] = {}
+    captured: dict[str, Any] = {}
 
     def hook_for(name: str):
-        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-            captured[name] = output
-            if len(captured) == len(targets):
+        def hook(_module: nn.Module, _inputs: object, output: Any) -> None:
+            if name in captured:
+                return
+            done = len(captured) + 1 == len(targets)
+            captured[name] = output.clone() if isinstance(output, torch.Tensor) and not done else output
+            if done:
                 raise _AllTapsCaptured
 
         return hook
@@ -50,27 +61,54 @@ def tap_features(model: nn.Module, x: torch.Tensor, names: Sequence[str]) -> dic
     finally:
         for h in handles:
             h.remove()
-    missing = set(targets) - set(captured)
+    missing = [n for n in targets if n not in captured]
     if missing:
-        raise ValueError(f"layer(s) {sorted(missing)} never ran in the forward pass; tap modules that are called")
-    return captured
+        raise ValueError(f"layer(s) {missing} never ran in the forward pass; tap modules forward() calls")
+    return {n: captured[n] for n in names}
+
+
+def _graph_leaves(roots: Iterable[torch.Tensor]) -> set[int]:
+    """ids of the leaf tensors the autograd graph of `roots` reaches (the ones that would get a gradient)."""
+    found: set[int] = set()
+    stack = []
+    for t in roots:
+        if t.grad_fn is None:
+            found.add(id(t))
+        else:
+            stack.append(t.grad_fn)
+    seen: set[Any] = set()
+    while stack:
+        fn = stack.pop()
+        if fn in seen:
+            continue
+        seen.add(fn)
+        leaf = getattr(fn, "variable", None)  # AccumulateGrad nodes hold the leaf they accumulate into
+        if leaf is not None:
+            found.add(id(leaf))
+        stack.extend(nxt for nxt, _ in fn.next_functions if nxt is not None)
+    return found
 
 
 def parameters_used(model: nn.Module, x: torch.Tensor, names: Sequence[str]) -> list[nn.Parameter]:
-    """Parameters of the modules that ran before the taps were all captured: what adaptation may train."""
-    fired: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda mod, *_: fired.append(mod)) for m in model.modules()]
+    """Parameters the named taps depend on: what adaptation may train when these are the regressed maps.
+
+    Read off the autograd graph of one tapped forward pass, so it is exact for any architecture (shared
+    modules, functional calls, parameters owned by containers). The pass runs in eval mode with every
+    parameter temporarily requiring grad, so BatchNorm statistics and `requires_grad` flags are left as found.
+    """
+    params = list(model.parameters())
+    grad_flags = [p.requires_grad for p in params]
+    train_flags = [(m, m.training) for m in model.modules()]
     try:
-        with torch.no_grad():
-            tap_features(model, x, names)
+        model.eval()
+        for p in params:
+            p.requires_grad_(True)
+        with torch.inference_mode(False), torch.enable_grad():
+            taps = tap_features(model, x.clone(), names)
+        reached = _graph_leaves(t for t in taps.values() if isinstance(t, torch.Tensor) and t.requires_grad)
     finally:
-        for h in hooks:
-            h.remove()
-    seen: set[int] = set()
-    params = []
-    for mod in fired:
-        for p in mod.parameters(recurse=False):
-            if id(p) not in seen:
-                seen.add(id(p))
-                params.append(p)
-    return params
+        for p, flag in zip(params, grad_flags):
+            p.requires_grad_(flag)
+        for m, flag in train_flags:
+            m.training = flag
+    return [p for p in params if id(p) in reached]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# (name, out channels, convs, dilation, pool stride)
+# (name, out channels, convs, dilation, pool stride): conv1..conv5 and the pooling after each
 VGG_BLOCKS = (
     ("1", 64, 2, 1, 2),
     ("2", 128, 2, 1, 2),
@@ -27,10 +27,17 @@ FC_CHANNELS = 1024
 
 
 def scaled(channels: int, width: float) -> int:
+    """Channel count at a width multiplier; at least 4 so tiny CPU models still have some capacity."""
     return max(4, int(round(channels * width)))
 
 
-def conv_block(cin: int, cout: int, n: int, dilation: int) -> nn.Sequential:
+def _check_size(num_classes: int, width: float) -> None:
+    if num_classes < 1 or not width > 0:
+        raise ValueError(f"need num_classes >= 1 and width > 0; got num_classes={num_classes}, width={width}")
+
+
+def conv_block(cin: int, cout: int, n: int, dilation: int = 1) -> nn.Sequential:
+    """n x (conv3x3 + ReLU); in-place ReLU is safe because only the pooled maps after a block are tapped."""
     layers: list[nn.Module] = []
     for i in range(n):
         conv = nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=dilation, dilation=dilation)
@@ -38,27 +45,36 @@ def conv_block(cin: int, cout: int, n: int, dilation: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def pool(stride: int) -> nn.MaxPool2d:
+    return nn.MaxPool2d(3, stride=stride, padding=1)
+
+
 class VGGDeepLab(nn.Module):
+    """DeepLab-LargeFOV; `width` scales every channel count (1.0 = paper, 0.25 trains on a CPU)."""
+
     TAPS = ("pool1", "pool2", "pool3", "pool4", "pool5", "fc6", "fc7", "logits")
 
     def __init__(self, num_classes: int, width: float = 1.0, dropout: float = 0.5) -> None:
         super().__init__()
+        _check_size(num_classes, width)
         self.num_classes, self.width = num_classes, width
-        cin = 3
-        for name, ch, n, dilation, stride in VGG_BLOCKS:
-            cout = scaled(ch, width)
-            setattr(self, f"conv{name}", conv_block(cin, cout, n, dilation))
-            setattr(self, f"pool{name}", nn.MaxPool2d(3, stride=stride, padding=1))
-            cin = cout
+        c1, c2, c3, c4, c5 = (scaled(ch, width) for _, ch, *_ in VGG_BLOCKS)
         fc = scaled(FC_CHANNELS, width)
-        self.fc6 = nn.Sequential(
-            nn.Conv2d(cin, fc, 3, padding=12, dilation=12), nn.ReLU(inplace=True), nn.Dropout(dropout)
+        self.conv1, self.pool1 = conv_block(3, c1, 2), pool(2)
+        self.conv2, self.pool2 = conv_block(c1, c2, 2), pool(2)
+        self.conv3, self.pool3 = conv_block(c2, c3, 3), pool(2)
+        self.conv4, self.pool4 = conv_block(c3, c4, 3), pool(1)  # stride 1 from here on: output stride 8
+        self.conv5, self.pool5 = conv_block(c4, c5, 3, dilation=2), pool(1)
+        self.fc6 = nn.Sequential(  # LargeFOV: 3x3 at dilation 12 instead of VGG's 7x7 fully-connected layer
+            nn.Conv2d(c5, fc, 3, padding=12, dilation=12), nn.ReLU(inplace=True), nn.Dropout(dropout)
         )
         self.fc7 = nn.Sequential(nn.Conv2d(fc, fc, 1), nn.ReLU(inplace=True), nn.Dropout(dropout))
-        self.classifier = nn.Conv2d(fc, num_classes, 1)
+        self.classifier = nn.Conv2d(fc, num_classes, 1)  # fc8
         self._init_weights()
 
     def _init_weights(self) -> None:
+        # He (fan-in, ReLU) keeps activation variance steady through 15 plain conv layers without batchnorm,
+        # so the CPU configs train from scratch; the small classifier init starts near uniform predictions.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
@@ -96,49 +112,63 @@ class VGGDeepLab(nn.Module):
         logits = self.features(x, ["logits"])["logits"]
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
-    def modules_up_to(self, tap: str) -> list[nn.Module]:
+    def stages_up_to(self, tap: str) -> list[nn.Module]:
         """Modules whose parameters influence `tap`: what adaptation may train when `tap` is the deepest."""
-        last = self._check([tap])
+        self._check([tap])
         mods: list[nn.Module] = []
         for name, module in self.stages():
             mods.append(module)
-            if name and self.TAPS.index(name) == last:
+            if name == tap:
                 break
         return mods
 
+    modules_up_to = stages_up_to
+
     def parameters_up_to(self, tap: str) -> list[nn.Parameter]:
-        return [p for m in self.modules_up_to(tap) for p in m.parameters()]
+        return [p for m in self.stages_up_to(tap) for p in m.parameters()]
 
     def parameters_above(self, tap: str) -> list[nn.Parameter]:
+        """Parameters that cannot affect `tap`; adaptation freezes these (they get no gradient anyway)."""
         below = {id(p) for p in self.parameters_up_to(tap)}
         return [p for p in self.parameters() if id(p) not in below]
 
     def classifier_parameters(self) -> list[nn.Parameter]:
+        """fc8, which DeepLab trains at 10x the backbone LR because it starts from scratch."""
         return list(self.classifier.parameters())
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return self.parameters_up_to("fc7")
 
 
 class PixelNet(nn.Module):
-    """Per-pixel baseline of 1x1 convolutions: it sees colour only, no context.
+    """Per-pixel baseline of three 1x1 convolutions: it sees one pixel's colour, no context.
 
     It exists to show that a dataset needs spatial context: a good dataset makes it score clearly worse
-    than VGGDeepLab.
+    than VGGDeepLab. Width below 1 does not shrink it, so the CPU configs do not handicap the baseline.
     """
 
     TAPS = ("logits",)
 
-    def __init__(self, num_classes: int, width: float = 1.0, hidden: int = 64) -> None:
+    def __init__(self, num_classes: int, width: float = 1.0, in_channels: int = 3, hidden: int = 64) -> None:
         super().__init__()
+        _check_size(num_classes, width)
+        self.num_classes, self.width = num_classes, width
         h = scaled(hidden, max(width, 1.0))
-        self.body = nn.Sequential(nn.Conv2d(3, h, 1), nn.ReLU(inplace=True), nn.Conv2d(h, h, 1), nn.ReLU(inplace=True))
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, h, 1), nn.ReLU(inplace=True), nn.Conv2d(h, h, 1), nn.ReLU(inplace=True)
+        )
         self.classifier = nn.Conv2d(h, num_classes, 1)
 
     def features(self, x: torch.Tensor, taps: Sequence[str]) -> dict[str, torch.Tensor]:
-        if list(taps) != ["logits"]:
+        if not taps or any(t != "logits" for t in taps):
             raise ValueError(f"unknown tap(s) {list(taps)}; valid taps: logits")
         return {"logits": self.classifier(self.body(x))}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x, ["logits"])["logits"]
+        return self.features(x, ["logits"])["logits"]  # stride 1: the logits are already input-sized
 
     def classifier_parameters(self) -> list[nn.Parameter]:
         return list(self.classifier.parameters())
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return list(self.body.parameters())
