@@ -99,6 +99,21 @@ class AdaptConfig:
 
 
 @dataclass
+class ExperimentConfig:
+    """The sweep: for each shift, H1's distortion, baselines B0/B1/B2 and one regression per layer preset."""
+
+    filters: list[str] = field(default_factory=lambda: ["ripple"])
+    layer_presets: list[str] = field(
+        default_factory=lambda: ["pool1", "pool2", "pool3", "pool4", "pool5", "all_inc", "all_dec"]
+    )
+    seeds: list[int] = field(default_factory=lambda: [0])
+    iterations: int = 2000  # one budget for B1, B2 and every regression (H1 uses train.iterations)
+    finetune_lr: float = 2.5e-4  # B2: H1 fine-tuned on D2 with D1's labels
+    adapt_lr: float = 2.5e-4  # H2: feature regression
+    baselines: list[str] = field(default_factory=lambda: ["B0", "B1", "B2"])
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     out_dir: str = "runs"
@@ -107,6 +122,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     shift: ShiftConfig = field(default_factory=ShiftConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
 
 # --- presets ---------------------------------------------------------------------------------------
@@ -144,7 +160,21 @@ def _preset_camvid() -> RunConfig:
     return cfg
 
 
-PRESETS = {"voc": _preset_voc, "synthetic": _preset_synthetic, "camvid": _preset_camvid}
+def _preset_demo() -> RunConfig:
+    """The whole sweep on synthetic scenes in a few CPU minutes: smaller images and network than `synthetic`."""
+    cfg = _preset_synthetic()
+    cfg.name = "demo"
+    cfg.model.width = 0.125
+    cfg.data.synthetic_size = [64, 96]
+    cfg.data.crop_size = [64, 96]
+    cfg.data.synthetic_train, cfg.data.synthetic_val = 1000, 100
+    cfg.train.iterations = 600
+    cfg.train.checkpoint_every = 0
+    cfg.experiment = ExperimentConfig(filters=["ripple"], iterations=150, finetune_lr=0.005, adapt_lr=0.005)
+    return cfg
+
+
+PRESETS = {"voc": _preset_voc, "synthetic": _preset_synthetic, "camvid": _preset_camvid, "demo": _preset_demo}
 
 
 def preset(name: str) -> RunConfig:

@@ -1,0 +1,187 @@
+"""The study's sweep: H1 on D1, then for each shift its distortion, the baselines and the regression presets.
+
+Protocol (one metric code, crop and ignore index for all):
+- H1: trained on D1 with labels (train.iterations), or reused from adapt.h1.
+- B0: H1 evaluated on D2.
+- B1: a fresh model trained on D2 images with D1's labels, with H1's budget (it starts from scratch as H1 did).
+- B2: H1 fine-tuned on D2 images with D1's labels, experiment.iterations steps.
+- H2 (one per layer preset): H1 adapted by feature regression on (D1, D2) pairs, experiment.iterations steps,
+  no D2 labels.
+All are scored on the D2 val split, whose labels are D1's (as in the study).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import functools
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from segadapt import checkpoint as ckpt
+from segadapt.adapt import adapt
+from segadapt.config import RunConfig, ShiftConfig, dumps_toml
+from segadapt.data import SegmentationDataset, SegmentationSource, build_source, make_transform
+from segadapt.data.pairs import PairedDataset, Shift, ShiftedSource
+from segadapt.evaluate import evaluate
+from segadapt.metrics import Scores, distortion
+from segadapt.runtime import environment, select_device
+from segadapt.train import load_model, train
+
+METRICS = ("mean_acc", "miou", "pixel_acc")
+
+
+def _apply_filter(name: str, severity: float, image: np.ndarray, seed: int) -> np.ndarray:
+    from segadapt.shifts import apply_filter
+
+    return apply_filter(name, image, severity=severity, seed=seed)
+
+
+def make_shift(name: str, severity: float) -> Shift:
+    """A picklable (image, seed) -> image function, so DataLoader workers can run it."""
+    return functools.partial(_apply_filter, name, severity)
+
+
+def d2_source(cfg: RunConfig, split: str, shift: ShiftConfig, filter_name: str) -> SegmentationSource:
+    """D2 with D1's labels: from a `segadapt shift` directory if given, else the filter applied on the fly."""
+    if shift.d2_dir:
+        d2_cfg = copy.deepcopy(cfg.data)
+        d2_cfg.root = shift.d2_dir
+        return build_source(d2_cfg, split)
+    fn = make_shift(filter_name, shift.severity)
+    return ShiftedSource(build_source(cfg.data, split), fn, shift.seed, filter_name)
+
+
+def score(model: torch.nn.Module, source: SegmentationSource, cfg: RunConfig, device: torch.device) -> Scores:
+    ds = SegmentationDataset(source, make_transform(cfg.data, False, source.info.ignore_index))
+    s, _ = evaluate(model, ds, source.info.num_classes, source.info.ignore_index, device, desc="score")
+    return s
+
+
+def _row(seed: int, shift: str, method: str, s: Scores) -> dict[str, Any]:
+    return {"seed": seed, "shift": shift, "method": method, **{m: getattr(s, m) for m in METRICS}}
+
+
+def run_experiment(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
+    ex = cfg.experiment
+    device = select_device(cfg.train.device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.write_text_atomic(out_dir / "config.toml", dumps_toml(cfg))
+    rows: list[dict[str, Any]] = []
+
+    for seed in ex.seeds:
+        base = copy.deepcopy(cfg)
+        base.train.seed = seed
+        seed_dir = out_dir / f"seed{seed}"
+
+        # H1 on D1
+        if cfg.adapt.h1:
+            h1, h1_meta = load_model(cfg.adapt.h1, device)
+        else:
+            train(base, seed_dir / "H1")
+            h1, h1_meta = load_model(seed_dir / "H1", device)
+        d1_train, d1_val = build_source(cfg.data, cfg.data.train_split), build_source(cfg.data, cfg.data.val_split)
+        rows.append(_row(seed, "none", "H1", score(h1, d1_val, cfg, device)))
+
+        for name in ex.filters:
+            shift_dir = seed_dir / name
+            d2_train = d2_source(cfg, cfg.data.train_split, cfg.shift, name)
+            d2_val = d2_source(cfg, cfg.data.val_split, cfg.shift, name)
+            train_tf = make_transform(cfg.data, True, d1_train.info.ignore_index)
+            eval_tf = make_transform(cfg.data, False, d1_train.info.ignore_index)
+            d2_sets = (SegmentationDataset(d2_train, train_tf), SegmentationDataset(d2_val, eval_tf))
+
+            if "B0" in ex.baselines:
+                rows.append(_row(seed, name, "B0", score(h1, d2_val, cfg, device)))
+            if "B1" in ex.baselines:
+                m = train(base, shift_dir / "B1", train_set=d2_sets[0], val_set=d2_sets[1])
+                rows.append(_row(seed, name, "B1", _scores_from(m)))
+            if "B2" in ex.baselines:
+                b2 = copy.deepcopy(base)
+                b2.train.iterations, b2.train.lr = ex.iterations, ex.finetune_lr
+                m = train(b2, shift_dir / "B2", model=copy.deepcopy(h1), train_set=d2_sets[0], val_set=d2_sets[1])
+                rows.append(_row(seed, name, "B2", _scores_from(m)))
+
+            pairs = PairedDataset(d1_train, d2_train, train_tf, cfg.shift.photometric)
+            for preset in ex.layer_presets:
+                a = copy.deepcopy(base)
+                a.train.iterations, a.train.lr = ex.iterations, ex.adapt_lr
+                a.adapt.layers, a.adapt.weights = [preset], []
+                adapt(a, shift_dir / f"H2-{preset}", pairs, teacher=h1, h1_meta=h1_meta)
+                h2, _ = load_model(shift_dir / f"H2-{preset}", device)
+                rows.append(_row(seed, name, f"H2:{preset}", score(h2, d2_val, cfg, device)))
+
+    results = summarise(rows, ex.filters)
+    results["environment"] = environment()
+    write_results(results, out_dir)
+    return results
+
+
+def _scores_from(metrics: dict[str, Any]) -> Scores:
+    v = metrics["val"]
+    nan = float("nan")
+    return Scores(v["pixel_acc"] or nan, v["mean_acc"] or nan, v["miou"] or nan, [], [], 0)
+
+
+def summarise(rows: list[dict[str, Any]], filters: list[str]) -> dict[str, Any]:
+    """Mean and std over seeds per (shift, method), and each shift's distortion of H1."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["shift"], r["method"]), []).append(r)
+    summary = []
+    for (shift, method), rs in groups.items():
+        entry: dict[str, Any] = {"shift": shift, "method": method, "seeds": len(rs)}
+        for m in METRICS:
+            vals = [r[m] for r in rs]
+            entry[m] = statistics.fmean(vals)
+            entry[f"{m}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        summary.append(entry)
+    lookup = {(e["shift"], e["method"]): e for e in summary}
+    dist = {}
+    h1 = lookup.get(("none", "H1"))
+    for f in filters:
+        b0 = lookup.get((f, "B0"))
+        if h1 and b0:
+            dist[f] = distortion(h1["mean_acc"], h1["miou"], b0["mean_acc"], b0["miou"])
+    return {"rows": rows, "summary": summary, "distortion": dist}
+
+
+def write_results(results: dict[str, Any], out_dir: Path) -> None:
+    from segadapt.viz.plots import plot_layers, plot_methods
+
+    ckpt.write_json_atomic(out_dir / "results.json", results)
+    fields = ["shift", "method", "seeds", *[k for m in METRICS for k in (m, f"{m}_std")]]
+    with ckpt.atomic_path(out_dir / "results.csv") as tmp, tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        w.writerows(results["summary"])
+    plots = [plot_methods(results, out_dir / "methods.png"), plot_layers(results, out_dir / "layers.png")]
+    ckpt.write_text_atomic(out_dir / "results.md", markdown(results, [p.name for p in plots if p]))
+
+
+def markdown(results: dict[str, Any], figures: list[str]) -> str:
+    def fmt(e: dict[str, Any], m: str) -> str:
+        return f"{e[m]:.3f} ± {e[m + '_std']:.3f}" if e["seeds"] > 1 else f"{e[m]:.3f}"
+
+    lines = ["# segadapt experiment", ""]
+    h1 = next((e for e in results["summary"] if e["method"] == "H1"), None)
+    if h1:
+        lines += [f"H1 on D1 (val): mean accuracy {fmt(h1, 'mean_acc')}, mIoU {fmt(h1, 'miou')}", ""]
+    shifts = [s for s in dict.fromkeys(e["shift"] for e in results["summary"]) if s != "none"]
+    for s in shifts:
+        lines += [f"## Shift: {s}", ""]
+        if s in results["distortion"]:
+            lines += [f"Distortion of H1: {results['distortion'][s]:.3f}", ""]
+        lines += ["| method | mean accuracy | mIoU | pixel accuracy |", "| --- | --- | --- | --- |"]
+        for e in results["summary"]:
+            if e["shift"] == s:
+                lines.append(f"| {e['method']} | {fmt(e, 'mean_acc')} | {fmt(e, 'miou')} | {fmt(e, 'pixel_acc')} |")
+        lines.append("")
+    lines += ["B0: H1 on D2. B1: trained from scratch on D2 with D1 labels. B2: H1 fine-tuned on D2 with D1 labels.",
+              "H2:<layers>: H1 adapted by feature regression on those layers, without D2 labels.", ""]
+    lines += [f"![{f}]({f})" for f in figures]
+    return "\n".join(lines) + "\n"

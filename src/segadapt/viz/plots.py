@@ -1,0 +1,70 @@
+"""Result plots: methods against baselines per shift, and performance against the regressed layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from segadapt.checkpoint import atomic_path  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_methods(results: dict[str, Any], path: Path) -> Path | None:
+    """(a) mean accuracy and mIoU bars of every method, grouped by shift."""
+    entries = [e for e in results["summary"] if e["shift"] != "none"]
+    if not entries:
+        return None
+    shifts = list(dict.fromkeys(e["shift"] for e in entries))
+    methods = list(dict.fromkeys(e["method"] for e in entries))
+    lookup = {(e["shift"], e["method"]): e for e in entries}
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(methods) * len(shifts)), 4), sharey=True)
+    width = 0.8 / len(methods)
+    x = np.arange(len(shifts))
+    for ax, metric, title in zip(axes, ("mean_acc", "miou"), ("mean accuracy", "mIoU")):
+        for k, m in enumerate(methods):
+            vals = [lookup[(s, m)][metric] if (s, m) in lookup else np.nan for s in shifts]
+            errs = [lookup[(s, m)][f"{metric}_std"] if (s, m) in lookup else 0 for s in shifts]
+            ax.bar(x + (k - (len(methods) - 1) / 2) * width, vals, width, yerr=errs, label=m)
+        h1 = next((e for e in results["summary"] if e["method"] == "H1"), None)
+        if h1:
+            ax.axhline(h1[metric], color="k", ls="--", lw=1, label="H1 on D1")
+        ax.set_xticks(x, shifts)
+        ax.set_title(title)
+        ax.set_ylim(0, 1)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, path)
+
+
+def plot_layers(results: dict[str, Any], path: Path) -> Path | None:
+    """(b) mIoU and mean accuracy of H2 against the transferred feature map, baselines as lines."""
+    entries = [e for e in results["summary"] if e["method"].startswith("H2:")]
+    if not entries:
+        return None
+    shifts = list(dict.fromkeys(e["shift"] for e in entries))
+    layers = list(dict.fromkeys(e["method"][3:] for e in entries))
+    lookup = {(e["shift"], e["method"]): e for e in results["summary"]}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, metric, title in zip(axes, ("miou", "mean_acc"), ("mIoU", "mean accuracy")):
+        for s in shifts:
+            ys = [lookup.get((s, f"H2:{layer}"), {}).get(metric, np.nan) for layer in layers]
+            line = ax.plot(layers, ys, marker="o", label=f"H2 ({s})")[0]
+            for base, style in (("B0", ":"), ("B2", "--")):
+                if (s, base) in lookup:
+                    ax.axhline(lookup[(s, base)][metric], color=line.get_color(), ls=style, lw=1, label=f"{base} ({s})")
+        ax.set_title(f"{title} vs transferred feature map")
+        ax.set_xlabel("regressed layers")
+        ax.set_ylim(0, 1)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, path)

@@ -1,0 +1,49 @@
+import json
+
+import numpy as np
+import pytest
+
+from segadapt import experiment
+from segadapt.config import preset
+
+
+def darken(name: str, severity: float, image: np.ndarray, seed: int) -> np.ndarray:
+    return (image * (1 - 0.6 * severity)).astype(np.uint8)
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setattr(experiment, "_apply_filter", darken)
+    cfg = preset("demo")
+    cfg.data.synthetic_size = cfg.data.crop_size = [32, 48]
+    cfg.data.synthetic_train, cfg.data.synthetic_val = 16, 4
+    cfg.train.iterations, cfg.train.batch_size, cfg.train.threads = 4, 4, 1
+    cfg.experiment.filters = ["dark"]
+    cfg.experiment.layer_presets = ["pool2", "all_inc"]
+    cfg.experiment.iterations = 3
+    return cfg
+
+
+def test_sweep_writes_tables_and_plots(tmp_path, tiny):
+    tiny.experiment.seeds = [0, 1]
+    results = experiment.run_experiment(tiny, tmp_path)
+    methods = {(e["shift"], e["method"]) for e in results["summary"]}
+    assert methods == {("none", "H1"), *(("dark", m) for m in ("B0", "B1", "B2", "H2:pool2", "H2:all_inc"))}
+    assert all(e["seeds"] == 2 for e in results["summary"])
+    assert results["distortion"]["dark"] >= 0
+    for name in ("results.json", "results.csv", "results.md", "methods.png", "layers.png", "config.toml"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    md = (tmp_path / "results.md").read_text()
+    assert "| B2 |" in md and "H2:all_inc" in md and "Distortion of H1" in md and "±" in md
+    assert json.loads((tmp_path / "results.json").read_text())["rows"][0]["method"] == "H1"
+    assert (tmp_path / "seed1" / "dark" / "H2-pool2" / "model.safetensors").exists()
+
+
+def test_distortion_matches_definition(tmp_path, tiny):
+    tiny.experiment.baselines = ["B0"]
+    tiny.experiment.layer_presets = []
+    r = experiment.run_experiment(tiny, tmp_path)
+    e = {x["method"]: x for x in r["summary"]}
+    h1, b0 = e["H1"], e["B0"]
+    expected = 0.5 * (abs(h1["mean_acc"] - b0["mean_acc"]) / h1["mean_acc"] + abs(h1["miou"] - b0["miou"]) / h1["miou"])
+    assert r["distortion"]["dark"] == pytest.approx(expected)
