@@ -49,3 +49,30 @@ def test_bad_model_file(tmp_path, capsys):
 def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "segadapt.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "train" in out.stdout and "evaluate" in out.stdout and "demo" in out.stdout
+
+
+def test_adapt_then_evaluate(tmp_path, monkeypatch, capsys):
+    from segadapt import experiment
+
+    monkeypatch.setattr(experiment, "_apply_filter", lambda name, sev, img, seed: img[:, ::-1].copy())
+    h1 = tmp_path / "h1"
+    assert main(["train", *TINY, "--out", str(h1)]) == 0
+    h2 = tmp_path / "h2"
+    code = main(["adapt", "--h1", str(h1), "--layers", "pool2,pool3", "--weights", "0.5,1", "--filter", "mirror",
+                 "--iterations", "2", "--batch-size", "2", "--threads", "1", "--out", str(h2)])
+    assert code == 0
+    assert json.loads((h2 / "model.json").read_text())["layers"] == {"pool2": 0.5, "pool3": 1.0}
+    assert main(["evaluate", "--model", str(h2)]) == 0
+    assert "mIoU" in capsys.readouterr().out
+
+
+def test_adapt_from_image_folder_reports_missing_pair(tmp_path, capsys):
+    from PIL import Image
+
+    h1 = tmp_path / "h1"
+    assert main(["train", *TINY, "--out", str(h1)]) == 0
+    d2 = tmp_path / "d2"
+    d2.mkdir()
+    Image.new("RGB", (48, 32)).save(d2 / "synthetic_train_000000.png")  # only one of the 8 D1 scenes
+    assert main(["adapt", "--h1", str(h1), "--d2-dir", str(d2), "--out", str(tmp_path / "h2")]) == 2
+    assert "no D2 image with stem 'synthetic_train_000001'" in capsys.readouterr().err

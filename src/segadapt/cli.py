@@ -31,7 +31,7 @@ SHORTCUTS = {
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("configuration (later ones win: preset < --config < flags < --set)")
-    g.add_argument("--preset", help="start from a preset: voc (the study), synthetic (CPU demo), camvid")
+    g.add_argument("--preset", help="start from a preset: voc (the study), synthetic, camvid, demo")
     g.add_argument("--config", help="TOML file with [model], [data], [train] tables")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set train.lr=0.01")
     g.add_argument("--dataset", help="synthetic | camvid | voc | folder")
@@ -147,20 +147,71 @@ def _default_eval_path(model: str, dataset: str, split: str) -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from segadapt.experiment import run_experiment
     from segadapt.runtime import new_run_dir
-    from segadapt.train import train
 
-    cfg = preset("synthetic")
-    cfg.name = "demo"
+    cfg = preset("demo")
     cfg.out_dir = args.out_dir
     if args.device:
         cfg.train.device = args.device
-    run_dir = new_run_dir(cfg.out_dir, cfg.name)
+    out = new_run_dir(cfg.out_dir, cfg.name)
     print(dumps_toml(cfg))
-    metrics = train(cfg, run_dir)
-    v = metrics["val"]
-    print(f"synthetic val mIoU {v['miou']:.4f}  mean acc {v['mean_acc']:.4f}  ({metrics['train_time_s']:.0f}s)")
-    print(f"results: {run_dir / 'metrics.json'}")
+    run_experiment(cfg, out)
+    print((out / "results.md").read_text())
+    print(f"report: {out / 'results.md'}")
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from segadapt.experiment import run_experiment
+    from segadapt.runtime import new_run_dir
+
+    cfg = resolve_config(args)
+    out = Path(args.out) if args.out else new_run_dir(cfg.out_dir, f"{cfg.name}-experiment")
+    print(dumps_toml(cfg))
+    run_experiment(cfg, out)
+    print((out / "results.md").read_text())
+    print(f"report: {out / 'results.md'}")
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from segadapt.adapt import adapt
+    from segadapt.config import DataConfig, from_dict
+    from segadapt.data import build_source, make_transform
+    from segadapt.data.pairs import PairedDataset, csv_pairs, image_folder
+    from segadapt.experiment import d2_source
+    from segadapt.runtime import new_run_dir
+    from segadapt.train import load_model
+
+    _, meta = load_model(args.h1)
+    trained = RunConfig(data=from_dict(DataConfig, meta["config"]["data"], f"{args.h1} metadata"))
+    trained.model.width, trained.model.arch = meta["width"], meta["arch"]
+    cfg = resolve_config(args, trained)
+    cfg.adapt.h1 = args.h1
+    if args.layers:
+        cfg.adapt.layers = [x.strip() for x in args.layers.split(",") if x.strip()]
+    if args.weights:
+        cfg.adapt.weights = [float(x) for x in args.weights.split(",")]
+    for flag, key in (("filter", "filter"), ("severity", "severity"), ("d2_dir", "d2_dir"), ("pairs", "pairs_csv")):
+        if getattr(args, flag) is not None:
+            setattr(cfg.shift, key, getattr(args, flag))
+
+    split = cfg.data.train_split
+    if cfg.shift.pairs_csv:
+        d1, d2 = csv_pairs(Path(cfg.shift.pairs_csv))
+    else:
+        d1 = build_source(cfg.data, split)
+        if cfg.shift.d2_dir and not (Path(cfg.shift.d2_dir) / split).is_dir():
+            d2 = image_folder(Path(cfg.shift.d2_dir))  # a plain folder of unlabelled D2 images
+        else:
+            d2 = d2_source(cfg, split, cfg.shift, cfg.shift.filter)
+    pairs = PairedDataset(d1, d2, make_transform(cfg.data, True, cfg.data.ignore_index), cfg.shift.photometric)
+    out = Path(args.out) if args.out else new_run_dir(cfg.out_dir, "adapt")
+    print(dumps_toml(cfg))
+    result = adapt(cfg, out, pairs)
+    print(f"final regression loss {result['final_loss']:.5g} per layer {result['final_layer_loss']}")
+    print(f"adapted model: {out / 'model.safetensors'} (evaluate with: segadapt evaluate --model {out})")
     return 0
 
 
@@ -188,7 +239,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="train and evaluate on the embedded synthetic dataset (CPU, minutes)")
+    p = sub.add_parser("adapt", help="adapt H1 to D2 by feature-map regression (no D2 labels)")
+    _add_config_args(p)
+    p.add_argument("--h1", required=True, help="source model: a training run directory or model .safetensors")
+    p.add_argument("--layers", help="taps to regress, comma-separated (pool1..pool5, fc6, fc7) or a preset: "
+                   "pool1..pool5, all (= all_inc), all_inc, all_dec")
+    p.add_argument("--weights", help="one weight per layer, comma-separated (default 1.0 each)")
+    p.add_argument("--filter", help="make D2 on the fly with this filter: photocopy | ripple | cubism")
+    p.add_argument("--severity", type=float, help="filter severity 0..1")
+    p.add_argument("--d2-dir", help="D2 images: a `segadapt shift` output or a folder, matched to D1 by file stem")
+    p.add_argument("--pairs", help="CSV with columns x1,x2 listing image pairs")
+    p.add_argument("--out", help="output directory")
+    p.set_defaults(func=cmd_adapt)
+
+    p = sub.add_parser("experiment", help="the study's sweep: H1, distortion, B0/B1/B2, regression presets")
+    _add_config_args(p)
+    p.add_argument("--out", help="output directory")
+    p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("demo", help="the sweep on the embedded synthetic dataset at CPU scale (minutes)")
     p.add_argument("--out-dir", default="runs")
     p.add_argument("--device")
     p.set_defaults(func=cmd_demo)
