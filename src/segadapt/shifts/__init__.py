@@ -1,6 +1,8 @@
-"""Domain shifts that turn D1 images into D2 images: GIMP/GEGL filters reimplemented natively.
+"""Domain shifts that turn D1 images into D2 images: GIMP 2.10's GEGL filters reimplemented natively.
 
-`apply_filter(name, image, severity=..., seed=...)` is the one entry point the rest of segadapt uses.
+`apply_filter(name, image, severity=..., seed=...)` is the one entry point the rest of segadapt uses; the
+per-filter functions take GEGL's parameter names and defaults. `backend="gegl"` runs the real `gegl` CLI instead
+(slow, needs `apt-get install gegl`), for checking or for exact GIMP output.
 """
 
 from __future__ import annotations
@@ -11,34 +13,62 @@ from typing import Any
 import numpy as np
 
 from segadapt.errors import ConfigError
+from segadapt.shifts.cubism import cubism
+from segadapt.shifts.gegl import linear_to_srgb, run_gegl, srgb_to_linear
+from segadapt.shifts.photocopy import photocopy
 from segadapt.shifts.ripple import ripple, ripple_mask
+from segadapt.shifts.severity import severity_params
+
+FILTERS: dict[str, Callable[..., np.ndarray]] = {"photocopy": photocopy, "ripple": ripple, "cubism": cubism}
+BACKENDS = ("native", "gegl")
+_ALIASES = {"phase": "phi", "sampler": "sampler_type"}  # ripple's older keyword names -> GEGL's
 
 
-def _ripple_severity(severity: float, seed: int) -> dict[str, Any]:
-    """severity 0..1 -> amplitude 0..12 px at a 40-80 px period; the phase varies with the seed so pairs differ."""
-    rng = np.random.default_rng(seed)
-    return {
-        "amplitude": 12.0 * severity,
-        "period": 40.0 + 40.0 * (1.0 - severity),
-        "phase": float(rng.uniform(-1, 1)),
-        "abyss_policy": "clamp",
-    }
-
-
-FILTERS: dict[str, tuple[Callable[..., np.ndarray], Callable[[float, int], dict[str, Any]]]] = {
-    "ripple": (ripple, _ripple_severity),
-}
+def blend(original: np.ndarray, filtered: np.ndarray, opacity: float) -> np.ndarray:
+    """GIMP-style filter opacity: mix filtered over original in linear light (1 = filtered only)."""
+    if opacity >= 1.0:
+        return filtered
+    if opacity <= 0.0:
+        return original.copy()
+    a, b = srgb_to_linear(original), srgb_to_linear(filtered)
+    return linear_to_srgb(a + np.float32(opacity) * (b - a))
 
 
 def apply_filter(
-    name: str, image: np.ndarray, severity: float | None = None, seed: int = 0, **params: Any
+    name: str,
+    image: np.ndarray,
+    severity: float | None = None,
+    seed: int = 0,
+    backend: str = "native",
+    **params: Any,
 ) -> np.ndarray:
-    """Filter `image` (uint8 HxWx3); `severity` picks parameters, explicit `params` override them."""
+    """Filter a uint8 HxWx3 RGB image; `severity` (0..1) picks parameters, explicit `params` override them.
+
+    `seed` feeds the severity mapping (ripple phase, cubism tiles); `opacity` (0..1, default 1) blends the result
+    over the input as GIMP's filter dialog does. Deterministic for a given seed.
+    """
     if name not in FILTERS:
         raise ConfigError(f"unknown filter {name!r}; choose one of {', '.join(FILTERS)}")
-    fn, by_severity = FILTERS[name]
-    chosen = by_severity(severity, seed) if severity is not None else {}
-    return fn(image, **(chosen | params))
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    chosen = severity_params(name, severity, seed) if severity is not None else {}
+    if name == "cubism" and severity is None:
+        chosen["seed"] = seed
+    chosen.update({_ALIASES.get(k, k): v for k, v in params.items()})
+    opacity = float(chosen.pop("opacity", 1.0))
+    out = run_gegl(image, name, **chosen) if backend == "gegl" else FILTERS[name](image, **chosen)
+    return blend(image, out, opacity)
 
 
-__all__ = ["FILTERS", "apply_filter", "ripple", "ripple_mask"]
+__all__ = [
+    "BACKENDS",
+    "FILTERS",
+    "apply_filter",
+    "blend",
+    "cubism",
+    "photocopy",
+    "ripple",
+    "ripple_mask",
+    "run_gegl",
+    "severity_params",
+]

@@ -1,0 +1,46 @@
+"""Map one `severity` in [0, 1] onto each filter's GEGL parameters, for sweeps of shift strength.
+
+Severity 0 is the identity or the mildest setting, 1 the strongest we sweep; distortion (mean |D2 - D1|) grows
+monotonically in between (tested). Ranges, per filter:
+
+* ripple: amplitude = 12 s px (0 = identity), period = 80 - 40 s px, phi drawn uniformly from [-1, 1] by `seed`
+  (so paired images differ in phase, deterministically), abyss_policy "clamp" (no black borders), cubic sampler.
+* photocopy: GEGL's defaults (mask_radius 10, sharpness 0.5, black 0.2, white 0.2) applied at opacity s, i.e.
+  blended over the input in linear light like GIMP's filter "Opacity". Photocopy's own parameters are not a
+  monotone strength knob (a small mask radius turns almost everything white), so opacity carries the severity.
+* cubism: tile_size = 4 + 12 s px (10 = GEGL's default at s = 0.5), tile_saturation 2.5, seed = `seed`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from segadapt.errors import ConfigError
+
+
+def _ripple(severity: float, seed: int) -> dict[str, Any]:
+    phi = float(np.random.default_rng(seed).uniform(-1.0, 1.0))
+    return {"amplitude": 12.0 * severity, "period": 80.0 - 40.0 * severity, "phi": phi, "abyss_policy": "clamp"}
+
+
+def _photocopy(severity: float, seed: int) -> dict[str, Any]:
+    return {"mask_radius": 10.0, "sharpness": 0.5, "black": 0.2, "white": 0.2, "opacity": severity}
+
+
+def _cubism(severity: float, seed: int) -> dict[str, Any]:
+    return {"tile_size": 4.0 + 12.0 * severity, "tile_saturation": 2.5, "seed": seed}
+
+
+_BY_FILTER = {"ripple": _ripple, "photocopy": _photocopy, "cubism": _cubism}
+
+
+def severity_params(name: str, severity: float, seed: int = 0) -> dict[str, Any]:
+    """Keyword arguments for filter `name` at `severity` (may include "opacity", see module doc)."""
+    if name not in _BY_FILTER:
+        raise ConfigError(f"unknown filter {name!r}; choose one of {', '.join(_BY_FILTER)}")
+    severity = float(severity)
+    if not 0.0 <= severity <= 1.0:
+        raise ConfigError(f"severity must be in [0, 1], got {severity:g}")
+    return _BY_FILTER[name](severity, seed)
