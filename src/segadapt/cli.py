@@ -147,27 +147,25 @@ def _default_eval_path(model: str, dataset: str, split: str) -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from segadapt.experiment import run_experiment
     from segadapt.runtime import new_run_dir
 
     cfg = preset("demo")
     cfg.out_dir = args.out_dir
     if args.device:
         cfg.train.device = args.device
-    out = new_run_dir(cfg.out_dir, cfg.name)
-    print(dumps_toml(cfg))
-    run_experiment(cfg, out)
-    print((out / "results.md").read_text())
-    print(f"report: {out / 'results.md'}")
-    return 0
+    return _sweep(cfg, new_run_dir(cfg.out_dir, cfg.name))
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from segadapt.experiment import run_experiment
     from segadapt.runtime import new_run_dir
 
     cfg = resolve_config(args)
-    out = Path(args.out) if args.out else new_run_dir(cfg.out_dir, f"{cfg.name}-experiment")
+    return _sweep(cfg, Path(args.out) if args.out else new_run_dir(cfg.out_dir, f"{cfg.name}-experiment"))
+
+
+def _sweep(cfg: RunConfig, out: Path) -> int:
+    from segadapt.experiment import run_experiment
+
     print(dumps_toml(cfg))
     run_experiment(cfg, out)
     print((out / "results.md").read_text())

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segadapt.data.base import DatasetInfo, SegmentationSource, read_image
-from segadapt.data.datasets import IMAGE_SUFFIXES
+from segadapt.data.base import DatasetInfo, SegmentationSource
+from segadapt.data.datasets import IMAGE_SUFFIXES, FileSource
 from segadapt.data.transforms import JointTransform
 from segadapt.errors import DataError
 
@@ -50,27 +50,17 @@ class ShiftedSource(SegmentationSource):
         return self.shift(image, stem_seed(self.stem(i), self.seed)), mask
 
 
-class ImageListSource(SegmentationSource):
+class ImageListSource(FileSource):
     """Unlabelled images (a D2 folder, or one column of a pairs CSV); asking for labels is an error."""
 
     def __init__(self, items: list[tuple[str, Path]], info: DatasetInfo | None = None) -> None:
-        self.items = items
-        self.info = info or DatasetInfo("images", (), 255, ())
+        super().__init__(info or DatasetInfo("images", (), 255, ()), [(stem, path, path) for stem, path in items])
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def stem(self, i: int) -> str:
-        return self.items[i][0]
-
-    def image_path(self, i: int) -> Path:
-        return self.items[i][1]
-
-    def load_image(self, i: int) -> np.ndarray:
-        return read_image(self.items[i][1])
+    def mask_path(self, i: int) -> None:
+        return None
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        raise DataError(f"{self.items[i][1]}: this image set has no labels; it can only be used for adaptation")
+        raise DataError(f"{self.image_path(i)}: this image set has no labels; it can only be used for adaptation")
 
 
 def image_folder(directory: Path) -> ImageListSource:
