@@ -76,3 +76,15 @@ def test_adapt_from_image_folder_reports_missing_pair(tmp_path, capsys):
     Image.new("RGB", (48, 32)).save(d2 / "synthetic_train_000000.png")  # only one of the 8 D1 scenes
     assert main(["adapt", "--h1", str(h1), "--d2-dir", str(d2), "--out", str(tmp_path / "h2")]) == 2
     assert "no D2 image with stem 'synthetic_train_000001'" in capsys.readouterr().err
+
+
+def test_distortion_command(tmp_path, capsys):
+    h1 = tmp_path / "h1"
+    assert main(["train", *TINY, "--out", str(h1)]) == 0
+    out = tmp_path / "d.json"
+    assert main(["distortion", "--model", str(h1), "--filter", "photocopy", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    d1, d2 = r["d1"], r["d2"]
+    expected = 0.5 * (abs(d1["mean_acc"] - d2["mean_acc"]) / d1["mean_acc"] + abs(d1["miou"] - d2["miou"]) / d1["miou"])
+    assert abs(r["distortion"] - expected) < 1e-12
+    assert "distortion = " in capsys.readouterr().out

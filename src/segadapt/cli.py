@@ -213,6 +213,38 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distortion(args: argparse.Namespace) -> int:
+    """The study's distortion of a shift for a model: how much accuracy and mIoU fall from D1 to D2."""
+    from segadapt.checkpoint import write_json_atomic
+    from segadapt.config import DataConfig, from_dict
+    from segadapt.data import build_source
+    from segadapt.experiment import d2_source, score
+    from segadapt.metrics import distortion
+    from segadapt.runtime import select_device
+    from segadapt.train import load_model
+
+    device = select_device(args.device or "auto")
+    model, meta = load_model(args.model, device)
+    trained = RunConfig(data=from_dict(DataConfig, meta["config"]["data"], f"{args.model} metadata"))
+    cfg = resolve_config(args, trained)
+    cfg.shift.filter = args.filter
+    if args.severity is not None:
+        cfg.shift.severity = args.severity
+    split = args.split or cfg.data.val_split
+    s1 = score(model, build_source(cfg.data, split), cfg, device)
+    s2 = score(model, d2_source(cfg, split, cfg.shift, args.filter), cfg, device)
+    d = distortion(s1.mean_acc, s1.miou, s2.mean_acc, s2.miou)
+    result = {"model": str(args.model), "filter": args.filter, "severity": cfg.shift.severity, "split": split,
+              "d1": {"mean_acc": s1.mean_acc, "miou": s1.miou}, "d2": {"mean_acc": s2.mean_acc, "miou": s2.miou},
+              "distortion": d}
+    print(f"D1 ({cfg.data.dataset}/{split}): mean acc {s1.mean_acc:.4f}  mIoU {s1.miou:.4f}")
+    print(f"D2 ({args.filter}, severity {cfg.shift.severity}): mean acc {s2.mean_acc:.4f}  mIoU {s2.miou:.4f}")
+    print(f"distortion = 0.5*(|acc1-acc2|/acc1 + |mIoU1-mIoU2|/mIoU1) = {d:.4f}")
+    if args.out:
+        write_json_atomic(Path(args.out), result)
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     sys.stdout.write(dumps_toml(resolve_config(args)))
     return 0
@@ -259,6 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="runs")
     p.add_argument("--device")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("distortion", help="the study's distortion of a shift: D1 vs D2 accuracy and mIoU of a model")
+    _add_config_args(p)
+    p.add_argument("--model", required=True, help="run directory or model .safetensors")
+    p.add_argument("--filter", required=True, help="photocopy | ripple | cubism")
+    p.add_argument("--severity", type=float, help="filter severity 0..1 (default: shift.severity)")
+    p.add_argument("--split", help="split to score (default: the val split)")
+    p.add_argument("--out", help="also write the figures to this JSON file")
+    p.set_defaults(func=cmd_distortion)
 
     p = sub.add_parser("config", help="print the resolved configuration as TOML")
     _add_config_args(p)
