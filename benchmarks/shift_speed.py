@@ -2,7 +2,8 @@
 
 For each filter at GEGL's default parameters: images/s natively (single process, after one warm-up call that
 builds cached operators) and through `gegl` (one CLI process per image, PNG in/out, as the gegl backend runs),
-printed with the speed-up ratio. Without `gegl` on PATH only the native numbers are printed.
+printed with the speed-up ratio; each is the best of --repeat passes. Without `gegl` on PATH only the native
+numbers are printed.
 
     python benchmarks/shift_speed.py --images 8
 """
@@ -30,17 +31,22 @@ def load_frames(folder: Path, count: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(cv2.imread(str(p))[:, :, ::-1]) for p in paths]
 
 
-def images_per_s(fn, frames: list[np.ndarray]) -> float:
-    t0 = time.perf_counter()
-    for img in frames:
-        fn(img)
-    return len(frames) / (time.perf_counter() - t0)
+def images_per_s(fn, frames: list[np.ndarray], repeat: int) -> float:
+    """Best of `repeat` passes over the frames: the machine may be shared, the fastest pass is the least disturbed."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for img in frames:
+            fn(img)
+        best = min(best, time.perf_counter() - t0)
+    return len(frames) / best
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=8, help="number of CamVid frames to time (default 8)")
     p.add_argument("--images-dir", type=Path, default=CAMVID_IMAGES)
+    p.add_argument("--repeat", type=int, default=3, help="timed passes per backend; the best is reported")
     p.add_argument("--filters", nargs="+", default=sorted(FILTERS), choices=sorted(FILTERS))
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
@@ -54,8 +60,8 @@ def main() -> int:
     for name in args.filters:
         fn = FILTERS[name]
         fn(frames[0])  # warm-up: cached blur operators, imports
-        native = images_per_s(fn, frames)
-        gegl = images_per_s(lambda img, name=name: run_gegl(img, name), frames) if have_gegl else None
+        native = images_per_s(fn, frames, args.repeat)
+        gegl = images_per_s(lambda img, name=name: run_gegl(img, name), frames, args.repeat) if have_gegl else None
         ratio = native / gegl if gegl else None
         gegl_txt = f"{gegl:11.2f}" if gegl else f"{'-':>11}"
         ratio_txt = f"{ratio:11.1f}x" if ratio else f"{'-':>12}"
