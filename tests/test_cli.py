@@ -88,3 +88,39 @@ def test_distortion_command(tmp_path, capsys):
     expected = 0.5 * (abs(d1["mean_acc"] - d2["mean_acc"]) / d1["mean_acc"] + abs(d1["miou"] - d2["miou"]) / d1["miou"])
     assert abs(r["distortion"] - expected) < 1e-12
     assert "distortion = " in capsys.readouterr().out
+
+
+def test_shift_writes_paired_dataset_and_resumes(tmp_path, camvid_root, capsys):
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    # a 3-image CamVid-layout copy keeps the test fast; the real sample is only read
+    root = tmp_path / "camvid"
+    for sub in ("images", "labels"):
+        (root / "val" / sub).mkdir(parents=True)
+    stems = sorted(p.stem for p in (camvid_root / "val" / "images").glob("*.jpg"))[:3]
+    for s in stems:
+        shutil.copy(camvid_root / "val" / "images" / f"{s}.jpg", root / "val" / "images")
+        shutil.copy(camvid_root / "val" / "labels" / f"{s}.png", root / "val" / "labels")
+    out = tmp_path / "d2"
+    args = ["shift", "--dataset", "camvid", "--root", str(root), "--split", "val", "--filter", "ripple",
+            "--workers", "2", "--out", str(out)]
+    assert main(args) == 0
+    assert sorted(p.stem for p in (out / "val" / "images").iterdir()) == stems
+    for s in stems:  # labels are D1's, unchanged; images are shifted
+        assert (out / "val" / "labels" / f"{s}.png").read_bytes() == (root / "val" / "labels" / f"{s}.png").read_bytes()
+        a = np.asarray(Image.open(out / "val" / "images" / f"{s}.jpg")).astype(int)
+        b = np.asarray(Image.open(root / "val" / "images" / f"{s}.jpg")).astype(int)
+        assert a.shape == b.shape and np.abs(a - b).mean() > 2
+    # resume: a deleted image is rewritten, existing ones are kept as they are
+    kept = (out / "val" / "images" / f"{stems[0]}.jpg").stat().st_mtime_ns
+    (out / "val" / "images" / f"{stems[1]}.jpg").unlink()
+    assert main(args) == 0
+    assert (out / "val" / "images" / f"{stems[1]}.jpg").exists()
+    assert (out / "val" / "images" / f"{stems[0]}.jpg").stat().st_mtime_ns == kept
+    assert not list(out.rglob("*.tmp"))
+    # other parameters into the same folder are refused
+    assert main([*args[:-2], "--severity", "0.9", "--out", str(out)]) == 2
+    assert "other parameters" in capsys.readouterr().err

@@ -245,6 +245,21 @@ def cmd_distortion(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shift(args: argparse.Namespace) -> int:
+    from segadapt.data import build_source
+    from segadapt.shifts.write import write_shifted
+
+    cfg = resolve_config(args)
+    split = args.split or cfg.data.train_split
+    source = build_source(cfg.data, split)
+    root = Path(cfg.data.root) if cfg.data.root and cfg.data.dataset != "synthetic" else None
+    severity = args.severity if args.severity is not None else cfg.shift.severity
+    r = write_shifted(source, root, Path(args.out), split, args.filter, severity, cfg.shift.seed, args.backend,
+                      args.workers or 0)
+    print(f"wrote {r['images']} shifted images ({args.filter}, severity {severity}) to {args.out}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     sys.stdout.write(dumps_toml(resolve_config(args)))
     return 0
@@ -300,6 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="split to score (default: the val split)")
     p.add_argument("--out", help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_distortion)
+
+    p = sub.add_parser("shift", help="write a shifted copy D2 of a dataset split (same stems and layout)")
+    _add_config_args(p)
+    p.add_argument("--filter", required=True, help="photocopy | ripple | cubism")
+    p.add_argument("--severity", type=float, help="0..1 (default: shift.severity)")
+    p.add_argument("--split", help="split to shift (default: the train split)")
+    p.add_argument("--backend", default="native", choices=["native", "gegl"], help="native, or the gegl command")
+    p.add_argument("--out", required=True, help="output dataset root")
+    p.set_defaults(func=cmd_shift)
 
     p = sub.add_parser("config", help="print the resolved configuration as TOML")
     _add_config_args(p)

@@ -1,0 +1,92 @@
+"""Write a shifted copy D2 of a dataset split: same file stems and layout, D1's labels copied unchanged.
+
+Every file is written under a temporary name and renamed, so an interrupted run leaves no half-written
+image; files already present are skipped, so re-running resumes. A `.segadapt-shift-<split>.json` marker
+records the parameters once the split is complete, and a re-run with other parameters is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from segadapt.checkpoint import atomic_path, write_json_atomic
+from segadapt.data.base import SegmentationSource
+from segadapt.data.pairs import stem_seed
+from segadapt.errors import DataError, SegadaptError
+
+
+def _targets(source: SegmentationSource, root: Path | None, out: Path, split: str, i: int) -> tuple[Path, Path]:
+    """Output image and label paths: the source's own relative layout, or <split>/images|labels for synthetic."""
+    ip, mp = source.image_path(i), source.mask_path(i)
+    if ip is None or mp is None or root is None:
+        stem = source.stem(i)
+        return out / split / "images" / f"{stem}.png", out / split / "labels" / f"{stem}.png"
+    return out / ip.relative_to(root), out / mp.relative_to(root)
+
+
+def _write_image(path: Path, image: np.ndarray) -> None:
+    ext = path.suffix.lower()
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if ext in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(image[..., ::-1]), params)
+    if not ok:
+        raise SegadaptError(f"{path}: could not encode the shifted image")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.tobytes())
+
+
+def _one(job: tuple[SegmentationSource, Path | None, Path, str, int, str, float, int, str]) -> None:
+    source, root, out, split, i, name, severity, seed, backend = job
+    from segadapt.shifts import apply_filter
+
+    img_out, mask_out = _targets(source, root, out, split, i)
+    if not img_out.exists():
+        image, mask = source.load(i)  # also validates the pair
+        shifted = apply_filter(name, image, severity=severity, seed=stem_seed(source.stem(i), seed), backend=backend)
+        _write_image(img_out, shifted)
+        if not mask_out.exists():
+            mp = source.mask_path(i)
+            with atomic_path(mask_out) as tmp:
+                if mp is not None:
+                    shutil.copyfile(mp, tmp)
+                else:  # generated data (synthetic): store the labels as an index PNG
+                    tmp.write_bytes(cv2.imencode(".png", mask.astype(np.uint8))[1].tobytes())
+
+
+def write_shifted(
+    source: SegmentationSource,
+    root: Path | None,
+    out: Path,
+    split: str,
+    name: str,
+    severity: float,
+    seed: int = 0,
+    backend: str = "native",
+    workers: int = 0,
+) -> dict[str, Any]:
+    params = {"filter": name, "severity": severity, "seed": seed, "backend": backend, "split": split}
+    marker = out / f".segadapt-shift-{split}.json"
+    if marker.exists() and json.loads(marker.read_text())["params"] != params:
+        raise DataError(f"{marker}: {out} already holds D2 made with other parameters; choose another --out")
+    jobs = [(source, root, out, split, i, name, severity, seed, backend) for i in range(len(source))]
+    workers = workers or os.cpu_count() or 1
+    desc = f"shift {split} ({name})"
+    if workers == 1:
+        for job in tqdm(jobs, desc=desc, dynamic_ncols=True):
+            _one(job)
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            for _ in tqdm(pool.map(_one, jobs, chunksize=4), total=len(jobs), desc=desc, dynamic_ncols=True):
+                pass
+    if root is not None and (root / "ImageSets").is_dir():  # VOC split lists travel with the images
+        shutil.copytree(root / "ImageSets", out / "ImageSets", dirs_exist_ok=True)
+    write_json_atomic(marker, {"params": params, "images": len(jobs)})
+    return {"images": len(jobs), "out": str(out), **params}
