@@ -5,6 +5,7 @@ from PIL import Image
 
 from segadapt.config import DataConfig
 from segadapt.data import build_dataset, build_source
+from segadapt.data.palettes import CAMVID
 from segadapt.data.palettes import voc as voc_palette
 from segadapt.errors import ConfigError, DataError
 
@@ -42,7 +43,7 @@ def test_folder_dataset_pairs_by_stem(tmp_path):
     [
         (lambda r: write_pair(r, "train", "x", mask_size=(8, 8)), "mask is 8x8 but image x.png is 16x12"),
         (lambda r: write_pair(r, "train", "x", labels=(0, 7)), r"label values \[7\]"),
-        (lambda r: write_pair(r, "train", "x", mask_mode="RGB"), "colour image; masks must hold class indices"),
+        (lambda r: write_pair(r, "train", "x", mask_mode="RGB"), "colour image; masks must hold class indic"),
     ],
 )
 def test_bad_masks_are_one_clear_error(tmp_path, setup, match):
@@ -59,6 +60,30 @@ def test_corrupt_or_empty_image(tmp_path, content):
     (tmp_path / "train" / "images" / "x.png").write_bytes(content)
     with pytest.raises(DataError, match="x.png: unreadable or corrupt image"):
         build_source(folder_cfg(tmp_path), "train").load(0)
+
+
+def test_empty_or_corrupt_mask(tmp_path):
+    write_pair(tmp_path, "train", "x")
+    (tmp_path / "train" / "masks" / "x.png").write_bytes(b"")
+    with pytest.raises(DataError, match="x.png: unreadable or corrupt mask"):
+        build_source(folder_cfg(tmp_path), "train").load(0)
+
+
+def test_sixteen_bit_masks_keep_their_indices(tmp_path):
+    write_pair(tmp_path, "train", "x")
+    Image.fromarray(np.full((12, 16), 2, np.uint16)).save(tmp_path / "train" / "masks" / "x.png")
+    _, mask = build_source(folder_cfg(tmp_path), "train").load(0)
+    assert mask.dtype == np.int64 and (mask == 2).all()
+
+
+def test_missing_split_and_empty_image_dir(tmp_path):
+    write_pair(tmp_path, "train", "x")
+    with pytest.raises(DataError, match=r"val.images: image directory not found"):
+        build_source(folder_cfg(tmp_path), "val")
+    (tmp_path / "test" / "images").mkdir(parents=True)
+    (tmp_path / "test" / "images" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match=r"test.images: no images found"):
+        build_source(folder_cfg(tmp_path), "test")
 
 
 def test_image_without_mask_is_caught_when_opening(tmp_path):
@@ -105,13 +130,42 @@ def test_voc_reads_palette_indices(tmp_path):
     assert src.info.num_classes == 21 and src.info.palette[15] == (192, 128, 128)
 
 
+def test_voc_train_aug_list_at_root_and_aug_masks(tmp_path):
+    root = tmp_path / "VOC2012"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClassAug").mkdir()
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(root / "JPEGImages" / "a.jpg")
+    Image.fromarray(np.full((6, 8), 20, np.uint8), mode="L").save(root / "SegmentationClassAug" / "a.png")
+    (root / "train_aug.txt").write_text("/JPEGImages/a.jpg /SegmentationClassAug/a.png\n\n")
+    src = build_source(DataConfig(dataset="voc", root=str(root)), "train_aug")
+    assert len(src) == 1 and src.stem(0) == "a" and (src.load(0)[1] == 20).all()
+    with pytest.raises(DataError, match="val.txt: split list not found"):
+        build_source(DataConfig(dataset="voc", root=str(root)), "val")
+
+
+def test_palettes():
+    assert len(CAMVID) == 11 and CAMVID[3] == (128, 64, 128)
+    assert voc_palette(3) == ((0, 0, 0), (128, 0, 0), (0, 128, 0))
+    assert len(set(voc_palette(256))) == 256
+
+
+def test_folder_dataset_batches(tmp_path):
+    for stem in ("a", "b", "c"):
+        write_pair(tmp_path, "train", stem, size=(40, 30), labels=(0, 1, 2))
+    cfg = folder_cfg(tmp_path, crop_size=[16, 24])
+    x, y = next(iter(torch.utils.data.DataLoader(build_dataset(cfg, "train", train=True), batch_size=3)))
+    assert x.shape == (3, 3, 16, 24) and x.dtype == torch.float32 and y.shape == (3, 16, 24)
+    ev = build_dataset(cfg, "train", train=False)
+    assert ev[0][0].shape == (3, 30, 40) and ev.info.num_classes == 3
+
+
 def test_camvid_loads_and_batches(camvid_root):
     cfg = DataConfig(dataset="camvid", root=str(camvid_root), base_size=120, crop_size=[96, 128])
     src = build_source(cfg, "val")
     assert len(src) == 101 and src.info.ignore_index == 11 and src.info.num_classes == 11
     img, mask = src.load(0)
     assert img.shape == (360, 480, 3) and mask.shape == (360, 480)
-    assert mask.max() <= 11
+    assert mask.dtype == np.int64 and mask.min() >= 0 and mask.max() <= 11 and img.dtype == np.uint8
     ds = build_dataset(cfg, "train", train=True)
     x, y = next(iter(torch.utils.data.DataLoader(ds, batch_size=2, shuffle=True)))
     assert x.shape == (2, 3, 96, 128) and y.shape == (2, 96, 128) and y.dtype == torch.int64

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from segadapt.data.synthetic import CLASSES, SyntheticScenes
+from segadapt.errors import ConfigError
 
 
 def test_deterministic_by_seed_and_index():
@@ -24,6 +25,14 @@ def test_shapes_types_and_range():
     assert ds.stem(2) == "synthetic_train_000002"
     with pytest.raises(IndexError):
         ds.load(3)
+
+
+def test_any_reasonable_size_renders():
+    for size in ((8, 8), (16, 40), (300, 400)):  # 300x400 needs a bigger noise bank than the default
+        img, lab = SyntheticScenes(1, size=size).load(0)
+        assert img.shape == (*size, 3) and lab.shape == size and lab.max() < len(CLASSES)
+    with pytest.raises(ConfigError, match="synthetic_size"):
+        SyntheticScenes(1, size=(4, 64))
 
 
 def test_cached_sample_cannot_be_mutated_by_caller():

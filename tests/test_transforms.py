@@ -1,7 +1,9 @@
+import random
+
 import numpy as np
 import torch
 
-from segadapt.data import JointTransform
+from segadapt.data import GeoParams, JointTransform
 
 MEAN, STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # identity normalisation (x/255) so pixel values are readable
 
@@ -30,14 +32,15 @@ def test_geometry_is_shared_by_image_and_mask():
             for dx in range(3):
                 interior &= pad[dy : dy + 24, dx : dx + 32].long() == m
         interior &= m != 255
-        interior[0, :] = interior[-1, :] = interior[:, 0] = interior[:, -1] = False  # neighbours cut off by the crop
+        # the crop cuts off the neighbours of border pixels
+        interior[0, :] = interior[-1, :] = interior[:, 0] = interior[:, -1] = False
         assert interior.float().mean() > 0.3
         assert torch.equal(red[interior], m[interior] * 50)
 
 
 def test_padding_uses_ignore_index():
     img, label = coded_pair(8, 12)
-    t = JointTransform(train=True, crop_size=(20, 30), scale_range=(1.0, 1.0), hflip=False, mean=MEAN, std=STD)
+    t = JointTransform(train=True, crop_size=(20, 30), scale_range=(1, 1), hflip=False, mean=MEAN, std=STD)
     _, m = t(img, label)
     assert (m[8:, :] == 255).all() and (m[:, 12:] == 255).all()
     assert (m[:8, :12] != 255).all()
@@ -48,7 +51,7 @@ def test_same_params_give_same_geometry_on_two_images():
     other = 255 - img  # a "shifted" version of the same scene
     t = JointTransform(train=True, crop_size=(24, 32), mean=MEAN, std=STD)
     torch.manual_seed(1)
-    p = t.sample_params()
+    p = t.sample_params(*img.shape[:2])
     a, ma = t.apply(img, label, p)
     b, mb = t.apply(other, None, p)
     assert mb is None
@@ -78,3 +81,21 @@ def test_normalize_round_trip():
     img, _ = coded_pair()
     t = JointTransform(train=False)
     assert np.array_equal(t.denormalize(t.normalize(img)), img)
+
+
+def test_flip_mirrors_image_and_mask_together():
+    img, label = coded_pair(24, 32)
+    t = JointTransform(train=True, crop_size=(24, 32), scale_range=(1, 1), mean=MEAN, std=STD)
+    x, m = t.apply(img, label, GeoParams(scale=1.0, top=0.0, left=0.0, flip=True))
+    assert torch.equal(m, torch.from_numpy(label[:, ::-1].copy()))
+    assert torch.equal((x[0] * 255).round().long(), m * 50)
+
+
+def test_draws_come_from_torch_not_numpy_or_random():
+    t = JointTransform(train=True, crop_size=(24, 32))
+    torch.manual_seed(3)
+    a = t.sample_params()
+    torch.manual_seed(3)
+    np.random.seed(99)
+    random.seed(99)
+    assert t.sample_params(40, 60) == a

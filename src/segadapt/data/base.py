@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -11,6 +12,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from segadapt.errors import DataError
+
+if TYPE_CHECKING:
+    from segadapt.data.transforms import JointTransform
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ class SegmentationSource:
 class SegmentationDataset(torch.utils.data.Dataset):
     """A source plus a joint transform, yielding (normalised float 3xHxW, int64 HxW) tensors."""
 
-    def __init__(self, source: SegmentationSource, transform) -> None:
+    def __init__(self, source: SegmentationSource, transform: JointTransform) -> None:
         self.source, self.transform, self.info = source, transform, source.info
 
     def __len__(self) -> int:
@@ -67,9 +71,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
 def read_image(path: Path) -> np.ndarray:
     """RGB uint8; grey and RGBA files are converted, since cameras and scanners produce both."""
-    data = np.fromfile(path, np.uint8) if path.is_file() else None
-    if data is None:
+    if not path.is_file():
         raise DataError(f"{path}: image file not found; check the dataset root")
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read image ({e.strerror or e}); check its permissions") from None
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise DataError(f"{path}: unreadable or corrupt image; re-export it as JPEG/PNG or remove it")
@@ -92,19 +99,25 @@ def read_mask(path: Path) -> np.ndarray:
         raise DataError(f"{path}: unreadable or corrupt mask ({e}); re-export it as PNG") from None
     if mask.ndim != 2:
         raise DataError(f"{path}: mask has shape {mask.shape}; expected a single-channel index mask")
+    if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == np.bool_):
+        raise DataError(f"{path}: mask holds {mask.dtype} values; masks must hold integer class indices")
     return mask.astype(np.int64)
 
 
-def check_pair(image: np.ndarray, mask: np.ndarray, info: DatasetInfo, image_path: Path, mask_path: Path) -> None:
+def check_pair(
+    image: np.ndarray, mask: np.ndarray, info: DatasetInfo, image_path: Path, mask_path: Path
+) -> None:
+    """Size and label-range checks, run as each sample is read so opening a dataset stays instant."""
     if image.shape[:2] != mask.shape:
         raise DataError(
             f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but image {image_path.name} is "
             f"{image.shape[1]}x{image.shape[0]}; masks must match their image's size"
         )
-    values = np.unique(mask)
-    bad = values[((values < 0) | (values >= info.num_classes)) & (values != info.ignore_index)]
-    if bad.size:
+    # an elementwise test first: np.unique sorts the whole mask and would double the cost of loading
+    outside = ((mask < 0) | (mask >= info.num_classes)) & (mask != info.ignore_index)
+    if outside.any():
+        bad = np.unique(mask[outside])
         raise DataError(
-            f"{mask_path}: label values {bad[:8].tolist()} outside 0..{info.num_classes - 1} and not the ignore "
-            f"index {info.ignore_index}; fix the mask or set data.num_classes/data.ignore_index"
+            f"{mask_path}: label values {bad[:8].tolist()} outside 0..{info.num_classes - 1} and not the "
+            f"ignore index {info.ignore_index}; fix the mask or set data.num_classes/data.ignore_index"
         )

@@ -12,16 +12,23 @@ import numpy as np
 
 from segadapt.config import DataConfig
 from segadapt.data import palettes
-from segadapt.data.base import DatasetInfo, SegmentationDataset, SegmentationSource, check_pair, read_image, read_mask
+from segadapt.data.base import (
+    DatasetInfo,
+    SegmentationDataset,
+    SegmentationSource,
+    check_pair,
+    read_image,
+    read_mask,
+)
 from segadapt.data.transforms import JointTransform
 from segadapt.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 CAMVID_CLASSES = ("sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car",
                   "pedestrian", "bicyclist")
-VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor")
+VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+               "train", "tvmonitor")
 
 
 class FileSource(SegmentationSource):
@@ -58,12 +65,16 @@ def _require_dir(path: Path, what: str) -> Path:
     return path
 
 
+def _image_files(directory: Path) -> list[Path]:
+    return [p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+
+
 def pair_by_stem(image_dir: Path, mask_dir: Path) -> list[tuple[str, Path, Path]]:
     """Match images to masks by file stem; an image without a mask is an error, not a silent skip."""
-    images = sorted(p for p in _require_dir(image_dir, "image").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = sorted(_image_files(_require_dir(image_dir, "image")))
     if not images:
         raise DataError(f"{image_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
-    masks = {p.stem: p for p in _require_dir(mask_dir, "mask").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    masks = {p.stem: p for p in _image_files(_require_dir(mask_dir, "mask"))}
     items = []
     for img in images:
         if img.stem not in masks:
@@ -109,7 +120,10 @@ def folder(root: Path, split: str, cfg: DataConfig) -> FileSource:
         raise DataError(f"{root}: folder datasets need the class count; pass --set data.num_classes=N")
     names = tuple(cfg.class_names) or tuple(f"class_{i}" for i in range(cfg.num_classes))
     if len(names) != cfg.num_classes:
-        raise ConfigError(f"data.class_names has {len(names)} names but data.num_classes is {cfg.num_classes}")
+        raise ConfigError(
+            f"data.class_names has {len(names)} names but data.num_classes is {cfg.num_classes}; "
+            "make them agree"
+        )
     info = DatasetInfo(root.name or "folder", names, cfg.ignore_index, palettes.generic(cfg.num_classes))
     return FileSource(info, pair_by_stem(root / split / "images", root / split / "masks"))
 

@@ -15,16 +15,24 @@ import cv2
 import numpy as np
 
 from segadapt.data.base import DatasetInfo, SegmentationSource
+from segadapt.errors import ConfigError
 
 CLASSES = ("sky", "building", "road", "pavement", "tree", "car", "person")
-PALETTE = ((70, 130, 180), (128, 0, 0), (128, 64, 128), (60, 40, 222), (107, 142, 35), (64, 0, 128), (220, 20, 60))
+PALETTE = (
+    (70, 130, 180), (128, 0, 0), (128, 64, 128), (60, 40, 222), (107, 142, 35), (64, 0, 128), (220, 20, 60),
+)
 SKY, BUILDING, ROAD, PAVEMENT, TREE, CAR, PERSON = range(len(CLASSES))
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
-BANK = 256  # side of the pre-computed noise textures that every sample crops from
+BANK = 256  # side of the pre-computed noise textures that every sample crops from (grown for big sizes)
 
 
-@lru_cache(maxsize=1)
-def _noise_bank() -> dict[str, np.ndarray]:
+def _bank_side(h: int, w: int) -> int:
+    """256 for the usual sizes (changing it would change every sample), else room for random offsets."""
+    return BANK if max(h, w) < BANK else 2 * max(h, w)
+
+
+@lru_cache(maxsize=2)
+def _noise_bank(side: int = BANK) -> dict[str, np.ndarray]:
     """Zero-mean, unit-std textures computed once per process; samples crop them at random offsets."""
     rng = np.random.default_rng(12345)
 
@@ -32,20 +40,27 @@ def _noise_bank() -> dict[str, np.ndarray]:
         a = a - a.mean()
         return (a / (a.std() + 1e-6)).astype(np.float32)
 
-    white = rng.standard_normal((BANK, BANK)).astype(np.float32)
+    white = rng.standard_normal((side, side)).astype(np.float32)
     return {
         "fine": unit(cv2.GaussianBlur(white, (0, 0), 0.7)),
-        "blob": unit(cv2.GaussianBlur(rng.standard_normal((BANK, BANK)).astype(np.float32), (0, 0), 6)),
-        "leaf": unit(cv2.GaussianBlur(rng.standard_normal((BANK, BANK)).astype(np.float32), (0, 0), 1.3)),
+        "blob": unit(cv2.GaussianBlur(rng.standard_normal((side, side)).astype(np.float32), (0, 0), 6)),
+        "leaf": unit(cv2.GaussianBlur(rng.standard_normal((side, side)).astype(np.float32), (0, 0), 1.3)),
     }
 
 
 class SyntheticScenes(SegmentationSource):
-    def __init__(self, n: int, size: tuple[int, int] = (96, 128), seed: int = 0, split: str = "train") -> None:
+    """`n` scenes of `size` (height, width); sample i depends only on (seed, split, i), so D1/D2 pairs,
+    DataLoader workers and reruns all see the same scene."""
+
+    def __init__(
+        self, n: int, size: tuple[int, int] = (96, 128), seed: int = 0, split: str = "train"
+    ) -> None:
+        if min(size) < 8:
+            raise ConfigError(f"data.synthetic_size {list(size)} is too small; make it at least 8x8")
         self.n, self.size, self.seed, self.split = n, (int(size[0]), int(size[1])), seed, split
         self.split_id = SPLIT_IDS.get(split, sum(split.encode()) + 3)
         self.info = DatasetInfo("synthetic", CLASSES, 255, PALETTE)
-        # Rendering costs a few ms; epochs revisit samples, so keep them (about 50 KB each at 96x128).
+        # Rendering takes ~2.5 ms; epochs revisit samples, so keep them (about 50 KB each at 96x128).
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -67,25 +82,41 @@ class SyntheticScenes(SegmentationSource):
 
 # --- rendering -----------------------------------------------------------------------------------------
 
+Box = tuple[slice, slice]  # rows, columns
+
+
 class _Canvas:
-    """An image and its label map, painted back to front."""
+    """An image and its label map, painted back to front.
+
+    Shapes are drawn as full-frame masks (cheap with cv2), but colours and textures are computed only
+    inside each mask's bounding box: most objects are small, and this keeps a sample near 2 ms.
+    """
 
     def __init__(self, rng: np.random.Generator, h: int, w: int) -> None:
         self.rng, self.h, self.w = rng, h, w
         self.img = np.zeros((h, w, 3), np.float32)
-        self.label = np.zeros((h, w), np.int64)
-        self.bank = _noise_bank()
+        self.label = np.zeros((h, w), np.uint8)
+        self.side = _bank_side(h, w)
+        self.bank = _noise_bank(self.side)
+        self.rows = np.arange(h)[:, None]
+        self.cols = np.arange(w)[None, :]
 
     def texture(self, kind: str) -> np.ndarray:
-        y = int(self.rng.integers(0, BANK - self.h))
-        x = int(self.rng.integers(0, BANK - self.w))
+        """A full-frame view of a random window of the bank (no copy; callers slice it with a box)."""
+        y = int(self.rng.integers(0, self.side - self.h))
+        x = int(self.rng.integers(0, self.side - self.w))
         return self.bank[kind][y : y + self.h, x : x + self.w]
 
-    def paint(self, mask: np.ndarray, cls: int, colour: np.ndarray) -> None:
-        """`colour` is (3,) or (h, w, 3); painted where mask is set."""
-        m = mask.astype(bool)
-        np.copyto(self.label, cls, where=m)
-        np.copyto(self.img, np.asarray(colour, np.float32), where=m[..., None])
+    @staticmethod
+    def box(mask: np.ndarray) -> Box:
+        x, y, bw, bh = cv2.boundingRect(mask)
+        return slice(y, y + bh), slice(x, x + bw)
+
+    def paint(self, mask: np.ndarray, cls: int, colour: np.ndarray, box: Box) -> None:
+        """`colour` is (3,) or box-shaped (bh, bw, 3); painted where the mask is set."""
+        m = mask[box].astype(bool)
+        np.copyto(self.label[box], cls, where=m)
+        np.copyto(self.img[box], np.asarray(colour, np.float32), where=m[..., None])
 
     def empty(self) -> np.ndarray:
         return np.zeros((self.h, self.w), np.uint8)
@@ -95,21 +126,25 @@ def _grey(rng: np.random.Generator, lo: float, hi: float, tint: float = 12.0) ->
     return rng.uniform(lo, hi) + rng.uniform(-tint, tint, 3)
 
 
-def _textured(c: _Canvas, base: np.ndarray, kind: str, amp: float) -> np.ndarray:
-    return base.astype(np.float32)[None, None, :] + np.float32(amp) * c.texture(kind)[..., None]
+def _textured(c: _Canvas, base: np.ndarray, kind: str, amp: float, box: Box) -> np.ndarray:
+    return base.astype(np.float32)[None, None, :] + np.float32(amp) * c.texture(kind)[box][..., None]
 
 
 def render_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """One scene as (uint8 HxWx3 image, uint8 HxW labels); every random choice comes from `rng`."""
     c = _Canvas(rng, h, w)
     horizon = int(h * rng.uniform(0.35, 0.55))
-    ys = np.arange(h, dtype=np.float32)[:, None, None] / h
-    xs = np.arange(w, dtype=np.float32)[None, :]
+    full = np.ones((h, w), np.uint8)
+    ground_box = (slice(horizon, h), slice(0, w))
 
-    # sky: blue gradient or overcast grey (the same greys as road and walls), with soft clouds
+    # sky: blue gradient or overcast grey (the same greys as road and walls), with soft clouds. Only the
+    # rows above the horizon are computed: the pavement covers everything below.
     top = rng.uniform([60, 100, 170], [140, 170, 240]) if rng.random() < 0.6 else _grey(rng, 110, 200, 6)
     bottom = top + rng.uniform(20, 60)
-    sky = top + (bottom - top) * ys + 18 * c.texture("blob")[..., None]
-    c.paint(np.ones((h, w), bool), SKY, sky)
+    sky_box = (slice(0, horizon), slice(0, w))
+    ys = np.arange(horizon, dtype=np.float32)[:, None, None] / np.float32(h)
+    sky = top + (bottom - top) * ys + 18 * c.texture("blob")[sky_box][..., None]
+    c.paint(full, SKY, sky, sky_box)
 
     # buildings: a row of facades standing on the horizon, gaps show sky; facades carry a window grid
     x = int(rng.integers(-w // 8, w // 10))
@@ -119,44 +154,44 @@ def render_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, 
             top_y = int(rng.uniform(0.02, 0.75) * horizon)
             m = c.empty()
             m[top_y:horizon, max(x, 0) : x + bw] = 1
-            wall = _grey(rng, 90, 190, 25) if rng.random() < 0.6 else rng.uniform([120, 60, 40], [200, 150, 110])
-            face = _textured(c, wall, "fine", 6)
+            box = c.box(m)
+            brick = rng.random() >= 0.6
+            wall = rng.uniform([120, 60, 40], [200, 150, 110]) if brick else _grey(rng, 90, 190, 25)
+            face = _textured(c, wall, "fine", 6, box)
             px, py = int(rng.integers(5, 10)), int(rng.integers(5, 10))
             win_w, win_h = int(rng.integers(2, px - 1)), int(rng.integers(2, py - 1))
-            gx = ((xs - x) % px) < win_w
-            gy = ((np.arange(h)[:, None] - top_y) % py) < win_h
-            win = (gx & gy)[..., None]
-            win_colour = rng.uniform(20, 70, 3) if rng.random() < 0.6 else rng.uniform([120, 150, 170], [180, 210, 240])
-            face = np.where(win, win_colour[None, None, :], face)
-            c.paint(m, BUILDING, face)
+            win = (((c.cols[:, box[1]] - x) % px) < win_w) & (((c.rows[box[0]] - top_y) % py) < win_h)
+            lit = rng.random() >= 0.6
+            win_colour = rng.uniform([120, 150, 170], [180, 210, 240]) if lit else rng.uniform(20, 70, 3)
+            c.paint(m, BUILDING, np.where(win[..., None], win_colour[None, None, :], face), box)
         x += bw + int(rng.integers(0, w // 6))
 
     # ground: pavement everywhere below the horizon, then the road converging to a vanishing point
-    ground = c.empty()
-    ground[horizon:] = 1
     pave = _grey(rng, 90, 180, 20)
     tile = int(rng.integers(4, 8))
-    grid = ((np.arange(h)[:, None] % tile) == 0) | ((xs.astype(int) % tile) == 0)
-    pave_img = _textured(c, pave, "fine", 4) - 40 * grid[..., None]
-    c.paint(ground, PAVEMENT, pave_img)
+    grid = ((c.rows[horizon:] % tile) == 0) | ((c.cols % tile) == 0)
+    pave_img = _textured(c, pave, "fine", 4, ground_box) - 40 * grid[..., None]
+    c.paint(full, PAVEMENT, pave_img, ground_box)
 
     vx = rng.uniform(0.3, 0.7) * w
     half_bottom = rng.uniform(0.3, 0.55) * w
     centre_bottom = vx + rng.uniform(-0.2, 0.2) * w
     road_poly = np.array(
-        [[vx - 2, horizon], [vx + 2, horizon], [centre_bottom + half_bottom, h], [centre_bottom - half_bottom, h]],
+        [[vx - 2, horizon], [vx + 2, horizon], [centre_bottom + half_bottom, h],
+         [centre_bottom - half_bottom, h]],
         np.int32,
     )
     road = c.empty()
     cv2.fillPoly(road, [road_poly], 1)
+    box = c.box(road)
     asphalt = _grey(rng, 50, 150, 10)
-    road_img = _textured(c, asphalt, "fine", 14)
+    road_img = _textured(c, asphalt, "fine", 14, box)
     # dashed centre line, part of the road class
-    t = (np.arange(h)[:, None] - horizon) / max(h - horizon, 1)
+    rows = c.rows[box[0]]
+    t = (rows - horizon) / max(h - horizon, 1)
     centre_x = vx + (centre_bottom - vx) * t
-    dash = (np.abs(xs - centre_x) < 0.5 + 1.5 * t) & ((np.arange(h)[:, None] // 5) % 2 == 0)
-    road_img = np.where(dash[..., None], np.float32(230), road_img)
-    c.paint(road, ROAD, road_img)
+    dash = (np.abs(c.cols[:, box[1]].astype(np.float32) - centre_x) < 0.5 + 1.5 * t) & ((rows // 5) % 2 == 0)
+    c.paint(road, ROAD, np.where(dash[..., None], np.float32(230), road_img), box)
 
     # trees: clusters of foliage blobs on trunks, near the horizon, in front of buildings
     for _ in range(int(rng.integers(0, 4))):
@@ -173,8 +208,10 @@ def render_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, 
             ay = max(2, int(rng.uniform(0.6, 1.2) * size))
             cv2.ellipse(m, (cx, cy), (ax, ay), 0, 0, 360, 1, -1)
         green = rng.random() < 0.75
-        leaf = rng.uniform([40, 80, 20], [120, 170, 70]) if green else rng.uniform([120, 90, 30], [190, 150, 60])
-        c.paint(m, TREE, _textured(c, leaf, "leaf", 32))
+        lo, hi = ([40, 80, 20], [120, 170, 70]) if green else ([120, 90, 30], [190, 150, 60])
+        leaf = rng.uniform(lo, hi)
+        box = c.box(m)
+        c.paint(m, TREE, _textured(c, leaf, "leaf", 32, box), box)
 
     # people on the pavement, then cars on the road, far to near so near objects occlude far ones
     objects = [("person", rng.uniform(horizon + 0.1 * h, h)) for _ in range(int(rng.integers(1, 4)))]
@@ -206,18 +243,19 @@ def _draw_car(c: _Canvas, cx: float, foot: float, scale: float) -> None:
     roof = np.array([[x0 + cw * 0.18, body_top], [x1 - cw * 0.18, body_top], [x1 - cw * 0.3, y1 - ch],
                      [x0 + cw * 0.3, y1 - ch]], np.int32)
     cv2.fillPoly(body, [roof], 1)
+    box = c.box(body)
     wheels = c.empty()
     r = max(1, int(0.16 * ch))
     for wx in (x0 + cw * 0.22, x1 - cw * 0.22):
         cv2.circle(wheels, (int(wx), y1 - r), r, 1, -1)
     colour = rng.uniform(20, 235, 3)
-    paint_img = _textured(c, colour, "fine", 5)
+    paint_img = _textured(c, colour, "fine", 5, box)
     glass = c.empty()
     inset = max(1, int(cw * 0.05))
     cv2.fillPoly(glass, [roof + np.array([[inset, 1], [-inset, 1], [-inset, 1], [inset, 1]], np.int32)], 1)
-    paint_img = np.where(glass[..., None].astype(bool), rng.uniform(30, 90, 3)[None, None, :], paint_img)
-    c.paint(body, CAR, paint_img)
-    c.paint(wheels, CAR, np.full(3, 25.0, np.float32))
+    paint_img = np.where(glass[box][..., None].astype(bool), rng.uniform(30, 90, 3)[None, None, :], paint_img)
+    c.paint(body, CAR, paint_img, box)
+    c.paint(wheels, CAR, np.full(3, 25.0, np.float32), c.box(wheels))
 
 
 def _draw_person(c: _Canvas, cx: float, foot: float, scale: float) -> None:
@@ -231,6 +269,7 @@ def _draw_person(c: _Canvas, cx: float, foot: float, scale: float) -> None:
     cv2.rectangle(legs, (int(cx - pw * 0.4), hip), (int(cx + pw * 0.4), y1), 1, -1)
     cv2.rectangle(torso, (int(cx - pw / 2), shoulder), (int(cx + pw / 2), hip), 1, -1)
     cv2.circle(head, (int(cx), int(y1 - 0.91 * ph)), max(1, int(0.09 * ph)), 1, -1)
-    c.paint(legs, PERSON, rng.uniform(20, 120, 3))
-    c.paint(torso, PERSON, _textured(c, rng.uniform(30, 230, 3), "fine", 6))
-    c.paint(head, PERSON, rng.uniform([150, 100, 70], [240, 200, 170]))
+    c.paint(legs, PERSON, rng.uniform(20, 120, 3), c.box(legs))
+    box = c.box(torso)
+    c.paint(torso, PERSON, _textured(c, rng.uniform(30, 230, 3), "fine", 6, box), box)
+    c.paint(head, PERSON, rng.uniform([150, 100, 70], [240, 200, 170]), c.box(head))

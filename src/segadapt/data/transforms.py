@@ -42,7 +42,12 @@ class JointTransform:
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.ignore_index = ignore_index
 
-    def sample_params(self) -> GeoParams:
+    def sample_params(self, height: int | None = None, width: int | None = None) -> GeoParams:
+        """Draw one geometry from torch's global RNG; apply it to every image of a pair.
+
+        `height`/`width` are optional: offsets are stored as fractions of the free range, so the same
+        params fit the image whatever its size after the resize.
+        """
         lo, hi = self.scale_range
         u = torch.rand(4).tolist()
         return GeoParams(lo + (hi - lo) * u[0], u[1], u[2], self.hflip and u[3] < 0.5)
