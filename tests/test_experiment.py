@@ -21,6 +21,7 @@ def tiny(monkeypatch):
     cfg.experiment.filters = ["dark"]
     cfg.experiment.layer_presets = ["pool2", "all_inc"]
     cfg.experiment.iterations = 3
+    cfg.experiment.materialise_d2 = False  # the stand-in filter lives in this process only
     return cfg
 
 
@@ -47,3 +48,22 @@ def test_distortion_matches_definition(tmp_path, tiny):
     h1, b0 = e["H1"], e["B0"]
     expected = 0.5 * (abs(h1["mean_acc"] - b0["mean_acc"]) / h1["mean_acc"] + abs(h1["miou"] - b0["miou"]) / h1["miou"])
     assert r["distortion"]["dark"] == pytest.approx(expected)
+
+
+def test_materialised_d2_matches_on_the_fly_filter(tmp_path):
+    """The sweep writes D2 once and reads it back; it must be the very images the filter makes."""
+    cfg = preset("demo")
+    cfg.data.synthetic_size = [32, 48]
+    cfg.data.synthetic_train, cfg.data.synthetic_val = 6, 3
+    shift = experiment.materialise_d2(cfg, "ripple", tmp_path / "d2")
+    assert shift.d2_dir == str(tmp_path / "d2") and shift.filter == "ripple"
+    for split in ("train", "val"):
+        from_dir = experiment.d2_source(cfg, split, shift, "ripple")
+        live = experiment.d2_source(cfg, split, cfg.shift, "ripple")
+        assert len(from_dir) == len(live)
+        for i in range(len(live)):
+            (a, ma), (b, mb) = from_dir.load(i), live.load(i)
+            assert from_dir.stem(i) == live.stem(i)
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(ma, mb)
+    assert not np.array_equal(from_dir.load(0)[0], experiment.build_source(cfg.data, "val").load(0)[0])

@@ -116,9 +116,14 @@ def adapt(
             pred = student_features(x2, taps)
             loss, per_layer = feature_regression_loss(target, pred, weights)
             if not math.isfinite(loss.item()):
-                raise SegadaptError(f"regression loss became {loss.item()} at step {step}; lower train.lr")
+                raise SegadaptError(
+                    f"regression loss became {loss.item()} at step {step}; "
+                    "lower train.lr or set adapt.grad_clip (e.g. 5)"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.adapt.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.adapt.grad_clip)
             optimizer.step()
             step += 1
             seen += x1.shape[0]

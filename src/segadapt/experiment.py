@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import functools
 import statistics
 from pathlib import Path
@@ -26,6 +27,7 @@ from segadapt import checkpoint as ckpt
 from segadapt.adapt import adapt
 from segadapt.config import RunConfig, ShiftConfig, dumps_toml
 from segadapt.data import SegmentationDataset, SegmentationSource, build_source, make_transform
+from segadapt.data.datasets import FileSource, pair_by_stem
 from segadapt.data.pairs import PairedDataset, Shift, ShiftedSource
 from segadapt.evaluate import evaluate
 from segadapt.metrics import Scores, distortion
@@ -49,11 +51,31 @@ def make_shift(name: str, severity: float) -> Shift:
 def d2_source(cfg: RunConfig, split: str, shift: ShiftConfig, filter_name: str) -> SegmentationSource:
     """D2 with D1's labels: from a `segadapt shift` directory if given, else the filter applied on the fly."""
     if shift.d2_dir:
-        d2_cfg = copy.deepcopy(cfg.data)
-        d2_cfg.root = shift.d2_dir
-        return build_source(d2_cfg, split)
+        return shifted_dir_source(cfg, Path(shift.d2_dir), split)
     fn = make_shift(filter_name, shift.severity)
     return ShiftedSource(build_source(cfg.data, split), fn, shift.seed, filter_name)
+
+
+def shifted_dir_source(cfg: RunConfig, d2_dir: Path, split: str) -> SegmentationSource:
+    """A directory written by `segadapt shift`: D1's layout (generated data: <split>/images|labels)."""
+    if cfg.data.dataset == "synthetic":
+        info = build_source(cfg.data, split).info
+        return FileSource(info, pair_by_stem(d2_dir / split / "images", d2_dir / split / "labels"))
+    d2_cfg = copy.deepcopy(cfg.data)
+    d2_cfg.root = str(d2_dir)
+    return build_source(d2_cfg, split)
+
+
+def materialise_d2(cfg: RunConfig, filter_name: str, out: Path) -> ShiftConfig:
+    """Write D2 once (in parallel, resumable) so that training epochs read files instead of re-filtering:
+    real filters cost 0.1-0.2 s per CamVid frame, more than a CPU training step."""
+    from segadapt.shifts.write import write_shifted
+
+    root = Path(cfg.data.root) if cfg.data.root and cfg.data.dataset != "synthetic" else None
+    for split in dict.fromkeys((cfg.data.train_split, cfg.data.val_split)):
+        source = build_source(cfg.data, split)
+        write_shifted(source, root, out, split, filter_name, cfg.shift.severity, cfg.shift.seed)
+    return dataclasses.replace(cfg.shift, filter=filter_name, d2_dir=str(out))
 
 
 def score(model: torch.nn.Module, source: SegmentationSource, cfg: RunConfig, device: torch.device) -> Scores:
@@ -89,8 +111,11 @@ def run_experiment(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
 
         for name in ex.filters:
             shift_dir = seed_dir / name
-            d2_train = d2_source(cfg, cfg.data.train_split, cfg.shift, name)
-            d2_val = d2_source(cfg, cfg.data.val_split, cfg.shift, name)
+            shift = cfg.shift
+            if ex.materialise_d2 and not shift.d2_dir:
+                shift = materialise_d2(cfg, name, out_dir / f"d2-{name}")
+            d2_train = d2_source(cfg, cfg.data.train_split, shift, name)
+            d2_val = d2_source(cfg, cfg.data.val_split, shift, name)
             train_tf = make_transform(cfg.data, True, d1_train.info.ignore_index)
             eval_tf = make_transform(cfg.data, False, d1_train.info.ignore_index)
             d2_sets = (SegmentationDataset(d2_train, train_tf), SegmentationDataset(d2_val, eval_tf))
