@@ -71,3 +71,15 @@ def test_training_reduces_loss(tmp_path):
     train(cfg, tmp_path)
     losses = [float(r["loss"]) for r in csv.DictReader((tmp_path / "log.csv").open())]
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+
+
+def test_fine_tuning_a_frozen_model_trains_it(tmp_path):
+    """B2 fine-tunes H1 after the regression froze it as a teacher; that must not break or skip training."""
+    cfg = tiny_config(iterations=2)
+    cfg.train.checkpoint_every = 0
+    train(cfg, tmp_path / "h1")
+    h1, _ = load_model(tmp_path / "h1")
+    h1.requires_grad_(False)
+    before = {k: v.clone() for k, v in h1.state_dict().items()}
+    train(cfg, tmp_path / "b2", model=h1)
+    assert not torch.equal(before["conv1.0.weight"], h1.state_dict()["conv1.0.weight"])

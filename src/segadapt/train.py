@@ -125,7 +125,8 @@ def train(
     info = train_set.info
 
     # model and optimizer
-    model = (model or create_model(cfg, info.num_classes)).to(device)
+    # a given model may arrive frozen (adapt freezes its teacher H1); supervised training updates everything
+    model = (model or create_model(cfg, info.num_classes)).to(device).requires_grad_(True)
     memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.SGD(
