@@ -10,7 +10,7 @@ from segadapt.config import preset
 from segadapt.data import JointTransform
 from segadapt.data.pairs import PairedDataset, ShiftedSource
 from segadapt.data.synthetic import SyntheticScenes
-from segadapt.errors import ConfigError, DataError
+from segadapt.errors import ConfigError, DataError, SegadaptError
 from segadapt.losses import W_INC, resolve_layers
 from segadapt.models import VGGDeepLab
 from segadapt.train import load_model
@@ -109,3 +109,27 @@ def test_missing_pair_names_the_file():
     d2 = SyntheticScenes(2, size=(16, 16))
     with pytest.raises(DataError, match="synthetic_train_000002"):
         PairedDataset(d1, d2, JointTransform(train=False))
+
+
+def test_teacher_runs_in_inference_mode_and_student_with_grad(tmp_path, h1):
+    teacher, meta = h1
+    modes: dict[str, list[bool]] = {"teacher": [], "student": []}
+
+    def record(module, args):
+        modes["teacher" if module is teacher.conv1 else "student"].append(torch.is_inference_mode_enabled())
+
+    teacher.conv1.register_forward_pre_hook(record)  # deepcopy gives the student its own copy of the hook
+    adapt(tiny_cfg(["pool2"], iterations=2), tmp_path, make_pairs(), teacher=teacher, h1_meta=meta)
+    assert modes["teacher"] and all(modes["teacher"])
+    assert modes["student"] and not any(modes["student"][-2:])
+
+
+def test_gradient_clipping_tames_a_learning_rate_that_diverges(tmp_path, h1):
+    teacher, meta = h1
+    cfg = tiny_cfg(["pool5"], iterations=12)
+    cfg.train.lr = 50.0
+    with pytest.raises(SegadaptError, match="adapt.grad_clip"):
+        adapt(cfg, tmp_path / "raw", make_pairs(), teacher=teacher, h1_meta=meta)
+    cfg.adapt.grad_clip = 0.05
+    result = adapt(cfg, tmp_path / "clipped", make_pairs(), teacher=teacher, h1_meta=meta)
+    assert np.isfinite(result["final_loss"])
