@@ -119,7 +119,9 @@ def test_teacher_runs_in_inference_mode_and_student_with_grad(tmp_path, h1):
         modes["teacher" if module is teacher.conv1 else "student"].append(torch.is_inference_mode_enabled())
 
     teacher.conv1.register_forward_pre_hook(record)  # deepcopy gives the student its own copy of the hook
-    adapt(tiny_cfg(["pool2"], iterations=2), tmp_path, make_pairs(), teacher=teacher, h1_meta=meta)
+    cfg = tiny_cfg(["pool2"], iterations=2)
+    cfg.adapt.holdout = 0  # the selection probe runs the student in inference mode too
+    adapt(cfg, tmp_path, make_pairs(), teacher=teacher, h1_meta=meta)
     assert modes["teacher"] and all(modes["teacher"])
     assert modes["student"] and not any(modes["student"][-2:])
 

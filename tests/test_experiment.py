@@ -38,6 +38,10 @@ def test_sweep_writes_tables_and_plots(tmp_path, tiny):
     assert "| B2 |" in md and "H2:all_inc" in md and "Distortion of H1" in md and "±" in md
     assert json.loads((tmp_path / "results.json").read_text())["rows"][0]["method"] == "H1"
     assert (tmp_path / "seed1" / "dark" / "H2-pool2" / "model.safetensors").exists()
+    sel = {(r["seed"], r["method"]) for r in results["selection"]}
+    assert sel == {(s, m) for s in (0, 1) for m in ("H2:pool2", "H2:all_inc")}
+    assert all(0 <= r["selected_miou"] <= 1 for r in results["selection"])
+    assert "Label-free checkpoint selection" in md
 
 
 def test_distortion_matches_definition(tmp_path, tiny):

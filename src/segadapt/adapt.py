@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from segadapt import checkpoint as ckpt
@@ -27,9 +27,11 @@ from segadapt.errors import SegadaptError
 from segadapt.losses import LAYER_PRESETS, feature_regression_loss, resolve_layers
 from segadapt.models.taps import parameters_used, tap_features
 from segadapt.runtime import environment, select_device, setup
+from segadapt.selection import HoldoutProbe, probe_steps, split_holdout
 from segadapt.train import EpochSampler, load_model, poly_lr
 
 Features = Callable[[torch.Tensor, list[str]], dict[str, torch.Tensor]]
+OnProbe = Callable[[int, nn.Module], dict[str, float]]
 
 
 def layer_weights(cfg: RunConfig) -> dict[str, float]:
@@ -61,8 +63,14 @@ def adapt(
     *,
     teacher: nn.Module | None = None,
     h1_meta: dict[str, Any] | None = None,
+    on_probe: OnProbe | None = None,
 ) -> dict[str, Any]:
-    """Regress H2's features on X2 onto H1's on X1; writes model.safetensors (a normal model file)."""
+    """Regress H2's features on X2 onto H1's on X1; writes model.safetensors (a normal model file).
+
+    Every few steps the label-free signals are measured on held-out pairs (selection.csv) and the checkpoint
+    with the lowest held-out loss is kept as model_selected.safetensors. `on_probe(step, h2)` lets a caller
+    that has D2 labels (the sweep) score the same checkpoints; nothing here reads a label.
+    """
     tc = cfg.train
     setup(tc.seed, tc.threads, tc.deterministic)
     device = select_device(tc.device)
@@ -80,6 +88,9 @@ def adapt(
     student = copy.deepcopy(teacher).to(device)
     teacher_features, student_features = feature_fn(teacher), feature_fn(student)
 
+    holdout_ids, fit_ids = split_holdout(len(pairs), cfg.adapt.holdout, tc.seed)
+    probe = HoldoutProbe(pairs, holdout_ids, teacher_features, weights, tc.seed, device) if holdout_ids else None
+    probe_at = probe_steps(tc.iterations, cfg.adapt.probes) if probe else set()
     x1_probe, _ = pairs[0]
     trainable = trainable_parameters(student, taps, x1_probe[None].to(device))
     train_ids = {id(p) for p in trainable}
@@ -90,7 +101,8 @@ def adapt(
         group["base_lr"] = tc.lr
 
     loader = DataLoader(
-        pairs, batch_size=tc.batch_size, sampler=EpochSampler(len(pairs), tc.seed), drop_last=True,
+        Subset(pairs, fit_ids), batch_size=tc.batch_size, sampler=EpochSampler(len(fit_ids), tc.seed),
+        drop_last=True,
         num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(tc.seed), persistent_workers=cfg.data.num_workers > 0,
     )
@@ -99,6 +111,9 @@ def adapt(
     log_file = (run_dir / "log.csv").open("w", newline="")
     log = csv.DictWriter(log_file, fields)
     log.writeheader()
+
+    probes: list[dict[str, float]] = []
+    selected: tuple[dict[str, float], dict[str, torch.Tensor]] | None = None
 
     # loop
     student.train()
@@ -135,6 +150,15 @@ def adapt(
                 log.writerow(row | {f"loss_{t}": f"{v:.6g}" for t, v in per_layer.items()})
                 log_file.flush()
                 bar.set_postfix(loss=f"{loss.item():.4g}")
+            if step in probe_at:
+                assert probe is not None
+                point = {"step": step, **probe.measure(student, student_features)}
+                if on_probe is not None:
+                    point |= on_probe(step, student)
+                    student.train()
+                probes.append(point)
+                if selected is None or point["holdout_loss"] < selected[0]["holdout_loss"]:
+                    selected = (point, {k: v.detach().clone() for k, v in student.state_dict().items()})
     finally:
         bar.close()
         log_file.close()
@@ -142,14 +166,33 @@ def adapt(
     student.requires_grad_(True).eval()
     meta = {**h1_meta, "step": step, "adapted_from": str(cfg.adapt.h1), "layers": weights, "config": to_dict(cfg)}
     ckpt.save_model(run_dir / ckpt.MODEL_FILE, student, meta)
+    if selected is not None:
+        _write_selection(run_dir, probes, selected, student, meta)
     result = {
         "layers": weights,
         "step": step,
         "final_loss": float(loss.item()) if step else None,
         "final_layer_loss": per_layer if step else {},
+        "probes": probes,
+        "selected_step": selected[0]["step"] if selected else None,
         "train_time_s": round(time.perf_counter() - t0, 2),
         "environment": environment(),
     }
     ckpt.write_json_atomic(run_dir / "adapt.json", result)
     return result
 
+
+
+def _write_selection(
+    run_dir: Path, probes: list[dict[str, float]], selected: tuple[dict[str, float], dict[str, torch.Tensor]],
+    student: nn.Module, meta: dict[str, Any],
+) -> None:
+    """selection.csv (one row per probe) and the lowest-held-out-loss weights as model_selected.safetensors."""
+    with ckpt.atomic_path(run_dir / "selection.csv") as tmp, tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, list(probes[0]))
+        w.writeheader()
+        w.writerows(probes)
+    final = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    student.load_state_dict(selected[1])
+    ckpt.save_model(run_dir / "model_selected.safetensors", student, {**meta, "step": selected[0]["step"]})
+    student.load_state_dict(final)

@@ -99,6 +99,10 @@ class AdaptConfig:
     # cap on the gradient's global L2 norm (0 = off): the squared-error loss has unbounded gradients, and
     # without batchnorm one bad step at a high learning rate can blow the features up
     grad_clip: float = 0.0
+    # label-free checkpoint selection: pairs held out from training, on which the regression loss and the
+    # prediction entropy are measured `probes` times during the run (0 = off)
+    holdout: int = 16
+    probes: int = 5
 
 
 @dataclass
@@ -183,6 +187,7 @@ def _preset_demo() -> RunConfig:
     cfg.train.log_every = 50
     cfg.shift = ShiftConfig(filter="ripple", severity=1.0)
     cfg.adapt.grad_clip = 5.0
+    cfg.adapt.probes = 3
     cfg.experiment = ExperimentConfig(filters=["ripple"], iterations=300, finetune_lr=0.02, adapt_lr=0.01)
     return cfg
 

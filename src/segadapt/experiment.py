@@ -32,6 +32,7 @@ from segadapt.data.pairs import PairedDataset, Shift, ShiftedSource
 from segadapt.evaluate import evaluate
 from segadapt.metrics import Scores, distortion
 from segadapt.runtime import environment, select_device
+from segadapt.selection import agreement, finite_or_none, spearman
 from segadapt.train import load_model, train
 
 METRICS = ("mean_acc", "miou", "pixel_acc")
@@ -94,6 +95,7 @@ def run_experiment(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt.write_text_atomic(out_dir / "config.toml", dumps_toml(cfg))
     rows: list[dict[str, Any]] = []
+    selection: list[dict[str, Any]] = []
 
     for seed in ex.seeds:
         base = copy.deepcopy(cfg)
@@ -132,15 +134,23 @@ def run_experiment(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                 rows.append(_row(seed, name, "B2", _scores_from(m)))
 
             pairs = PairedDataset(d1_train, d2_train, train_tf, cfg.shift.photometric)
+            def miou_on_d2(step: int, model: torch.nn.Module, d2_val: SegmentationSource = d2_val) -> dict[str, float]:
+                return {"miou": score(model, d2_val, cfg, device).miou}  # labels: only here, to judge selection
+
             for preset in ex.layer_presets:
                 a = copy.deepcopy(base)
                 a.train.iterations, a.train.lr = ex.iterations, ex.adapt_lr
                 a.adapt.layers, a.adapt.weights = [preset], []
-                adapt(a, shift_dir / f"H2-{preset}", pairs, teacher=h1, h1_meta=h1_meta)
+                res = adapt(a, shift_dir / f"H2-{preset}", pairs, teacher=h1, h1_meta=h1_meta, on_probe=miou_on_d2)
                 h2, _ = load_model(shift_dir / f"H2-{preset}", device)
                 rows.append(_row(seed, name, f"H2:{preset}", score(h2, d2_val, cfg, device)))
+                if res["probes"]:
+                    sel = agreement(res["probes"]) | {"final_entropy": res["probes"][-1]["entropy"]}
+                    selection.append({"seed": seed, "shift": name, "method": f"H2:{preset}", **sel})
 
     results = summarise(rows, ex.filters)
+    results["selection"] = selection
+    results["selection_across_presets"] = across_presets(selection)
     results["environment"] = environment()
     write_results(results, out_dir)
     return results
@@ -173,6 +183,17 @@ def summarise(rows: list[dict[str, Any]], filters: list[str]) -> dict[str, Any]:
         if h1 and b0:
             dist[f] = distortion(h1["mean_acc"], h1["miou"], b0["mean_acc"], b0["miou"])
     return {"rows": rows, "summary": summary, "distortion": dist}
+
+
+def across_presets(selection: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Per (seed, shift): does a lower final prediction entropy go with a higher mIoU across layer presets?"""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in selection:
+        groups.setdefault(f"seed{r['seed']}/{r['shift']}", []).append(r)
+    return {
+        k: finite_or_none(spearman([-r["final_entropy"] for r in rs], [r["final_miou"] for r in rs]))
+        for k, rs in groups.items() if len(rs) >= 3
+    }
 
 
 def write_results(results: dict[str, Any], out_dir: Path) -> None:
@@ -208,5 +229,36 @@ def markdown(results: dict[str, Any], figures: list[str]) -> str:
         lines.append("")
     lines += ["B0: H1 on D2. B1: trained from scratch on D2 with D1 labels. B2: H1 fine-tuned on D2 with D1 labels.",
               "H2:<layers>: H1 adapted by feature regression on those layers, without D2 labels.", ""]
+    lines += _selection_markdown(results)
     lines += [f"![{f}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
+
+
+def _selection_markdown(results: dict[str, Any]) -> list[str]:
+    sel = results.get("selection") or []
+    if not sel:
+        return []
+    lines = [
+        "## Label-free checkpoint selection", "",
+        "Each regression was probed during training on held-out pairs; the checkpoint with the lowest held-out "
+        "regression loss is the label-free choice (model_selected.safetensors). mIoU on D2 judges it here. "
+        "Rank correlations: +1 means the signal orders checkpoints exactly as mIoU does.", "",
+        "| seed | shift | method | selected step | mIoU there | best mIoU (step) | final mIoU | regret (points) "
+        "| rank corr, held-out loss | rank corr, entropy |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in sel:
+        lines.append(
+            f"| {r['seed']} | {r['shift']} | {r['method']} | {r['selected_step']} | {r['selected_miou']:.3f} | "
+            f"{r['best_miou']:.3f} ({r['best_step']}) | {r['final_miou']:.3f} | {r['regret_points']:.2f} | "
+            f"{_corr(r['rank_corr_loss'])} | {_corr(r['rank_corr_entropy'])} |"
+        )
+    across = results.get("selection_across_presets") or {}
+    if across:
+        lines += ["", "Across layer presets, rank correlation of (low) final entropy with final mIoU: "
+                  + ", ".join(f"{k}: {_corr(v)}" for k, v in across.items())]
+    return lines + [""]
+
+
+def _corr(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
