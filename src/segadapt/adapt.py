@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import csv
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from segadapt import cache as teacher_cache
 from segadapt import checkpoint as ckpt
+from segadapt import distributed
 from segadapt.config import RunConfig, dumps_toml, to_dict
 from segadapt.data.pairs import PairedDataset
 from segadapt.errors import SegadaptError
@@ -28,7 +31,19 @@ from segadapt.losses import LAYER_PRESETS, feature_regression_loss, resolve_laye
 from segadapt.models.taps import parameters_used, tap_features
 from segadapt.runtime import environment, select_device, setup
 from segadapt.selection import HoldoutProbe, probe_steps, split_holdout
-from segadapt.train import EpochSampler, load_model, poly_lr
+from segadapt.train import (
+    EpochSampler,
+    autocast,
+    batches,
+    describe_batch,
+    global_loss,
+    grads_finite,
+    load_model,
+    nonfinite_error,
+    poly_lr,
+    rank_batch_size,
+    wrap_ddp,
+)
 
 Features = Callable[[torch.Tensor, list[str]], dict[str, torch.Tensor]]
 OnProbe = Callable[[int, nn.Module], dict[str, float]]
@@ -46,6 +61,24 @@ def feature_fn(model: nn.Module) -> Features:
     if hasattr(model, "features") and hasattr(model, "TAPS"):
         return model.features
     return lambda x, taps: tap_features(model, x, taps)
+
+
+class StudentTaps(nn.Module):
+    """The student's early-exit feature pass as a module's forward(), so DistributedDataParallel can wrap it.
+
+    DDP averages gradients only for what runs through its own forward(); the loss here comes from
+    `features` (which stops at the deepest tap), not from the student's forward(). Wrapping this small
+    module instead of the student keeps the early exit, lets DDP overlap the gradient all-reduce with the
+    backward pass, and needs no manual all-reduce. It owns the student, so its parameters are the student's
+    (only the trainable ones, all used by the taps, are synchronised). In one process it is a thin call.
+    """
+
+    def __init__(self, student: nn.Module, features: Features, taps: list[str]) -> None:
+        super().__init__()
+        self.student, self._features, self.taps = student, features, taps
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self._features(x, self.taps)
 
 
 def trainable_parameters(model: nn.Module, taps: list[str], probe: torch.Tensor) -> list[nn.Parameter]:
@@ -73,8 +106,12 @@ def adapt(
     """
     tc = cfg.train
     setup(tc.seed, tc.threads, tc.deterministic)
+    distributed.init()
     device = select_device(tc.device)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
+    per_rank = rank_batch_size(tc.batch_size, world)  # train.batch_size is the global batch
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     weights = layer_weights(cfg)
     taps = list(weights)
 
@@ -99,16 +136,29 @@ def adapt(
     optimizer = torch.optim.SGD(trainable, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
     for group in optimizer.param_groups:
         group["base_lr"] = tc.lr
+    # under torchrun: only the student is wrapped (the teacher never trains); ranks > 0 then draw
+    # augmentation and dropout from their own seeds
+    student_net = wrap_ddp(StudentTaps(student, student_features, taps), device)
+    if rank:
+        torch.manual_seed(distributed.rank_seed(tc.seed))
 
+    cache, fit_pairs = None, pairs
+    if cfg.adapt.teacher_cache:  # H1's maps read from disk instead of recomputed; X1 is then never loaded
+        cache, fit_pairs = teacher_cache.prepare(
+            cfg.adapt.teacher_cache, pairs, teacher, teacher_features, taps, device, per_rank)
+    sampler = EpochSampler(len(fit_ids), tc.seed, 0, rank, world)
     loader = DataLoader(
-        Subset(pairs, fit_ids), batch_size=tc.batch_size, sampler=EpochSampler(len(fit_ids), tc.seed),
+        Subset(fit_pairs, fit_ids), batch_size=per_rank, sampler=sampler,
         drop_last=True,
         num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(tc.seed), persistent_workers=cfg.data.num_workers > 0,
+        generator=torch.Generator().manual_seed(distributed.rank_seed(tc.seed)),
+        persistent_workers=cfg.data.num_workers > 0,
     )
-    ckpt.write_text_atomic(run_dir / "config.toml", dumps_toml(cfg))
+    if main:
+        ckpt.write_text_atomic(run_dir / "config.toml", dumps_toml(cfg))
     fields = ["step", "loss", *[f"loss_{t}" for t in taps], "lr", "images_per_s"]
-    log_file = (run_dir / "log.csv").open("w", newline="")
+    # only rank 0 writes files; the other ranks log into the void
+    log_file = (run_dir / "log.csv").open("w", newline="") if main else open(os.devnull, "w")  # noqa: SIM115
     log = csv.DictWriter(log_file, fields)
     log.writeheader()
 
@@ -117,39 +167,45 @@ def adapt(
 
     # loop
     student.train()
-    step, seen, t0 = 0, 0, time.perf_counter()
-    bar = tqdm(total=tc.iterations, desc=f"adapt {'+'.join(taps)}", dynamic_ncols=True, mininterval=1.0)
+    step, seen, t0, loss_value = 0, 0, time.perf_counter(), math.nan
+    bar = tqdm(total=tc.iterations, desc=f"adapt {'+'.join(taps)}", dynamic_ncols=True, mininterval=1.0,
+               disable=not main)
+    fix = "lower train.lr or set adapt.grad_clip (e.g. 5)"
     try:
-        for x1, x2 in loader:
+        for (x1, x2, *geometry), ids in zip(loader, batches(sampler, per_rank)):
             if step >= tc.iterations:
                 break
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(group["base_lr"], step, tc.iterations, tc.poly_power)
             x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
-            with torch.inference_mode():
-                target = teacher_features(x1, taps)
-            pred = student_features(x2, taps)
+            with autocast(device):
+                with torch.inference_mode():
+                    target = teacher_features(x1, taps) if cache is None else cache.targets(geometry[0], device)
+                pred = student_net(x2)
             loss, per_layer = feature_regression_loss(target, pred, weights)
-            if not math.isfinite(loss.item()):
-                raise SegadaptError(
-                    f"regression loss became {loss.item()} at step {step}; "
-                    "lower train.lr or set adapt.grad_clip (e.g. 5)"
-                )
+            loss_value, bad_ranks = global_loss(loss)
+            if bad_ranks:
+                batch = describe_batch(pairs, [fit_ids[i] for i in ids])
+                raise nonfinite_error("regression loss", loss_value, step + 1, bad_ranks, batch, run_dir, fix)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.adapt.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.adapt.grad_clip)
+            if not grads_finite(trainable):  # checked before the step, so the student's weights stay finite
+                batch = describe_batch(pairs, [fit_ids[i] for i in ids])
+                raise nonfinite_error("gradients", "non-finite", step + 1, [], batch, run_dir, fix)
             optimizer.step()
             step += 1
-            seen += x1.shape[0]
+            seen += x1.shape[0] * world
             bar.update(1)
             if step % tc.log_every == 0 or step == tc.iterations:
+                per_layer = distributed.mean_over_ranks(per_layer)  # same step on every rank: safe collective
                 rate = seen / (time.perf_counter() - t0)
-                row = {"step": step, "loss": f"{loss.item():.6g}", "lr": f"{optimizer.param_groups[0]['lr']:.3g}",
+                row = {"step": step, "loss": f"{loss_value:.6g}", "lr": f"{optimizer.param_groups[0]['lr']:.3g}",
                        "images_per_s": f"{rate:.2f}"}
                 log.writerow(row | {f"loss_{t}": f"{v:.6g}" for t, v in per_layer.items()})
                 log_file.flush()
-                bar.set_postfix(loss=f"{loss.item():.4g}")
+                bar.set_postfix(loss=f"{loss_value:.4g}")
             if step in probe_at:
                 assert probe is not None
                 point = {"step": step, **probe.measure(student, student_features)}
@@ -165,20 +221,23 @@ def adapt(
 
     student.requires_grad_(True).eval()
     meta = {**h1_meta, "step": step, "adapted_from": str(cfg.adapt.h1), "layers": weights, "config": to_dict(cfg)}
-    ckpt.save_model(run_dir / ckpt.MODEL_FILE, student, meta)
-    if selected is not None:
+    if main:
+        ckpt.save_model(run_dir / ckpt.MODEL_FILE, student, meta)
+    if selected is not None and main:
         _write_selection(run_dir, probes, selected, student, meta)
     result = {
         "layers": weights,
         "step": step,
-        "final_loss": float(loss.item()) if step else None,
+        "final_loss": loss_value if step else None,
         "final_layer_loss": per_layer if step else {},
         "probes": probes,
         "selected_step": selected[0]["step"] if selected else None,
         "train_time_s": round(time.perf_counter() - t0, 2),
         "environment": environment(),
     }
-    ckpt.write_json_atomic(run_dir / "adapt.json", result)
+    if main:
+        ckpt.write_json_atomic(run_dir / "adapt.json", result)
+    distributed.barrier()  # when adapt() returns, its files exist for every rank
     return result
 
 

@@ -103,6 +103,10 @@ class AdaptConfig:
     # prediction entropy are measured `probes` times during the run (0 = off)
     holdout: int = 16
     probes: int = 5
+    # directory of a teacher feature cache (segadapt.cache; empty = off): H1's maps of every D1 image are
+    # computed once, stored as float16 and sliced each step instead of running H1. Augmentation is then
+    # flips and stride-aligned crops only (no random scale) and shift.photometric must be 0.
+    teacher_cache: str = ""
 
 
 @dataclass
@@ -120,6 +124,9 @@ class ExperimentConfig:
     baselines: list[str] = field(default_factory=lambda: ["B0", "B1", "B2"])
     # write each shifted D2 once under the sweep directory instead of filtering D1 on the fly every epoch
     materialise_d2: bool = True
+    # report.html figures (first seed): feature grids, overlays and reconstructions of this many val images
+    figure_images: int = 2
+    reconstruct_steps: int = 200  # optimisation steps of each white-noise reconstruction (0 = none)
 
 
 @dataclass

@@ -3,10 +3,14 @@
 Pairs are matched by file stem. Geometric augmentation is drawn once and applied to both images, so the
 two feature maps stay aligned; photometric jitter is drawn for each image separately. Nothing here reads
 a D2 label.
+
+`PairedDataset.aligned(stride)` is the view a teacher feature cache trains from: geometry restricted to
+flips and stride-aligned crops, and each item carries that geometry so the cache can slice its stored maps.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import zlib
 from collections.abc import Callable
@@ -89,7 +93,14 @@ def csv_pairs(path: Path) -> tuple[ImageListSource, ImageListSource]:
 
 
 class PairedDataset(torch.utils.data.Dataset):
-    """(X1, X2) tensors of one scene, with shared geometry; D2 labels are never touched."""
+    """(X1, X2) tensors of one scene, with shared geometry; D2 labels are never touched.
+
+    The `aligned` view yields (X1, X2, geometry) instead, geometry = int64 [D1 index, flip, top, left] with
+    the crop offset in the frame the network sees (see JointTransform.seen_offset).
+    """
+
+    with_geometry = False  # set on `aligned` views only
+    load_x1 = True
 
     def __init__(
         self, d1: SegmentationSource, d2: SegmentationSource, transform: JointTransform, photometric: float = 0.0
@@ -107,22 +118,51 @@ class PairedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def aligned(self, stride: int, *, load_x1: bool = True) -> PairedDataset:
+        """A view with only flips and crops at multiples of `stride` (no random scale), whose items carry
+        their geometry. With `load_x1=False` X1 is not read (a cache stands in for it): its slot holds an empty
+        tensor so batches keep their shape."""
+        if not self.transform.train:
+            raise ValueError("aligned views are for training transforms (train=True)")
+        view = copy.copy(self)
+        view.transform = self.transform.aligned(stride)
+        view.with_geometry, view.load_x1 = True, load_x1
+        return view
+
     def _jitter(self, image: np.ndarray) -> np.ndarray:
         if not self.photometric:
             return image
         gain, bias = (1 + self.photometric * (2 * torch.rand(2) - 1)).tolist()
         return np.clip(image.astype(np.float32) * gain + (bias - 1) * 64, 0, 255).astype(np.uint8)
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, ...]:
+        if self.with_geometry:
+            return self._aligned_item(k)
         i, j = self.pairs[k]
         x1, x2 = self.d1.load_image(i), self.d2.load_image(j)
+        self._check_sizes(i, j, x1, x2)
+        params = self.transform.sample_params() if self.transform.train else None
+        t1, _ = self.transform.apply(self._jitter(x1), None, params)
+        t2, _ = self.transform.apply(self._jitter(x2), None, params)
+        return t1, t2
+
+    def _aligned_item(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        i, j = self.pairs[k]
+        x1 = self.d1.load_image(i) if self.load_x1 else None
+        x2 = self.d2.load_image(j)
+        if x1 is not None:
+            self._check_sizes(i, j, x1, x2)
+        h, w = x2.shape[:2]
+        params = self.transform.sample_params(h, w)
+        t1 = self.transform.apply(self._jitter(x1), None, params)[0] if x1 is not None else torch.empty(0, 0, 0)
+        t2, _ = self.transform.apply(self._jitter(x2), None, params)
+        top, left = self.transform.seen_offset(params, h, w)
+        return t1, t2, torch.tensor([i, int(params.flip), top, left], dtype=torch.int64)
+
+    def _check_sizes(self, i: int, j: int, x1: np.ndarray, x2: np.ndarray) -> None:
         if x1.shape[:2] != x2.shape[:2]:
             a, b = self.d1.image_path(i) or self.d1.stem(i), self.d2.image_path(j) or self.d2.stem(j)
             raise DataError(
                 f"{b}: size {x2.shape[1]}x{x2.shape[0]} differs from its pair {a} ({x1.shape[1]}x{x1.shape[0]}); "
                 "paired images must show the same scene at the same size"
             )
-        params = self.transform.sample_params() if self.transform.train else None
-        t1, _ = self.transform.apply(self._jitter(x1), None, params)
-        t2, _ = self.transform.apply(self._jitter(x2), None, params)
-        return t1, t2

@@ -1,0 +1,204 @@
+"""Images/s of one feature-regression step (tap pool5 by default), three ways, on the same inputs in one run:
+
+  naive     teacher and student each run the whole network to the logits, pool5 collected by forward
+            hooks; the teacher with autograd on (its graph is built, never used), the student's optimizer
+            over all parameters
+  segadapt  what adapt() does: early exit at the deepest tap (`model.features(x, ["pool5"])`), teacher under
+            torch.inference_mode(), only parameters below the tap trained
+  cached    segadapt with the teacher's maps read from a teacher cache (segadapt.cache) instead of computed
+
+Each timed sample is one step (forward, loss, backward, SGD); variants are interleaved in rotating order,
+after warm-up steps, and the median of --repeats samples is reported. FLOPs per step are counted with
+torch.utils.flop_counter (convolutions and matmuls, forward and backward) to give achieved FLOP/s.
+
+    python benchmarks/regression_step.py --out runs/bench-regression.json
+    python benchmarks/regression_step.py --quick          # tiny sanity run
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from segadapt import cache as teacher_cache
+from segadapt.checkpoint import write_json_atomic
+from segadapt.data import JointTransform
+from segadapt.data.pairs import PairedDataset, ShiftedSource
+from segadapt.data.synthetic import SyntheticScenes
+from segadapt.losses import feature_regression_loss
+from segadapt.models import VGGDeepLab
+
+Step = Callable[[], None]
+
+
+def darken(image: np.ndarray, seed: int) -> np.ndarray:
+    return (image * 0.6).astype(np.uint8)
+
+
+def hooked_full_forward(model: nn.Module, x: torch.Tensor, tap: str) -> torch.Tensor:
+    """The naive way to get a map: run the whole network (to upsampled logits), keep a hook's capture."""
+    captured: list[torch.Tensor] = []
+    handle = getattr(model, tap).register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def make_steps(
+    teacher: nn.Module, x1: torch.Tensor, x2: torch.Tensor, geometry: torch.Tensor, tap: str,
+    cache: teacher_cache.TeacherCache, memory_format: torch.memory_format,
+) -> dict[str, Step]:
+    """One closure per variant, each with its own student and optimizer (so none shares state)."""
+    weights = {tap: 1.0}
+
+    naive_teacher = copy.deepcopy(teacher).requires_grad_(True)  # the naive code never froze it
+    naive_student = copy.deepcopy(teacher).requires_grad_(True).train()
+    naive_opt = torch.optim.SGD(naive_student.parameters(), lr=1e-4, momentum=0.9)
+
+    def naive() -> None:
+        target = hooked_full_forward(naive_teacher, x1, tap)  # autograd on: the graph is built, then dropped
+        pred = hooked_full_forward(naive_student, x2, tap)
+        loss, _ = feature_regression_loss({tap: target.detach()}, {tap: pred}, weights)
+        naive_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        naive_opt.step()
+
+    def early_exit(target_fn: Callable[[], dict[str, torch.Tensor]]) -> Step:
+        student = copy.deepcopy(teacher).train().requires_grad_(False)
+        trainable = student.parameters_up_to(tap)
+        for p in trainable:
+            p.requires_grad_(True)
+        opt = torch.optim.SGD(trainable, lr=1e-4, momentum=0.9)
+
+        def step() -> None:
+            with torch.inference_mode():
+                target = target_fn()
+            loss, _ = feature_regression_loss(target, student.features(x2, [tap]), weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return step
+
+    return {
+        "naive": naive,
+        "segadapt": early_exit(lambda: teacher.features(x1, [tap])),
+        "cached": early_exit(lambda: {
+            k: v.contiguous(memory_format=memory_format) for k, v in cache.targets(geometry).items()
+        }),
+    }
+
+
+def count_flops(step: Step) -> int:
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return int(counter.get_total_flops())
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--size", type=int, nargs=2, default=[240, 320], metavar=("H", "W"))
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--tap", default="pool5")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per variant; the median is reported")
+    p.add_argument("--channels-last", action="store_true", help="NHWC models and inputs (adapt uses NCHW)")
+    p.add_argument("--quick", action="store_true", help="tiny sanity run: width 0.125, 64x96, 2 repeats")
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = p.parse_args()
+    if args.quick:
+        args.width, args.size, args.repeats = 0.125, [64, 96], 2
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    h, w = args.size
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+
+    teacher = VGGDeepLab(21, args.width).eval().requires_grad_(False).to(memory_format=fmt)
+    d1 = SyntheticScenes(args.batch, size=(h, w))
+    tf = JointTransform(train=True, crop_size=(h, w), scale_range=(1, 1))
+    pairs = PairedDataset(d1, ShiftedSource(d1, darken), tf)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        cache, _ = teacher_cache.prepare(tmp, pairs, teacher, teacher.features, [args.tap], torch.device("cpu"))
+        build_s = time.perf_counter() - t0
+        items = [pairs.aligned(8)[k] for k in range(args.batch)]
+        x1, x2, geometry = (torch.stack([it[j] for it in items]) for j in range(3))
+        x1, x2 = x1.contiguous(memory_format=fmt), x2.contiguous(memory_format=fmt)
+        steps = make_steps(teacher, x1, x2, geometry, args.tap, cache, fmt)
+        names = list(steps)
+        flops = {n: count_flops(s) for n, s in steps.items()}  # also the first warm-up step
+        for _ in range(args.warmup):
+            for s in steps.values():
+                s()
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(args.repeats):
+            for n in names[r % len(names):] + names[: r % len(names)]:  # rotate: no variant always goes first
+                t = time.perf_counter()
+                steps[n]()
+                times[n].append(time.perf_counter() - t)
+
+    med = {n: statistics.median(v) for n, v in times.items()}
+    variants = {
+        n: {
+            "median_s": round(med[n], 4),
+            "images_per_s": round(args.batch / med[n], 3),
+            "gflop_per_step": round(flops[n] / 1e9, 2),
+            "achieved_gflop_per_s": round(flops[n] / med[n] / 1e9, 2),
+            "times_s": [round(t, 4) for t in times[n]],
+        }
+        for n in names
+    }
+    ratios = {
+        "segadapt_over_naive": round(med["naive"] / med["segadapt"], 3),
+        "cached_over_naive": round(med["naive"] / med["cached"], 3),
+        "flop_ratio_naive_over_segadapt": round(flops["naive"] / flops["segadapt"], 3),
+        "flop_ratio_naive_over_cached": round(flops["naive"] / flops["cached"], 3),
+    }
+    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    result = {
+        "config": {"width": args.width, "size": [h, w], "batch": args.batch, "tap": args.tap, "threads": threads,
+                   "warmup": args.warmup, "repeats": args.repeats, "channels_last": args.channels_last},
+        "variants": variants,
+        "ratios": ratios,
+        "target_segadapt_over_naive": 1.6,
+        "cache_build_s": round(build_s, 2),
+        "environment": {"torch": torch.__version__, "cpu_count": os.cpu_count(), "load_avg_1min": load,
+                        "machine": platform.machine(), "processor": platform.processor()},
+    }
+    print(f"regression step at {args.tap}: width {args.width}, {h}x{w}, batch {args.batch}, {threads} threads, "
+          f"median of {args.repeats} (1-min load average {load})")
+    print(f"{'variant':<10} {'s/step':>8} {'img/s':>8} {'GFLOP/step':>11} {'GFLOP/s':>8}")
+    for n, v in variants.items():
+        print(f"{n:<10} {v['median_s']:>8.3f} {v['images_per_s']:>8.2f} {v['gflop_per_step']:>11.1f} "
+              f"{v['achieved_gflop_per_s']:>8.1f}")
+    print(f"segadapt/naive {ratios['segadapt_over_naive']:.2f}x (target 1.6; FLOP ratio "
+          f"{ratios['flop_ratio_naive_over_segadapt']:.2f}), cached/naive {ratios['cached_over_naive']:.2f}x "
+          f"(FLOP ratio {ratios['flop_ratio_naive_over_cached']:.2f}); cache built in {build_s:.1f}s")
+    if args.out:
+        write_json_atomic(args.out, result)
+        print(f"wrote {args.out}")
+    else:
+        print(json.dumps(ratios))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

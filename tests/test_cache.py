@@ -1,0 +1,148 @@
+"""Teacher feature cache: cached maps equal the live teacher's on flipped and stride-aligned crops, stale
+caches are refused, maps are float16 on disk, and adapt() with a cache follows the uncached run."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from segadapt.adapt import adapt
+from segadapt.cache import META_FILE, cosine, prepare, receptive_field
+from segadapt.config import preset
+from segadapt.data import JointTransform
+from segadapt.data.pairs import PairedDataset, ShiftedSource
+from segadapt.data.synthetic import SyntheticScenes
+from segadapt.errors import ConfigError, SegadaptError
+from segadapt.models import VGGDeepLab
+
+CPU = torch.device("cpu")
+TAPS = ["pool1", "pool2", "pool3", "pool4", "pool5"]
+
+
+def darken(image: np.ndarray, seed: int) -> np.ndarray:
+    return (image * 0.5).astype(np.uint8)
+
+
+def make_pairs(n: int = 4, size=(48, 64), crop=(48, 64), seed: int = 0, **kw) -> PairedDataset:
+    d1 = SyntheticScenes(n, size=size, seed=seed)
+    tf = JointTransform(train=True, crop_size=crop, scale_range=(1.0, 1.0))
+    return PairedDataset(d1, ShiftedSource(d1, darken), tf, **kw)
+
+
+@pytest.fixture
+def teacher() -> VGGDeepLab:
+    torch.manual_seed(0)
+    return VGGDeepLab(7, width=0.0625).eval().requires_grad_(False)
+
+
+def items_covering_both_flips(view: PairedDataset, need=lambda g: True, tries: int = 200) -> list:
+    """Aligned items until both flips (and whatever `need` asks of the geometry) have been seen."""
+    torch.manual_seed(1)
+    got: dict[bool, tuple] = {}
+    for k in range(tries):
+        item = view[k % len(view)]
+        if need(item[2]):
+            got.setdefault(bool(item[2][1]), item)
+        if len(got) == 2:
+            return list(got.values())
+    raise AssertionError("augmentation never produced both flips")
+
+
+def assert_maps_match(cached: torch.Tensor, live: torch.Tensor) -> None:
+    assert cosine(cached, live) >= 0.999
+    scale = float(live.abs().max())
+    torch.testing.assert_close(cached, live, rtol=2e-3, atol=2e-3 * scale)  # float16 rounding only
+
+
+def test_flipped_whole_frame_crops_match_the_live_teacher_at_every_tap(tmp_path, teacher):
+    # crop == image, the CPU presets' case: every tap, pool5 included, must match everywhere
+    pairs = make_pairs()
+    cache, view = prepare(tmp_path, pairs, teacher, teacher.features, TAPS, CPU)
+    assert not view.load_x1 and view[0][0].numel() == 0  # the cache stands in for X1
+    for x1, _, geometry in items_covering_both_flips(pairs.aligned(8)):
+        live = teacher.features(x1[None], TAPS)
+        cached = cache.targets(geometry[None])
+        for t in TAPS:
+            assert cached[t].dtype == torch.float32
+            assert_maps_match(cached[t], live[t])
+
+
+def test_stride_aligned_crops_match_in_the_interior(tmp_path, teacher):
+    # A 96x128 crop of a 128x160 frame: the live teacher pads at the crop's border where the cached maps saw
+    # more of the image, so only cells whose receptive field lies inside the crop must agree. Cell j of a tap
+    # with stride s and radius r depends on crop pixels j*s - r .. j*s + r (centred convs and pools).
+    taps = ["pool2", "pool3"]
+    pairs = make_pairs(size=(128, 160), crop=(96, 128))
+    cache, _ = prepare(tmp_path, pairs, teacher, teacher.features, taps, CPU)
+    assert cache.strides == {"pool2": 4, "pool3": 8}
+    inside = lambda g: g[2] > 0 and g[3] > 0  # noqa: E731 - offsets away from the frame's top-left
+    for x1, _, geometry in items_covering_both_flips(pairs.aligned(8), inside):
+        assert geometry[2] % 8 == 0 and geometry[3] % 8 == 0
+        live = teacher.features(x1[None], taps)
+        cached = cache.targets(geometry[None])
+        for t in taps:
+            s, r = receptive_field(teacher, t)
+            rows = slice(-(-r // s), (96 - 1 - r) // s + 1)
+            cols = slice(-(-r // s), (128 - 1 - r) // s + 1)
+            assert rows.stop - rows.start >= 4 and cols.stop - cols.start >= 8
+            assert_maps_match(cached[t][..., rows, cols], live[t][..., rows, cols])
+            assert not torch.allclose(cached[t], live[t], atol=1e-2)  # the border band really differs
+
+
+def test_maps_are_float16_on_disk(tmp_path, teacher):
+    pairs = make_pairs(n=3)
+    cache, _ = prepare(tmp_path, pairs, teacher, teacher.features, ["pool3", "pool5"], CPU)
+    meta = json.loads((tmp_path / META_FILE).read_text())
+    assert meta["dtype"] == "float16" and meta["flips"] and meta["taps"] == ["pool3", "pool5"]
+    for t in ("pool3", "pool5"):
+        c, h, w = meta["frame_maps"]["48x64"][t]
+        assert (tmp_path / f"{t}.f16").stat().st_size == 3 * 2 * c * h * w * 2  # images x (frame, mirror) x 2 bytes
+        assert cache.maps[t].dtype == np.float16
+    # a build that died before cache.json is rebuilt rather than trusted
+    (tmp_path / META_FILE).unlink()
+    prepare(tmp_path, pairs, teacher, teacher.features, ["pool3", "pool5"], CPU)
+    assert (tmp_path / META_FILE).is_file()
+
+
+def test_stale_caches_are_refused_with_one_line(tmp_path, teacher):
+    pairs = make_pairs()
+    prepare(tmp_path, pairs, teacher, teacher.features, ["pool5"], CPU)
+    changed = VGGDeepLab(7, width=0.0625).eval()
+    changed.load_state_dict(teacher.state_dict())
+    with torch.no_grad():
+        changed.conv1[0].weight.add_(0.01)
+    with pytest.raises(SegadaptError, match="other teacher weights") as e:
+        prepare(tmp_path, pairs, changed, changed.features, ["pool5"], CPU)
+    message = str(e.value)
+    assert "\n" not in message and str(tmp_path) in message and f"delete {tmp_path}" in message
+    with pytest.raises(SegadaptError, match="other taps"):
+        prepare(tmp_path, pairs, teacher, teacher.features, ["pool3"], CPU)
+    # same stems and metadata but other pixels (another synthetic seed): only the live comparison can tell
+    with pytest.raises(SegadaptError, match="stale.*cosine"):
+        prepare(tmp_path, make_pairs(seed=1), teacher, teacher.features, ["pool5"], CPU)
+    with pytest.raises(ConfigError, match="photometric"):
+        prepare(tmp_path, make_pairs(photometric=0.2), teacher, teacher.features, ["pool5"], CPU)
+
+
+def losses(run_dir) -> list[float]:
+    return [float(r["loss"]) for r in csv.DictReader((run_dir / "log.csv").open())]
+
+
+def test_adapt_with_a_cache_follows_the_uncached_run(tmp_path, teacher):
+    cfg = preset("synthetic")
+    cfg.adapt.layers = ["pool3", "pool5"]
+    cfg.adapt.probes = 2
+    cfg.train.iterations, cfg.train.batch_size, cfg.train.lr, cfg.train.log_every = 6, 4, 0.01, 1
+    cfg.train.threads = 1
+    plain = adapt(cfg, tmp_path / "plain", make_pairs(n=12), teacher=teacher, h1_meta={"arch": "vgg16_deeplab"})
+    cfg.adapt.teacher_cache = str(tmp_path / "cache")
+    cached = adapt(cfg, tmp_path / "cached", make_pairs(n=12), teacher=teacher, h1_meta={"arch": "vgg16_deeplab"})
+    assert (tmp_path / "cache" / META_FILE).is_file()
+    # crop == image and scale 1: both runs draw the same flips, so only float16 targets tell them apart
+    np.testing.assert_allclose(losses(tmp_path / "cached"), losses(tmp_path / "plain"), rtol=1e-2)
+    assert cached["final_loss"] == pytest.approx(plain["final_loss"], rel=1e-2)
+    stamp = (tmp_path / "cache" / META_FILE).stat().st_mtime_ns
+    adapt(cfg, tmp_path / "again", make_pairs(n=12), teacher=teacher, h1_meta={"arch": "vgg16_deeplab"})
+    assert (tmp_path / "cache" / META_FILE).stat().st_mtime_ns == stamp  # reused, not rebuilt
