@@ -27,12 +27,17 @@ META_KEY = "segadapt"
 MODEL_FILE = "model.safetensors"
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temp path in the same directory; rename it onto `path` only if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results should be as readable as any other
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -63,9 +68,14 @@ def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(META_KEY)
-    except (SafetensorError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e}); re-export the weights") from None
-    meta = json.loads(raw) if raw else {}
+    try:
+        meta = json.loads(raw) if raw else {}
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):  # someone else's safetensors, or edited metadata: never guess
+        raise CheckpointError(f"{path}: its {META_KEY!r} metadata is not a JSON object; re-export the model")
     return tensors, meta
 
 

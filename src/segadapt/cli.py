@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,78 @@ def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
             dst[k] = v
 
 
+# --- no partial output -----------------------------------------------------------------------------
+# Output directories the running command writes into: (path, its top-level names before the command or None
+# if the command created it, ancestors the command created). A command that fails with a SegadaptError
+# removes what it added there, so a failed run leaves no half-written folder that looks like a result.
+_CLAIMS: list[tuple[Path, frozenset[str] | None, list[Path]]] = []
+
+
+def _missing_dirs(path: Path) -> list[Path]:
+    """`path` and its ancestors that do not exist yet, innermost first."""
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
+def _claim(path: Path) -> Path:
+    """Note an output directory before the command writes into it."""
+    before = frozenset(c.name for c in path.iterdir()) if path.is_dir() else None
+    _CLAIMS.append((path, before, _missing_dirs(path)[1:]))
+    return path
+
+
+def _created(make: Callable[[str, str], Path], out_dir: str, name: str) -> Path:
+    """A fresh run directory from `make` (new_run_dir), noted as created by this command."""
+    missing = _missing_dirs(Path(out_dir))
+    path = make(out_dir, name)
+    _CLAIMS.append((path, None, missing))
+    return path
+
+
+def _holds_weights(path: Path) -> bool:
+    """A model or resume checkpoint (any .safetensors) is worth keeping even from a failed run."""
+    if path.is_file():
+        return path.suffix == ".safetensors"
+    return path.is_dir() and next(path.rglob("*.safetensors"), None) is not None
+
+
+def _discard_partial_outputs() -> None:
+    """Remove what a failed command added to its output directories, unless it saved weights there.
+
+    A directory that existed before keeps its old entries; resumed runs are never claimed, and a run that
+    saved a checkpoint (e.g. interrupted, or a loss that blew up after some steps) keeps everything.
+    """
+    from segadapt import distributed
+
+    if not distributed.is_main():
+        return
+    while _CLAIMS:
+        path, before, created = _CLAIMS.pop()
+        if not path.is_dir() or path.is_symlink():
+            continue
+        added = [path] if before is None else [c for c in path.iterdir() if c.name not in before]
+        if any(_holds_weights(p) for p in added):
+            continue
+        for p in added:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        for d in created:  # empty parents that the command created, innermost first
+            try:
+                d.rmdir()
+            except OSError:
+                break
+
+
+def _one_line(e: BaseException) -> str:
+    """The message alone: a DataLoader worker re-raises an error with its traceback folded into the text."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(e).__name__
+    prefix = f"{type(e).__module__}.{type(e).__qualname__}: "
+    return lines[-1][len(prefix):] if lines[-1].startswith(prefix) else " ".join(lines)
+
+
 # --- commands ---------------------------------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -87,11 +161,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = resolve_config(args)
         if args.out:
-            run_dir = Path(args.out)
+            run_dir = _claim(Path(args.out))
             if (run_dir / "model.safetensors").exists() or (run_dir / "checkpoints").exists():
                 raise SegadaptError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
         else:
-            run_dir = new_run_dir(cfg.out_dir, cfg.name)
+            run_dir = _created(new_run_dir, cfg.out_dir, cfg.name)
     print(dumps_toml(cfg))
     metrics = train(cfg, run_dir, resume=bool(args.resume))
     v = metrics["val"]
@@ -153,23 +227,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg.out_dir = args.out_dir
     if args.device:
         cfg.train.device = args.device
-    return _sweep(cfg, new_run_dir(cfg.out_dir, cfg.name))
+    return _sweep(cfg, _created(new_run_dir, cfg.out_dir, cfg.name))
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from segadapt.runtime import new_run_dir
 
     cfg = resolve_config(args)
-    return _sweep(cfg, Path(args.out) if args.out else new_run_dir(cfg.out_dir, f"{cfg.name}-experiment"))
+    out = _claim(Path(args.out)) if args.out else _created(new_run_dir, cfg.out_dir, f"{cfg.name}-experiment")
+    return _sweep(cfg, out)
 
 
 def _sweep(cfg: RunConfig, out: Path) -> int:
     from segadapt.experiment import run_experiment
 
     print(dumps_toml(cfg))
-    run_experiment(cfg, out)
+    results = run_experiment(cfg, out)
     print((out / "results.md").read_text())
-    print(f"report: {out / 'results.md'}")
+    print(f"report: {results.get('report') or out / 'results.md'}")
     return 0
 
 
@@ -205,7 +280,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         else:
             d2 = d2_source(cfg, split, cfg.shift, cfg.shift.filter)
     pairs = PairedDataset(d1, d2, make_transform(cfg.data, True, cfg.data.ignore_index), cfg.shift.photometric)
-    out = Path(args.out) if args.out else new_run_dir(cfg.out_dir, "adapt")
+    out = _claim(Path(args.out)) if args.out else _created(new_run_dir, cfg.out_dir, "adapt")
     print(dumps_toml(cfg))
     result = adapt(cfg, out, pairs)
     print(f"final regression loss {result['final_loss']:.5g} per layer {result['final_layer_loss']}")
@@ -254,15 +329,182 @@ def cmd_shift(args: argparse.Namespace) -> int:
     source = build_source(cfg.data, split)
     root = Path(cfg.data.root) if cfg.data.root and cfg.data.dataset != "synthetic" else None
     severity = args.severity if args.severity is not None else cfg.shift.severity
-    r = write_shifted(source, root, Path(args.out), split, args.filter, severity, cfg.shift.seed, args.backend,
+    r = write_shifted(source, root, _claim(Path(args.out)), split, args.filter, severity, cfg.shift.seed, args.backend,
                       args.workers or 0)
     print(f"wrote {r['images']} shifted images ({args.filter}, severity {severity}) to {args.out}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check a dataset before training: exit 0 when fit (warnings allowed), 1 when it has errors."""
+    from segadapt.checkpoint import write_json_atomic
+    from segadapt.doctor import diagnose
+
+    cfg = resolve_config(args)
+    splits = [s.strip() for s in args.split.split(",") if s.strip()] if args.split else None
+    report = diagnose(cfg, splits, d2_dir=args.d2_dir or cfg.shift.d2_dir, pairs_csv=args.pairs or cfg.shift.pairs_csv,
+                      limit=args.limit)
+    print(report.format())
+    if args.out:
+        write_json_atomic(Path(args.out), report.to_dict())
+        print(f"wrote {args.out}")
+    return 0 if report.ok else 1
+
+
+def _model_config(args: argparse.Namespace, model_path: str) -> RunConfig:
+    """A trained model's data settings, overridden by the command line."""
+    from segadapt.checkpoint import load_model_file
+    from segadapt.config import DataConfig, from_dict
+
+    _, meta = load_model_file(model_path)
+    trained = RunConfig(data=from_dict(DataConfig, meta["config"]["data"], f"{model_path} metadata"))
+    return resolve_config(args, trained)
+
+
+def _parse_channels(text: str | None) -> dict[str, int]:
+    """"pool3=5,pool5=12" -> {"pool3": 5, "pool5": 12}."""
+    out: dict[str, int] = {}
+    for item in filter(None, (x.strip() for x in (text or "").split(","))):
+        tap, _, value = item.partition("=")
+        if not value.strip().isdigit():
+            raise SegadaptError(f"--channels {text!r}: expected TAP=INDEX pairs, e.g. pool3=5,pool5=12")
+        out[tap.strip()] = int(value)
+    return out
+
+
+def _val_pairs(args: argparse.Namespace, cfg: RunConfig) -> tuple[Any, Any, list[int], Any]:
+    """D1 and D2 sources of the chosen split, the image indices to show, and the eval transform."""
+    from segadapt.data import build_source, make_transform
+    from segadapt.data.pairs import image_folder
+    from segadapt.experiment import d2_source
+    from segadapt.viz.sweep import spread
+
+    split = args.split or cfg.data.val_split
+    d1 = build_source(cfg.data, split)
+    for flag, key in (("filter", "filter"), ("severity", "severity"), ("d2_dir", "d2_dir")):
+        if getattr(args, flag, None) is not None:
+            setattr(cfg.shift, key, getattr(args, flag))
+    if cfg.shift.d2_dir and not (Path(cfg.shift.d2_dir) / split).is_dir():
+        d2 = image_folder(Path(cfg.shift.d2_dir))
+    else:
+        d2 = d2_source(cfg, split, cfg.shift, cfg.shift.filter)
+    ids = [int(x) for x in args.images.split(",")] if "," in args.images else spread(len(d1), int(args.images))
+    for i in ids:
+        if not 0 <= i < len(d1):
+            raise SegadaptError(f"--images: index {i} outside 0..{len(d1) - 1} of {cfg.data.dataset}/{split}")
+    return d1, d2, ids, make_transform(cfg.data, False, d1.info.ignore_index)
+
+
+def cmd_viz_features(args: argparse.Namespace) -> int:
+    import torch
+
+    from segadapt.data.pairs import PairedDataset
+    from segadapt.runtime import select_device
+    from segadapt.train import load_model
+    from segadapt.viz.features import write_feature_grids
+
+    device = select_device(args.device or "auto")
+    cfg = _model_config(args, args.h1)
+    h1, _ = load_model(args.h1, device)
+    h2, _ = load_model(args.h2, device)
+    d1, d2, ids, tf = _val_pairs(args, cfg)
+    pairs = PairedDataset(d1, d2, tf)
+    x1, x2 = (torch.stack(t).to(device) for t in zip(*(pairs[i] for i in ids)))
+    taps = [t.strip() for t in args.layers.split(",") if t.strip()]
+    try:
+        s = write_feature_grids(h1, h2, x1, x2, taps, Path(args.out), tf.denormalize,
+                                names=[d1.stem(i) for i in ids], channels=_parse_channels(args.channels))
+    except (KeyError, ValueError) as e:
+        raise SegadaptError(f"--layers/--channels: {e}") from None
+    for t, e in s["errors"].items():
+        print(f"{t} (channel {s['channels'][t]}): regression error {sum(e['before']) / len(ids):.4g} (H1 on X2) "
+              f"-> {sum(e['after']) / len(ids):.4g} (H2 on X2)")
+    print(f"wrote {len(s['files'])} grids and features.json to {args.out}")
+    return 0
+
+
+def cmd_viz_reconstruct(args: argparse.Namespace) -> int:
+    from segadapt.data import build_source, make_transform
+    from segadapt.runtime import select_device
+    from segadapt.train import load_model
+    from segadapt.viz.reconstruct import ReconstructConfig, reconstruct, write_reconstruction
+
+    device = select_device(args.device or "auto")
+    cfg = _model_config(args, args.model)
+    model, _ = load_model(args.model, device)
+    tf = make_transform(cfg.data, False, 255)
+    if args.image:
+        from segadapt.data.base import read_image
+
+        image, name = read_image(Path(args.image)), Path(args.image).stem
+    else:
+        source = build_source(cfg.data, args.split or cfg.data.val_split)
+        if not 0 <= args.index < len(source):
+            raise SegadaptError(f"--index {args.index} outside 0..{len(source) - 1}")
+        image, name = source.load_image(args.index), source.stem(args.index)
+    x, _ = tf.apply(image, None, None)
+    rc = ReconstructConfig(steps=args.steps, optimizer=args.optimizer, lr=args.step_size, seed=args.seed or 0,
+                           style_weight=args.style_weight, content_weight=args.content_weight)
+    if args.layers:
+        rc.taps = [t.strip() for t in args.layers.split(",") if t.strip()]
+    try:
+        xhat, losses = reconstruct(model, x[None].to(device), rc, device, cfg.data.mean, cfg.data.std)
+    except (KeyError, ValueError) as e:
+        raise SegadaptError(f"reconstruct: {e}") from None
+    write_reconstruction(Path(args.out), name, x[None], xhat, losses, cfg.data.mean, cfg.data.std)
+    first, last = losses[0]["total"], losses[-1]["total"]
+    print(f"loss {first:.4g} -> {last:.4g} ({first / max(last, 1e-30):.1f}x lower) in {len(losses)} steps")
+    print(f"wrote {Path(args.out) / (name + '_reconstruction.png')}")
+    return 0
+
+
+def cmd_viz_overlays(args: argparse.Namespace) -> int:
+    from segadapt.data import SegmentationDataset
+    from segadapt.runtime import select_device
+    from segadapt.train import load_model
+    from segadapt.viz.overlays import overlay_figure, predict
+
+    device = select_device(args.device or "auto")
+    named = [item.partition("=") for item in args.models.split(",") if item.strip()]
+    if not named or any(not path for _, _, path in named):
+        raise SegadaptError(f"--models {args.models!r}: expected NAME=RUN pairs, e.g. H1=runs/h1,H2=runs/h2")
+    models = {name.strip(): load_model(path.strip(), device)[0] for name, _, path in named}
+    cfg = _model_config(args, named[0][2].strip())
+    d1, d2, ids, tf = _val_pairs(args, cfg)
+    source = d2 if (args.filter or args.d2_dir) else d1
+    ds = SegmentationDataset(source, tf)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = d1.info
+    for i in ids:
+        x, mask = ds[i]
+        preds = {name: predict(m, x.to(device)) for name, m in models.items()}
+        overlay_figure(tf.denormalize(x), mask.numpy(), preds, info.class_names, info.palette, info.ignore_index,
+                       out / f"overlay_{source.stem(i)}.png", title=source.stem(i))
+    print(f"wrote {len(ids)} overlays to {out}")
+    return 0
+
+
+def cmd_viz_report(args: argparse.Namespace) -> int:
+    from segadapt.viz.report import write_report
+
+    print(f"report: {write_report(Path(args.sweep))}")
     return 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:
     sys.stdout.write(dumps_toml(resolve_config(args)))
     return 0
+
+
+def _viz_data_args(v: argparse.ArgumentParser) -> None:
+    _add_config_args(v)
+    v.add_argument("--split", help="split to draw images from (default: the val split)")
+    v.add_argument("--images", default="3", help="how many images (spread over the split), or indices: 0,5,9")
+    v.add_argument("--filter", help="D2 made by this filter (photocopy | ripple | cubism)")
+    v.add_argument("--severity", type=float, help="filter severity 0..1")
+    v.add_argument("--d2-dir", help="D2 images: a `segadapt shift` output or a folder matched by stem")
+    v.add_argument("--out", required=True, help="output directory")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -325,6 +567,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output dataset root")
     p.set_defaults(func=cmd_shift)
 
+    p = sub.add_parser("viz", help="figures: feature maps, reconstructions, overlays, a sweep's report.html")
+    viz = p.add_subparsers(dest="viz_command", required=True)
+    v = viz.add_parser("features", help="H1 vs H2 feature maps on D1/D2 pairs, with |difference| and errors")
+    v.add_argument("--h1", required=True, help="source model (run directory or .safetensors)")
+    v.add_argument("--h2", required=True, help="adapted model")
+    v.add_argument("--layers", default="pool1,pool2,pool3,pool4,pool5", help="taps, one grid row each")
+    v.add_argument("--channels", help="TAP=INDEX pairs; default: the channel of highest H1 variance on X1")
+    _viz_data_args(v)
+    v.set_defaults(func=cmd_viz_features)
+    v = viz.add_parser("reconstruct", help="the image as a model sees it: white noise optimised to match features")
+    v.add_argument("--model", required=True, help="model whose features are matched (e.g. the adapted H2)")
+    v.add_argument("--image", help="an image file (default: --index of the model's dataset)")
+    v.add_argument("--index", type=int, default=0, help="image index in the split when no --image is given")
+    v.add_argument("--layers", help="taps for the style (Gram) loss; content on the deepest (default pool1..pool5)")
+    v.add_argument("--steps", type=int, default=300)
+    v.add_argument("--optimizer", default="adam", choices=["adam", "sgd", "lbfgs"])
+    v.add_argument("--step-size", type=float, help="optimizer learning rate (default per optimizer)")
+    v.add_argument("--content-weight", type=float, default=1.0)
+    v.add_argument("--style-weight", type=float, default=1.0)
+    _viz_data_args(v)
+    v.set_defaults(func=cmd_viz_reconstruct)
+    v = viz.add_parser("overlays", help="image, ground truth and each model's prediction, in the dataset's colours")
+    v.add_argument("--models", required=True, help="NAME=RUN pairs, e.g. H1=runs/h1,B2=runs/b2,H2=runs/h2")
+    _viz_data_args(v)
+    v.set_defaults(func=cmd_viz_overlays)
+    v = viz.add_parser("report", help="(re)build report.html of a `segadapt experiment` directory")
+    v.add_argument("sweep", help="the experiment's output directory")
+    v.set_defaults(func=cmd_viz_report)
+
+    p = sub.add_parser("doctor", help="check a dataset before training: labels, class pixels, sizes, modes, pairs")
+    _add_config_args(p)
+    p.add_argument("--split", help="splits to check, comma-separated (default: the train and val splits)")
+    p.add_argument("--d2-dir", help="also check D2 images: a `segadapt shift` output or a folder, matched by stem")
+    p.add_argument("--pairs", help="also check a pairs CSV (columns x1,x2): readable files of equal size")
+    p.add_argument("--limit", type=int, default=0, help="check at most N images per split, spread out (0 = all)")
+    p.add_argument("--out", help="also write the report as JSON")
+    p.set_defaults(func=cmd_doctor)
+
     p = sub.add_parser("config", help="print the resolved configuration as TOML")
     _add_config_args(p)
     p.set_defaults(func=cmd_config)
@@ -333,12 +613,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _CLAIMS.clear()
     try:
         return args.func(args)
     except SegadaptError as e:
+        _discard_partial_outputs()
         if args.debug:
             raise
-        print(f"segadapt: error: {e}", file=sys.stderr)
+        print(f"segadapt: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("segadapt: interrupted", file=sys.stderr)

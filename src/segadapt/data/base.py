@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import cv2
+import cv2.utils.logging as cv2_logging
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -69,33 +73,97 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return self.transform(image, mask)
 
 
-def read_image(path: Path) -> np.ndarray:
-    """RGB uint8; grey and RGBA files are converted, since cameras and scanners produce both."""
+@contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """OpenCV logs its own warnings for files we already turn into one clear DataError; silence them."""
+    level = cv2_logging.getLogLevel()
+    cv2_logging.setLogLevel(cv2_logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2_logging.setLogLevel(level)
+
+
+def read_file_bytes(path: Path) -> np.ndarray:
+    """A file's bytes as a uint8 array: the one read that both decoding and inspection (doctor) share."""
     if not path.is_file():
         raise DataError(f"{path}: image file not found; check the dataset root")
     try:
-        data = np.fromfile(path, np.uint8)
+        return np.fromfile(path, np.uint8)
     except OSError as e:
         raise DataError(f"{path}: cannot read image ({e.strerror or e}); check its permissions") from None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the file says about itself, before the pixels are decoded to RGB."""
+
+    format: str  # PNG, JPEG, TIFF, ...
+    mode: str  # PIL mode: RGB, L, RGBA, P, I;16, F, CMYK, ...
+    size: tuple[int, int]  # width, height
+    orientation: int  # EXIF orientation (1 = as stored); OpenCV rotates JPEGs by it
+
+
+def image_header(data: np.ndarray) -> ImageHeader | None:
+    """Header fields parsed from bytes already in memory (no second read); None if PIL does not know it."""
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as im:
+            orientation = int(im.getexif().get(0x0112, 1) or 1) if im.format == "JPEG" else 1
+            return ImageHeader(im.format or "?", im.mode, im.size, orientation)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError, TypeError):
+        return None
+
+
+def decode_image(data: np.ndarray, path: Path) -> np.ndarray:
+    """RGB uint8 from a file's bytes; grey, RGBA and 16-bit files are converted, since cameras produce all."""
+    with _quiet_opencv():
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
-        raise DataError(f"{path}: unreadable or corrupt image; re-export it as JPEG/PNG or remove it")
+        header = image_header(data) if data.size else None
+        kind = f" (a {header.mode} {header.format})" if header and header.mode in ("F", "I", "I;32") else ""
+        raise DataError(f"{path}: unreadable or corrupt image{kind}; re-export it as JPEG/PNG or remove it")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """Class-index mask as int64; palette PNGs give their indices, never their colours."""
+def read_image(path: Path) -> np.ndarray:
+    """RGB uint8; grey and RGBA files are converted, since cameras and scanners produce both."""
+    return decode_image(read_file_bytes(path), path)
+
+
+class ColourMaskError(DataError):
+    """A mask stored as colours (RGB) instead of class indices; refused, since guessing the mapping is unsafe."""
+
+
+def colour_mask_hint(rgb: np.ndarray, palette: Sequence[tuple[int, int, int]] = ()) -> str:
+    """How to turn an RGB mask into an index mask, judged from its colours."""
+    if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+        return "its three channels are equal: save the first one as a single-channel (L) PNG"
+    packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+    colours = np.unique(packed)
+    known = {(r << 16) | (g << 8) | b for r, g, b in palette}
+    if palette and all(int(c) in known for c in colours):
+        return "its colours are the dataset's class palette: map each colour to its class index"
+    return "map each colour to its class index"
+
+
+def read_mask(path: Path, palette: Sequence[tuple[int, int, int]] = ()) -> np.ndarray:
+    """Class-index mask as int64; palette PNGs give their indices, never their colours.
+
+    Colour (RGB) masks are refused rather than converted: a colour absent from the palette would need a
+    silent guess. The error says whether the colours are the dataset's palette or a grey mask saved as RGB.
+    """
     try:
         with Image.open(path) as im:
             if im.mode in ("RGB", "RGBA"):
-                raise DataError(
+                hint = colour_mask_hint(np.asarray(im.convert("RGB")), palette)
+                raise ColourMaskError(
                     f"{path}: mask is a {im.mode} colour image; masks must hold class indices "
-                    "(single-channel or palette PNG), convert the colours to indices first"
+                    f"(single-channel or palette PNG); {hint}"
                 )
             mask = np.array(im)
     except FileNotFoundError:
         raise DataError(f"{path}: mask file not found; every image needs a mask with the same stem") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: unreadable or corrupt mask ({e}); re-export it as PNG") from None
     if mask.ndim != 2:
         raise DataError(f"{path}: mask has shape {mask.shape}; expected a single-channel index mask")

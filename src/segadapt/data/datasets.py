@@ -54,7 +54,7 @@ class FileSource(SegmentationSource):
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         _, ip, mp = self.items[i]
-        image, mask = read_image(ip), read_mask(mp)
+        image, mask = read_image(ip), read_mask(mp, self.info.palette)
         check_pair(image, mask, self.info, ip, mp)
         return image, mask
 
@@ -69,8 +69,20 @@ def _image_files(directory: Path) -> list[Path]:
     return [p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
 
 
-def pair_by_stem(image_dir: Path, mask_dir: Path) -> list[tuple[str, Path, Path]]:
-    """Match images to masks by file stem; an image without a mask is an error, not a silent skip."""
+def _unpaired(error: DataError, missing: list[DataError] | None) -> None:
+    """Raise, or collect when a caller (the doctor) wants every unpaired image rather than the first."""
+    if missing is None:
+        raise error
+    missing.append(error)
+
+
+def pair_by_stem(
+    image_dir: Path, mask_dir: Path, missing: list[DataError] | None = None
+) -> list[tuple[str, Path, Path]]:
+    """Match images to masks by file stem; an image without a mask is an error, not a silent skip.
+
+    With `missing` given, such images are skipped and their errors appended to it instead.
+    """
     images = sorted(_image_files(_require_dir(image_dir, "image")))
     if not images:
         raise DataError(f"{image_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
@@ -78,17 +90,18 @@ def pair_by_stem(image_dir: Path, mask_dir: Path) -> list[tuple[str, Path, Path]
     items = []
     for img in images:
         if img.stem not in masks:
-            raise DataError(f"{img}: image has no mask; expected {mask_dir / (img.stem + '.png')}")
+            _unpaired(DataError(f"{img}: image has no mask; expected {mask_dir / (img.stem + '.png')}"), missing)
+            continue
         items.append((img.stem, img, masks[img.stem]))
     return items
 
 
-def camvid(root: Path, split: str) -> FileSource:
+def camvid(root: Path, split: str, missing: list[DataError] | None = None) -> FileSource:
     info = DatasetInfo("camvid", CAMVID_CLASSES, 11, palettes.CAMVID)
-    return FileSource(info, pair_by_stem(root / split / "images", root / split / "labels"))
+    return FileSource(info, pair_by_stem(root / split / "images", root / split / "labels", missing))
 
 
-def voc(root: Path, split: str) -> FileSource:
+def voc(root: Path, split: str, missing: list[DataError] | None = None) -> FileSource:
     """VOC2012 layout; masks from SegmentationClassAug (SBD, 10,582 train_aug images) when present."""
     info = DatasetInfo("voc", VOC_CLASSES, 255, palettes.voc(21))
     mask_dir = root / "SegmentationClassAug"
@@ -106,16 +119,17 @@ def voc(root: Path, split: str) -> FileSource:
         name = Path(name).stem  # SBD lists may hold paths
         image, mask = root / "JPEGImages" / f"{name}.jpg", mask_dir / f"{name}.png"
         if not image.is_file():
-            raise DataError(f"{image}: listed in {listing.name} but missing; check data.root")
-        if not mask.is_file():
-            raise DataError(f"{image}: image has no mask; expected {mask}")
-        items.append((name, image, mask))
-    if not items:
+            _unpaired(DataError(f"{image}: listed in {listing.name} but missing; check data.root"), missing)
+        elif not mask.is_file():
+            _unpaired(DataError(f"{image}: image has no mask; expected {mask}"), missing)
+        else:
+            items.append((name, image, mask))
+    if not items and not missing:
         raise DataError(f"{listing}: split list is empty")
     return FileSource(info, items)
 
 
-def folder(root: Path, split: str, cfg: DataConfig) -> FileSource:
+def folder(root: Path, split: str, cfg: DataConfig, missing: list[DataError] | None = None) -> FileSource:
     if cfg.num_classes <= 0:
         raise DataError(f"{root}: folder datasets need the class count; pass --set data.num_classes=N")
     names = tuple(cfg.class_names) or tuple(f"class_{i}" for i in range(cfg.num_classes))
@@ -125,13 +139,14 @@ def folder(root: Path, split: str, cfg: DataConfig) -> FileSource:
             "make them agree"
         )
     info = DatasetInfo(root.name or "folder", names, cfg.ignore_index, palettes.generic(cfg.num_classes))
-    return FileSource(info, pair_by_stem(root / split / "images", root / split / "masks"))
+    return FileSource(info, pair_by_stem(root / split / "images", root / split / "masks", missing))
 
 
 DATASETS = ("synthetic", "camvid", "voc", "folder")
 
 
-def build_source(cfg: DataConfig, split: str) -> SegmentationSource:
+def build_source(cfg: DataConfig, split: str, missing: list[DataError] | None = None) -> SegmentationSource:
+    """The raw samples of a split; `missing` collects images without a mask instead of failing on the first."""
     if cfg.dataset == "synthetic":
         from segadapt.data.synthetic import SyntheticScenes
 
@@ -143,10 +158,10 @@ def build_source(cfg: DataConfig, split: str) -> SegmentationSource:
         raise ConfigError(f"dataset {cfg.dataset} needs a root directory; pass --root DIR")
     root = _require_dir(Path(cfg.root), "dataset root")
     if cfg.dataset == "camvid":
-        return camvid(root, split)
+        return camvid(root, split, missing)
     if cfg.dataset == "voc":
-        return voc(root, split)
-    return folder(root, split, cfg)
+        return voc(root, split, missing)
+    return folder(root, split, cfg, missing)
 
 
 def make_transform(cfg: DataConfig, train: bool, ignore_index: int) -> JointTransform:
