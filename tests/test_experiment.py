@@ -22,6 +22,7 @@ def tiny(monkeypatch):
     cfg.experiment.layer_presets = ["pool2", "all_inc"]
     cfg.experiment.iterations = 3
     cfg.experiment.materialise_d2 = False  # the stand-in filter lives in this process only
+    cfg.experiment.figure_images, cfg.experiment.reconstruct_steps = 1, 3
     return cfg
 
 
@@ -42,6 +43,22 @@ def test_sweep_writes_tables_and_plots(tmp_path, tiny):
     assert sel == {(s, m) for s in (0, 1) for m in ("H2:pool2", "H2:all_inc")}
     assert all(0 <= r["selected_miou"] <= 1 for r in results["selection"])
     assert "Label-free checkpoint selection" in md
+
+
+def test_sweep_writes_report_with_figures(tmp_path, tiny):
+    tiny.experiment.baselines = ["B0", "B2"]
+    results = experiment.run_experiment(tiny, tmp_path)
+    figs = tmp_path / "figures" / "dark"
+    # the best of the two presets feeds the feature grid (no pool5 in this sweep); B2 and H2 in the overlay
+    best = max((e for e in results["summary"] if e["method"].startswith("H2:")), key=lambda e: e["miou"])
+    tag = best["method"].replace(":", "-")
+    assert len(list((figs / "features").glob(f"features_*_{tag}.png"))) == 1
+    assert json.loads((figs / "features" / "features.json").read_text())["taps"][-1] == "pool5"
+    assert len(list((figs / "overlays").glob("overlay_*.png"))) == 1
+    assert {p.name.split("_")[-2] for p in (figs / "reconstruction").glob("*_comparison.png")} == {"H1", tag}
+    page = (tmp_path / "report.html").read_text()
+    assert results["report"] == str(tmp_path / "report.html")
+    assert page.count("data:image/png;base64,") == 2 + 1 + 1 + 4  # plots, grid, overlay, 2x(comparison+loss)
 
 
 def test_distortion_matches_definition(tmp_path, tiny):

@@ -148,12 +148,37 @@ def run_experiment(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                     sel = agreement(res["probes"]) | {"final_entropy": res["probes"][-1]["entropy"]}
                     selection.append({"seed": seed, "shift": name, "method": f"H2:{preset}", **sel})
 
+            if seed == ex.seeds[0] and ex.figure_images > 0 and ex.layer_presets:
+                _figures(cfg, out_dir / "figures" / name, shift_dir, h1, rows, seed, name, d1_val, d2_val, device)
+
     results = summarise(rows, ex.filters)
     results["selection"] = selection
     results["selection_across_presets"] = across_presets(selection)
     results["environment"] = environment()
     write_results(results, out_dir)
+    if ex.figure_images > 0:
+        from segadapt.viz.report import write_report
+
+        results["report"] = str(write_report(out_dir))
     return results
+
+
+def _figures(
+    cfg: RunConfig, out: Path, shift_dir: Path, h1: torch.nn.Module, rows: list[dict[str, Any]], seed: int,
+    shift: str, d1_val: SegmentationSource, d2_val: SegmentationSource, device: torch.device,
+) -> None:
+    """Feature grids, overlays and reconstructions for report.html: H2 on pool5 (the study's choice) when it
+    was run, else the best preset, next to B2."""
+    from segadapt.viz.sweep import write_shift_figures
+
+    h2s = {r["method"]: r["miou"] for r in rows if r["seed"] == seed and r["shift"] == shift
+           and r["method"].startswith("H2:")}
+    h2_name = "H2:pool5" if "H2:pool5" in h2s else max(h2s, key=h2s.__getitem__)
+    models = {}
+    if (shift_dir / "B2" / ckpt.MODEL_FILE).is_file():
+        models["B2"] = load_model(shift_dir / "B2", device)[0]
+    models[h2_name] = load_model(shift_dir / f"H2-{h2_name[3:]}", device)[0]
+    write_shift_figures(cfg, out, h1, models, h2_name, d1_val, d2_val, device)
 
 
 def _scores_from(metrics: dict[str, Any]) -> Scores:

@@ -1,0 +1,122 @@
+"""report.html for a sweep: one self-contained file (figures embedded) that opens in any browser.
+
+It reads only what the sweep wrote (results.json, the plots, figures/<shift>/...), so it can be rebuilt
+with `segadapt viz report DIR` after the fact, e.g. once more figures have been added.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from segadapt.checkpoint import write_text_atomic
+from segadapt.errors import SegadaptError
+
+SECTIONS = (
+    ("features", ("*.png",), "Feature maps before and after adaptation",
+     "Per tap: the channel of H1 with the highest activation variance on X1. Rows give the mean squared "
+     "difference to H1(X1) over all channels, before (H1 on X2) and after adaptation (H2 on X2)."),
+    ("reconstruction", ("*_comparison.png", "*_loss.png"), "The image as the network sees it",
+     "Reconstructed from white noise by matching the network's features on a D1 image (content loss) and "
+     "their Gram matrices (style loss), through H1 and through the adapted H2."),
+    ("overlays", ("*.png",), "Segmentations",
+     "Image, ground truth and predictions on D2 (val), in the dataset's colours."),
+)
+
+CSS = """
+body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:0.3em 0}
+figure{margin:0.5em 0 1.5em}figcaption{font-size:0.85em;color:#555}.best{font-weight:bold}
+"""
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+def _figure(path: Path, caption: str) -> str:
+    return f"<figure>{_img(path, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def _fmt(e: dict[str, Any], m: str) -> str:
+    return f"{e[m]:.3f} ± {e[m + '_std']:.3f}" if e.get("seeds", 1) > 1 else f"{e[m]:.3f}"
+
+
+def _results_table(results: dict[str, Any], shift: str) -> str:
+    entries = [e for e in results["summary"] if e["shift"] == shift]
+    best = max((e["miou"] for e in entries), default=None)
+    rows = ["<tr><th>method</th><th>mean accuracy</th><th>mIoU</th><th>pixel accuracy</th><th>seeds</th></tr>"]
+    for e in entries:
+        cls = ' class="best"' if e["miou"] == best else ""
+        rows.append(f"<tr{cls}><td>{html.escape(e['method'])}</td><td>{_fmt(e, 'mean_acc')}</td>"
+                    f"<td>{_fmt(e, 'miou')}</td><td>{_fmt(e, 'pixel_acc')}</td><td>{e['seeds']}</td></tr>")
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def _selection_table(results: dict[str, Any]) -> str:
+    sel = results.get("selection") or []
+    if not sel:
+        return ""
+    head = ("<tr><th>seed / shift / method</th><th>selected step</th><th>mIoU there</th><th>best mIoU (step)</th>"
+            "<th>final mIoU</th><th>regret (points)</th></tr>")
+    rows = [
+        f"<tr><td>{r['seed']} / {html.escape(r['shift'])} / {html.escape(r['method'])}</td>"
+        f"<td>{r['selected_step']}</td>"
+        f"<td>{r['selected_miou']:.3f}</td><td>{r['best_miou']:.3f} ({r['best_step']})</td>"
+        f"<td>{r['final_miou']:.3f}</td><td>{r['regret_points']:.2f}</td></tr>"
+        for r in sel
+    ]
+    return ("<h2>Label-free checkpoint selection</h2><p>The checkpoint with the lowest held-out regression loss "
+            "(no D2 labels) against mIoU on D2, which only this report reads.</p><table>" + head + "".join(rows)
+            + "</table>")
+
+
+def write_report(sweep_dir: Path) -> Path:
+    """Build <sweep_dir>/report.html from the sweep's files; returns its path."""
+    results_file = sweep_dir / "results.json"
+    if not results_file.is_file():
+        raise SegadaptError(f"{sweep_dir}: no results.json; pass the output directory of `segadapt experiment`")
+    try:
+        results = json.loads(results_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SegadaptError(f"{results_file}: not valid JSON ({e}); rerun the sweep to rewrite it") from None
+
+    parts = [f"<h1>segadapt sweep: {html.escape(sweep_dir.name)}</h1>"]
+    h1 = next((e for e in results["summary"] if e["method"] == "H1"), None)
+    if h1:
+        parts.append(f"<p>H1 on D1 (val): mean accuracy {_fmt(h1, 'mean_acc')}, mIoU {_fmt(h1, 'miou')}.</p>")
+    shifts = [s for s in dict.fromkeys(e["shift"] for e in results["summary"]) if s != "none"]
+    dist = results.get("distortion", {})
+    if dist:
+        parts.append("<h2>Distortion per shift</h2><table><tr><th>shift</th><th>distortion of H1</th></tr>"
+                     + "".join(f"<tr><td>{html.escape(s)}</td><td>{d:.3f}</td></tr>" for s, d in dist.items())
+                     + "</table><p>0.5·(|acc1 − acc2|/acc1 + |mIoU1 − mIoU2|/mIoU1), H1 on D1 against H1 on D2.</p>")
+    for s in shifts:
+        parts += [f"<h2>Results: {html.escape(s)}</h2>", _results_table(results, s)]
+    parts.append("<p>B0: H1 on D2. B1: trained from scratch on D2 with D1 labels. B2: H1 fine-tuned on D2 with "
+                 "D1 labels. H2:&lt;layers&gt;: H1 adapted by feature regression on those layers, without D2 "
+                 "labels. Scored on D2's val split.</p>")
+    for name, caption in (("methods.png", "(a) methods against baselines per shift"),
+                          ("layers.png", "(b) performance against the transferred feature map")):
+        if (sweep_dir / name).is_file():
+            parts.append(_figure(sweep_dir / name, caption))
+    parts.append(_selection_table(results))
+    for key, patterns, title, text in SECTIONS:
+        files = sorted(f for pattern in patterns for f in (sweep_dir / "figures").glob(f"*/{key}/{pattern}"))
+        if files:
+            parts += [f"<h2>{title}</h2>", f"<p>{html.escape(text)}</p>"]
+            parts += [_figure(f, f"{f.parent.parent.name}: {f.stem}") for f in files]
+    env = results.get("environment", {})
+    if env:
+        parts.append("<p><small>" + html.escape(", ".join(f"{k} {v}" for k, v in env.items() if v != "")) +
+                     "</small></p>")
+    page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>segadapt report</title>"
+            f"<style>{CSS}</style></head><body>" + "\n".join(p for p in parts if p) + "</body></html>\n")
+    out = sweep_dir / "report.html"
+    write_text_atomic(out, page)
+    return out

@@ -1,0 +1,79 @@
+"""The qualitative figures of one shift of a sweep, written under <sweep>/figures/<shift>/ for report.html.
+
+features/: H1 against the adapted H2 on a few val pairs; overlays/: image, ground truth, H1, B2 and H2 on D2;
+reconstruction/: the D1 image as H1 and as H2 see it, from white noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from segadapt.config import RunConfig
+from segadapt.data import SegmentationDataset, SegmentationSource, make_transform
+from segadapt.viz.features import write_feature_grids
+from segadapt.viz.overlays import overlay_figure, predict
+
+FEATURE_TAPS = ["pool1", "pool2", "pool3", "pool4", "pool5"]
+
+
+def spread(n: int, k: int) -> list[int]:
+    """k indices spread evenly over 0..n-1, so the figures do not all show neighbouring frames."""
+    return sorted({int(i) for i in np.linspace(0, n - 1, min(k, n))}) if n and k else []
+
+
+def write_shift_figures(
+    cfg: RunConfig,
+    out: Path,
+    h1: nn.Module,
+    models: Mapping[str, nn.Module],
+    h2_name: str,
+    d1_val: SegmentationSource,
+    d2_val: SegmentationSource,
+    device: torch.device,
+) -> dict[str, Any]:
+    """`models`: name -> model shown in overlays (B2, H2:...); `h2_name` picks the one for feature grids."""
+    ex = cfg.experiment
+    info = d1_val.info
+    tf = make_transform(cfg.data, False, info.ignore_index)
+    d1, d2 = SegmentationDataset(d1_val, tf), SegmentationDataset(d2_val, tf)
+    ids = spread(len(d1), ex.figure_images)
+    if not ids:
+        return {}
+    samples = [(d1_val.stem(i), d1[i], d2[i]) for i in ids]
+    h2 = models[h2_name]
+    summary: dict[str, Any] = {"images": [s for s, _, _ in samples]}
+
+    x1 = torch.stack([a[0] for _, a, _ in samples]).to(device)
+    x2 = torch.stack([b[0] for _, _, b in samples]).to(device)
+    taps = [t for t in FEATURE_TAPS if t in getattr(h1, "TAPS", FEATURE_TAPS)]
+    summary["features"] = write_feature_grids(h1, h2, x1, x2, taps, out / "features", tf.denormalize,
+                                              names=[f"{s}_{h2_name.replace(':', '-')}" for s, _, _ in samples])
+
+    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    shown = {"H1": h1, **models}
+    for stem, _, (x, mask) in samples:
+        preds = {name: predict(m, x.to(device)) for name, m in shown.items()}
+        overlay_figure(tf.denormalize(x), mask.numpy(), preds, info.class_names, info.palette, info.ignore_index,
+                       out / "overlays" / f"overlay_{stem}.png", title=f"{stem} (D2)")
+
+    if ex.reconstruct_steps > 0:
+        from segadapt.viz.reconstruct import ReconstructConfig, reconstruct, write_reconstruction
+
+        rc = ReconstructConfig(steps=ex.reconstruct_steps, seed=cfg.train.seed)
+        rc.taps = [t for t in rc.taps if t in taps]
+        stem, (x, _), _ = samples[0]
+        recon = {}
+        for name, m in tqdm([("H1", h1), (h2_name, h2)], desc="reconstruct", leave=False):
+            xhat, losses = reconstruct(m, x[None].to(device), rc, device, cfg.data.mean, cfg.data.std)
+            tag = f"{stem}_{name.replace(':', '-')}"
+            write_reconstruction(out / "reconstruction", tag, x[None], xhat, losses, cfg.data.mean, cfg.data.std)
+            recon[name] = {"first_loss": losses[0]["total"], "last_loss": losses[-1]["total"]}
+        summary["reconstruction"] = recon
+    return summary

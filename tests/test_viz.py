@@ -1,0 +1,134 @@
+"""Feature grids, overlays and the HTML report: files a person can open, with the numbers they claim."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segadapt.data.palettes import CAMVID
+from segadapt.models import VGGDeepLab
+from segadapt.viz.features import pick_channel, regression_errors, write_feature_grids
+from segadapt.viz.overlays import colorize, overlay_figure
+from segadapt.viz.report import write_report
+
+
+def tiny_models():
+    torch.manual_seed(0)
+    h1 = VGGDeepLab(3, width=0.0625).eval()
+    h2 = VGGDeepLab(3, width=0.0625).eval()
+    h2.load_state_dict(h1.state_dict())
+    with torch.no_grad():
+        h2.stages_up_to("pool1")[0][0].weight.mul_(1.5)  # H2 differs from H1 below pool1
+    return h1, h2
+
+
+def test_pick_channel_is_the_most_variable():
+    maps = torch.zeros(2, 4, 5, 5)
+    maps[:, 2] = torch.randn(2, 5, 5) * 3
+    maps[:, 1] = torch.randn(2, 5, 5) * 0.1
+    assert pick_channel(maps) == 2
+
+
+def test_feature_grids_report_errors_and_write_pngs(tmp_path):
+    h1, h2 = tiny_models()
+    x1 = torch.randn(2, 3, 32, 48)
+    x2 = x1 + 0.5 * torch.randn_like(x1)
+    denorm = lambda x: (x.clamp(-1, 1).add(1).mul(127).byte().permute(1, 2, 0).numpy())  # noqa: E731
+    s = write_feature_grids(h1, h1, x1, x1, ["pool1", "pool3"], tmp_path / "same", denorm)
+    assert all(v == 0 for e in s["errors"].values() for k in ("before", "after") for v in e[k])
+    s = write_feature_grids(h1, h2, x1, x2, ["pool1", "pool3"], tmp_path / "f", denorm, names=["a", "b"],
+                            channels={"pool3": 1})
+    assert s["channels"]["pool3"] == 1 and s["files"] == ["features_a.png", "features_b.png"]
+    assert all(v > 0 for e in s["errors"].values() for v in e["before"])
+    for f in s["files"]:
+        with Image.open(tmp_path / "f" / f) as im:
+            assert im.size[0] > 500 and im.size[1] > 200
+    assert json.loads((tmp_path / "f" / "features.json").read_text())["taps"] == ["pool1", "pool3"]
+    with pytest.raises(ValueError, match="channel 99 out of range for pool1"):
+        write_feature_grids(h1, h2, x1, x2, ["pool1"], tmp_path / "g", denorm, channels={"pool1": 99})
+
+
+def test_regression_errors_are_the_loss_measure():
+    a, b = torch.zeros(1, 2, 3, 3), torch.full((1, 2, 3, 3), 2.0)
+    e = regression_errors({"t": {"h1_x1": a, "h1_x2": b, "h2_x2": a + 1}})
+    assert e["t"] == {"before": [4.0], "after": [1.0]}
+
+
+def test_colorize_uses_palette_and_blacks_out_ignored():
+    mask = np.array([[0, 3], [11, 255]])
+    rgb = colorize(mask, CAMVID, ignore_index=11)
+    assert rgb[0, 0].tolist() == list(CAMVID[0]) and rgb[0, 1].tolist() == list(CAMVID[3])
+    assert rgb[1, 0].tolist() == [0, 0, 0] and rgb[1, 1].tolist() == [0, 0, 0]
+
+
+def test_overlay_has_one_panel_per_model_and_a_legend(tmp_path):
+    image = np.full((24, 32, 3), 100, np.uint8)
+    mask = np.zeros((24, 32), np.int64)
+    mask[12:] = 1
+    path = overlay_figure(image, mask, {"H1": mask * 0, "H2": mask}, ["road", "car"], CAMVID[:2], 255,
+                          tmp_path / "o.png")
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"))
+    # the car colour (legend + ground truth + H2 panel) appears; H1's panel is all road
+    car = np.all(arr == np.array(CAMVID[1], np.uint8), axis=-1)
+    assert car.sum() > 100
+
+
+def fake_sweep(tmp_path):
+    from segadapt.experiment import write_results
+
+    rows = [{"seed": 0, "shift": "none", "method": "H1", "mean_acc": 0.8, "miou": 0.6, "pixel_acc": 0.9}]
+    for m, v in (("B0", 0.3), ("B2", 0.5), ("H2:pool5", 0.52)):
+        rows.append({"seed": 0, "shift": "ripple", "method": m, "mean_acc": v + 0.1, "miou": v, "pixel_acc": v + 0.2})
+    from segadapt.experiment import summarise
+
+    results = summarise(rows, ["ripple"]) | {"selection": [], "environment": {"torch": "x"}}
+    write_results(results, tmp_path)
+    fig = tmp_path / "figures" / "ripple" / "overlays"
+    fig.mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(fig / "overlay_a.png")
+    return results
+
+
+def test_report_embeds_table_plots_and_figures(tmp_path):
+    fake_sweep(tmp_path)
+    page = write_report(tmp_path).read_text()
+    assert "H2:pool5" in page and "0.520" in page and "Distortion per shift" in page
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 3  # methods, layers, one overlay
+    assert "Segmentations" in page and "ripple: overlay_a" in page
+
+
+def test_report_refuses_a_directory_without_results(tmp_path):
+    from segadapt.errors import SegadaptError
+
+    with pytest.raises(SegadaptError, match="no results.json"):
+        write_report(tmp_path)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+PROBE = """<script>window.addEventListener("load", () => {
+  const imgs = [...document.images];
+  document.body.setAttribute("data-loaded", imgs.filter(i => i.complete && i.naturalWidth > 0).length);
+  document.body.setAttribute("data-total", imgs.length);
+});</script></body>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium); CI installs it")
+def test_report_images_load_in_headless_chromium(tmp_path):
+    fake_sweep(tmp_path)
+    page = write_report(tmp_path).read_text()
+    probe = tmp_path / "probe.html"  # the report plus a script that counts the images that decoded
+    probe.write_text(page.replace("</body>", PROBE))
+    out = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom",
+         probe.as_uri()], capture_output=True, text=True, timeout=120,
+    )
+    m = re.search(r'data-loaded="(\d+)" data-total="(\d+)"', out.stdout)
+    assert m, out.stderr[-2000:]
+    assert int(m.group(2)) == 3 and m.group(1) == m.group(2)
