@@ -210,3 +210,11 @@ def test_report_is_valid_json_even_when_empty():
     report.add("error", "dataset", "x: not found", "x")
     assert json.loads(json.dumps(report.to_dict()))["errors"][0]["path"] == "x"
     assert "doctor: 1 error" in report.format()
+
+
+def test_positional_directory_guesses_the_layout(camvid_root, tmp_path, capsys):
+    """`segadapt doctor PATH` needs no --dataset: CamVid's <split>/labels/ layout is recognised."""
+    assert main(["doctor", str(camvid_root), "--split", "val", "--limit", "2"]) == 0
+    assert "sky" in capsys.readouterr().out  # CamVid's class names, so the camvid reader was chosen
+    assert main(["doctor", str(tmp_path)]) != 0
+    assert "no known dataset layout" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -338,8 +339,16 @@ def cmd_shift(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Check a dataset before training: exit 0 when fit (warnings allowed), 1 when it has errors."""
     from segadapt.checkpoint import write_json_atomic
-    from segadapt.doctor import diagnose
+    from segadapt.data import DATASETS
+    from segadapt.doctor import diagnose, guess_dataset
 
+    if args.target in DATASETS:
+        args.dataset = args.dataset or args.target
+    elif args.target:
+        if not Path(args.target).is_dir():
+            raise SegadaptError(f"{args.target}: neither a dataset name ({', '.join(DATASETS)}) nor a directory")
+        args.root = args.target
+        args.dataset = args.dataset or guess_dataset(Path(args.target))
     cfg = resolve_config(args)
     splits = [s.strip() for s in args.split.split(",") if s.strip()] if args.split else None
     report = diagnose(cfg, splits, d2_dir=args.d2_dir or cfg.shift.d2_dir, pairs_csv=args.pairs or cfg.shift.pairs_csv,
@@ -597,6 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_viz_report)
 
     p = sub.add_parser("doctor", help="check a dataset before training: labels, class pixels, sizes, modes, pairs")
+    p.add_argument("target", nargs="?", default="",
+                   help="a dataset name (synthetic, camvid, voc, folder) or its directory (layout guessed)")
     _add_config_args(p)
     p.add_argument("--split", help="splits to check, comma-separated (default: the train and val splits)")
     p.add_argument("--d2-dir", help="also check D2 images: a `segadapt shift` output or a folder, matched by stem")
@@ -614,6 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _CLAIMS.clear()
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 reports; errors still reach stderr
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
     try:
         return args.func(args)
     except SegadaptError as e:

@@ -27,7 +27,7 @@ from segadapt.data.base import (
     read_mask,
 )
 from segadapt.data.datasets import IMAGE_SUFFIXES
-from segadapt.errors import DataError
+from segadapt.errors import ConfigError, DataError
 
 # PIL modes other than RGB, as users know them; all are converted to RGB when read
 MODE_NOTES = {
@@ -386,6 +386,21 @@ def _check_pairs_csv(report: Report, csv_path: str, limit: int) -> None:
             report.add("error", "pair size mismatch", f"{p2}: size {x2.shape[1]}x{x2.shape[0]} differs from its pair "
                        f"{p1} ({x1.shape[1]}x{x1.shape[0]}) (row {k + 1} of {csv_path}); paired images must be the "
                        "same size", p2)
+
+
+def guess_dataset(root: Path) -> str:
+    """The dataset kind a directory's layout implies: VOC's JPEGImages/, CamVid's <split>/labels/, or the
+    generic <split>/masks/ folder layout. Lets `segadapt doctor PATH` work before any config exists."""
+    if (root / "JPEGImages").is_dir():
+        return "voc"
+    if any(p.is_dir() for p in root.glob("*/labels")):
+        return "camvid"
+    if any(p.is_dir() for p in root.glob("*/masks")):
+        return "folder"
+    raise ConfigError(
+        f"{root}: no known dataset layout (JPEGImages/, <split>/labels/ or <split>/masks/); "
+        "name it with --dataset camvid|voc|folder"
+    )
 
 
 def diagnose(
