@@ -102,7 +102,7 @@ def main() -> int:
     }
     write_json_atomic(out / "benchmark.json", summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "environment"}, indent=2))
-    print(f"report: {out / 'results.md'}")
+    print(f"report: {results['report']}")
     return 0
 
 
