@@ -3,9 +3,12 @@
   naive     teacher and student each run the whole network to the logits, pool5 collected by forward
             hooks; the teacher with autograd on (its graph is built, never used), the student's optimizer
             over all parameters
-  segadapt  what adapt() does: early exit at the deepest tap (`model.features(x, ["pool5"])`), teacher under
-            torch.inference_mode(), only parameters below the tap trained
+  early     early exit at the deepest tap (`model.features(x, ["pool5"])`), teacher under
+            torch.inference_mode(), only parameters below the tap trained; NCHW like naive
+  segadapt  what adapt() does: `early` with NHWC (channels_last) models and inputs (train.channels_last)
   cached    segadapt with the teacher's maps read from a teacher cache (segadapt.cache) instead of computed
+
+naive runs NCHW, as a plain PyTorch loop does; `early` isolates what the early exit alone buys.
 
 Each timed sample is one step (forward, loss, backward, SGD); variants are interleaved in rotating order,
 after warm-up steps, and the median of --repeats samples is reported. FLOPs per step are counted with
@@ -61,10 +64,11 @@ def hooked_full_forward(model: nn.Module, x: torch.Tensor, tap: str) -> torch.Te
 
 def make_steps(
     teacher: nn.Module, x1: torch.Tensor, x2: torch.Tensor, geometry: torch.Tensor, tap: str,
-    cache: teacher_cache.TeacherCache, memory_format: torch.memory_format,
+    cache: teacher_cache.TeacherCache,
 ) -> dict[str, Step]:
-    """One closure per variant, each with its own student and optimizer (so none shares state)."""
+    """One closure per variant, each with its own models and optimizer (so none shares state)."""
     weights = {tap: 1.0}
+    nhwc = torch.channels_last
 
     naive_teacher = copy.deepcopy(teacher).requires_grad_(True)  # the naive code never froze it
     naive_student = copy.deepcopy(teacher).requires_grad_(True).train()
@@ -78,17 +82,19 @@ def make_steps(
         loss.backward()
         naive_opt.step()
 
-    def early_exit(target_fn: Callable[[], dict[str, torch.Tensor]]) -> Step:
-        student = copy.deepcopy(teacher).train().requires_grad_(False)
+    def early_exit(fmt: torch.memory_format, cached: bool) -> Step:
+        frozen = copy.deepcopy(teacher).to(memory_format=fmt)
+        student = copy.deepcopy(teacher).to(memory_format=fmt).train().requires_grad_(False)
         trainable = student.parameters_up_to(tap)
         for p in trainable:
             p.requires_grad_(True)
         opt = torch.optim.SGD(trainable, lr=1e-4, momentum=0.9)
+        a, b = x1.contiguous(memory_format=fmt), x2.contiguous(memory_format=fmt)
 
         def step() -> None:
             with torch.inference_mode():
-                target = target_fn()
-            loss, _ = feature_regression_loss(target, student.features(x2, [tap]), weights)
+                target = cache.targets(geometry) if cached else frozen.features(a, [tap])
+            loss, _ = feature_regression_loss(target, student.features(b, [tap]), weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -97,10 +103,9 @@ def make_steps(
 
     return {
         "naive": naive,
-        "segadapt": early_exit(lambda: teacher.features(x1, [tap])),
-        "cached": early_exit(lambda: {
-            k: v.contiguous(memory_format=memory_format) for k, v in cache.targets(geometry).items()
-        }),
+        "early": early_exit(torch.contiguous_format, cached=False),
+        "segadapt": early_exit(nhwc, cached=False),
+        "cached": early_exit(nhwc, cached=True),
     }
 
 
@@ -119,7 +124,6 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
     p.add_argument("--repeats", type=int, default=5, help="timed steps per variant; the median is reported")
-    p.add_argument("--channels-last", action="store_true", help="NHWC models and inputs (adapt uses NCHW)")
     p.add_argument("--quick", action="store_true", help="tiny sanity run: width 0.125, 64x96, 2 repeats")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args()
@@ -129,9 +133,8 @@ def main() -> int:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     h, w = args.size
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
 
-    teacher = VGGDeepLab(21, args.width).eval().requires_grad_(False).to(memory_format=fmt)
+    teacher = VGGDeepLab(21, args.width).eval().requires_grad_(False)
     d1 = SyntheticScenes(args.batch, size=(h, w))
     tf = JointTransform(train=True, crop_size=(h, w), scale_range=(1, 1))
     pairs = PairedDataset(d1, ShiftedSource(d1, darken), tf)
@@ -141,8 +144,7 @@ def main() -> int:
         build_s = time.perf_counter() - t0
         items = [pairs.aligned(8)[k] for k in range(args.batch)]
         x1, x2, geometry = (torch.stack([it[j] for it in items]) for j in range(3))
-        x1, x2 = x1.contiguous(memory_format=fmt), x2.contiguous(memory_format=fmt)
-        steps = make_steps(teacher, x1, x2, geometry, args.tap, cache, fmt)
+        steps = make_steps(teacher, x1, x2, geometry, args.tap, cache)
         names = list(steps)
         flops = {n: count_flops(s) for n, s in steps.items()}  # also the first warm-up step
         for _ in range(args.warmup):
@@ -168,6 +170,7 @@ def main() -> int:
     }
     ratios = {
         "segadapt_over_naive": round(med["naive"] / med["segadapt"], 3),
+        "early_exit_over_naive": round(med["naive"] / med["early"], 3),
         "cached_over_naive": round(med["naive"] / med["cached"], 3),
         "flop_ratio_naive_over_segadapt": round(flops["naive"] / flops["segadapt"], 3),
         "flop_ratio_naive_over_cached": round(flops["naive"] / flops["cached"], 3),
@@ -175,7 +178,7 @@ def main() -> int:
     load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     result = {
         "config": {"width": args.width, "size": [h, w], "batch": args.batch, "tap": args.tap, "threads": threads,
-                   "warmup": args.warmup, "repeats": args.repeats, "channels_last": args.channels_last},
+                   "warmup": args.warmup, "repeats": args.repeats},
         "variants": variants,
         "ratios": ratios,
         "target_segadapt_over_naive": 1.6,
@@ -189,6 +192,7 @@ def main() -> int:
     for n, v in variants.items():
         print(f"{n:<10} {v['median_s']:>8.3f} {v['images_per_s']:>8.2f} {v['gflop_per_step']:>11.1f} "
               f"{v['achieved_gflop_per_s']:>8.1f}")
+    print(f"early/naive {ratios['early_exit_over_naive']:.2f}x (NCHW, early exit and inference mode alone)")
     print(f"segadapt/naive {ratios['segadapt_over_naive']:.2f}x (target 1.6; FLOP ratio "
           f"{ratios['flop_ratio_naive_over_segadapt']:.2f}), cached/naive {ratios['cached_over_naive']:.2f}x "
           f"(FLOP ratio {ratios['flop_ratio_naive_over_cached']:.2f}); cache built in {build_s:.1f}s")

@@ -116,9 +116,11 @@ def test_teacher_runs_in_inference_mode_and_student_with_grad(tmp_path, h1):
     modes: dict[str, list[bool]] = {"teacher": [], "student": []}
 
     def record(module, args):
-        modes["teacher" if module is teacher.conv1 else "student"].append(torch.is_inference_mode_enabled())
+        # adapt() works on copies (NHWC layout); the frozen one is the teacher, conv1 trains in the student
+        role = "student" if next(module.parameters()).requires_grad else "teacher"
+        modes[role].append(torch.is_inference_mode_enabled())
 
-    teacher.conv1.register_forward_pre_hook(record)  # deepcopy gives the student its own copy of the hook
+    teacher.conv1.register_forward_pre_hook(record)  # deepcopies carry the hook along
     cfg = tiny_cfg(["pool2"], iterations=2)
     cfg.adapt.holdout = 0  # the selection probe runs the student in inference mode too
     adapt(cfg, tmp_path, make_pairs(), teacher=teacher, h1_meta=meta)

@@ -122,6 +122,11 @@ def adapt(
         teacher, h1_meta = load_model(cfg.adapt.h1, device)
     assert h1_meta is not None
     teacher = teacher.to(device).eval().requires_grad_(False)
+    # NHWC convolutions, as in train(): faster with oneDNN (benchmarks/regression_step.py). The caller's
+    # teacher is not converted in place; a copy in the new layout is used instead.
+    memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+    if tc.channels_last:
+        teacher = copy.deepcopy(teacher).to(memory_format=memory_format)
     student = copy.deepcopy(teacher).to(device)
     teacher_features, student_features = feature_fn(teacher), feature_fn(student)
 
@@ -177,7 +182,8 @@ def adapt(
                 break
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(group["base_lr"], step, tc.iterations, tc.poly_power)
-            x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
+            x1 = x1.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            x2 = x2.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             with autocast(device):
                 with torch.inference_mode():
                     target = teacher_features(x1, taps) if cache is None else cache.targets(geometry[0], device)
