@@ -453,9 +453,12 @@ def cmd_viz_reconstruct(args: argparse.Namespace) -> int:
         image, name = source.load_image(args.index), source.stem(args.index)
     x, _ = tf.apply(image, None, None)
     rc = ReconstructConfig(steps=args.steps, optimizer=args.optimizer, lr=args.step_size, seed=args.seed or 0,
-                           style_weight=args.style_weight, content_weight=args.content_weight)
+                           style_weight=args.style_weight, content_weight=args.content_weight,
+                           tv_weight=args.tv_weight)
     if args.layers:
         rc.taps = [t.strip() for t in args.layers.split(",") if t.strip()]
+    if args.content_layers:
+        rc.content_taps = [t.strip() for t in args.content_layers.split(",") if t.strip()]
     try:
         xhat, losses = reconstruct(model, x[None].to(device), rc, device, cfg.data.mean, cfg.data.std)
     except (KeyError, ValueError) as e:
@@ -589,7 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model", required=True, help="model whose features are matched (e.g. the adapted H2)")
     v.add_argument("--image", help="an image file (default: --index of the model's dataset)")
     v.add_argument("--index", type=int, default=0, help="image index in the split when no --image is given")
-    v.add_argument("--layers", help="taps for the style (Gram) loss; content on the deepest (default pool1..pool5)")
+    v.add_argument("--layers", help="taps for the style (Gram) loss (default pool1..pool5)")
+    v.add_argument("--content-layers", help="taps for the content loss (default: --layers without the shallowest)")
+    v.add_argument("--tv-weight", type=float, default=2.0, help="total-variation prior (0 = off)")
     v.add_argument("--steps", type=int, default=300)
     v.add_argument("--optimizer", default="adam", choices=["adam", "sgd", "lbfgs"])
     v.add_argument("--step-size", type=float, help="optimizer learning rate (default per optimizer)")

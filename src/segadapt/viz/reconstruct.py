@@ -5,9 +5,14 @@ keep of the image?" is answered by inverting it. Starting from seeded white nois
 
     content_weight · Σ_{l ∈ content_taps} ½ · mean((F_l(X1) − F_l(X̂))²)
   + style_weight   · Σ_{l ∈ taps}         Σ_ij (G_l(X1) − G_l(X̂))²_ij
-  + tv_weight      · total variation of X̂ (off by default)
+  + tv_weight      · total variation of X̂
 
-with the model frozen. The content term uses a per-element mean, as `segadapt.losses` does, so taps of
+with the model frozen. Defaults, chosen by looking at reconstructions through a CamVid H2: content at every
+tap but the shallowest (pool1's maps pin down nearly every pixel, so matching them just copies X1; pool5
+alone leaves the layout free and gives noise) and a total-variation prior; with pool5 content only and no
+prior, 200 Adam steps lower the loss 20x yet leave an image of static.
+
+The content term uses a per-element mean, as `segadapt.losses` does, so taps of
 different sizes are comparable and the scale does not grow with the image. `gram` divides by C·H·W, so the
 style sum over the C×C entries equals the mean squared difference of the per-position-averaged Gram
 matrices: it does not grow with the channel count or the image size either. X̂ lives in the dataset's
@@ -42,7 +47,7 @@ from segadapt.models.taps import tap_features  # noqa: E402
 POOLS = ("pool1", "pool2", "pool3", "pool4", "pool5")
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
 # per-optimiser step size when ReconstructConfig.lr is None; X̂ is in normalised units (about ±2)
-DEFAULT_LR = {"adam": 0.05, "sgd": 1.0, "lbfgs": 1.0}
+DEFAULT_LR = {"adam": 0.1, "sgd": 1.0, "lbfgs": 1.0}
 
 Features = Callable[[torch.Tensor, list[str]], dict[str, torch.Tensor]]
 
@@ -65,10 +70,10 @@ class ReconstructConfig:
     """What to match and how to optimise; the defaults match content at the deepest tap, style at all."""
 
     taps: list[str] = field(default_factory=lambda: list(POOLS))  # style (Gram) taps
-    content_taps: list[str] | None = None  # None = the deepest of `taps`
+    content_taps: list[str] | None = None  # None = `taps` without the shallowest (all of them if only one)
     content_weight: float = 1.0
     style_weight: float = 1.0
-    tv_weight: float = 0.0  # total-variation prior: smoother images from deep taps, at some fidelity
+    tv_weight: float = 2.0  # total-variation prior: suppresses the static that deep taps do not constrain
     steps: int = 300
     optimizer: str = "adam"  # adam | sgd (momentum 0.9) | lbfgs (one iteration per step, strong Wolfe)
     lr: float | None = None  # None = DEFAULT_LR[optimizer]
@@ -106,10 +111,11 @@ def _feature_fn(model: nn.Module) -> Features:
 def _content_taps(model: nn.Module, cfg: ReconstructConfig) -> list[str]:
     if cfg.content_taps is not None:
         return list(cfg.content_taps)
+    taps = list(cfg.taps)
     order = getattr(model, "TAPS", None)
-    if order is not None and all(t in order for t in cfg.taps):
-        return [max(cfg.taps, key=list(order).index)]
-    return [cfg.taps[-1]]  # any other module: the last listed tap, the deepest in the usual order
+    if order is not None and all(t in order for t in taps):
+        taps.sort(key=list(order).index)  # else: as listed, shallow to deep in the usual order
+    return taps[1:] or taps
 
 
 def _pixel_box(mean: Sequence[float], std: Sequence[float], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
