@@ -28,7 +28,7 @@ from segadapt.config import RunConfig, dumps_toml, to_dict
 from segadapt.data.pairs import PairedDataset
 from segadapt.errors import SegadaptError
 from segadapt.losses import LAYER_PRESETS, feature_regression_loss, resolve_layers
-from segadapt.models.taps import parameters_used, tap_features
+from segadapt.models.taps import Features, feature_fn, parameters_used
 from segadapt.runtime import environment, select_device, setup
 from segadapt.selection import HoldoutProbe, probe_steps, split_holdout
 from segadapt.train import (
@@ -45,7 +45,6 @@ from segadapt.train import (
     wrap_ddp,
 )
 
-Features = Callable[[torch.Tensor, list[str]], dict[str, torch.Tensor]]
 OnProbe = Callable[[int, nn.Module], dict[str, float]]
 
 
@@ -54,13 +53,6 @@ def layer_weights(cfg: RunConfig) -> dict[str, float]:
     if len(layers) == 1 and layers[0] in LAYER_PRESETS and not cfg.adapt.weights:
         return resolve_layers(preset=layers[0])
     return resolve_layers(layers=layers, weights=cfg.adapt.weights)
-
-
-def feature_fn(model: nn.Module) -> Features:
-    """The built-in models' early-exit `features`, or forward hooks for any other module."""
-    if hasattr(model, "features") and hasattr(model, "TAPS"):
-        return model.features
-    return lambda x, taps: tap_features(model, x, taps)
 
 
 class StudentTaps(nn.Module):

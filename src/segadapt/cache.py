@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +37,7 @@ from segadapt import checkpoint as ckpt
 from segadapt import distributed
 from segadapt.data.pairs import PairedDataset
 from segadapt.errors import ConfigError, SegadaptError
-
-Features = Callable[[torch.Tensor, list[str]], dict[str, torch.Tensor]]
+from segadapt.models.taps import Features
 
 FORMAT = 1
 META_FILE = "cache.json"

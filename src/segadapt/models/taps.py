@@ -7,11 +7,16 @@ layers (as in `named_modules()`), get their outputs, and pay only for the layers
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
+
+# (input, tap names) -> {tap: map}: the early-exit feature pass that adaptation, the teacher cache and the
+# figures all call
+Features = Callable[[torch.Tensor, list[str]], dict[str, torch.Tensor]]
 
 
 class _AllTapsCaptured(Exception):
@@ -96,19 +101,37 @@ def parameters_used(model: nn.Module, x: torch.Tensor, names: Sequence[str]) -> 
     modules, functional calls, parameters owned by containers). The pass runs in eval mode with every
     parameter temporarily requiring grad, so BatchNorm statistics and `requires_grad` flags are left as found.
     """
-    params = list(model.parameters())
-    grad_flags = [p.requires_grad for p in params]
-    train_flags = [(m, m.training) for m in model.modules()]
-    try:
+    with flags_restored(model) as params:
         model.eval()
         for p in params:
             p.requires_grad_(True)
         with torch.inference_mode(False), torch.enable_grad():
             taps = tap_features(model, x.clone(), names)
         reached = _graph_leaves(t for t in taps.values() if isinstance(t, torch.Tensor) and t.requires_grad)
+    return [p for p in params if id(p) in reached]
+
+
+@contextmanager
+def flags_restored(model: nn.Module) -> Iterator[list[nn.Parameter]]:
+    """Yield the model's parameters; on exit put back every `requires_grad` flag and train/eval mode.
+
+    For passes that must freeze or unfreeze a model temporarily (probing, reconstruction) without leaving
+    a trace on a model the caller keeps using.
+    """
+    params = list(model.parameters())
+    grad_flags = [p.requires_grad for p in params]
+    train_flags = [(m, m.training) for m in model.modules()]
+    try:
+        yield params
     finally:
         for p, flag in zip(params, grad_flags):
             p.requires_grad_(flag)
         for m, flag in train_flags:
             m.training = flag
-    return [p for p in params if id(p) in reached]
+
+
+def feature_fn(model: nn.Module) -> Features:
+    """The built-in models' early-exit `features`, or forward hooks for any other module."""
+    if hasattr(model, "features") and hasattr(model, "TAPS"):
+        return model.features
+    return lambda x, taps: tap_features(model, x, taps)

@@ -23,8 +23,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from segadapt.adapt import feature_fn  # noqa: E402
 from segadapt.checkpoint import atomic_path, write_json_atomic  # noqa: E402
+from segadapt.models.taps import feature_fn  # noqa: E402
 
 COLUMNS = ("X1", "H1(X1)", "X2", "H1(X2)", "H2(X2)", "|H1(X1)-H1(X2)|", "|H1(X1)-H2(X2)|")
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,14 +42,12 @@ from torch import nn  # noqa: E402
 from segadapt.checkpoint import atomic_path  # noqa: E402
 from segadapt.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from segadapt.errors import ConfigError, SegadaptError  # noqa: E402
-from segadapt.models.taps import tap_features  # noqa: E402
+from segadapt.models.taps import Features, feature_fn, flags_restored  # noqa: E402
 
 POOLS = ("pool1", "pool2", "pool3", "pool4", "pool5")
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
 # per-optimiser step size when ReconstructConfig.lr is None; X̂ is in normalised units (about ±2)
 DEFAULT_LR = {"adam": 0.1, "sgd": 1.0, "lbfgs": 1.0}
-
-Features = Callable[[torch.Tensor, list[str]], dict[str, torch.Tensor]]
 
 
 def gram(f: torch.Tensor) -> torch.Tensor:
@@ -99,13 +97,6 @@ class ReconstructConfig:
     @property
     def step_size(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
-
-
-def _feature_fn(model: nn.Module) -> Features:
-    # same rule as segadapt.adapt.feature_fn, repeated here so figures do not import the training stack
-    if hasattr(model, "features") and hasattr(model, "TAPS"):
-        return model.features
-    return lambda x, taps: tap_features(model, x, taps)
 
 
 def _content_taps(model: nn.Module, cfg: ReconstructConfig) -> list[str]:
@@ -162,21 +153,13 @@ def reconstruct(
     needed = list(dict.fromkeys(content_taps + style_taps))
     if not needed:
         raise ConfigError("both content_weight and style_weight are 0; nothing to reconstruct from")
-    features = _feature_fn(model)
+    features = feature_fn(model)
 
-    params = list(model.parameters())
-    grad_flags = [p.requires_grad for p in params]
-    train_flags = [(m, m.training) for m in model.modules()]
-    try:
+    with flags_restored(model) as params:
         model.eval()
         for p in params:
             p.requires_grad_(False)
         return _optimise(features, x1, cfg, needed, content_taps, style_taps, _pixel_box(mean, std, x1))
-    finally:
-        for p, flag in zip(params, grad_flags):
-            p.requires_grad_(flag)
-        for m, flag in train_flags:
-            m.training = flag
 
 
 def _optimise(
