@@ -23,8 +23,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from segadapt.checkpoint import atomic_path, write_json_atomic  # noqa: E402
+from segadapt.checkpoint import write_json_atomic  # noqa: E402
 from segadapt.models.taps import feature_fn  # noqa: E402
+from segadapt.viz.plots import save_figure  # noqa: E402
 
 COLUMNS = ("X1", "H1(X1)", "X2", "H1(X2)", "H2(X2)", "|H1(X1)-H1(X2)|", "|H1(X1)-H2(X2)|")
 
@@ -94,10 +95,7 @@ def feature_grid(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100, tight=False)
 
 
 def write_feature_grids(

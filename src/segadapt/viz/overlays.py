@@ -18,8 +18,8 @@ import torch  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from segadapt.checkpoint import atomic_path  # noqa: E402
 from segadapt.metrics import confusion_matrix, scores  # noqa: E402
+from segadapt.viz.plots import save_figure  # noqa: E402
 
 Palette = Sequence[Sequence[int]]
 
@@ -73,7 +73,4 @@ def overlay_figure(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100, tight=False)

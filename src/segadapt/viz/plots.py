@@ -14,10 +14,16 @@ import numpy as np  # noqa: E402
 from segadapt.checkpoint import atomic_path  # noqa: E402
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+def save_figure(fig: plt.Figure, path: Path, dpi: int = 120, tight: bool = True) -> Path:
+    """Write a PNG atomically and close the figure, also when writing fails (figures hold memory until closed).
+
+    `tight` crops the canvas to its content; grids laid out with tight_layout pass False.
+    """
+    try:
+        with atomic_path(path) as tmp:  # the temp name has no .png suffix: say the format
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -44,7 +50,7 @@ def plot_methods(results: dict[str, Any], path: Path) -> Path | None:
         ax.set_title(title)
         ax.set_ylim(0, 1)
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_layers(results: dict[str, Any], path: Path) -> Path | None:
@@ -67,4 +73,4 @@ def plot_layers(results: dict[str, Any], path: Path) -> Path | None:
         ax.set_xlabel("regressed layers")
         ax.set_ylim(0, 1)
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _save(fig, path)
+    return save_figure(fig, path)

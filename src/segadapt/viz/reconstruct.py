@@ -43,6 +43,7 @@ from segadapt.checkpoint import atomic_path  # noqa: E402
 from segadapt.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from segadapt.errors import ConfigError, SegadaptError  # noqa: E402
 from segadapt.models.taps import Features, feature_fn, flags_restored  # noqa: E402
+from segadapt.viz.plots import save_figure  # noqa: E402
 
 POOLS = ("pool1", "pool2", "pool3", "pool4", "pool5")
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
@@ -272,15 +273,6 @@ def _write_png(path: Path, image: np.ndarray) -> Path:
     return path
 
 
-def _save_fig(fig: plt.Figure, path: Path) -> Path:
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return path
-
-
 def _write_csv(path: Path, rows: list[dict[str, float]]) -> Path:
     fields = list(dict.fromkeys(k for row in rows for k in row))
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
@@ -305,7 +297,7 @@ def plot_losses(losses: list[dict[str, float]], path: Path, title: str = "") -> 
     ax.set_title(title or "reconstruction loss")
     ax.grid(True, which="both", lw=0.3)
     ax.legend(fontsize=8)
-    return _save_fig(fig, path)
+    return save_figure(fig, path)
 
 
 def write_reconstruction(
@@ -336,7 +328,7 @@ def write_reconstruction(
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
-    paths["comparison"] = _save_fig(fig, out / f"{name}_comparison.png")
+    paths["comparison"] = save_figure(fig, out / f"{name}_comparison.png")
     paths["loss_png"] = plot_losses(losses, out / f"{name}_loss.png", title)
     paths["loss_csv"] = _write_csv(out / f"{name}_loss.csv", losses)
     return paths
