@@ -177,7 +177,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from segadapt.checkpoint import write_json_atomic
-    from segadapt.config import DataConfig, from_dict
     from segadapt.data import build_dataset
     from segadapt.evaluate import evaluate
     from segadapt.runtime import environment, select_device
@@ -185,7 +184,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     device = select_device(args.device or "auto")
     model, meta = load_model(args.model, device)
-    trained = RunConfig(data=from_dict(DataConfig, meta["config"]["data"], f"{args.model} metadata"))
+    trained = _trained_config(meta, args.model)
     cfg = resolve_config(args, trained) if (args.config or args.set or args.dataset or args.root) else trained
     split = args.split or cfg.data.val_split
     dataset = build_dataset(cfg.data, split, train=False)
@@ -251,35 +250,25 @@ def _sweep(cfg: RunConfig, out: Path) -> int:
 
 def cmd_adapt(args: argparse.Namespace) -> int:
     from segadapt.adapt import adapt
-    from segadapt.config import DataConfig, from_dict
     from segadapt.data import build_source, make_transform
-    from segadapt.data.pairs import PairedDataset, csv_pairs, image_folder
-    from segadapt.experiment import d2_source
+    from segadapt.data.pairs import PairedDataset, csv_pairs
     from segadapt.runtime import new_run_dir
     from segadapt.train import load_model
 
     _, meta = load_model(args.h1)
-    trained = RunConfig(data=from_dict(DataConfig, meta["config"]["data"], f"{args.h1} metadata"))
-    trained.model.width, trained.model.arch = meta["width"], meta["arch"]
-    cfg = resolve_config(args, trained)
+    cfg = _model_config(args, meta, args.h1)
     cfg.adapt.h1 = args.h1
     if args.layers:
         cfg.adapt.layers = [x.strip() for x in args.layers.split(",") if x.strip()]
     if args.weights:
         cfg.adapt.weights = [float(x) for x in args.weights.split(",")]
-    for flag, key in (("filter", "filter"), ("severity", "severity"), ("d2_dir", "d2_dir"), ("pairs", "pairs_csv")):
-        if getattr(args, flag) is not None:
-            setattr(cfg.shift, key, getattr(args, flag))
+    _shift_flags(args, cfg)
 
     split = cfg.data.train_split
     if cfg.shift.pairs_csv:
         d1, d2 = csv_pairs(Path(cfg.shift.pairs_csv))
     else:
-        d1 = build_source(cfg.data, split)
-        if cfg.shift.d2_dir and not (Path(cfg.shift.d2_dir) / split).is_dir():
-            d2 = image_folder(Path(cfg.shift.d2_dir))  # a plain folder of unlabelled D2 images
-        else:
-            d2 = d2_source(cfg, split, cfg.shift, cfg.shift.filter)
+        d1, d2 = build_source(cfg.data, split), _d2_source(cfg, split)
     pairs = PairedDataset(d1, d2, make_transform(cfg.data, True, cfg.data.ignore_index), cfg.shift.photometric)
     out = _claim(Path(args.out)) if args.out else _created(new_run_dir, cfg.out_dir, "adapt")
     print(dumps_toml(cfg))
@@ -292,7 +281,6 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 def cmd_distortion(args: argparse.Namespace) -> int:
     """The study's distortion of a shift for a model: how much accuracy and mIoU fall from D1 to D2."""
     from segadapt.checkpoint import write_json_atomic
-    from segadapt.config import DataConfig, from_dict
     from segadapt.data import build_source
     from segadapt.experiment import d2_source, score
     from segadapt.metrics import distortion
@@ -301,8 +289,7 @@ def cmd_distortion(args: argparse.Namespace) -> int:
 
     device = select_device(args.device or "auto")
     model, meta = load_model(args.model, device)
-    trained = RunConfig(data=from_dict(DataConfig, meta["config"]["data"], f"{args.model} metadata"))
-    cfg = resolve_config(args, trained)
+    cfg = _model_config(args, meta, args.model)
     cfg.shift.filter = args.filter
     if args.severity is not None:
         cfg.shift.severity = args.severity
@@ -360,14 +347,36 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _model_config(args: argparse.Namespace, model_path: str) -> RunConfig:
-    """A trained model's data settings, overridden by the command line."""
-    from segadapt.checkpoint import load_model_file
+def _trained_config(meta: dict[str, Any], model_path: str) -> RunConfig:
+    """The data settings and architecture a model was trained with, from its metadata."""
     from segadapt.config import DataConfig, from_dict
 
-    _, meta = load_model_file(model_path)
     trained = RunConfig(data=from_dict(DataConfig, meta["config"]["data"], f"{model_path} metadata"))
-    return resolve_config(args, trained)
+    trained.model.width, trained.model.arch = meta["width"], meta["arch"]
+    return trained
+
+
+def _model_config(args: argparse.Namespace, meta: dict[str, Any], model_path: str) -> RunConfig:
+    """A trained model's settings, overridden by the command line."""
+    return resolve_config(args, _trained_config(meta, model_path))
+
+
+def _shift_flags(args: argparse.Namespace, cfg: RunConfig) -> None:
+    """--filter, --severity, --d2-dir and --pairs, where the command has them, override cfg.shift."""
+    for flag, key in (("filter", "filter"), ("severity", "severity"), ("d2_dir", "d2_dir"), ("pairs", "pairs_csv")):
+        if getattr(args, flag, None) is not None:
+            setattr(cfg.shift, key, getattr(args, flag))
+
+
+def _d2_source(cfg: RunConfig, split: str) -> Any:
+    """D2 of a split: a plain folder of unlabelled images (shift.d2_dir without <split>/), a `segadapt shift`
+    output, or D1 through shift.filter."""
+    from segadapt.data.pairs import image_folder
+    from segadapt.experiment import d2_source
+
+    if cfg.shift.d2_dir and not (Path(cfg.shift.d2_dir) / split).is_dir():
+        return image_folder(Path(cfg.shift.d2_dir))
+    return d2_source(cfg, split, cfg.shift, cfg.shift.filter)
 
 
 def _parse_channels(text: str | None) -> dict[str, int]:
@@ -384,19 +393,12 @@ def _parse_channels(text: str | None) -> dict[str, int]:
 def _val_pairs(args: argparse.Namespace, cfg: RunConfig) -> tuple[Any, Any, list[int], Any]:
     """D1 and D2 sources of the chosen split, the image indices to show, and the eval transform."""
     from segadapt.data import build_source, make_transform
-    from segadapt.data.pairs import image_folder
-    from segadapt.experiment import d2_source
     from segadapt.viz.sweep import spread
 
     split = args.split or cfg.data.val_split
     d1 = build_source(cfg.data, split)
-    for flag, key in (("filter", "filter"), ("severity", "severity"), ("d2_dir", "d2_dir")):
-        if getattr(args, flag, None) is not None:
-            setattr(cfg.shift, key, getattr(args, flag))
-    if cfg.shift.d2_dir and not (Path(cfg.shift.d2_dir) / split).is_dir():
-        d2 = image_folder(Path(cfg.shift.d2_dir))
-    else:
-        d2 = d2_source(cfg, split, cfg.shift, cfg.shift.filter)
+    _shift_flags(args, cfg)
+    d2 = _d2_source(cfg, split)
     ids = [int(x) for x in args.images.split(",")] if "," in args.images else spread(len(d1), int(args.images))
     for i in ids:
         if not 0 <= i < len(d1):
@@ -413,9 +415,9 @@ def cmd_viz_features(args: argparse.Namespace) -> int:
     from segadapt.viz.features import write_feature_grids
 
     device = select_device(args.device or "auto")
-    cfg = _model_config(args, args.h1)
-    h1, _ = load_model(args.h1, device)
+    h1, meta = load_model(args.h1, device)
     h2, _ = load_model(args.h2, device)
+    cfg = _model_config(args, meta, args.h1)
     d1, d2, ids, tf = _val_pairs(args, cfg)
     pairs = PairedDataset(d1, d2, tf)
     x1, x2 = (torch.stack(t).to(device) for t in zip(*(pairs[i] for i in ids)))
@@ -436,11 +438,11 @@ def cmd_viz_reconstruct(args: argparse.Namespace) -> int:
     from segadapt.data import build_source, make_transform
     from segadapt.runtime import select_device
     from segadapt.train import load_model
-    from segadapt.viz.reconstruct import ReconstructConfig, reconstruct, write_reconstruction
+    from segadapt.viz.reconstruct import ReconstructConfig, reconstruct_image
 
     device = select_device(args.device or "auto")
-    cfg = _model_config(args, args.model)
-    model, _ = load_model(args.model, device)
+    model, meta = load_model(args.model, device)
+    cfg = _model_config(args, meta, args.model)
     tf = make_transform(cfg.data, False, 255)
     if args.image:
         from segadapt.data.base import read_image
@@ -460,13 +462,12 @@ def cmd_viz_reconstruct(args: argparse.Namespace) -> int:
     if args.content_layers:
         rc.content_taps = [t.strip() for t in args.content_layers.split(",") if t.strip()]
     try:
-        xhat, losses = reconstruct(model, x[None].to(device), rc, device, cfg.data.mean, cfg.data.std)
+        r = reconstruct_image(model, x, Path(args.out), rc, cfg.data.mean, cfg.data.std, device, name=name)
     except (KeyError, ValueError) as e:
         raise SegadaptError(f"reconstruct: {e}") from None
-    write_reconstruction(Path(args.out), name, x[None], xhat, losses, cfg.data.mean, cfg.data.std)
-    first, last = losses[0]["total"], losses[-1]["total"]
-    print(f"loss {first:.4g} -> {last:.4g} ({first / max(last, 1e-30):.1f}x lower) in {len(losses)} steps")
-    print(f"wrote {Path(args.out) / (name + '_reconstruction.png')}")
+    first, last = r["first_loss"], r["last_loss"]
+    print(f"loss {first:.4g} -> {last:.4g} ({first / max(last, 1e-30):.1f}x lower) in {r['steps']} steps")
+    print(f"wrote {r['reconstruction']}")
     return 0
 
 
@@ -480,8 +481,9 @@ def cmd_viz_overlays(args: argparse.Namespace) -> int:
     named = [item.partition("=") for item in args.models.split(",") if item.strip()]
     if not named or any(not path for _, _, path in named):
         raise SegadaptError(f"--models {args.models!r}: expected NAME=RUN pairs, e.g. H1=runs/h1,H2=runs/h2")
-    models = {name.strip(): load_model(path.strip(), device)[0] for name, _, path in named}
-    cfg = _model_config(args, named[0][2].strip())
+    loaded = {name.strip(): load_model(path.strip(), device) for name, _, path in named}
+    models = {name: model for name, (model, _) in loaded.items()}
+    cfg = _model_config(args, next(iter(loaded.values()))[1], named[0][2].strip())
     d1, d2, ids, tf = _val_pairs(args, cfg)
     source = d2 if (args.filter or args.d2_dir) else d1
     ds = SegmentationDataset(source, tf)

@@ -64,16 +64,15 @@ def write_shift_figures(
                        out / "overlays" / f"overlay_{stem}.png", title=f"{stem} (D2)")
 
     if ex.reconstruct_steps > 0:
-        from segadapt.viz.reconstruct import ReconstructConfig, reconstruct, write_reconstruction
+        from segadapt.viz.reconstruct import ReconstructConfig, reconstruct_image
 
         rc = ReconstructConfig(steps=ex.reconstruct_steps, seed=cfg.train.seed)
         rc.taps = [t for t in rc.taps if t in taps]
         stem, (x, _), _ = samples[0]
         recon = {}
         for name, m in tqdm([("H1", h1), (h2_name, h2)], desc="reconstruct", leave=False):
-            xhat, losses = reconstruct(m, x[None].to(device), rc, device, cfg.data.mean, cfg.data.std)
             tag = f"{stem}_{name.replace(':', '-')}"
-            write_reconstruction(out / "reconstruction", tag, x[None], xhat, losses, cfg.data.mean, cfg.data.std)
-            recon[name] = {"first_loss": losses[0]["total"], "last_loss": losses[-1]["total"]}
+            r = reconstruct_image(m, x, out / "reconstruction", rc, cfg.data.mean, cfg.data.std, device, name=tag)
+            recon[name] = {"first_loss": r["first_loss"], "last_loss": r["last_loss"]}
         summary["reconstruction"] = recon
     return summary
