@@ -136,26 +136,18 @@ class PairedDataset(torch.utils.data.Dataset):
         return np.clip(image.astype(np.float32) * gain + (bias - 1) * 64, 0, 255).astype(np.uint8)
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, ...]:
-        if self.with_geometry:
-            return self._aligned_item(k)
-        i, j = self.pairs[k]
-        x1, x2 = self.d1.load_image(i), self.d2.load_image(j)
-        self._check_sizes(i, j, x1, x2)
-        params = self.transform.sample_params() if self.transform.train else None
-        t1, _ = self.transform.apply(self._jitter(x1), None, params)
-        t2, _ = self.transform.apply(self._jitter(x2), None, params)
-        return t1, t2
-
-    def _aligned_item(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         i, j = self.pairs[k]
         x1 = self.d1.load_image(i) if self.load_x1 else None
         x2 = self.d2.load_image(j)
         if x1 is not None:
             self._check_sizes(i, j, x1, x2)
         h, w = x2.shape[:2]
-        params = self.transform.sample_params(h, w)
+        params = self.transform.sample_params(h, w) if self.transform.train else None
         t1 = self.transform.apply(self._jitter(x1), None, params)[0] if x1 is not None else torch.empty(0, 0, 0)
         t2, _ = self.transform.apply(self._jitter(x2), None, params)
+        if not self.with_geometry:
+            return t1, t2
+        assert params is not None  # aligned views are training views
         top, left = self.transform.seen_offset(params, h, w)
         return t1, t2, torch.tensor([i, int(params.flip), top, left], dtype=torch.int64)
 
