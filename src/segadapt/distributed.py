@@ -84,6 +84,14 @@ def all_reduce(tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp
     return tensor
 
 
+def any_rank(flag: bool) -> bool:
+    """`flag` or'ed over the ranks (one tiny all-reduce): a decision to stop must be the same on every rank,
+    or the ranks that go on wait forever in DDP's next all-reduce."""
+    if not active():
+        return flag
+    return bool(all_reduce(torch.tensor([float(flag)])).item())
+
+
 def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     """Average named scalars over all ranks (for logs that should describe the global batch)."""
     if not active() or not values:

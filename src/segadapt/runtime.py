@@ -92,7 +92,6 @@ def environment() -> dict[str, str | int]:
     }
 
 
-
 class InterruptFlag:
     """Turns the first Ctrl-C into a request the training loop honours at the next step boundary, so the
     resume point it saves is the state a periodic checkpoint would hold there (an interrupt mid-step would

@@ -372,11 +372,11 @@ def train(
                 save_state(step)
                 if rank:  # restart this rank's RNG here, as a run resumed from this checkpoint will: exact resume
                     torch.manual_seed(distributed.rank_seed(tc.seed + step))
-            if tc.time_budget_s and _out_of_time(elapsed, tc.time_budget_s):
+            if tc.time_budget_s and distributed.any_rank(elapsed > tc.time_budget_s):  # all ranks stop together
                 if main:
                     print(f"time budget of {tc.time_budget_s:.0f}s reached at step {step}")
                 break
-            if _any_rank(stop.requested):  # Ctrl-C: save at this step boundary, where a resume picks up exactly
+            if distributed.any_rank(stop.requested):  # Ctrl-C: save at this step boundary, where a resume starts
                 save_state(step)
                 raise SegadaptError(f"interrupted at step {step}; checkpoint saved, continue with --resume {run_dir}")
     except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the state is inconsistent, keep the last checkpoint
@@ -408,18 +408,6 @@ def train(
         ckpt.write_json_atomic(run_dir / "metrics.json", metrics)
     distributed.barrier()  # when train() returns, the files exist for every rank (the sweep reads H1 back)
     return metrics
-
-
-def _out_of_time(elapsed: float, budget: float) -> bool:
-    """Whether any rank has used up the time budget: all must stop at the same step or DDP would hang."""
-    return _any_rank(elapsed > budget)
-
-
-def _any_rank(flag: bool) -> bool:
-    """`flag` or'ed over the ranks (one tiny all-reduce under torchrun): decisions to stop must agree."""
-    if not distributed.active():
-        return flag
-    return bool(distributed.all_reduce(torch.tensor([float(flag)])).item())
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
