@@ -16,7 +16,6 @@ preset's model (width 0.25, 240x320).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from segadapt.checkpoint import write_json_atomic
+from _measure import finish, load_average
 from segadapt.config import RunConfig, preset
 from segadapt.data import build_dataset
 from segadapt.models import build_model
@@ -151,14 +150,9 @@ def main() -> int:
     if "camvid_preset" in result["train_images_per_s"]:
         print(f"camvid preset training (width 0.25, 240x320, batch {batch}, no loading): "
               f"{result['train_images_per_s']['camvid_preset']:.1f} img/s")
-    result["load_avg_1min"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    result["load_avg_1min"] = load_average()
     result["cpu_count"] = os.cpu_count()
-    if args.out:
-        write_json_atomic(args.out, result)
-        print(f"wrote {args.out}")
-    else:
-        print(json.dumps(result["train_images_per_s"]))
-    return 0
+    return finish(result, args.out, result["train_images_per_s"])
 
 
 if __name__ == "__main__":

@@ -22,29 +22,24 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from _measure import Step, count_flops, finish, interleaved_times, load_average
 from segadapt import cache as teacher_cache
-from segadapt.checkpoint import write_json_atomic
 from segadapt.data import JointTransform
 from segadapt.data.pairs import PairedDataset, ShiftedSource
 from segadapt.data.synthetic import SyntheticScenes
 from segadapt.losses import feature_regression_loss
 from segadapt.models import VGGDeepLab
-
-Step = Callable[[], None]
 
 
 def darken(image: np.ndarray, seed: int) -> np.ndarray:
@@ -109,12 +104,6 @@ def make_steps(
     }
 
 
-def count_flops(step: Step) -> int:
-    with FlopCounterMode(display=False) as counter:
-        step()
-    return int(counter.get_total_flops())
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--width", type=float, default=1.0)
@@ -150,12 +139,7 @@ def main() -> int:
         for _ in range(args.warmup):
             for s in steps.values():
                 s()
-        times: dict[str, list[float]] = {n: [] for n in names}
-        for r in range(args.repeats):
-            for n in names[r % len(names):] + names[: r % len(names)]:  # rotate: no variant always goes first
-                t = time.perf_counter()
-                steps[n]()
-                times[n].append(time.perf_counter() - t)
+        times = interleaved_times(steps, args.repeats)
 
     med = {n: statistics.median(v) for n, v in times.items()}
     variants = {
@@ -175,7 +159,7 @@ def main() -> int:
         "flop_ratio_naive_over_segadapt": round(flops["naive"] / flops["segadapt"], 3),
         "flop_ratio_naive_over_cached": round(flops["naive"] / flops["cached"], 3),
     }
-    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    load = load_average()
     result = {
         "config": {"width": args.width, "size": [h, w], "batch": args.batch, "tap": args.tap, "threads": threads,
                    "warmup": args.warmup, "repeats": args.repeats},
@@ -196,12 +180,7 @@ def main() -> int:
     print(f"segadapt/naive {ratios['segadapt_over_naive']:.2f}x (target 1.6; FLOP ratio "
           f"{ratios['flop_ratio_naive_over_segadapt']:.2f}), cached/naive {ratios['cached_over_naive']:.2f}x "
           f"(FLOP ratio {ratios['flop_ratio_naive_over_cached']:.2f}); cache built in {build_s:.1f}s")
-    if args.out:
-        write_json_atomic(args.out, result)
-        print(f"wrote {args.out}")
-    else:
-        print(json.dumps(ratios))
-    return 0
+    return finish(result, args.out, ratios)
 
 
 if __name__ == "__main__":

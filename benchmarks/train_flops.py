@@ -15,7 +15,6 @@ Defaults are the camvid preset's shapes (width 0.25, 240x320, batch 8).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -24,9 +23,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
-from segadapt.checkpoint import write_json_atomic
+from _measure import count_flops, finish, interleaved_times, load_average
 from segadapt.models import VGGDeepLab
 
 CONFIGS = [  # (name, memory format, oneDNN enabled)
@@ -88,18 +86,9 @@ def main() -> int:
 
     peak = max(matmul_peak(args.matmul, 5) for _ in range(2))
     steps = {name: make_step(fmt, mk, args) for name, fmt, mk in CONFIGS}
-    flops = {}
-    for name, step in steps.items():  # the counted step doubles as the warm-up
-        with FlopCounterMode(display=False) as counter:
-            step()
-        flops[name] = counter.get_total_flops()
+    flops = {name: count_flops(step) for name, step in steps.items()}  # the counted step doubles as the warm-up
     names = list(steps)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(args.repeats):
-        for n in names[r % len(names):] + names[: r % len(names)]:
-            t = time.perf_counter()
-            steps[n]()
-            times[n].append(time.perf_counter() - t)
+    times = interleaved_times(steps, args.repeats)
     peak = max(peak, matmul_peak(args.matmul, 5))  # again after training, in case the machine was busier first
 
     med = {n: statistics.median(v) for n, v in times.items()}
@@ -120,7 +109,7 @@ def main() -> int:
         "mkldnn_on_over_off_contiguous": round(med["contiguous-no_mkldnn"] / med["contiguous+mkldnn"], 3),
         "mkldnn_on_over_off_channels_last": round(med["channels_last-no_mkldnn"] / med["channels_last+mkldnn"], 3),
     }
-    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    load = load_average()
     result = {
         "config": {"width": args.width, "size": args.size, "batch": args.batch, "threads": threads,
                    "repeats": args.repeats, "matmul_n": args.matmul},
@@ -139,12 +128,7 @@ def main() -> int:
         print(f"{n:<24} {c['median_s']:>8.3f} {c['images_per_s']:>7.2f} {c['achieved_gflop_per_s']:>8.1f} "
               f"{c['fraction_of_matmul_peak']:>8.1%}")
     print(f"fastest: {fastest}; " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
-    if args.out:
-        write_json_atomic(args.out, result)
-        print(f"wrote {args.out}")
-    else:
-        print(json.dumps(ratios))
-    return 0
+    return finish(result, args.out, ratios)
 
 
 if __name__ == "__main__":
