@@ -90,20 +90,13 @@ def test_distortion_command(tmp_path, capsys):
     assert "distortion = " in capsys.readouterr().out
 
 
-def test_shift_writes_paired_dataset_and_resumes(tmp_path, camvid_root, capsys):
-    import shutil
-
+def test_shift_writes_paired_dataset_and_resumes(tmp_path, camvid_copy, capsys):
     import numpy as np
     from PIL import Image
 
     # a 3-image CamVid-layout copy keeps the test fast; the real sample is only read
     root = tmp_path / "camvid"
-    for sub in ("images", "labels"):
-        (root / "val" / sub).mkdir(parents=True)
-    stems = sorted(p.stem for p in (camvid_root / "val" / "images").glob("*.jpg"))[:3]
-    for s in stems:
-        shutil.copy(camvid_root / "val" / "images" / f"{s}.jpg", root / "val" / "images")
-        shutil.copy(camvid_root / "val" / "labels" / f"{s}.png", root / "val" / "labels")
+    stems = camvid_copy(root, 3)
     out = tmp_path / "d2"
     args = ["shift", "--dataset", "camvid", "--root", str(root), "--split", "val", "--filter", "ripple",
             "--workers", "2", "--out", str(out)]

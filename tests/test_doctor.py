@@ -172,15 +172,10 @@ def test_camvid_sample_val_is_clean(camvid_root, tmp_path, capsys):
     assert "3 road" in capsys.readouterr().out
 
 
-def test_camvid_copy_with_injected_problems(camvid_root, tmp_path):
+def test_camvid_copy_with_injected_problems(camvid_copy, tmp_path):
     """Three real CamVid frames; one label colour-coded with CamVid's palette, one resized, one image cut."""
     root = tmp_path / "camvid"
-    for sub in ("images", "labels"):
-        (root / "val" / sub).mkdir(parents=True)
-    stems = sorted(p.stem for p in (camvid_root / "val" / "images").glob("*.jpg"))[:4]
-    for s in stems:
-        shutil.copy(camvid_root / "val" / "images" / f"{s}.jpg", root / "val" / "images")
-        shutil.copy(camvid_root / "val" / "labels" / f"{s}.png", root / "val" / "labels")
+    stems = camvid_copy(root, 4)
     cfg = RunConfig()
     cfg.data.dataset, cfg.data.root = "camvid", str(root)
     assert diagnose(cfg, ["val"]).ok
