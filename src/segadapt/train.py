@@ -114,19 +114,14 @@ def sample_name(dataset: Any, index: int) -> str | None:
             return sample_name(dataset.dataset, dataset.indices[index])
         source = getattr(dataset, "source", None)
         if isinstance(source, SegmentationSource):
-            return _source_name(source, index)
+            return source.name(index)
         pairs, d1, d2 = (getattr(dataset, k, None) for k in ("pairs", "d1", "d2"))
         if pairs is not None and isinstance(d1, SegmentationSource) and isinstance(d2, SegmentationSource):
             i, j = pairs[index]
-            return f"{_source_name(d1, i)} / {_source_name(d2, j)}"
+            return f"{d1.name(i)} / {d2.name(j)}"
     except Exception:  # naming is a courtesy in an error path: never let it hide the real error
         return None
     return None
-
-
-def _source_name(source: SegmentationSource, i: int) -> str:
-    path = source.image_path(i)
-    return str(path) if path is not None else source.stem(i)
 
 
 def describe_batch(dataset: Any, indices: Sequence[int]) -> str:

@@ -55,6 +55,11 @@ class SegmentationSource:
     def image_path(self, i: int) -> Path | None:
         return None
 
+    def name(self, i: int) -> str:
+        """The image's file, or its stem where there is none (generated data): how messages name a sample."""
+        path = self.image_path(i)
+        return str(path) if path is not None else self.stem(i)
+
     def mask_path(self, i: int) -> Path | None:
         return None
 

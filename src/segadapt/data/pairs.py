@@ -153,7 +153,7 @@ class PairedDataset(torch.utils.data.Dataset):
 
     def _check_sizes(self, i: int, j: int, x1: np.ndarray, x2: np.ndarray) -> None:
         if x1.shape[:2] != x2.shape[:2]:
-            a, b = self.d1.image_path(i) or self.d1.stem(i), self.d2.image_path(j) or self.d2.stem(j)
+            a, b = self.d1.name(i), self.d2.name(j)
             raise DataError(
                 f"{b}: size {x2.shape[1]}x{x2.shape[0]} differs from its pair {a} ({x1.shape[1]}x{x1.shape[0]}); "
                 "paired images must show the same scene at the same size"
