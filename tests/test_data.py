@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from segadapt.config import DataConfig
-from segadapt.data import build_dataset, build_source
+from segadapt.data import build_dataset, build_source, spread_indices
 from segadapt.data.palettes import CAMVID
 from segadapt.data.palettes import voc as voc_palette
 from segadapt.errors import ConfigError, DataError
@@ -171,3 +171,15 @@ def test_camvid_loads_and_batches(camvid_root):
     assert x.shape == (2, 3, 96, 128) and y.shape == (2, 96, 128) and y.dtype == torch.int64
     ev = build_dataset(cfg, "val", train=False)
     assert ev[0][0].shape == (3, 120, 160)
+
+
+@pytest.mark.parametrize(("n", "k", "expected"), [
+    (10, 3, [0, 4, 9]),        # 4.5 rounds half to even
+    (101, 5, [0, 25, 50, 75, 100]),
+    (4, 9, [0, 1, 2, 3]),      # asking for more than there is gives everything once
+    (5, 0, []),
+    (0, 3, []),
+    (7, 1, [0]),
+])
+def test_spread_indices_cover_the_split(n, k, expected):
+    assert spread_indices(n, k) == expected

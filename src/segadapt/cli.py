@@ -392,14 +392,13 @@ def _parse_channels(text: str | None) -> dict[str, int]:
 
 def _val_pairs(args: argparse.Namespace, cfg: RunConfig) -> tuple[Any, Any, list[int], Any]:
     """D1 and D2 sources of the chosen split, the image indices to show, and the eval transform."""
-    from segadapt.data import build_source, make_transform
-    from segadapt.viz.sweep import spread
+    from segadapt.data import build_source, make_transform, spread_indices
 
     split = args.split or cfg.data.val_split
     d1 = build_source(cfg.data, split)
     _shift_flags(args, cfg)
     d2 = _d2_source(cfg, split)
-    ids = [int(x) for x in args.images.split(",")] if "," in args.images else spread(len(d1), int(args.images))
+    ids = [int(x) for x in args.images.split(",")] if "," in args.images else spread_indices(len(d1), int(args.images))
     for i in ids:
         if not 0 <= i < len(d1):
             raise SegadaptError(f"--images: index {i} outside 0..{len(d1) - 1} of {cfg.data.dataset}/{split}")

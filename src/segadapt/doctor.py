@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from segadapt.config import RunConfig
-from segadapt.data import SegmentationSource, build_source
+from segadapt.data import SegmentationSource, build_source, spread_indices
 from segadapt.data.base import (
     ColourMaskError,
     DatasetInfo,
@@ -193,10 +193,8 @@ def _ranges(values: list[int]) -> str:
 
 
 def _spread(n: int, limit: int) -> list[int]:
-    """All indices, or `limit` of them spread over the split (the first N would all be one sequence)."""
-    if not limit or limit >= n:
-        return list(range(n))
-    return sorted({round(x) for x in np.linspace(0, n - 1, limit)})
+    """All indices (limit 0), or `limit` of them spread over the split."""
+    return spread_indices(n, limit) if limit else list(range(n))
 
 
 def _path_of(e: DataError) -> str:

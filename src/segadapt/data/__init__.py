@@ -1,6 +1,6 @@
 """Datasets: raw sources (synthetic, CamVid, VOC, folder), joint transforms, and the torch wrapper."""
 
-from segadapt.data.base import DatasetInfo, SegmentationDataset, SegmentationSource
+from segadapt.data.base import DatasetInfo, SegmentationDataset, SegmentationSource, spread_indices
 from segadapt.data.datasets import DATASETS, build_dataset, build_source, make_transform
 from segadapt.data.transforms import GeoParams, JointTransform
 
@@ -14,4 +14,5 @@ __all__ = [
     "build_dataset",
     "build_source",
     "make_transform",
+    "spread_indices",
 ]

@@ -33,6 +33,16 @@ class DatasetInfo:
         return len(self.class_names)
 
 
+def spread_indices(n: int, k: int) -> list[int]:
+    """k sample indices spread evenly over 0..n-1 (all of them when k >= n): the first k of a split
+    are often one video sequence, so reports and figures that look at a few samples take them apart."""
+    if n <= 0 or k <= 0:
+        return []
+    if k >= n:
+        return list(range(n))
+    return [int(i) for i in np.linspace(0, n - 1, k).round()]
+
+
 class SegmentationSource:
     """Raw (image, mask) samples: uint8 HxWx3 RGB and int64 HxW. No augmentation here."""
 

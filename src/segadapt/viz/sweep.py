@@ -10,22 +10,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from segadapt.config import RunConfig
-from segadapt.data import SegmentationDataset, SegmentationSource, make_transform
+from segadapt.data import SegmentationDataset, SegmentationSource, make_transform, spread_indices
 from segadapt.viz.features import write_feature_grids
 from segadapt.viz.overlays import overlay_figure, predict
 
 FEATURE_TAPS = ["pool1", "pool2", "pool3", "pool4", "pool5"]
-
-
-def spread(n: int, k: int) -> list[int]:
-    """k indices spread evenly over 0..n-1, so the figures do not all show neighbouring frames."""
-    return sorted({int(i) for i in np.linspace(0, n - 1, min(k, n))}) if n and k else []
 
 
 def write_shift_figures(
@@ -43,7 +37,7 @@ def write_shift_figures(
     info = d1_val.info
     tf = make_transform(cfg.data, False, info.ignore_index)
     d1, d2 = SegmentationDataset(d1_val, tf), SegmentationDataset(d2_val, tf)
-    ids = spread(len(d1), ex.figure_images)
+    ids = spread_indices(len(d1), ex.figure_images)
     if not ids:
         return {}
     samples = [(d1_val.stem(i), d1[i], d2[i]) for i in ids]
