@@ -85,9 +85,7 @@ class JointTransform:
 
     def frame_size(self, height: int, width: int) -> tuple[int, int]:
         """Size of the padded frame crops are cut from, at scale 1: base-size resize, then padding to the crop."""
-        s = self._base_scale(height, width)
-        if s != 1.0:
-            height, width = max(1, round(height * s)), max(1, round(width * s))
+        height, width = _scaled(height, width, self._base_scale(height, width))
         return max(height, self.crop[0]), max(width, self.crop[1])
 
     def seen_offset(self, params: GeoParams, height: int, width: int) -> tuple[int, int]:
@@ -100,10 +98,7 @@ class JointTransform:
     def frame(self, image: np.ndarray) -> torch.Tensor:
         """The un-augmented training frame (base-size resize, padding to the crop, no crop or flip), normalised:
         what aligned crops are windows of, and what a teacher cache stores features of."""
-        s = self._base_scale(*image.shape[:2])
-        if s != 1.0:
-            h, w = image.shape[:2]
-            image = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_LINEAR)
+        image, _ = _resize(image, None, self._base_scale(*image.shape[:2]))
         image, _ = self._pad(image, None)
         return self.normalize(image)
 
@@ -114,14 +109,7 @@ class JointTransform:
         self, image: np.ndarray, mask: np.ndarray | None, params: GeoParams | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Resize once (base size x random scale), pad, crop, flip; `params=None` means evaluation."""
-        h, w = image.shape[:2]
-        s = self._base_scale(h, w) * (params.scale if params else 1.0)
-        if s != 1.0:
-            size = (max(1, round(w * s)), max(1, round(h * s)))
-            image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-            if mask is not None:
-                # NEAREST_EXACT samples pixel centres like INTER_LINEAR; plain NEAREST is off by half a pixel
-                mask = cv2.resize(mask.astype(np.int32), size, interpolation=cv2.INTER_NEAREST_EXACT)
+        image, mask = _resize(image, mask, self._base_scale(*image.shape[:2]) * (params.scale if params else 1.0))
         if params is not None:
             image, mask = self._crop(image, mask, params)
             if params.flip:
@@ -170,3 +158,21 @@ class JointTransform:
         """Back to uint8 HxWx3 for figures."""
         img = (x.detach().cpu().float() * self.std + self.mean).clamp(0, 1).mul(255).round()
         return img.byte().permute(1, 2, 0).numpy()
+
+
+def _scaled(height: int, width: int, scale: float) -> tuple[int, int]:
+    """Size after resizing by `scale`; frame_size and _resize must agree on it to the pixel."""
+    if scale == 1.0:
+        return height, width
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _resize(image: np.ndarray, mask: np.ndarray | None, scale: float) -> tuple[np.ndarray, np.ndarray | None]:
+    h, w = _scaled(*image.shape[:2], scale)
+    if (h, w) == image.shape[:2]:
+        return image, mask
+    image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+    if mask is not None:
+        # NEAREST_EXACT samples pixel centres like INTER_LINEAR; plain NEAREST is off by half a pixel
+        mask = cv2.resize(mask.astype(np.int32), (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
+    return image, mask
