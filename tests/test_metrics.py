@@ -69,3 +69,13 @@ def test_out_of_range_label_is_reported():
 def test_distortion_is_mean_relative_drop():
     assert distortion(0.8, 0.6, 0.4, 0.3) == pytest.approx(0.5)
     assert distortion(0.8, 0.6, 0.8, 0.6) == 0.0
+
+
+def test_out_of_range_prediction_is_reported_not_counted_as_the_last_class():
+    with pytest.raises(ValueError, match=r"predicted classes \[7\] outside \[0, 3\)"):
+        confusion_matrix(torch.tensor([7, 0]), torch.tensor([1, 0]), 3, 255)
+
+
+def test_distortion_without_a_d1_score_is_nan_not_a_crash():
+    assert math.isnan(distortion(0.0, 0.5, 0.1, 0.1))
+    assert math.isnan(distortion(0.5, float("nan"), 0.1, 0.1))

@@ -32,6 +32,7 @@ def test_pick_channel_is_the_most_variable():
     maps[:, 2] = torch.randn(2, 5, 5) * 3
     maps[:, 1] = torch.randn(2, 5, 5) * 0.1
     assert pick_channel(maps) == 2
+    assert pick_channel([maps[:1], maps[1:, :, :3]]) == 2  # images of different sizes
 
 
 def test_feature_grids_report_errors_and_write_pngs(tmp_path):
@@ -39,9 +40,10 @@ def test_feature_grids_report_errors_and_write_pngs(tmp_path):
     x1 = torch.randn(2, 3, 32, 48)
     x2 = x1 + 0.5 * torch.randn_like(x1)
     denorm = lambda x: (x.clamp(-1, 1).add(1).mul(127).byte().permute(1, 2, 0).numpy())  # noqa: E731
-    s = write_feature_grids(h1, h1, x1, x1, ["pool1", "pool3"], tmp_path / "same", denorm)
+    same, pairs = list(zip(x1, x1)), list(zip(x1, x2))
+    s = write_feature_grids(h1, h1, same, ["pool1", "pool3"], tmp_path / "same", denorm)
     assert all(v == 0 for e in s["errors"].values() for k in ("before", "after") for v in e[k])
-    s = write_feature_grids(h1, h2, x1, x2, ["pool1", "pool3"], tmp_path / "f", denorm, names=["a", "b"],
+    s = write_feature_grids(h1, h2, pairs, ["pool1", "pool3"], tmp_path / "f", denorm, names=["a", "b"],
                             channels={"pool3": 1})
     assert s["channels"]["pool3"] == 1 and s["files"] == ["features_a.png", "features_b.png"]
     assert all(v > 0 for e in s["errors"].values() for v in e["before"])
@@ -50,7 +52,17 @@ def test_feature_grids_report_errors_and_write_pngs(tmp_path):
             assert im.size[0] > 500 and im.size[1] > 200
     assert json.loads((tmp_path / "f" / "features.json").read_text())["taps"] == ["pool1", "pool3"]
     with pytest.raises(ValueError, match="channel 99 out of range for pool1"):
-        write_feature_grids(h1, h2, x1, x2, ["pool1"], tmp_path / "g", denorm, channels={"pool1": 99})
+        write_feature_grids(h1, h2, pairs, ["pool1"], tmp_path / "g", denorm, channels={"pool1": 99})
+
+
+def test_feature_grids_take_pairs_of_different_sizes(tmp_path):
+    """Evaluation keeps aspect ratios, so a split's images differ in size (VOC: landscape and portrait)."""
+    h1, h2 = tiny_models()
+    wide, tall = torch.randn(3, 32, 48), torch.randn(3, 48, 32)
+    denorm = lambda x: (x.clamp(-1, 1).add(1).mul(127).byte().permute(1, 2, 0).numpy())  # noqa: E731
+    s = write_feature_grids(h1, h2, [(wide, wide * 0.5), (tall, tall * 0.5)], ["pool1", "pool5"], tmp_path, denorm)
+    assert len(s["files"]) == 2 and all(len(e["after"]) == 2 for e in s["errors"].values())
+    assert pick_channel([torch.zeros(1, 2, 1, 1), torch.ones(1, 2, 1, 1)]) in (0, 1)  # one pixel: no nan
 
 
 def test_regression_errors_are_the_loss_measure():

@@ -175,6 +175,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _same_classes(path: str | Path, meta: dict[str, Any], cfg: RunConfig, num_classes: int) -> None:
+    if meta["num_classes"] != num_classes:
+        raise SegadaptError(f"{path}: model predicts {meta['num_classes']} classes but {cfg.data.dataset} has "
+                            f"{num_classes}; evaluate on a dataset with the same classes")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from segadapt.checkpoint import write_json_atomic
     from segadapt.data import build_dataset
@@ -188,11 +194,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = resolve_config(args, trained) if (args.config or args.set or args.dataset or args.root) else trained
     split = args.split or cfg.data.val_split
     dataset = build_dataset(cfg.data, split, train=False)
-    if dataset.info.num_classes != meta["num_classes"]:
-        raise SegadaptError(
-            f"{args.model}: model predicts {meta['num_classes']} classes but {cfg.data.dataset} has "
-            f"{dataset.info.num_classes}; evaluate on a dataset with the same classes"
-        )
+    _same_classes(args.model, meta, cfg, dataset.info.num_classes)
     s, conf = evaluate(model, dataset, dataset.info.num_classes, dataset.info.ignore_index, device)
     result = {
         "model": str(args.model),
@@ -285,6 +287,7 @@ def cmd_distortion(args: argparse.Namespace) -> int:
     from segadapt.experiment import d2_source, score
     from segadapt.metrics import distortion
     from segadapt.runtime import select_device
+    from segadapt.selection import finite_or_none
     from segadapt.train import load_model
 
     device = select_device(args.device or "auto")
@@ -294,12 +297,14 @@ def cmd_distortion(args: argparse.Namespace) -> int:
     if args.severity is not None:
         cfg.shift.severity = args.severity
     split = args.split or cfg.data.val_split
-    s1 = score(model, build_source(cfg.data, split), cfg, device)
+    d1 = build_source(cfg.data, split)
+    _same_classes(args.model, meta, cfg, d1.info.num_classes)
+    s1 = score(model, d1, cfg, device)
     s2 = score(model, d2_source(cfg, split, cfg.shift, args.filter), cfg, device)
     d = distortion(s1.mean_acc, s1.miou, s2.mean_acc, s2.miou)
     result = {"model": str(args.model), "filter": args.filter, "severity": cfg.shift.severity, "split": split,
               "d1": {"mean_acc": s1.mean_acc, "miou": s1.miou}, "d2": {"mean_acc": s2.mean_acc, "miou": s2.miou},
-              "distortion": d}
+              "distortion": finite_or_none(d)}
     print(f"D1 ({cfg.data.dataset}/{split}): mean acc {s1.mean_acc:.4f}  mIoU {s1.miou:.4f}")
     print(f"D2 ({args.filter}, severity {cfg.shift.severity}): mean acc {s2.mean_acc:.4f}  mIoU {s2.miou:.4f}")
     print(f"distortion = 0.5*(|acc1-acc2|/acc1 + |mIoU1-mIoU2|/mIoU1) = {d:.4f}")
@@ -399,6 +404,8 @@ def _val_pairs(args: argparse.Namespace, cfg: RunConfig) -> tuple[Any, Any, list
     _shift_flags(args, cfg)
     d2 = _d2_source(cfg, split)
     ids = [int(x) for x in args.images.split(",")] if "," in args.images else spread_indices(len(d1), int(args.images))
+    if not ids:
+        raise SegadaptError(f"--images {args.images}: nothing to show; give a count >= 1 or indices like 0,5,9")
     for i in ids:
         if not 0 <= i < len(d1):
             raise SegadaptError(f"--images: index {i} outside 0..{len(d1) - 1} of {cfg.data.dataset}/{split}")
@@ -406,7 +413,6 @@ def _val_pairs(args: argparse.Namespace, cfg: RunConfig) -> tuple[Any, Any, list
 
 
 def cmd_viz_features(args: argparse.Namespace) -> int:
-    import torch
 
     from segadapt.data.pairs import PairedDataset
     from segadapt.runtime import select_device
@@ -419,10 +425,10 @@ def cmd_viz_features(args: argparse.Namespace) -> int:
     cfg = _model_config(args, meta, args.h1)
     d1, d2, ids, tf = _val_pairs(args, cfg)
     pairs = PairedDataset(d1, d2, tf)
-    x1, x2 = (torch.stack(t).to(device) for t in zip(*(pairs[i] for i in ids)))
+    images = [(x1.to(device), x2.to(device)) for x1, x2 in (pairs[i] for i in ids)]
     taps = [t.strip() for t in args.layers.split(",") if t.strip()]
     try:
-        s = write_feature_grids(h1, h2, x1, x2, taps, Path(args.out), tf.denormalize,
+        s = write_feature_grids(h1, h2, images, taps, Path(args.out), tf.denormalize,
                                 names=[d1.stem(i) for i in ids], channels=_parse_channels(args.channels))
     except (KeyError, ValueError) as e:
         raise SegadaptError(f"--layers/--channels: {e}") from None

@@ -17,6 +17,7 @@ import csv
 import dataclasses
 import functools
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from segadapt.config import RunConfig, ShiftConfig, dumps_toml
 from segadapt.data import SegmentationDataset, SegmentationSource, build_source, make_transform
 from segadapt.data.datasets import FileSource, pair_by_stem
 from segadapt.data.pairs import PairedDataset, Shift, ShiftedSource
+from segadapt.errors import ConfigError
 from segadapt.evaluate import evaluate
 from segadapt.metrics import Scores, distortion
 from segadapt.runtime import environment, select_device
@@ -109,6 +111,9 @@ def run_experiment(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
             train(base, seed_dir / "H1")
             h1, h1_meta = load_model(seed_dir / "H1", device)
         d1_train, d1_val = build_source(cfg.data, cfg.data.train_split), build_source(cfg.data, cfg.data.val_split)
+        if h1_meta.get("num_classes") != d1_val.info.num_classes:
+            raise ConfigError(f"{cfg.adapt.h1}: H1 predicts {h1_meta.get('num_classes')} classes but "
+                              f"{cfg.data.dataset} has {d1_val.info.num_classes}; use an H1 trained on this dataset")
         rows.append(_row(seed, "none", "H1", score(h1, d1_val, cfg, device)))
 
         for name in ex.filters:
@@ -178,7 +183,11 @@ def _figures(
     if (shift_dir / "B2" / ckpt.MODEL_FILE).is_file():
         models["B2"] = load_model(shift_dir / "B2", device)[0]
     models[h2_name] = load_model(shift_dir / f"H2-{h2_name[3:]}", device)[0]
-    write_shift_figures(cfg, out, h1, models, h2_name, d1_val, d2_val, device)
+    try:
+        write_shift_figures(cfg, out, h1, models, h2_name, d1_val, d2_val, device)
+    except Exception as e:  # figures come after hours of training: never lose the scores to one
+        print(f"warning: figures for {shift} not drawn ({type(e).__name__}: {e}); the scores are unaffected; "
+              f"draw them later with `segadapt viz`", file=sys.stderr)
 
 
 def _scores_from(metrics: dict[str, Any]) -> Scores:
@@ -206,7 +215,7 @@ def summarise(rows: list[dict[str, Any]], filters: list[str]) -> dict[str, Any]:
     for f in filters:
         b0 = lookup.get((f, "B0"))
         if h1 and b0:
-            dist[f] = distortion(h1["mean_acc"], h1["miou"], b0["mean_acc"], b0["miou"])
+            dist[f] = finite_or_none(distortion(h1["mean_acc"], h1["miou"], b0["mean_acc"], b0["miou"]))
     return {"rows": rows, "summary": summary, "distortion": dist}
 
 
@@ -245,7 +254,7 @@ def markdown(results: dict[str, Any], figures: list[str]) -> str:
     shifts = [s for s in dict.fromkeys(e["shift"] for e in results["summary"]) if s != "none"]
     for s in shifts:
         lines += [f"## Shift: {s}", ""]
-        if s in results["distortion"]:
+        if results["distortion"].get(s) is not None:
             lines += [f"Distortion of H1: {results['distortion'][s]:.3f}", ""]
         lines += ["| method | mean accuracy | mIoU | pixel accuracy |", "| --- | --- | --- | --- |"]
         for e in results["summary"]:

@@ -21,7 +21,11 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     if target.numel() and (target.min() < 0 or target.max() >= num_classes):
         bad = torch.unique(target[(target < 0) | (target >= num_classes)]).tolist()
         raise ValueError(f"label values {bad} outside [0, {num_classes}) and not the ignore index {ignore_index}")
-    idx = target * num_classes + pred.clamp(0, num_classes - 1)
+    if pred.numel() and (pred.min() < 0 or pred.max() >= num_classes):
+        bad = torch.unique(pred[(pred < 0) | (pred >= num_classes)]).tolist()
+        raise ValueError(f"predicted classes {bad} outside [0, {num_classes}): the model has more outputs than the "
+                         f"dataset has classes")
+    idx = target * num_classes + pred
     return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
@@ -70,5 +74,8 @@ def scores(conf: torch.Tensor) -> Scores:
 
 
 def distortion(acc_d1: float, miou_d1: float, acc_d2: float, miou_d2: float) -> float:
-    """The study's measure of how much a shift hurts H1: mean relative drop of accuracy and mIoU."""
+    """The study's measure of how much a shift hurts H1: mean relative drop of accuracy and mIoU.
+    nan when H1 scores 0 (or nan) on D1, where a relative drop means nothing."""
+    if not (acc_d1 > 0 and miou_d1 > 0):
+        return float("nan")
     return 0.5 * (abs(acc_d1 - acc_d2) / acc_d1 + abs(miou_d1 - miou_d2) / miou_d1)

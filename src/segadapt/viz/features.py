@@ -30,9 +30,12 @@ from segadapt.viz.plots import save_figure  # noqa: E402
 COLUMNS = ("X1", "H1(X1)", "X2", "H1(X2)", "H2(X2)", "|H1(X1)-H1(X2)|", "|H1(X1)-H2(X2)|")
 
 
-def pick_channel(maps: torch.Tensor) -> int:
-    """Index of the channel with the highest activation variance over batch and space (maps: B,C,H,W)."""
-    return int(maps.float().transpose(0, 1).flatten(1).var(dim=1).argmax())
+def pick_channel(maps: torch.Tensor | Sequence[torch.Tensor]) -> int:
+    """Index of the channel with the highest activation variance over images and space (maps: B,C,H,W, or
+    a list of them when images differ in size)."""
+    batches = [maps] if isinstance(maps, torch.Tensor) else list(maps)
+    values = torch.cat([m.float().transpose(0, 1).flatten(1) for m in batches], dim=1)
+    return int(values.var(dim=1, correction=0).argmax())
 
 
 @torch.inference_mode()
@@ -101,8 +104,7 @@ def feature_grid(
 def write_feature_grids(
     h1: nn.Module,
     h2: nn.Module,
-    x1: torch.Tensor,
-    x2: torch.Tensor,
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
     taps: Sequence[str],
     out_dir: Path,
     denormalize: Any,
@@ -110,20 +112,23 @@ def write_feature_grids(
     names: Sequence[str] | None = None,
     channels: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Grids for a batch of pairs (normalised tensors) and features.json with channels and errors."""
+    """Grids for pairs (X1, X2) of normalised 3xHxW images, and features.json with channels and errors.
+
+    Pairs run one at a time: evaluation keeps each image's aspect ratio, so pairs differ in size (VOC)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    maps = feature_maps(h1, h2, x1, x2, taps)
-    chosen = {t: (channels or {}).get(t, pick_channel(maps[t]["h1_x1"])) for t in taps}
+    maps = [feature_maps(h1, h2, x1[None], x2[None], taps) for x1, x2 in pairs]
+    chosen = {t: (channels or {}).get(t, pick_channel([m[t]["h1_x1"] for m in maps])) for t in taps}
     for t, c in chosen.items():
-        n = maps[t]["h1_x1"].shape[1]
+        n = maps[0][t]["h1_x1"].shape[1]
         if not 0 <= c < n:
             raise ValueError(f"channel {c} out of range for {t}, which has {n} channels")
-    errors = regression_errors(maps)
-    names = list(names or [f"pair{b}" for b in range(x1.shape[0])])
+    per_pair = [regression_errors(m) for m in maps]
+    errors = {t: {k: [v for e in per_pair for v in e[t][k]] for k in ("before", "after")} for t in taps}
+    names = list(names or [f"pair{b}" for b in range(len(pairs))])
     files = []
-    for b, name in enumerate(names):
-        imgs = (denormalize(x1[b]), denormalize(x2[b]))
-        files.append(feature_grid(imgs, maps, b, chosen, errors, out_dir / f"features_{name}.png", title=name).name)
+    for (x1, x2), m, e, name in zip(pairs, maps, per_pair, names, strict=True):
+        imgs = (denormalize(x1), denormalize(x2))
+        files.append(feature_grid(imgs, m, 0, chosen, e, out_dir / f"features_{name}.png", title=name).name)
     summary = {"taps": list(taps), "channels": chosen, "channel_rule": "highest variance of H1 on X1"
                if not channels else "given", "images": names, "errors": errors, "files": files}
     write_json_atomic(out_dir / "features.json", summary)

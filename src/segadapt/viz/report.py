@@ -43,6 +43,10 @@ def _figure(path: Path, caption: str) -> str:
     return f"<figure>{_img(path, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
+def _number(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def _fmt(e: dict[str, Any], m: str) -> str:
     return f"{e[m]:.3f} ± {e[m + '_std']:.3f}" if e.get("seeds", 1) > 1 else f"{e[m]:.3f}"
 
@@ -94,7 +98,7 @@ def write_report(sweep_dir: Path) -> Path:
     dist = results.get("distortion", {})
     if dist:
         parts.append("<h2>Distortion per shift</h2><table><tr><th>shift</th><th>distortion of H1</th></tr>"
-                     + "".join(f"<tr><td>{html.escape(s)}</td><td>{d:.3f}</td></tr>" for s, d in dist.items())
+                     + "".join(f"<tr><td>{html.escape(s)}</td><td>{_number(d)}</td></tr>" for s, d in dist.items())
                      + "</table><p>0.5·(|acc1 − acc2|/acc1 + |mIoU1 − mIoU2|/mIoU1), H1 on D1 against H1 on D2.</p>")
     for s in shifts:
         parts += [f"<h2>Results: {html.escape(s)}</h2>", _results_table(results, s)]

@@ -44,10 +44,9 @@ def write_shift_figures(
     h2 = models[h2_name]
     summary: dict[str, Any] = {"images": [s for s, _, _ in samples]}
 
-    x1 = torch.stack([a[0] for _, a, _ in samples]).to(device)
-    x2 = torch.stack([b[0] for _, _, b in samples]).to(device)
+    pairs = [(a[0].to(device), b[0].to(device)) for _, a, b in samples]
     taps = [t for t in FEATURE_TAPS if t in getattr(h1, "TAPS", FEATURE_TAPS)]
-    summary["features"] = write_feature_grids(h1, h2, x1, x2, taps, out / "features", tf.denormalize,
+    summary["features"] = write_feature_grids(h1, h2, pairs, taps, out / "features", tf.denormalize,
                                               names=[f"{s}_{h2_name.replace(':', '-')}" for s, _, _ in samples])
 
     (out / "overlays").mkdir(parents=True, exist_ok=True)
