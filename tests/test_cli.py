@@ -114,6 +114,11 @@ def test_shift_writes_paired_dataset_and_resumes(tmp_path, camvid_copy, capsys):
     assert (out / "val" / "images" / f"{stems[1]}.jpg").exists()
     assert (out / "val" / "images" / f"{stems[0]}.jpg").stat().st_mtime_ns == kept
     assert not list(out.rglob("*.tmp"))
+    # a run stopped between an image and its label: the label alone is written on resume
+    (out / "val" / "labels" / f"{stems[2]}.png").unlink()
+    assert main(args) == 0
+    assert (out / "val" / "labels" / f"{stems[2]}.png").read_bytes() == (
+        root / "val" / "labels" / f"{stems[2]}.png").read_bytes()
     # other parameters into the same folder are refused
     assert main([*args[:-2], "--severity", "0.9", "--out", str(out)]) == 2
     assert "other parameters" in capsys.readouterr().err

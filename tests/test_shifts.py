@@ -277,3 +277,24 @@ def test_gegl_backend_failure_reports_last_stderr_line(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path) + os.pathsep + os.environ.get("PATH", ""))
     with pytest.raises(SegadaptError, match=r"^gegl:ripple failed: gegl: something broke$"):
         run_gegl(textured(), "ripple", amplitude=3.0)
+
+
+def test_an_interrupted_shift_run_still_refuses_other_parameters(tmp_path):
+    """Without a marker written up front, a rerun at another severity would mix two D2s in one folder."""
+    from segadapt.data.synthetic import SyntheticScenes
+    from segadapt.errors import DataError
+    from segadapt.shifts.write import write_shifted
+
+    class StopsAtTwo(SyntheticScenes):
+        def load(self, i):
+            if i == 2:
+                raise KeyboardInterrupt
+            return super().load(i)
+
+    with pytest.raises(KeyboardInterrupt):
+        write_shifted(StopsAtTwo(4, size=(16, 16)), None, tmp_path, "val", "photocopy", 0.5, workers=1)
+    assert len(list((tmp_path / "val" / "images").iterdir())) == 2
+    with pytest.raises(DataError, match="other parameters"):
+        write_shifted(SyntheticScenes(4, size=(16, 16)), None, tmp_path, "val", "photocopy", 1.0, workers=1)
+    r = write_shifted(SyntheticScenes(4, size=(16, 16)), None, tmp_path, "val", "photocopy", 0.5, workers=1)
+    assert r["images"] == 4 and len(list((tmp_path / "val" / "labels").iterdir())) == 4

@@ -2,7 +2,8 @@
 
 Every file is written under a temporary name and renamed, so an interrupted run leaves no half-written
 image; files already present are skipped, so re-running resumes. A `.segadapt-shift-<split>.json` marker
-records the parameters once the split is complete, and a re-run with other parameters is refused.
+records the parameters before the first image (and `complete` at the end), so a re-run with other
+parameters is refused even after an interrupted run; an image and its label are each checked on resume.
 """
 
 from __future__ import annotations
@@ -48,17 +49,19 @@ def _one(job: tuple[SegmentationSource, Path | None, Path, str, int, str, float,
     from segadapt.shifts import apply_filter
 
     img_out, mask_out = _targets(source, root, out, split, i)
+    if img_out.exists() and mask_out.exists():
+        return
+    image, mask = source.load(i)  # also validates the pair
     if not img_out.exists():
-        image, mask = source.load(i)  # also validates the pair
         shifted = apply_filter(name, image, severity=severity, seed=stem_seed(source.stem(i), seed), backend=backend)
         _write_image(img_out, shifted)
-        if not mask_out.exists():
-            mp = source.mask_path(i)
-            with atomic_path(mask_out) as tmp:
-                if mp is not None:
-                    shutil.copyfile(mp, tmp)
-                else:  # generated data (synthetic): store the labels as an index PNG
-                    tmp.write_bytes(cv2.imencode(".png", mask.astype(np.uint8))[1].tobytes())
+    if not mask_out.exists():  # checked on its own: a run can stop between the image and its label
+        mp = source.mask_path(i)
+        with atomic_path(mask_out) as tmp:
+            if mp is not None:
+                shutil.copyfile(mp, tmp)
+            else:  # generated data (synthetic): store the labels as an index PNG
+                tmp.write_bytes(cv2.imencode(".png", mask.astype(np.uint8))[1].tobytes())
 
 
 def write_shifted(
@@ -74,8 +77,16 @@ def write_shifted(
 ) -> dict[str, Any]:
     params = {"filter": name, "severity": severity, "seed": seed, "backend": backend, "split": split}
     marker = out / f".segadapt-shift-{split}.json"
-    if marker.exists() and json.loads(marker.read_text())["params"] != params:
-        raise DataError(f"{marker}: {out} already holds D2 made with other parameters; choose another --out")
+    if marker.exists():
+        try:
+            held = json.loads(marker.read_text())["params"]
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{marker}: unreadable marker; delete {out} (or the marker) and run again") from None
+        if held != params:
+            raise DataError(f"{marker}: {out} already holds D2 (complete or partly written) made with other "
+                            f"parameters {held}; choose another --out")
+    else:  # written before any image, so a run stopped half-way is still known by its parameters
+        write_json_atomic(marker, {"params": params, "complete": False})
     jobs = [(source, root, out, split, i, name, severity, seed, backend) for i in range(len(source))]
     workers = workers or os.cpu_count() or 1
     desc = f"shift {split} ({name})"
@@ -88,5 +99,5 @@ def write_shifted(
                 pass
     if root is not None and (root / "ImageSets").is_dir():  # VOC split lists travel with the images
         shutil.copytree(root / "ImageSets", out / "ImageSets", dirs_exist_ok=True)
-    write_json_atomic(marker, {"params": params, "images": len(jobs)})
+    write_json_atomic(marker, {"params": params, "images": len(jobs), "complete": True})
     return {"images": len(jobs), "out": str(out), **params}
