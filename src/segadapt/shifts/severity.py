@@ -1,7 +1,9 @@
 """Map one `severity` in [0, 1] onto each filter's GEGL parameters, for sweeps of shift strength.
 
-Severity 0 is the identity or the mildest setting, 1 the strongest we sweep; distortion (mean |D2 - D1|) grows
-monotonically in between (tested). Ranges, per filter:
+Severity 0 is the identity or the mildest setting, 1 the strongest we sweep. Distortion (mean |D2 - D1|)
+grows with severity from 0 to 0.5 to 1 for every filter (tested); for ripple and photocopy it grows
+monotonically in between, for cubism only in trend: each tile size draws a new tiling, so neighbouring
+severities can swap order by a few percent on one image. Ranges, per filter:
 
 * ripple: amplitude = 12 s px (0 = identity), period = 80 - 40 s px, phi drawn uniformly from [-1, 1] by `seed`
   (so paired images differ in phase, deterministically), abyss_policy "clamp" (no black borders), cubic sampler.
