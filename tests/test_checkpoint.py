@@ -79,3 +79,14 @@ def test_shape_mismatch_names_the_key(tmp_path):
     big = torch.nn.Conv2d(3, 8, 3)
     with pytest.raises(CheckpointError, match="weight has shape"):
         ckpt.load_weights(big, small.state_dict(), "w.safetensors")
+
+
+def test_checkpoints_are_ordered_by_step_past_the_zero_padding(tmp_path):
+    model = _toy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in (9_999_998, 9_999_999, 10_000_000):
+        ckpt.save_training_state(ckpt.checkpoint_path(tmp_path, step), model, opt, step, {})
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_10000000.safetensors"
+    ckpt.prune_checkpoints(tmp_path, keep=2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step_10000000.safetensors", "step_9999999.safetensors"]

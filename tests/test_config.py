@@ -60,3 +60,23 @@ def test_int_is_accepted_for_float_and_override_parsing():
     assert parse_override("data.root=some/path") == {"data": {"root": "some/path"}}
     with pytest.raises(ConfigError):
         parse_override("nonsense")
+
+
+@pytest.mark.parametrize(("flags", "match"), [
+    (["--iterations", "0"], r"train\.iterations: 0 is out of range; it must be >= 1"),
+    (["--set", "train.momentum=1.5"], r"train\.momentum: 1\.5 .* in \[0, 1\)"),
+    (["--lr", "-0.1"], r"train\.lr: -0\.1 .* > 0"),
+    (["--set", "data.crop_size=[0,5]"], r"data\.crop_size"),
+    (["--set", "experiment.seeds=[]"], r"experiment\.seeds"),
+])
+def test_values_a_run_cannot_use_are_refused_up_front(flags, match):
+    args = build_parser().parse_args(["train", "--preset", "synthetic", *flags])
+    with pytest.raises(ConfigError, match=match):
+        resolve_config(args)
+
+
+def test_out_of_range_value_in_a_toml_file_names_the_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[train]\nbatch_size = 0\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml\.train\.batch_size: 0 is out of range"):
+        load_toml(path)

@@ -83,3 +83,16 @@ def test_fine_tuning_a_frozen_model_trains_it(tmp_path):
     before = {k: v.clone() for k, v in h1.state_dict().items()}
     train(cfg, tmp_path / "b2", model=h1)
     assert not torch.equal(before["conv1.0.weight"], h1.state_dict()["conv1.0.weight"])
+
+
+def test_a_run_stopped_by_its_time_budget_resumes_exactly(tmp_path):
+    """The last checkpoint is written after the final evaluation, which must not move the RNG it saves."""
+    train(tiny_config(), tmp_path / "a")
+    short = tiny_config()
+    short.train.time_budget_s = 1e-6  # stops after step 1, evaluates, saves step 1
+    train(short, tmp_path / "b")
+    assert ckpt.latest_checkpoint(tmp_path / "b").name == "step_0000001.safetensors"
+    train(tiny_config(), tmp_path / "b", resume=True)
+    wa, _ = ckpt.load_model_file(tmp_path / "a")
+    wb, _ = ckpt.load_model_file(tmp_path / "b")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

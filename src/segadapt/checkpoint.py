@@ -188,13 +188,19 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step_{step:07d}.safetensors"
 
 
+def _checkpoints(run_dir: Path) -> list[Path]:
+    """Resume points, oldest first, ordered by step number (names outgrow their zero padding past 10^7)."""
+    files = [f for f in (run_dir / "checkpoints").glob("step_*.safetensors") if f.stem[5:].isdigit()]
+    return sorted(files, key=lambda f: int(f.stem[5:]))
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    files = sorted((run_dir / "checkpoints").glob("step_*.safetensors"))
+    files = _checkpoints(run_dir)
     return files[-1] if files else None
 
 
 def prune_checkpoints(run_dir: Path, keep: int = 2) -> None:
     """Keep the newest `keep` resume points; older ones only cost disk."""
-    files = sorted((run_dir / "checkpoints").glob("step_*.safetensors"))
+    files = _checkpoints(run_dir)
     for f in files[:-keep]:
         f.unlink(missing_ok=True)

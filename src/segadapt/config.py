@@ -254,7 +254,38 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}")
     base = cls()
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    return dataclasses.replace(base, **kwargs)
+    out = dataclasses.replace(base, **kwargs)
+    for key, (ok, rule) in _LIMITS.get(cls.__name__, {}).items():
+        if key in data and not ok(getattr(out, key)):
+            raise ConfigError(f"{where}.{key}: {data[key]!r} is out of range; it must be {rule}")
+    return out
+
+
+def _at_least(n: float) -> tuple[Any, str]:
+    return (lambda v: v >= n), f">= {n}"
+
+
+def _positive() -> tuple[Any, str]:
+    return (lambda v: v > 0), "> 0"
+
+
+# values a run cannot use: refused when the config is read, not hours later
+_LIMITS: dict[str, dict[str, tuple[Any, str]]] = {
+    "ModelConfig": {"width": _positive(), "num_classes": _at_least(0)},
+    "DataConfig": {"base_size": _at_least(0), "num_workers": _at_least(0), "synthetic_train": _at_least(1),
+                   "synthetic_val": _at_least(1), "crop_size": ((lambda v: len(v) == 2 and min(v) >= 1),
+                                                                "[height, width], both >= 1")},
+    "TrainConfig": {"iterations": _at_least(1), "batch_size": _at_least(1), "lr": _positive(),
+                    "head_lr_mult": _positive(), "momentum": ((lambda v: 0 <= v < 1), "in [0, 1)"),
+                    "weight_decay": _at_least(0), "poly_power": _at_least(0), "eval_every": _at_least(0),
+                    "checkpoint_every": _at_least(0), "log_every": _at_least(1), "threads": _at_least(0),
+                    "time_budget_s": _at_least(0)},
+    "ShiftConfig": {"severity": ((lambda v: 0 <= v <= 1), "in [0, 1]"), "photometric": _at_least(0)},
+    "AdaptConfig": {"grad_clip": _at_least(0), "holdout": _at_least(0), "probes": _at_least(0)},
+    "ExperimentConfig": {"iterations": _at_least(1), "finetune_lr": _positive(), "adapt_lr": _positive(),
+                         "figure_images": _at_least(0), "reconstruct_steps": _at_least(0),
+                         "seeds": ((lambda v: len(v) >= 1), "a list of at least one seed")},
+}
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

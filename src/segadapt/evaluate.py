@@ -32,7 +32,10 @@ def confusion(
     model.eval()
     if shard and distributed.active():
         dataset = Subset(dataset, range(distributed.rank(), len(dataset), distributed.world_size()))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    # own generator: a DataLoader draws a base seed from it, which must not advance the global RNG that a
+    # training run checkpoints (a resume would then draw other augmentations than the uninterrupted run)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        generator=torch.Generator())
     conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=not distributed.is_main())
     for images, masks in bar:
