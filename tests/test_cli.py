@@ -29,6 +29,14 @@ def test_resume_can_extend_a_run(tmp_path, capsys):
     assert main(["train", *TINY, "--out", str(run)]) == 0
     assert main(["train", "--resume", str(run), "--iterations", "5"]) == 0
     assert json.loads((run / "model.json").read_text())["step"] == 5
+    # what it learns with stays: a new lr or momentum would be overruled by the checkpoint's optimizer state
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--iterations", "7", "--lr", "0.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "train.lr 0.02 -> 0.5" in err and "\n" not in err
+    assert main(["train", "--resume", str(run), "--preset", "camvid"]) == 2
+    assert "drop --preset" in capsys.readouterr().err
+    assert json.loads((run / "model.json").read_text())["step"] == 5
 
 
 def test_bad_input_is_one_line_without_traceback(tmp_path, capsys):

@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from segadapt import __version__
-from segadapt.config import RunConfig, dumps_toml, load_toml, merge, parse_override, preset, read_toml
+from segadapt.config import (
+    RunConfig,
+    dumps_toml,
+    load_toml,
+    merge,
+    parse_override,
+    preset,
+    read_toml,
+    to_dict,
+)
 from segadapt.errors import SegadaptError
 
 # CLI flag -> config key; flags are shortcuts for the most used --set overrides.
@@ -158,7 +167,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         if not (run_dir / "config.toml").is_file():
             raise SegadaptError(f"{run_dir}: not a run directory (no config.toml); pass the run folder to resume")
-        cfg = resolve_config(args, load_toml(run_dir / "config.toml"))
+        if args.preset:
+            raise SegadaptError(f"--resume {run_dir} continues with the run's own config; drop --preset")
+        saved = load_toml(run_dir / "config.toml")
+        cfg = resolve_config(args, saved)
+        _refuse_resume_changes(run_dir, saved, cfg)
     else:
         cfg = resolve_config(args)
         if args.out:
@@ -173,6 +186,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"val mIoU {v['miou']:.4f}  mean acc {v['mean_acc']:.4f}  pixel acc {v['pixel_acc']:.4f}")
     print(f"run: {run_dir}")
     return 0
+
+
+# what a resumed run may change: how long and where it runs, not what it learns (the checkpoint's optimizer
+# and RNG state would silently overrule a new lr, momentum, batch or seed)
+RESUMABLE = {"name", "out_dir", "data.root", "data.num_workers", "train.iterations", "train.time_budget_s",
+             "train.checkpoint_every", "train.log_every", "train.eval_every", "train.device", "train.threads"}
+
+
+def _refuse_resume_changes(run_dir: Path, saved: RunConfig, cfg: RunConfig) -> None:
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    old, new = flat(to_dict(saved)), flat(to_dict(cfg))
+    changed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in new if old.get(k) != new[k] and k not in RESUMABLE]
+    if changed:
+        raise SegadaptError(f"{run_dir}/config.toml: a resumed run keeps what it learns with; these differ: "
+                            f"{'; '.join(changed)}. Start a new run (--out) to change them")
 
 
 def _same_classes(path: str | Path, meta: dict[str, Any], cfg: RunConfig, num_classes: int) -> None:
