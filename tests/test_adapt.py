@@ -137,3 +137,12 @@ def test_gradient_clipping_tames_a_learning_rate_that_diverges(tmp_path, h1):
     cfg.adapt.grad_clip = 0.05
     result = adapt(cfg, tmp_path / "clipped", make_pairs(), teacher=teacher, h1_meta=meta)
     assert np.isfinite(result["final_loss"])
+
+
+def test_time_budget_stops_adaptation(tmp_path, h1):
+    teacher, meta = h1
+    cfg = tiny_cfg(["pool5"], iterations=50)
+    cfg.train.time_budget_s = 1e-6
+    cfg.adapt.probes = 0
+    result = adapt(cfg, tmp_path, make_pairs(), teacher=teacher, h1_meta=meta)
+    assert result["step"] == 1 and (tmp_path / "model.safetensors").exists()

@@ -213,6 +213,10 @@ def adapt(
                 probes.append(point)
                 if selected is None or point["holdout_loss"] < selected[0]["holdout_loss"]:
                     selected = (point, {k: v.detach().clone() for k, v in student.state_dict().items()})
+            if tc.time_budget_s and distributed.any_rank(time.perf_counter() - t0 > tc.time_budget_s):
+                if main:  # all ranks stop together, at the same step
+                    print(f"time budget of {tc.time_budget_s:g}s reached at step {step}")
+                break
     finally:
         bar.close()
         log_file.close()
