@@ -25,8 +25,17 @@ def darken(image: np.ndarray, seed: int) -> np.ndarray:
     return (image * 0.5).astype(np.uint8)
 
 
-def make_pairs(n: int = 4, size=(48, 64), crop=(48, 64), seed: int = 0, **kw) -> PairedDataset:
-    d1 = SyntheticScenes(n, size=size, seed=seed)
+class Inverted(SyntheticScenes):
+    """The same images' identity with other pixels."""
+
+    def load(self, i):
+        image, mask = super().load(i)
+        return 255 - image, mask
+
+
+def make_pairs(n: int = 4, size=(48, 64), crop=(48, 64), seed: int = 0, d1_cls=SyntheticScenes,
+               **kw) -> PairedDataset:
+    d1 = d1_cls(n, size=size, seed=seed)
     tf = JointTransform(train=True, crop_size=crop, scale_range=(1.0, 1.0))
     return PairedDataset(d1, ShiftedSource(d1, darken), tf, **kw)
 
@@ -119,9 +128,12 @@ def test_stale_caches_are_refused_with_one_line(tmp_path, teacher):
     assert "\n" not in message and str(tmp_path) in message and f"delete {tmp_path}" in message
     with pytest.raises(SegadaptError, match="other taps"):
         prepare(tmp_path, pairs, teacher, teacher.features, ["pool3"], CPU)
-    # same stems and metadata but other pixels (another synthetic seed): only the live comparison can tell
-    with pytest.raises(SegadaptError, match="stale.*cosine"):
+    # other images under the same stems (another synthetic seed): the images' identity differs
+    with pytest.raises(SegadaptError, match="another D1 dataset"):
         prepare(tmp_path, make_pairs(seed=1), teacher, teacher.features, ["pool5"], CPU)
+    # same identity, other pixels (a file rewritten with its old size and mtime): only the live check can tell
+    with pytest.raises(SegadaptError, match="stale.*cosine"):
+        prepare(tmp_path, make_pairs(d1_cls=Inverted), teacher, teacher.features, ["pool5"], CPU)
     with pytest.raises(ConfigError, match="photometric"):
         prepare(tmp_path, make_pairs(photometric=0.2), teacher, teacher.features, ["pool5"], CPU)
 
@@ -146,3 +158,26 @@ def test_adapt_with_a_cache_follows_the_uncached_run(tmp_path, teacher):
     stamp = (tmp_path / "cache" / META_FILE).stat().st_mtime_ns
     adapt(cfg, tmp_path / "again", make_pairs(n=12), teacher=teacher, h1_meta={"arch": "vgg16_deeplab"})
     assert (tmp_path / "cache" / META_FILE).stat().st_mtime_ns == stamp  # reused, not rebuilt
+
+
+def test_a_cache_path_that_is_a_file_or_bad_metadata_is_one_line(tmp_path, teacher):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ConfigError, match="that is a file"):
+        prepare(afile, make_pairs(), teacher, teacher.features, ["pool5"], CPU)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / META_FILE).write_text("[1]")
+    with pytest.raises(SegadaptError, match="not a teacher cache's metadata"):
+        prepare(tmp_path / "c", make_pairs(), teacher, teacher.features, ["pool5"], CPU)
+
+
+def test_a_file_source_is_identified_by_path_size_and_mtime(tmp_path):
+    from segadapt.data.datasets import FileSource
+
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for f in (a, b):
+        f.write_bytes(b"0" * 10)
+    src = FileSource(SyntheticScenes(1).info, [("0", a, b)])
+    before = src.identity(0)
+    a.write_bytes(b"0" * 11)
+    assert src.identity(0) != before and str(a.resolve()) in before

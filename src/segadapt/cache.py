@@ -185,7 +185,8 @@ def _describe(pairs: PairedDataset, teacher: nn.Module, taps: Sequence[str], str
               crop_maps: dict[str, tuple[int, int, int]]) -> dict[str, Any]:
     """The metadata a cache must match to be reused: everything that changes what H1 sees or computes."""
     tf, d1 = pairs.transform, pairs.d1
-    stems = hashlib.sha256("\n".join(d1.stem(i) for i in range(len(d1))).encode()).hexdigest()
+    # each image's file identity (path, size, mtime), not only its stem: a pairs CSV names its rows by number
+    images = hashlib.sha256("\n".join(d1.identity(i) for i in range(len(d1))).encode()).hexdigest()
     return {
         "format": FORMAT,
         "dtype": np.dtype(DTYPE).name,
@@ -197,7 +198,7 @@ def _describe(pairs: PairedDataset, teacher: nn.Module, taps: Sequence[str], str
         "transform": {"crop": list(tf.crop), "base_size": tf.base_size,
                       "mean": [round(float(v), 6) for v in tf.mean.flatten()],
                       "std": [round(float(v), 6) for v in tf.std.flatten()]},
-        "dataset": {"name": d1.info.name, "images": len(d1), "stems_sha256": stems},
+        "dataset": {"name": d1.info.name, "images": len(d1), "identity_sha256": images},
     }
 
 
@@ -262,7 +263,7 @@ def build(directory: Path, pairs: PairedDataset, features: Features, meta: dict[
 
 
 def verify(cache: TeacherCache, pairs: PairedDataset, features: Features, device: torch.device,
-           samples: int = 2) -> None:
+           samples: int = 4) -> None:
     """Compare cached maps with the live teacher's on a few images (both views); refuse a stale cache."""
     n = len(cache)
     for i in sorted({round(k * (n - 1) / max(samples - 1, 1)) for k in range(min(samples, n))}):
@@ -296,6 +297,8 @@ def open_or_build(directory: Path, pairs: PairedDataset, teacher: nn.Module, fea
     strides, crop_maps = probe_maps(features, taps, pairs.transform.crop, device)
     wanted = _describe(pairs, teacher, taps, strides, crop_maps)
     meta_path = directory / META_FILE
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"adapt.teacher_cache = {directory}: that is a file; give a directory for the cache")
     if distributed.is_main() and not meta_path.is_file():
         build(directory, pairs, features, wanted, device, batch_size)
     distributed.barrier()  # under torchrun the other ranks wait for rank 0's files
@@ -303,6 +306,8 @@ def open_or_build(directory: Path, pairs: PairedDataset, teacher: nn.Module, fea
         found = json.loads(meta_path.read_text())
     except (OSError, ValueError) as e:
         raise SegadaptError(f"{directory}: unreadable teacher cache ({e}); delete {directory} to rebuild it") from None
+    if not isinstance(found, dict) or not {"frames", "frame_maps"} <= found.keys():
+        raise SegadaptError(f"{meta_path}: not a teacher cache's metadata; delete {directory} to rebuild it")
     problem = _mismatch(found, wanted)
     if problem:
         raise SegadaptError(

@@ -73,6 +73,15 @@ class SegmentationSource:
     def mask_path(self, i: int) -> Path | None:
         return None
 
+    def identity(self, i: int) -> str:
+        """What changes when image i changes: its file (path, size, modification time), else its stem.
+        Caches of per-image results are keyed by it; generated sources add what they are generated from."""
+        path = self.image_path(i)
+        if path is None:
+            return self.stem(i)
+        st = path.stat()
+        return f"{path.resolve()}\t{st.st_size}\t{st.st_mtime_ns}"
+
 
 class SegmentationDataset(torch.utils.data.Dataset):
     """A source plus a joint transform, yielding (normalised float 3xHxW, int64 HxW) tensors."""

@@ -69,6 +69,9 @@ class SyntheticScenes(SegmentationSource):
     def stem(self, i: int) -> str:
         return f"synthetic_{self.split}_{i:06d}"
 
+    def identity(self, i: int) -> str:
+        return f"{self.stem(i)}\tseed {self.seed}\t{self.size[0]}x{self.size[1]}"
+
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= i < self.n:
             raise IndexError(i)
