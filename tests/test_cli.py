@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from segadapt.cli import main
 
 TINY = [
@@ -45,6 +47,66 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, capsys):
     assert code == 2
     assert err.startswith("segadapt: error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert "missing" in err
+
+
+@pytest.fixture(scope="module")
+def h1_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("h1") / "run"
+    assert main(["train", "--preset", "synthetic", *TINY, "--out", str(run)]) == 0
+    return run
+
+
+ADAPT = ["adapt", "--h1", "{h1}", "--filter", "ripple", "--iterations", "2"]
+# case -> (arguments, with {tmp} and {h1} filled in; a piece of the one-line error)
+BAD_INPUT = {
+    "config is a folder": (["config", "--config", "{tmp}/dir.toml"], "is a directory"),
+    "config is binary": (["config", "--config", "{tmp}/bin.toml"], "not a UTF-8 text file"),
+    "--out is a folder": (["evaluate", "--model", "{h1}", "--out", "{tmp}/emptydir"], "is a folder; give the path"),
+    "--out is a file": (["shift", *TINY[-4:], "--split", "val", "--filter", "ripple", "--out", "{tmp}/afile"],
+                        "a file is where a folder is needed"),
+    "unknown layer": ([*ADAPT, "--layers", "pool9", "--out", "{tmp}/a"], "unknown layer(s) pool9"),
+    "weights not numbers": ([*ADAPT, "--weights", "abc", "--out", "{tmp}/a"], "--weights abc: expected float"),
+    "negative weight": ([*ADAPT, "--layers", "pool5", "--weights", "-1", "--out", "{tmp}/a"], "each must be >= 0"),
+    "binary pairs csv": ([*ADAPT, "--pairs", "{tmp}/bin.csv", "--out", "{tmp}/a"], "not a UTF-8 CSV"),
+    "resume point as model": (["evaluate", "--model", "{h1}/checkpoints/step_0000003.safetensors"],
+                              "a resume point, not a model"),
+    "images not numbers": (["viz", "overlays", "--models", "H1={h1}", "--images", "abc", "--out", "{tmp}/v"],
+                           "--images abc"),
+    "duplicate model names": (["viz", "overlays", "--models", "H1={h1},H1={h1}", "--out", "{tmp}/v"],
+                              "each NAME once"),
+    "negative doctor limit": (["doctor", "synthetic", "--limit", "-1"], "--limit -1"),
+    "unknown sweep filter": (["experiment", "--preset", "demo", "--set", 'experiment.filters=["nope"]',
+                              "--out", "{tmp}/ex"], "experiment.filters: unknown 'nope'"),
+    "mean of two numbers": (["config", "--set", "data.mean=[1,2]"], "data.mean"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_gets_one_line_and_leaves_nothing(case, tmp_path, h1_run, capsys):
+    (tmp_path / "dir.toml").mkdir()
+    (tmp_path / "emptydir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    for name in ("bin.toml", "bin.csv"):
+        (tmp_path / name).write_bytes(bytes(range(128, 256)))
+    template, expected = BAD_INPUT[case]
+    args = [a.format(tmp=tmp_path, h1=h1_run) for a in template]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("segadapt: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert expected in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no partial output
+
+
+def test_overlays_refuse_a_model_of_other_classes(tmp_path, h1_run, camvid_copy, capsys):
+    root = tmp_path / "camvid"
+    camvid_copy(root, 1)
+    args = ["viz", "overlays", "--models", f"H1={h1_run}", "--images", "1", "--dataset", "camvid", "--root",
+            str(root), "--out", str(tmp_path / "v")]
+    assert main(args) == 2
+    assert "model predicts 7 classes but camvid has 11" in capsys.readouterr().err
+    assert not (tmp_path / "v").exists()
 
 
 def test_bad_model_file(tmp_path, capsys):

@@ -5,6 +5,7 @@ import pytest
 
 from segadapt import experiment
 from segadapt.config import preset
+from segadapt.shifts import FILTERS
 
 
 def darken(name: str, severity: float, image: np.ndarray, seed: int) -> np.ndarray:
@@ -14,6 +15,7 @@ def darken(name: str, severity: float, image: np.ndarray, seed: int) -> np.ndarr
 @pytest.fixture
 def tiny(monkeypatch):
     monkeypatch.setattr(experiment, "_apply_filter", darken)
+    monkeypatch.setitem(FILTERS, "dark", darken)  # a known filter name for the sweep's up-front check
     cfg = preset("demo")
     cfg.data.synthetic_size = cfg.data.crop_size = [32, 48]
     cfg.data.synthetic_train, cfg.data.synthetic_val = 16, 4

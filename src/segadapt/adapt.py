@@ -28,7 +28,7 @@ from segadapt.config import RunConfig, dumps_toml, to_dict
 from segadapt.data.pairs import PairedDataset
 from segadapt.errors import SegadaptError
 from segadapt.losses import LAYER_PRESETS, feature_regression_loss, resolve_layers
-from segadapt.models.taps import Features, feature_fn, parameters_used
+from segadapt.models.taps import Features, check_taps, feature_fn, parameters_used
 from segadapt.runtime import environment, select_device, setup
 from segadapt.selection import HoldoutProbe, probe_steps, split_holdout
 from segadapt.train import (
@@ -113,6 +113,7 @@ def adapt(
             raise SegadaptError("no source model to adapt; pass --h1 RUN (a training run or model file)")
         teacher, h1_meta = load_model(cfg.adapt.h1, device)
     assert h1_meta is not None
+    check_taps(teacher, taps)
     teacher = teacher.to(device).eval().requires_grad_(False)
     # NHWC convolutions, as in train(): faster with oneDNN (benchmarks/regression_step.py). The caller's
     # teacher is not converted in place; a copy in the new layout is used instead.

@@ -102,6 +102,9 @@ def load_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     tensors, meta = _load(p)
     if "arch" not in meta:
         raise CheckpointError(f"{p}: safetensors file has no segadapt metadata; it was not written by segadapt")
+    if "optimizer" in meta:
+        raise CheckpointError(f"{p}: a resume point, not a model; pass the run directory (or its {MODEL_FILE}), "
+                              f"or continue the run with train --resume")
     return tensors, meta
 
 
@@ -112,13 +115,13 @@ def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], sourc
     if missing or unexpected:
         raise CheckpointError(
             f"{source}: weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]}); "
-            "check --arch/--width/--num-classes match the checkpoint"
+            "check that --arch, --width and model.num_classes match the checkpoint"
         )
     for k, v in tensors.items():
         if own[k].shape != v.shape:
             raise CheckpointError(
                 f"{source}: {k} has shape {tuple(v.shape)} but the model expects {tuple(own[k].shape)}; "
-                "check --width/--num-classes match the checkpoint"
+                "check that --width and model.num_classes match the checkpoint"
             )
     model.load_state_dict(tensors)
 

@@ -208,6 +208,22 @@ def _refuse_resume_changes(run_dir: Path, saved: RunConfig, cfg: RunConfig) -> N
                             f"{'; '.join(changed)}. Start a new run (--out) to change them")
 
 
+def _json_out(out: str | None) -> None:
+    """Check a JSON --out path before the work that fills it, not after."""
+    if out and Path(out).is_dir():
+        raise SegadaptError(f"--out {out}: is a folder; give the path of a .json file to write")
+
+
+def _numbers(flag: str, text: str, kind: type) -> list[Any]:
+    """A comma-separated list of numbers from a flag, or one line saying what was expected."""
+    try:
+        return [kind(x) for x in text.split(",")]
+    except ValueError:
+        example = "0,5,9" if kind is int else "0.2,0.4"
+        raise SegadaptError(f"{flag} {text}: expected {kind.__name__} numbers separated by commas, "
+                            f"e.g. {example}") from None
+
+
 def _same_classes(path: str | Path, meta: dict[str, Any], cfg: RunConfig, num_classes: int) -> None:
     if meta["num_classes"] != num_classes:
         raise SegadaptError(f"{path}: model predicts {meta['num_classes']} classes but {cfg.data.dataset} has "
@@ -221,6 +237,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from segadapt.runtime import environment, select_device
     from segadapt.train import load_model
 
+    _json_out(args.out)
     device = select_device(args.device or "auto")
     model, meta = load_model(args.model, device)
     trained = _trained_config(meta, args.model)
@@ -296,7 +313,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     if args.layers:
         cfg.adapt.layers = [x.strip() for x in args.layers.split(",") if x.strip()]
     if args.weights:
-        cfg.adapt.weights = [float(x) for x in args.weights.split(",")]
+        cfg.adapt.weights = _numbers("--weights", args.weights, float)
     _shift_flags(args, cfg)
 
     split = cfg.data.train_split
@@ -323,6 +340,7 @@ def cmd_distortion(args: argparse.Namespace) -> int:
     from segadapt.selection import finite_or_none
     from segadapt.train import load_model
 
+    _json_out(args.out)
     device = select_device(args.device or "auto")
     model, meta = load_model(args.model, device)
     cfg = _model_config(args, meta, args.model)
@@ -367,6 +385,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from segadapt.data import DATASETS
     from segadapt.doctor import diagnose, guess_dataset
 
+    _json_out(args.out)
     if args.target in DATASETS:
         args.dataset = args.dataset or args.target
     elif args.target:
@@ -436,7 +455,8 @@ def _val_pairs(args: argparse.Namespace, cfg: RunConfig) -> tuple[Any, Any, list
     d1 = build_source(cfg.data, split)
     _shift_flags(args, cfg)
     d2 = _d2_source(cfg, split)
-    ids = [int(x) for x in args.images.split(",")] if "," in args.images else spread_indices(len(d1), int(args.images))
+    numbers = _numbers("--images", args.images, int)
+    ids = list(dict.fromkeys(numbers)) if "," in args.images else spread_indices(len(d1), numbers[0])
     if not ids:
         raise SegadaptError(f"--images {args.images}: nothing to show; give a count >= 1 or indices like 0,5,9")
     for i in ids:
@@ -519,10 +539,15 @@ def cmd_viz_overlays(args: argparse.Namespace) -> int:
     named = [item.partition("=") for item in args.models.split(",") if item.strip()]
     if not named or any(not path for _, _, path in named):
         raise SegadaptError(f"--models {args.models!r}: expected NAME=RUN pairs, e.g. H1=runs/h1,H2=runs/h2")
-    loaded = {name.strip(): load_model(path.strip(), device) for name, _, path in named}
-    models = {name: model for name, (model, _) in loaded.items()}
-    cfg = _model_config(args, next(iter(loaded.values()))[1], named[0][2].strip())
+    names = [name.strip() for name, _, _ in named]
+    if len(set(names)) != len(names):
+        raise SegadaptError(f"--models {args.models!r}: each NAME once (a second would replace the first)")
+    loaded = {name.strip(): (path.strip(), *load_model(path.strip(), device)) for name, _, path in named}
+    models = {name: model for name, (_, model, _) in loaded.items()}
+    cfg = _model_config(args, loaded[names[0]][2], loaded[names[0]][0])
     d1, d2, ids, tf = _val_pairs(args, cfg)
+    for path, _, meta in loaded.values():
+        _same_classes(path, meta, cfg, d1.info.num_classes)
     source = d2 if (args.filter or args.d2_dir) else d1
     ds = SegmentationDataset(source, tf)
     out = Path(args.out)
@@ -679,6 +704,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"segadapt: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path that cannot be read or written: name it instead of a traceback
+        _discard_partial_outputs()
+        if args.debug:
+            raise
+        path = e.filename2 if e.filename2 is not None else e.filename
+        hint = {IsADirectoryError: "a folder is there; give a file path",
+                NotADirectoryError: "a file is where a folder is needed; give a folder",
+                FileExistsError: "a file is where a folder is needed; give a folder"}.get(type(e), "check the path")
+        print(f"segadapt: error: {path}: {e.strerror or e}; {hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("segadapt: interrupted", file=sys.stderr)

@@ -258,6 +258,9 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
     for key, (ok, rule) in _LIMITS.get(cls.__name__, {}).items():
         if key in data and not ok(getattr(out, key)):
             raise ConfigError(f"{where}.{key}: {data[key]!r} is out of range; it must be {rule}")
+    if isinstance(out, DataConfig) and not 0 < out.scale_min <= out.scale_max:
+        raise ConfigError(f"{where}: scale_min {out.scale_min} and scale_max {out.scale_max}: need "
+                          f"0 < scale_min <= scale_max")
     return out
 
 
@@ -272,7 +275,9 @@ def _positive() -> tuple[Any, str]:
 # values a run cannot use: refused when the config is read, not hours later
 _LIMITS: dict[str, dict[str, tuple[Any, str]]] = {
     "ModelConfig": {"width": _positive(), "num_classes": _at_least(0)},
-    "DataConfig": {"base_size": _at_least(0), "num_workers": _at_least(0), "synthetic_train": _at_least(1),
+    "DataConfig": {"mean": ((lambda v: len(v) == 3), "three numbers, one per RGB channel"),
+                   "std": ((lambda v: len(v) == 3 and min(v) > 0), "three numbers > 0, one per RGB channel"),
+                   "base_size": _at_least(0), "num_workers": _at_least(0), "synthetic_train": _at_least(1),
                    "synthetic_val": _at_least(1), "crop_size": ((lambda v: len(v) == 2 and min(v) >= 1),
                                                                 "[height, width], both >= 1")},
     "TrainConfig": {"iterations": _at_least(1), "batch_size": _at_least(1), "lr": _positive(),
@@ -294,6 +299,10 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found; check the path given to --config") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory; --config takes a .toml file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file; --config takes a .toml file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e}); fix the syntax") from None
 

@@ -405,6 +405,8 @@ def diagnose(
     cfg: RunConfig, splits: list[str] | None = None, *, d2_dir: str = "", pairs_csv: str = "", limit: int = 0
 ) -> Report:
     """Check the configured dataset's splits (default: train and val), and D2 pairs if given."""
+    if limit < 0:
+        raise ConfigError(f"--limit {limit}: give a number of images per split >= 1, or 0 for all")
     splits = list(dict.fromkeys(splits or [cfg.data.train_split, cfg.data.val_split]))
     report = Report(cfg.data.dataset, cfg.data.root if cfg.data.dataset != "synthetic" else "")
     sources = {}

@@ -32,6 +32,7 @@ from segadapt.data.datasets import FileSource, pair_by_stem
 from segadapt.data.pairs import PairedDataset, Shift, ShiftedSource
 from segadapt.errors import ConfigError
 from segadapt.evaluate import evaluate
+from segadapt.losses import LAYER_PRESETS
 from segadapt.metrics import Scores, distortion
 from segadapt.runtime import environment, select_device
 from segadapt.selection import agreement, finite_or_none, spearman
@@ -91,8 +92,29 @@ def _row(seed: int, shift: str, method: str, s: Scores) -> dict[str, Any]:
     return {"seed": seed, "shift": shift, "method": method, **{m: getattr(s, m) for m in METRICS}}
 
 
+BASELINES = ("B0", "B1", "B2")
+
+
+def check_experiment(cfg: RunConfig) -> None:
+    """Refuse unknown filters, baselines and layer presets before H1 trains, not hours into the sweep."""
+    from segadapt.shifts import FILTERS
+
+    ex = cfg.experiment
+    # with shift.d2_dir the filter names only label the given D2
+    known_filters = ex.filters if cfg.shift.d2_dir else FILTERS
+    checks = [("experiment.filters", ex.filters, known_filters), ("experiment.baselines", ex.baselines, BASELINES),
+              ("experiment.layer_presets", ex.layer_presets, LAYER_PRESETS)]
+    for key, values, known in checks:
+        unknown = [v for v in values if v not in known]
+        if unknown:
+            raise ConfigError(f"{key}: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(known)}")
+    if not ex.filters:
+        raise ConfigError("experiment.filters is empty; name at least one shift, e.g. [\"ripple\"]")
+
+
 def run_experiment(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     ex = cfg.experiment
+    check_experiment(cfg)
     device = select_device(cfg.train.device)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt.write_text_atomic(out_dir / "config.toml", dumps_toml(cfg))

@@ -6,6 +6,7 @@ different sizes are comparable and the weights alone set their balance.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -30,12 +31,15 @@ def resolve_layers(preset: str = "", layers: Sequence[str] = (), weights: Sequen
             raise ConfigError(f"unknown layer preset {preset!r}; choose one of {', '.join(LAYER_PRESETS)}")
         layers, weights = LAYER_PRESETS[preset]
     if not layers:
-        raise ConfigError("no layers to regress; pass --layers pool5 or a preset such as --preset-layers all")
+        raise ConfigError("no layers to regress; pass --layers pool5 or a preset such as --layers all")
     weights = list(weights) or [1.0] * len(layers)
     if len(weights) != len(layers):
         raise ConfigError(f"{len(layers)} layers but {len(weights)} weights; give one weight per layer")
     if len(set(layers)) != len(layers):
         raise ConfigError(f"layer listed twice in {list(layers)}")
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or not any(w > 0 for w in weights):
+        raise ConfigError(f"layer weights {list(weights)}: each must be >= 0 and finite, one > 0 (a negative "
+                          f"weight would push the features apart)")
     return dict(zip(layers, (float(w) for w in weights)))
 
 

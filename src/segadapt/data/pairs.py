@@ -80,11 +80,16 @@ def csv_pairs(path: Path) -> tuple[ImageListSource, ImageListSource]:
     """A CSV with columns x1,x2 (paths relative to the CSV's folder, or absolute)."""
     if not path.is_file():
         raise DataError(f"{path}: pairs CSV not found")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"x1", "x2"} <= set(reader.fieldnames):
-            raise DataError(f"{path}: pairs CSV needs a header with columns x1,x2")
-        rows = [(r["x1"], r["x2"]) for r in reader]
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"x1", "x2"} <= set(reader.fieldnames):
+                raise DataError(f"{path}: pairs CSV needs a header with columns x1,x2")
+            rows = [(r["x1"], r["x2"]) for r in reader]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: not a UTF-8 CSV text file ({e}); give a CSV with columns x1,x2") from None
+    if any(a is None or b is None for a, b in rows):
+        raise DataError(f"{path}: a row has fewer than two columns; every row needs x1,x2")
     if not rows:
         raise DataError(f"{path}: pairs CSV has no rows")
     one = [(f"{k:06d}", path.parent / a) for k, (a, _) in enumerate(rows)]

@@ -85,7 +85,15 @@ def write_shifted(
         if held != params:
             raise DataError(f"{marker}: {out} already holds D2 (complete or partly written) made with other "
                             f"parameters {held}; choose another --out")
-    else:  # written before any image, so a run stopped half-way is still known by its parameters
+    else:
+        if root is not None and out.resolve() == root.resolve():
+            raise DataError(f"{out}: is the dataset itself (D1); write D2 to another --out")
+        taken = next((img for i in range(len(source)) if (img := _targets(source, root, out, split, i)[0]).exists()),
+                     None)
+        if taken is not None:  # existing files would be kept as if this run had written them
+            raise DataError(f"{taken}: already exists in {out}, which holds no segadapt shift of {split}; "
+                            f"choose an empty --out")
+        # written before any image, so a run stopped half-way is still known by its parameters
         write_json_atomic(marker, {"params": params, "complete": False})
     jobs = [(source, root, out, split, i, name, severity, seed, backend) for i in range(len(source))]
     workers = workers or os.cpu_count() or 1
