@@ -90,3 +90,11 @@ def test_materialised_d2_matches_on_the_fly_filter(tmp_path):
             np.testing.assert_array_equal(a, b)
             np.testing.assert_array_equal(ma, mb)
     assert not np.array_equal(from_dir.load(0)[0], experiment.build_source(cfg.data, "val").load(0)[0])
+
+
+def test_sweep_with_a_teacher_cache_keeps_one_per_seed_and_preset(tmp_path, tiny):
+    tiny.experiment.baselines, tiny.experiment.figure_images = [], 0
+    tiny.adapt.teacher_cache = str(tmp_path / "cache")
+    results = experiment.run_experiment(tiny, tmp_path / "sweep")
+    assert {e["method"] for e in results["summary"]} == {"H1", "H2:pool2", "H2:all_inc"}
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["seed0-all_inc", "seed0-pool2"]

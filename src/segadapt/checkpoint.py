@@ -32,14 +32,20 @@ os.umask(_UMASK)
 
 
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path in the same directory; rename it onto `path` only if the block succeeds."""
+def atomic_path(path: Path, durable: bool = False) -> Iterator[Path]:
+    """Yield a temp path in the same directory; rename it onto `path` only if the block succeeds.
+
+    `durable`: flush the data to disk before the rename, so that after a power loss the name never points
+    at an empty file (checkpoints: the older ones are pruned as soon as a new one is written)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results should be as readable as any other
     try:
         yield Path(tmp)
+        if durable:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -57,7 +63,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def _save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable=True) as tmp:
         save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
 
 

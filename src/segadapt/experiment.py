@@ -168,6 +168,8 @@ def run_experiment(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                 a = copy.deepcopy(base)
                 a.train.iterations, a.train.lr = ex.iterations, ex.adapt_lr
                 a.adapt.layers, a.adapt.weights = [preset], []
+                if cfg.adapt.teacher_cache:  # a cache holds one H1's maps at one tap set: one per seed and preset
+                    a.adapt.teacher_cache = str(Path(cfg.adapt.teacher_cache) / f"seed{seed}-{preset}")
                 res = adapt(a, shift_dir / f"H2-{preset}", pairs, teacher=h1, h1_meta=h1_meta, on_probe=miou_on_d2)
                 h2, _ = load_model(shift_dir / f"H2-{preset}", device)
                 rows.append(_row(seed, name, f"H2:{preset}", score(h2, d2_val, cfg, device)))
