@@ -71,12 +71,13 @@ def rank_seed(seed: int) -> int:
 def all_reduce(tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> torch.Tensor:
     """Sum (by default) `tensor` over all ranks in place; unchanged in a single process.
 
-    NCCL reduces CUDA tensors only: a CPU tensor (a flag, a logged scalar) makes a round trip to the GPU.
+    init() gives CPU tensors gloo; a group with NCCL alone (made by a caller) reduces CUDA tensors only, so
+    there a CPU tensor (a flag, a logged scalar) makes a round trip to this process's GPU.
     """
     if not active():
         return tensor
-    if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
-        on_gpu = tensor.to(torch.device("cuda", local_rank()))
+    if tensor.device.type != "cuda" and "gloo" not in str(dist.get_backend()):
+        on_gpu = tensor.to(torch.device("cuda", torch.cuda.current_device()))
         dist.all_reduce(on_gpu, op=op)
         tensor.copy_(on_gpu.cpu())
     else:
