@@ -128,6 +128,14 @@ def test_voc_reads_palette_indices(tmp_path):
     _, m = src.load(0)
     assert set(np.unique(m)) == {0, 15, 255}
     assert src.info.num_classes == 21 and src.info.palette[15] == (192, 128, 128)
+    # a list saved with a BOM, a path with an extension, and a bare name with a dot all name their image
+    for name in ("img.v2", "2007_000002"):
+        Image.fromarray(np.zeros((10, 14, 3), np.uint8)).save(root / "JPEGImages" / f"{name}.jpg")
+        png.save(root / "SegmentationClass" / f"{name}.png")
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text(
+        "\ufeff2007_000001\nimg.v2\nJPEGImages/2007_000002.jpg\n", encoding="utf-8")
+    src = build_source(DataConfig(dataset="voc", root=str(root)), "val")
+    assert [src.stem(i) for i in range(len(src))] == ["2007_000001", "img.v2", "2007_000002"]
 
 
 def test_voc_train_aug_list_at_root_and_aug_masks(tmp_path):
@@ -183,3 +191,10 @@ def test_camvid_loads_and_batches(camvid_root):
 ])
 def test_spread_indices_cover_the_split(n, k, expected):
     assert spread_indices(n, k) == expected
+
+
+def test_two_masks_for_one_stem_are_an_error_not_a_guess(tmp_path):
+    write_pair(tmp_path, "train", "a")
+    Image.fromarray(np.zeros((12, 16), np.uint8)).save(tmp_path / "train" / "masks" / "a.bmp")
+    with pytest.raises(DataError, match=r"a second mask for stem 'a'"):
+        build_source(folder_cfg(tmp_path), "train")

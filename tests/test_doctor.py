@@ -213,3 +213,15 @@ def test_positional_directory_guesses_the_layout(camvid_root, tmp_path, capsys):
     assert "sky" in capsys.readouterr().out  # CamVid's class names, so the camvid reader was chosen
     assert main(["doctor", str(tmp_path)]) != 0
     assert "no known dataset layout" in capsys.readouterr().err
+
+
+def test_exif_orientation_is_reported_for_png_too(tmp_path):
+    """OpenCV turns PNG (not only JPEG) images by their EXIF orientation, while masks are read as stored."""
+    write_dataset(tmp_path, n=2)
+    path = tmp_path / "train" / "images" / "s0.png"
+    exif = Image.Exif()
+    exif[0x0112] = 3  # upside down
+    Image.open(path).convert("RGB").save(path, exif=exif)
+    report = diagnose(cfg_for(tmp_path), ["train"])
+    rotation = checks(report, "warning").get("EXIF rotation", [])
+    assert len(rotation) == 1 and "s0.png" in rotation[0] and "PNG with EXIF orientation 3" in rotation[0]

@@ -65,3 +65,17 @@ def test_csv_pairs_relative_paths_and_no_labels(tmp_path):
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     with pytest.raises(DataError, match="columns x1,x2"):
         csv_pairs(tmp_path / "bad.csv")
+    # a spreadsheet's "CSV UTF-8" (with a BOM) and spaces after the commas are read as meant
+    (tmp_path / "excel.csv").write_text("\ufeffx1, x2\nimg/x1.png, img/x2.png\n", encoding="utf-8")
+    d1, d2 = csv_pairs(tmp_path / "excel.csv")
+    assert d1.image_path(0) == tmp_path / "img" / "x1.png" and d2.image_path(0) == tmp_path / "img" / "x2.png"
+
+
+def test_duplicate_stems_in_d2_are_an_error_and_folders_are_not_images(tmp_path):
+    _write(tmp_path / "d1" / "s.png", np.zeros((20, 30, 3), np.uint8))
+    _write(tmp_path / "d2" / "s.png", np.zeros((20, 30, 3), np.uint8))
+    (tmp_path / "d2" / "z.png").mkdir()  # a folder with an image's name
+    assert len(image_folder(tmp_path / "d2")) == 1
+    _write(tmp_path / "d2" / "s.jpg", np.full((20, 30, 3), 255, np.uint8))
+    with pytest.raises(DataError, match=r"a second D2 image with stem 's'"):
+        PairedDataset(image_folder(tmp_path / "d1"), image_folder(tmp_path / "d2"), train_tf())

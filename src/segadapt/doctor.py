@@ -213,8 +213,8 @@ def _decode(report: Report, path: Path) -> tuple[np.ndarray | None, str]:
         report.add("error", "unreadable image", str(e), path)
         return None, ""
     if header and header.orientation != 1:
-        report.add("warning", "EXIF rotation", f"{path}: JPEG with EXIF orientation {header.orientation} is read "
-                   "rotated; its mask must be drawn on the rotated image", path)
+        report.add("warning", "EXIF rotation", f"{path}: {header.format} with EXIF orientation {header.orientation} "
+                   "is read rotated; its mask must be drawn on the rotated image", path)
     return image, header.mode if header else "?"
 
 

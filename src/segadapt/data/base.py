@@ -125,14 +125,14 @@ class ImageHeader:
     format: str  # PNG, JPEG, TIFF, ...
     mode: str  # PIL mode: RGB, L, RGBA, P, I;16, F, CMYK, ...
     size: tuple[int, int]  # width, height
-    orientation: int  # EXIF orientation (1 = as stored); OpenCV rotates JPEGs by it
+    orientation: int  # EXIF orientation (1 = as stored); OpenCV rotates JPEG, PNG, TIFF and WebP images by it
 
 
 def image_header(data: np.ndarray) -> ImageHeader | None:
     """Header fields parsed from bytes already in memory (no second read); None if PIL does not know it."""
     try:
         with Image.open(io.BytesIO(data.tobytes())) as im:
-            orientation = int(im.getexif().get(0x0112, 1) or 1) if im.format == "JPEG" else 1
+            orientation = int(im.getexif().get(0x0112, 1) or 1)
             return ImageHeader(im.format or "?", im.mode, im.size, orientation)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError, TypeError):
         return None
@@ -201,9 +201,12 @@ def check_pair(
 ) -> None:
     """Size and label-range checks, run as each sample is read so opening a dataset stays instant."""
     if image.shape[:2] != mask.shape:
+        turned = image.shape[:2] == mask.shape[::-1]
+        hint = (" (width and height swapped: an EXIF orientation turns the image as it is read; draw the mask "
+                "on the turned image)" if turned else "")
         raise DataError(
             f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but image {image_path.name} is "
-            f"{image.shape[1]}x{image.shape[0]}; masks must match their image's size"
+            f"{image.shape[1]}x{image.shape[0]}{hint}; masks must match their image's size"
         )
     # an elementwise test first: np.unique sorts the whole mask and would double the cost of loading
     outside = ((mask < 0) | (mask >= info.num_classes)) & (mask != info.ignore_index)

@@ -86,7 +86,11 @@ def pair_by_stem(
     images = sorted(_image_files(_require_dir(image_dir, "image")))
     if not images:
         raise DataError(f"{image_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
-    masks = {p.stem: p for p in _image_files(_require_dir(mask_dir, "mask"))}
+    masks: dict[str, Path] = {}
+    for m in sorted(_image_files(_require_dir(mask_dir, "mask"))):
+        if m.stem in masks:  # which one is meant cannot be guessed (and directory order would decide)
+            raise DataError(f"{m}: a second mask for stem {m.stem!r} (also {masks[m.stem].name}); keep one")
+        masks[m.stem] = m
     items = []
     for img in images:
         if img.stem not in masks:
@@ -112,11 +116,13 @@ def voc(root: Path, split: str, missing: list[DataError] | None = None) -> FileS
     if listing is None:
         raise DataError(f"{lists[0]}: split list not found; splits are ImageSets/Segmentation/<split>.txt")
     items = []
-    for line in listing.read_text().split("\n"):
+    for line in listing.read_text(encoding="utf-8-sig").split("\n"):
         name = line.strip().split()[0] if line.strip() else ""
         if not name:
             continue
-        name = Path(name).stem  # SBD lists may hold paths
+        name = Path(name).name  # SBD lists may hold paths
+        if Path(name).suffix.lower() in IMAGE_SUFFIXES:  # ... with an extension; a dot in a bare name stays
+            name = Path(name).stem
         image, mask = root / "JPEGImages" / f"{name}.jpg", mask_dir / f"{name}.png"
         if not image.is_file():
             _unpaired(DataError(f"{image}: listed in {listing.name} but missing; check data.root"), missing)

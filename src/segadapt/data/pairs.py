@@ -70,7 +70,7 @@ class ImageListSource(FileSource):
 def image_folder(directory: Path) -> ImageListSource:
     if not directory.is_dir():
         raise DataError(f"{directory}: D2 image directory not found; check the path")
-    files = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"{directory}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
     return ImageListSource([(p.stem, p) for p in files])
@@ -81,10 +81,11 @@ def csv_pairs(path: Path) -> tuple[ImageListSource, ImageListSource]:
     if not path.is_file():
         raise DataError(f"{path}: pairs CSV not found")
     try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"x1", "x2"} <= set(reader.fieldnames):
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets start with a BOM
+            reader = csv.DictReader(f, skipinitialspace=True)
+            if not reader.fieldnames or not {"x1", "x2"} <= {n.strip() for n in reader.fieldnames}:
                 raise DataError(f"{path}: pairs CSV needs a header with columns x1,x2")
+            reader.fieldnames = [n.strip() for n in reader.fieldnames]
             rows = [(r["x1"], r["x2"]) for r in reader]
     except (UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{path}: not a UTF-8 CSV text file ({e}); give a CSV with columns x1,x2") from None
@@ -92,8 +93,8 @@ def csv_pairs(path: Path) -> tuple[ImageListSource, ImageListSource]:
         raise DataError(f"{path}: a row has fewer than two columns; every row needs x1,x2")
     if not rows:
         raise DataError(f"{path}: pairs CSV has no rows")
-    one = [(f"{k:06d}", path.parent / a) for k, (a, _) in enumerate(rows)]
-    two = [(f"{k:06d}", path.parent / b) for k, (_, b) in enumerate(rows)]
+    one = [(f"{k:06d}", path.parent / a.strip()) for k, (a, _) in enumerate(rows)]
+    two = [(f"{k:06d}", path.parent / b.strip()) for k, (_, b) in enumerate(rows)]
     return ImageListSource(one), ImageListSource(two)
 
 
@@ -111,10 +112,19 @@ class PairedDataset(torch.utils.data.Dataset):
         self, d1: SegmentationSource, d2: SegmentationSource, transform: JointTransform, photometric: float = 0.0
     ) -> None:
         self.d1, self.d2, self.transform, self.photometric = d1, d2, transform, photometric
-        index = {d2.stem(j): j for j in range(len(d2))}
+        index: dict[str, int] = {}
+        for j in range(len(d2)):
+            if d2.stem(j) in index:
+                raise DataError(f"{d2.name(j)}: a second D2 image with stem {d2.stem(j)!r} (also "
+                                f"{d2.name(index[d2.stem(j)])}); pairs are matched by stem, keep one")
+            index[d2.stem(j)] = j
+        seen: set[str] = set()
         self.pairs = []
         for i in range(len(d1)):
             stem = d1.stem(i)
+            if stem in seen:
+                raise DataError(f"{d1.name(i)}: a second D1 image with stem {stem!r}; pairs are matched by stem")
+            seen.add(stem)
             if stem not in index:
                 where = d1.image_path(i) or stem
                 raise DataError(f"{where}: no D2 image with stem {stem!r}; pairs are matched by file stem")
