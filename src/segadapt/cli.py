@@ -44,7 +44,8 @@ SHORTCUTS = {
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("configuration (later ones win: preset < --config < flags < --set)")
     g.add_argument("--preset", help="start from a preset: voc (the study), synthetic, camvid, demo")
-    g.add_argument("--config", help="TOML file with [model], [data], [train] tables")
+    g.add_argument("--config", help="TOML file with any of the [model], [data], [train], [shift], [adapt], "
+                                    "[experiment] tables")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set train.lr=0.01")
     g.add_argument("--dataset", help="synthetic | camvid | voc | folder")
     g.add_argument("--root", help="dataset root directory")

@@ -118,7 +118,7 @@ class ExperimentConfig:
         default_factory=lambda: ["pool1", "pool2", "pool3", "pool4", "pool5", "all_inc", "all_dec"]
     )
     seeds: list[int] = field(default_factory=lambda: [0])
-    iterations: int = 2000  # one budget for B1, B2 and every regression (H1 uses train.iterations)
+    iterations: int = 2000  # one budget for B2 and every regression (H1 and B1 use train.iterations)
     finetune_lr: float = 2.5e-4  # B2: H1 fine-tuned on D2 with D1's labels
     adapt_lr: float = 2.5e-4  # H2: feature regression
     baselines: list[str] = field(default_factory=lambda: ["B0", "B1", "B2"])
@@ -144,9 +144,9 @@ class RunConfig:
 # --- presets ---------------------------------------------------------------------------------------
 
 def _preset_voc() -> RunConfig:
-    """The reference study: DeepLab VGG-16 on PASCAL VOC 2012 + SBD (10,582 train images)."""
+    """The reference study: DeepLab VGG-16 on PASCAL VOC 2012 + SBD (train_aug: 10,582 train images)."""
     cfg = RunConfig(name="voc")
-    cfg.data = DataConfig(dataset="voc", crop_size=[321, 321])
+    cfg.data = DataConfig(dataset="voc", train_split="train_aug", crop_size=[321, 321])
     cfg.train = TrainConfig(iterations=20000, batch_size=10, lr=2.5e-4, momentum=0.9, poly_power=0.9)
     cfg.model = ModelConfig(width=1.0)
     return cfg

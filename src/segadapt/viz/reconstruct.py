@@ -66,7 +66,8 @@ def gram(f: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ReconstructConfig:
-    """What to match and how to optimise; the defaults match content at the deepest tap, style at all."""
+    """What to match and how to optimise; the defaults match content at every tap but the shallowest (its
+    pixels-level detail would copy X), style at all of them, with a smoothness prior."""
 
     taps: list[str] = field(default_factory=lambda: list(POOLS))  # style (Gram) taps
     content_taps: list[str] | None = None  # None = `taps` without the shallowest (all of them if only one)
