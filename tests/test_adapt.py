@@ -146,3 +146,27 @@ def test_time_budget_stops_adaptation(tmp_path, h1):
     cfg.adapt.probes = 0
     result = adapt(cfg, tmp_path, make_pairs(), teacher=teacher, h1_meta=meta)
     assert result["step"] == 1 and (tmp_path / "model.safetensors").exists()
+
+
+def test_resume_from_a_checkpoint_ends_like_the_uninterrupted_run(tmp_path, h1):
+    """Weights, optimizer, RNG, probes and the label-free selection all carry over a resume."""
+    from segadapt import checkpoint as ckpt
+
+    teacher, meta = h1
+    cfg = tiny_cfg(["pool3"], iterations=8)
+    cfg.train.checkpoint_every, cfg.adapt.holdout, cfg.adapt.probes = 3, 2, 4
+    a = adapt(cfg, tmp_path / "a", make_pairs(10), teacher=teacher, h1_meta=meta)
+    b = tmp_path / "b"
+    adapt(cfg, b, make_pairs(10), teacher=teacher, h1_meta=meta)
+    # make b look like a run killed right after its step-6 checkpoint
+    ckpt.checkpoint_path(b, 8).unlink()
+    for name in ("model.safetensors", "model_selected.safetensors", "selection.csv", "adapt.json"):
+        (b / name).unlink()
+    r = adapt(cfg, b, make_pairs(10), teacher=teacher, h1_meta=meta, resume=True)
+    for name in ("model.safetensors", "model_selected.safetensors"):
+        wa, _ = ckpt.load_model_file(tmp_path / "a" / name)
+        wb, _ = ckpt.load_model_file(b / name)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+    assert r["probes"] == a["probes"] and r["selected_step"] == a["selected_step"]
+    assert [row["step"] for row in csv.DictReader((b / "log.csv").open())] == [str(s) for s in range(1, 9)]
+    assert (tmp_path / "a" / "selection.csv").read_text() == (b / "selection.csv").read_text()

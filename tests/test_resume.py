@@ -90,3 +90,30 @@ def test_sigint_saves_a_resume_point_and_exits_cleanly(tmp_path):
     done = subprocess.run(cli("train", "--resume", str(run)), env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert same_weights(ref, run)
+
+
+def test_adapt_sigint_then_resume_matches_uninterrupted_run(tmp_path):
+    h1 = tmp_path / "h1"
+    small = [a if a != str(STEPS) else "6" for a in ARGS]
+    subprocess.run(cli("train", *small, "--out", str(h1)), env=ENV, check=True, capture_output=True)
+    adapt_args = ["adapt", "--h1", str(h1), "--filter", "ripple", "--iterations", str(STEPS), "--batch-size", "4",
+                  "--threads", "1", "--set", "train.checkpoint_every=5", "--set", "train.deterministic=true",
+                  "--set", "adapt.probes=3", "--set", "adapt.holdout=4"]
+    ref = tmp_path / "ref"
+    subprocess.run(cli(*adapt_args, "--out", str(ref)), env=ENV, check=True, capture_output=True)
+    run = tmp_path / "interrupted"
+    proc = subprocess.Popen(cli(*adapt_args, "--out", str(run)), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(run, proc, 10)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("segadapt: error: interrupted at step") and "adapt --resume" in last, err[-2000:]
+    assert not (run / "model.safetensors").exists()
+    done = subprocess.run(cli("adapt", "--resume", str(run)), env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert same_weights(ref, run)
+    assert same_weights(ref / "model_selected.safetensors", run / "model_selected.safetensors")
+    refused = subprocess.run(cli("adapt", "--resume", str(run), "--filter", "cubism"), env=ENV,
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "drop --filter" in refused.stderr

@@ -26,10 +26,10 @@ from segadapt import checkpoint as ckpt
 from segadapt import distributed
 from segadapt.config import RunConfig, dumps_toml, to_dict
 from segadapt.data.pairs import PairedDataset
-from segadapt.errors import SegadaptError
+from segadapt.errors import CheckpointError, SegadaptError
 from segadapt.losses import LAYER_PRESETS, feature_regression_loss, resolve_layers
 from segadapt.models.taps import Features, check_taps, feature_fn, parameters_used
-from segadapt.runtime import environment, select_device, setup
+from segadapt.runtime import InterruptFlag, environment, select_device, setup
 from segadapt.selection import HoldoutProbe, probe_steps, split_holdout
 from segadapt.train import (
     EpochSampler,
@@ -42,7 +42,9 @@ from segadapt.train import (
     nonfinite_error,
     poly_lr,
     rank_batch_size,
+    weights_finite,
     wrap_ddp,
+    write_log_header,
 )
 
 OnProbe = Callable[[int, nn.Module], dict[str, float]]
@@ -89,12 +91,15 @@ def adapt(
     teacher: nn.Module | None = None,
     h1_meta: dict[str, Any] | None = None,
     on_probe: OnProbe | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Regress H2's features on X2 onto H1's on X1; writes model.safetensors (a normal model file).
 
     Every few steps the label-free signals are measured on held-out pairs (selection.csv) and the checkpoint
     with the lowest held-out loss is kept as model_selected.safetensors. `on_probe(step, h2)` lets a caller
-    that has D2 labels (the sweep) score the same checkpoints; nothing here reads a label.
+    that has D2 labels (the sweep) score the same checkpoints; nothing here reads a label. Resume points
+    (train.checkpoint_every, Ctrl-C) hold the student, optimizer, RNG, probes and selected weights, and
+    `resume` continues from the newest one exactly as the run would have gone on.
     """
     tc = cfg.train
     setup(tc.seed, tc.threads, tc.deterministic)
@@ -134,40 +139,65 @@ def adapt(
     optimizer = torch.optim.SGD(trainable, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
     for group in optimizer.param_groups:
         group["base_lr"] = tc.lr
-    # under torchrun: only the student is wrapped (the teacher never trains); ranks > 0 then draw
-    # augmentation and dropout from their own seeds
+    # under torchrun: only the student is wrapped (the teacher never trains)
     student_net = wrap_ddp(StudentTaps(student, student_features, taps), device)
-    if rank:
-        torch.manual_seed(distributed.rank_seed(tc.seed))
+    last = ckpt.latest_checkpoint(run_dir) if resume else None
+    if resume and last is None:
+        raise CheckpointError(f"{run_dir}: nothing to resume (no checkpoints/step_*.safetensors); drop --resume")
+    start = int(last.stem[5:]) if last is not None else 0
 
     cache, fit_pairs = None, pairs
     if cfg.adapt.teacher_cache:  # H1's maps read from disk instead of recomputed; X1 is then never loaded
         cache, fit_pairs = teacher_cache.prepare(
             cfg.adapt.teacher_cache, pairs, teacher, teacher_features, taps, device, per_rank)
-    sampler = EpochSampler(len(fit_ids), tc.seed, 0, rank, world)
+    sampler = EpochSampler(len(fit_ids), tc.seed, start * tc.batch_size, rank, world)
     loader = DataLoader(
         Subset(fit_pairs, fit_ids), batch_size=per_rank, sampler=sampler,
         drop_last=True,
         num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(distributed.rank_seed(tc.seed)),
+        generator=torch.Generator().manual_seed(distributed.rank_seed(tc.seed + start)),
         persistent_workers=cfg.data.num_workers > 0,
     )
+    fields = ["step", "loss", *[f"loss_{t}" for t in taps], "lr", "images_per_s"]
     if main:
         ckpt.write_text_atomic(run_dir / "config.toml", dumps_toml(cfg))
-    fields = ["step", "loss", *[f"loss_{t}" for t in taps], "lr", "images_per_s"]
+        write_log_header(run_dir / "log.csv", start, fields)
     # only rank 0 writes files; the other ranks log into the void
-    log_file = (run_dir / "log.csv").open("w", newline="") if main else open(os.devnull, "w")  # noqa: SIM115
+    log_file = (run_dir / "log.csv").open("a", newline="") if main else open(os.devnull, "w")  # noqa: SIM115
     log = csv.DictWriter(log_file, fields)
-    log.writeheader()
 
     probes: list[dict[str, float]] = []
     selected: tuple[dict[str, float], dict[str, torch.Tensor]] | None = None
+    if last is not None:  # restored last, so the RNG is the checkpoint's, untouched by the set-up above
+        state = ckpt.load_training_state(last, student, optimizer)
+        probes = state.get("probes", [])
+        if state.get("selected") is not None:
+            selected = (state["selected"], ckpt.read_extra(last))
+        if main:
+            print(f"resuming {run_dir} from step {start}")
+    # ranks > 0 draw augmentation and dropout from their own seeds, restarted at each resume point
+    if rank:
+        torch.manual_seed(distributed.rank_seed(tc.seed + start))
+
+    def save_state(step: int) -> None:
+        """Rank 0 writes the resume point; weights that are not finite never replace a good checkpoint."""
+        if not main:
+            return
+        if not weights_finite(student):
+            raise SegadaptError(f"weights are not finite at step {step}; not saving them "
+                                f"(last good checkpoint: {ckpt.latest_checkpoint(run_dir)})")
+        meta = {"probes": probes, "selected": selected[0] if selected else None, "config": to_dict(cfg)}
+        ckpt.save_training_state(ckpt.checkpoint_path(run_dir, step), student, optimizer, step, meta,
+                                 extra=selected[1] if selected else None)
+        ckpt.prune_checkpoints(run_dir)
 
     # loop
     student.train()
-    step, seen, t0, loss_value = 0, 0, time.perf_counter(), math.nan
-    bar = tqdm(total=tc.iterations, desc=f"adapt {'+'.join(taps)}", dynamic_ncols=True, mininterval=1.0,
-               disable=not main)
+    step, seen, t0, loss_value = start, 0, time.perf_counter(), math.nan
+    per_layer: dict[str, float] = {}
+    bar = tqdm(total=tc.iterations, initial=start, desc=f"adapt {'+'.join(taps)}", dynamic_ncols=True,
+               mininterval=1.0, disable=not main)
+    stop = InterruptFlag()
     fix = "lower train.lr or set adapt.grad_clip (e.g. 5)"
     try:
         for (x1, x2, *geometry), ids in zip(loader, batches(sampler, per_rank)):
@@ -214,16 +244,31 @@ def adapt(
                 probes.append(point)
                 if selected is None or point["holdout_loss"] < selected[0]["holdout_loss"]:
                     selected = (point, {k: v.detach().clone() for k, v in student.state_dict().items()})
+            if tc.checkpoint_every and step % tc.checkpoint_every == 0:
+                save_state(step)
+                if rank:  # restart this rank's RNG here, as a run resumed from this checkpoint will
+                    torch.manual_seed(distributed.rank_seed(tc.seed + step))
             if tc.time_budget_s and distributed.any_rank(time.perf_counter() - t0 > tc.time_budget_s):
                 if main:  # all ranks stop together, at the same step
                     print(f"time budget of {tc.time_budget_s:g}s reached at step {step}")
                 break
+            if distributed.any_rank(stop.requested):  # Ctrl-C: save at this step boundary, where a resume starts
+                save_state(step)
+                raise SegadaptError(f"interrupted at step {step}; checkpoint saved, continue with "
+                                    f"segadapt adapt --resume {run_dir}")
+    except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the state is inconsistent, keep the last checkpoint
+        kept = ckpt.latest_checkpoint(run_dir)
+        where = (f"resume from {kept.stem} with segadapt adapt --resume {run_dir}" if kept is not None
+                 else "no checkpoint had been saved yet")
+        raise SegadaptError(f"interrupted during step {step + 1}; {where}") from None
     finally:
+        stop.restore()
         bar.close()
         log_file.close()
 
     student.requires_grad_(True).eval()
     meta = {**h1_meta, "step": step, "adapted_from": str(cfg.adapt.h1), "layers": weights, "config": to_dict(cfg)}
+    save_state(step)  # the run can be extended later (--resume with more iterations)
     if main:
         ckpt.save_model(run_dir / ckpt.MODEL_FILE, student, meta)
     if selected is not None and main:
@@ -231,8 +276,8 @@ def adapt(
     result = {
         "layers": weights,
         "step": step,
-        "final_loss": loss_value if step else None,
-        "final_layer_loss": per_layer if step else {},
+        "final_loss": loss_value if step > start else None,
+        "final_layer_loss": per_layer if step > start else {},
         "probes": probes,
         "selected_step": selected[0]["step"] if selected else None,
         "train_time_s": round(time.perf_counter() - t0, 2),

@@ -163,9 +163,12 @@ def save_training_state(
     optimizer: torch.optim.Optimizer,
     step: int,
     meta: dict[str, Any],
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Everything needed to continue exactly: weights, optimizer slots, step, and RNG state."""
+    """Everything needed to continue exactly: weights, optimizer slots, step, and RNG state; `extra` holds
+    tensors a loop keeps besides (adapt: the weights label-free selection has picked so far)."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"extra.{k}": v for k, v in (extra or {}).items()})
     opt_tensors, opt_info = _flatten_optimizer(optimizer.state_dict())
     tensors.update(opt_tensors)
     tensors["rng.torch"] = torch.get_rng_state()
@@ -191,6 +194,12 @@ def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_states)
     return meta
+
+
+def read_extra(path: Path) -> dict[str, torch.Tensor]:
+    """The `extra` tensors saved with a training state."""
+    tensors, _ = _load(path)
+    return {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:

@@ -308,14 +308,28 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from segadapt.runtime import new_run_dir
     from segadapt.train import load_model
 
-    _, meta = load_model(args.h1)
-    cfg = _model_config(args, meta, args.h1)
-    cfg.adapt.h1 = args.h1
-    if args.layers:
-        cfg.adapt.layers = [x.strip() for x in args.layers.split(",") if x.strip()]
-    if args.weights:
-        cfg.adapt.weights = _numbers("--weights", args.weights, float)
-    _shift_flags(args, cfg)
+    if args.resume:
+        out = Path(args.resume)
+        given = [f"--{k.replace('_', '-')}" for k in ("h1", "layers", "weights", "filter", "severity", "d2_dir",
+                                                      "pairs", "out", "preset") if getattr(args, k, None)]
+        if given:
+            raise SegadaptError(f"--resume {out} continues with the run's own config; drop {', '.join(given)}")
+        if not (out / "config.toml").is_file():
+            raise SegadaptError(f"{out}: not an adaptation run (no config.toml); pass the run folder to resume")
+        saved = load_toml(out / "config.toml")
+        cfg = resolve_config(args, saved)
+        _refuse_resume_changes(out, saved, cfg)
+    else:
+        if not args.h1:
+            raise SegadaptError("--h1 RUN is required (the source model), or --resume RUN to continue an adaptation")
+        _, meta = load_model(args.h1)
+        cfg = _model_config(args, meta, args.h1)
+        cfg.adapt.h1 = args.h1
+        if args.layers:
+            cfg.adapt.layers = [x.strip() for x in args.layers.split(",") if x.strip()]
+        if args.weights:
+            cfg.adapt.weights = _numbers("--weights", args.weights, float)
+        _shift_flags(args, cfg)
 
     split = cfg.data.train_split
     if cfg.shift.pairs_csv:
@@ -323,10 +337,14 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     else:
         d1, d2 = build_source(cfg.data, split), _d2_source(cfg, split)
     pairs = PairedDataset(d1, d2, make_transform(cfg.data, True, cfg.data.ignore_index), cfg.shift.photometric)
-    out = _claim(Path(args.out)) if args.out else _created(new_run_dir, cfg.out_dir, "adapt")
+    if not args.resume:
+        out = _claim(Path(args.out)) if args.out else _created(new_run_dir, cfg.out_dir, "adapt")
+        if (out / "model.safetensors").exists() or (out / "checkpoints").exists():
+            raise SegadaptError(f"{out}: already holds a run; use --resume {out} or another --out")
     print(dumps_toml(cfg))
-    result = adapt(cfg, out, pairs)
-    print(f"final regression loss {result['final_loss']:.5g} per layer {result['final_layer_loss']}")
+    result = adapt(cfg, out, pairs, resume=bool(args.resume))
+    if result["final_loss"] is not None:
+        print(f"final regression loss {result['final_loss']:.5g} per layer {result['final_layer_loss']}")
     print(f"adapted model: {out / 'model.safetensors'} (evaluate with: segadapt evaluate --model {out})")
     return 0
 
@@ -606,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("adapt", help="adapt H1 to D2 by feature-map regression (no D2 labels)")
     _add_config_args(p)
-    p.add_argument("--h1", required=True, help="source model: a training run directory or model .safetensors")
+    p.add_argument("--h1", help="source model: a training run directory or model .safetensors (required)")
     p.add_argument("--layers", help="taps to regress, comma-separated (pool1..pool5, fc6, fc7) or a preset: "
                    "pool1..pool5, all (= all_inc), all_inc, all_dec")
     p.add_argument("--weights", help="one weight per layer, comma-separated (default 1.0 each)")
@@ -615,6 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--d2-dir", help="D2 images: a `segadapt shift` output or a folder, matched to D1 by file stem")
     p.add_argument("--pairs", help="CSV with columns x1,x2 listing image pairs")
     p.add_argument("--out", help="output directory")
+    p.add_argument("--resume", metavar="RUN", help="continue the adaptation in this directory from its last checkpoint")
     p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("experiment", help="the study's sweep: H1, distortion, B0/B1/B2, regression presets")

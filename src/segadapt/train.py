@@ -226,14 +226,14 @@ def create_model(cfg: RunConfig, num_classes: int) -> torch.nn.Module:
     return model
 
 
-def _write_log_header(path: Path, resume_step: int) -> None:
+def write_log_header(path: Path, resume_step: int, fields: Sequence[str] = LOG_FIELDS) -> None:
     """Start log.csv, or on resume drop rows after the resumed step so the log has no duplicates."""
     rows: list[dict[str, str]] = []
     if resume_step and path.exists():
         with path.open() as f:
             rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
     with ckpt.atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, LOG_FIELDS)
+        w = csv.DictWriter(f, fields)
         w.writeheader()
         w.writerows(rows)
 
@@ -286,7 +286,7 @@ def train(
             print(f"resuming {run_dir} from step {start}")
     if main:
         ckpt.write_text_atomic(run_dir / "config.toml", dumps_toml(cfg))
-        _write_log_header(run_dir / "log.csv", start)
+        write_log_header(run_dir / "log.csv", start)
     # every rank holds the same weights here (same seed, same checkpoint; DDP also broadcasts rank 0's);
     # from now on ranks > 0 draw augmentation and dropout from their own seeds (reset at each checkpoint,
     # since only rank 0's RNG state is saved), rank 0 keeps the usual stream
