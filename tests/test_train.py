@@ -57,12 +57,16 @@ def test_resume_ends_with_identical_weights(tmp_path):
     # make b look like a run killed right after its step-3 checkpoint
     ckpt.checkpoint_path(b, 6).unlink()
     (b / "model.safetensors").unlink()
+    log = (b / "log.csv").read_text().splitlines()
+    log[3] = ",".join(v if k != "elapsed_s" else "100.0" for k, v in zip(log[0].split(","), log[3].split(",")))
+    (b / "log.csv").write_text("\n".join(log) + "\n")  # step 3 logged 100 s into the run
     train(tiny_config(), b, resume=True)
     wa, _ = ckpt.load_model_file(tmp_path / "a")
     wb, _ = ckpt.load_model_file(b)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     rows = list(csv.DictReader((b / "log.csv").open()))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]  # no duplicated steps after resume
+    assert all(float(r["elapsed_s"]) >= 100 for r in rows[3:])  # the clock goes on from where the log stopped
 
 
 def test_training_reduces_loss(tmp_path):

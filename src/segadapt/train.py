@@ -226,8 +226,9 @@ def create_model(cfg: RunConfig, num_classes: int) -> torch.nn.Module:
     return model
 
 
-def write_log_header(path: Path, resume_step: int, fields: Sequence[str] = LOG_FIELDS) -> None:
-    """Start log.csv, or on resume drop rows after the resumed step so the log has no duplicates."""
+def write_log_header(path: Path, resume_step: int, fields: Sequence[str] = LOG_FIELDS) -> float:
+    """Start log.csv, or on resume drop rows after the resumed step so the log has no duplicates.
+    Returns the run's elapsed seconds logged so far, from which a resumed run's clock continues."""
     rows: list[dict[str, str]] = []
     if resume_step and path.exists():
         with path.open() as f:
@@ -236,6 +237,7 @@ def write_log_header(path: Path, resume_step: int, fields: Sequence[str] = LOG_F
         w = csv.DictWriter(f, fields)
         w.writeheader()
         w.writerows(rows)
+    return max((float(r["elapsed_s"]) for r in rows if r.get("elapsed_s")), default=0.0)
 
 
 def train(
@@ -284,9 +286,10 @@ def train(
         start = ckpt.load_training_state(last, model, optimizer)["step"]
         if main:
             print(f"resuming {run_dir} from step {start}")
+    elapsed_before = 0.0  # seconds the run had logged before this resume
     if main:
         ckpt.write_text_atomic(run_dir / "config.toml", dumps_toml(cfg))
-        write_log_header(run_dir / "log.csv", start)
+        elapsed_before = write_log_header(run_dir / "log.csv", start)
     # every rank holds the same weights here (same seed, same checkpoint; DDP also broadcasts rank 0's);
     # from now on ranks > 0 draw augmentation and dropout from their own seeds (reset at each checkpoint,
     # since only rank 0's RNG state is saved), rank 0 keeps the usual stream
@@ -354,7 +357,7 @@ def train(
             row: dict[str, Any] = {}
             if step % tc.log_every == 0 or step == tc.iterations:
                 row = {"step": step, "loss": f"{loss_value:.5f}", "lr": f"{optimizer.param_groups[0]['lr']:.3g}",
-                       "images_per_s": f"{seen / elapsed:.2f}", "elapsed_s": f"{elapsed:.1f}"}
+                       "images_per_s": f"{seen / elapsed:.2f}", "elapsed_s": f"{elapsed_before + elapsed:.1f}"}
                 bar.set_postfix(loss=f"{loss_value:.3f}", lr=row["lr"])
             if tc.eval_every and step % tc.eval_every == 0 and step < tc.iterations:
                 s, _ = evaluate(model, val_set, info.num_classes, info.ignore_index, device, desc="val", shard=True)
