@@ -170,3 +170,14 @@ def test_resume_from_a_checkpoint_ends_like_the_uninterrupted_run(tmp_path, h1):
     assert r["probes"] == a["probes"] and r["selected_step"] == a["selected_step"]
     assert [row["step"] for row in csv.DictReader((b / "log.csv").open())] == [str(s) for s in range(1, 9)]
     assert (tmp_path / "a" / "selection.csv").read_text() == (b / "selection.csv").read_text()
+
+
+def test_student_regresses_without_dropout(tmp_path, h1):
+    """At fc7 a student with dropout on could not match the eval-mode teacher even at equal weights."""
+    teacher, meta = h1
+    cfg = tiny_cfg(["fc7"], iterations=2)
+    cfg.train.lr, cfg.adapt.probes = 1e-12, 0  # weights stay (almost) H1's
+    same = PairedDataset(SyntheticScenes(8, size=(32, 48)), ShiftedSource(SyntheticScenes(8, size=(32, 48)),
+                         lambda image, seed: image), JointTransform(train=True, crop_size=(32, 48)))
+    result = adapt(cfg, tmp_path, same, teacher=teacher, h1_meta=meta)
+    assert result["final_loss"] < 1e-6

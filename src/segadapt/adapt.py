@@ -75,6 +75,15 @@ class StudentTaps(nn.Module):
         return self._features(x, self.taps)
 
 
+def train_mode(student: nn.Module) -> None:
+    """Train mode without dropout: the teacher's maps come from eval mode, and a student whose fc6/fc7 drop
+    random units could not match them even with equal weights (the loss would chase noise)."""
+    student.train()
+    for m in student.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.eval()
+
+
 def trainable_parameters(model: nn.Module, taps: list[str], probe: torch.Tensor) -> list[nn.Parameter]:
     """Parameters that influence the taps; found structurally for VGG, by a probe forward otherwise."""
     if hasattr(model, "parameters_up_to") and hasattr(model, "TAPS"):
@@ -192,7 +201,7 @@ def adapt(
         ckpt.prune_checkpoints(run_dir)
 
     # loop
-    student.train()
+    train_mode(student)
     step, seen, t0, loss_value = start, 0, time.perf_counter(), math.nan
     per_layer: dict[str, float] = {}
     bar = tqdm(total=tc.iterations, initial=start, desc=f"adapt {'+'.join(taps)}", dynamic_ncols=True,
@@ -240,7 +249,7 @@ def adapt(
                 point = {"step": step, **probe.measure(student, student_features)}
                 if on_probe is not None:
                     point |= on_probe(step, student)
-                    student.train()
+                    train_mode(student)
                 probes.append(point)
                 if selected is None or point["holdout_loss"] < selected[0]["holdout_loss"]:
                     selected = (point, {k: v.detach().clone() for k, v in student.state_dict().items()})
