@@ -12,6 +12,7 @@ from segadapt.models.pretrained import (
     TORCHVISION_CONV_INDICES,
     convert_torchvision_vgg16,
     load_vgg16_imagenet,
+    read_state_dict,
 )
 
 WIDTH = 0.125
@@ -146,3 +147,11 @@ def test_pickled_code_is_refused_without_running(tmp_path):
         load_vgg16_imagenet(VGGDeepLab(5, width=WIDTH), tmp_path / "evil.pth")
     assert not marker.exists()
     assert "\n" not in str(err.value) and "\x1b" not in str(err.value)  # one clean line
+
+
+def test_a_truncated_download_is_called_corrupt_not_refused(tmp_path):
+    path = tmp_path / "vgg16.pth"
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, path)
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match=r"corrupt or truncated torch\.save file \(.*\); download or export"):
+        read_state_dict(path)

@@ -25,8 +25,8 @@ def _load_error_detail(e: Exception) -> str:
     m = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     detail = m.group(1) if m else (lines[0] if lines else type(e).__name__)
-    detail = detail.split(" was not an allowed global")[0].split(". Please")[0]
-    return detail[:120]
+    detail = detail.split(" was not an allowed global")[0].split(". ")[0]
+    return detail if len(detail) <= 160 else detail[:157].rsplit(" ", 1)[0] + "..."
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -47,10 +47,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(
-            f"{path}: refused: not a plain state dict of tensors ({_load_error_detail(e)}); pickled code is "
-            "never run, so re-save it with torch.save(model.state_dict()) or as .safetensors"
-        ) from None
+        if "weights only" in str(e).lower() or "weights_only" in str(e):  # torch refused to unpickle an object
+            raise CheckpointError(
+                f"{path}: refused: not a plain state dict of tensors ({_load_error_detail(e)}); pickled code is "
+                "never run, so re-save it with torch.save(model.state_dict()) or as .safetensors"
+            ) from None
+        raise CheckpointError(f"{path}: corrupt or truncated torch.save file ({_load_error_detail(e)}); "
+                              "download or export it again") from None
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path}: holds a {type(sd).__name__}, not a dict; save model.state_dict()")
     odd = [str(k) for k, v in sd.items() if not isinstance(v, torch.Tensor)]
@@ -81,7 +84,9 @@ def convert_torchvision_vgg16(
         if value.shape != own[dst].shape:
             raise CheckpointError(
                 f"{source}: key {src_key} has shape {tuple(value.shape)} but the model expects "
-                f"{tuple(own[dst].shape)}; ImageNet weights need --width 1.0"
+                f"{tuple(own[dst].shape)}; "
+                + ("ImageNet weights need --width 1.0" if model.width != 1.0 else
+                   "expected a plain torchvision vgg16 state dict (not vgg16_bn or another variant)")
             )
         out[dst] = (src_key, value.contiguous())
 
