@@ -2,7 +2,10 @@
 
 For the synthetic scenes and, when present, CamVid (../shared/data/camvid beside the repository), the
 training DataLoader (the presets' augmentation, batch 8) is timed alone at num_workers 0, 1 and 2:
-steady-state images/s after the first batch (worker start-up is reported apart). Training images/s is the
+steady-state images/s after the first batch (worker start-up is reported apart). Every measurement gets a
+freshly built dataset: the synthetic scenes are generated on first use and then kept, so a reused dataset
+(or workers forked from a process that had filled it) would time cache hits. These are first-epoch rates,
+the slowest a run sees. Training images/s is the
 synthetic preset's model (width 0.25, 96x128, channels_last) stepping on a fixed batch, so it contains no
 loading; "loader/train" above 1 means loading alone is faster than training alone. The training loop
 itself is then also fed by each loader (end to end), which is what a run sees: on a machine with few
@@ -19,6 +22,7 @@ import argparse
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +45,9 @@ def make_loader(dataset: Dataset, batch: int, workers: int) -> DataLoader:
                       num_workers=workers, drop_last=True, generator=torch.Generator().manual_seed(0))
 
 
-def loader_rate(dataset: Dataset, batch: int, workers: int, batches: int) -> dict[str, float]:
+def loader_rate(fresh: Callable[[], Dataset], batch: int, workers: int, batches: int) -> dict[str, float]:
     """Images/s over `batches` batches after the first one; the first one's wait is the start-up."""
+    dataset = fresh()
     t0 = time.perf_counter()
     it = iter(make_loader(dataset, batch, workers))
     next(it)
@@ -71,9 +76,11 @@ class Trainer:
         loss.backward()
         self.opt.step()
 
-    def rate(self, batch: tuple[torch.Tensor, torch.Tensor], steps: int) -> float:
-        """Images/s on one fixed batch (no loading): median step time after a warm-up step."""
-        self.step(*batch)
+    def rate(self, batch: tuple[torch.Tensor, torch.Tensor], steps: int, warmup: int = 10) -> float:
+        """Images/s on one fixed batch (no loading): median step time after warm-up steps (the first ~10
+        steps run measurably slower, as oneDNN settles)."""
+        for _ in range(warmup):
+            self.step(*batch)
         times = []
         for _ in range(steps):
             t = time.perf_counter()
@@ -81,9 +88,9 @@ class Trainer:
             times.append(time.perf_counter() - t)
         return round(batch[0].shape[0] / statistics.median(times), 2)
 
-    def end_to_end(self, dataset: Dataset, batch: int, workers: int, steps: int) -> float:
-        """Images/s of training fed by the loader, after the first batch."""
-        it = iter(make_loader(dataset, batch, workers))
+    def end_to_end(self, fresh: Callable[[], Dataset], batch: int, workers: int, steps: int) -> float:
+        """Images/s of training fed by a fresh dataset's loader, after the first batch."""
+        it = iter(make_loader(fresh(), batch, workers))
         self.step(*next(it))
         t = time.perf_counter()
         for _ in range(steps):
@@ -118,30 +125,31 @@ def main() -> int:
     print(f"{'dataset':<10} {'workers':>7} {'loader img/s':>13} {'start-up s':>11} {'loader/train':>13} "
           f"{'end-to-end img/s':>17}")
 
-    datasets: list[tuple[str, Dataset]] = [("synthetic", syn_data)]
+    datasets: list[tuple[str, Callable[[], Dataset]]] = [
+        ("synthetic", lambda: build_dataset(syn.data, syn.data.train_split, train=True))]
     if (args.camvid / "train" / "images").is_dir():
         cam = preset("camvid")
         cam.data.root = str(args.camvid)
         cam_data = build_dataset(cam.data, cam.data.train_split, train=True)
-        datasets.append(("camvid", cam_data))
+        datasets.append(("camvid", lambda: build_dataset(cam.data, cam.data.train_split, train=True)))
         if not args.quick:
             cam_trainer = Trainer(cam, cam_data.info.num_classes)
             cam_trainer.ignore = cam_data.info.ignore_index
             cam_batch = next(iter(make_loader(cam_data, batch, 0)))
-            result["train_images_per_s"]["camvid_preset"] = cam_trainer.rate(cam_batch, max(2, args.steps // 3))
+            result["train_images_per_s"]["camvid_preset"] = cam_trainer.rate(cam_batch, max(2, args.steps // 3), 5)
     else:
         print(f"CamVid not found at {args.camvid}: synthetic only")
 
-    for name, data in datasets:
+    for name, fresh in datasets:
         rows = {}
         for w in args.workers:
-            row = loader_rate(data, batch, w, args.batches)
+            row = loader_rate(fresh, batch, w, args.batches)
             row["loader_over_synthetic_train"] = round(row["images_per_s"] / train_rate, 2)
             if name == "camvid" and "camvid_preset" in result["train_images_per_s"]:
                 row["loader_over_camvid_train"] = round(
                     row["images_per_s"] / result["train_images_per_s"]["camvid_preset"], 2)
             if name == "synthetic":
-                row["end_to_end_images_per_s"] = trainer.end_to_end(data, batch, w, args.steps)
+                row["end_to_end_images_per_s"] = trainer.end_to_end(fresh, batch, w, args.steps)
             rows[f"workers={w}"] = row
             e2e = row.get("end_to_end_images_per_s")
             print(f"{name:<10} {w:>7} {row['images_per_s']:>13.1f} {row['startup_s']:>11.2f} "
