@@ -80,3 +80,17 @@ def test_out_of_range_value_in_a_toml_file_names_the_file(tmp_path):
     path.write_text("[train]\nbatch_size = 0\n")
     with pytest.raises(ConfigError, match=r"bad\.toml\.train\.batch_size: 0 is out of range"):
         load_toml(path)
+
+
+@pytest.mark.parametrize("name", ["mps", "meta", "cpu:3", "tpu", "cuda:0"])
+def test_devices_other_than_cpu_and_cuda_are_refused_up_front(name):
+    """mps or meta would fail mid-run with a traceback; cuda without a GPU is named as such."""
+    import torch
+
+    from segadapt.runtime import select_device
+
+    if name == "cuda:0" and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError, match="device"):
+        select_device(name)
+    assert select_device("cpu").type == "cpu"

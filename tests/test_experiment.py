@@ -5,6 +5,7 @@ import pytest
 
 from segadapt import experiment
 from segadapt.config import preset
+from segadapt.errors import ConfigError, DataError
 from segadapt.shifts import FILTERS
 
 
@@ -98,3 +99,34 @@ def test_sweep_with_a_teacher_cache_keeps_one_per_seed_and_preset(tmp_path, tiny
     results = experiment.run_experiment(tiny, tmp_path / "sweep")
     assert {e["method"] for e in results["summary"]} == {"H1", "H2:pool2", "H2:all_inc"}
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["seed0-all_inc", "seed0-pool2"]
+    assert (tmp_path / "sweep" / "report.html").is_file()  # tables and plots, even with no figures
+
+
+def test_sweep_settings_are_checked_before_h1_trains(tmp_path):
+    cfg = preset("demo")
+    for key, value, match in [("seeds", [0, 0], "0 listed twice"),
+                              ("layer_presets", ["pool5", "pool5"], "pool5 listed twice"),
+                              ("baselines", ["B7"], "unknown 'B7'")]:
+        bad = preset("demo")
+        setattr(bad.experiment, key, value)
+        with pytest.raises(ConfigError, match=match):
+            experiment.check_experiment(bad)
+    cfg.shift.d2_dir, cfg.experiment.filters = str(tmp_path), ["photocopy", "ripple"]
+    with pytest.raises(ConfigError, match="one experiment.filters entry"):
+        experiment.check_experiment(cfg)
+    cfg.experiment.filters = ["photocopy"]
+    with pytest.raises(DataError, match=r"shift.d2_dir = .*no usable D2 for split 'train'"):
+        experiment.check_experiment(cfg)
+
+
+def test_scores_of_zero_stay_zero_and_nan_is_written_as_null(tmp_path):
+    s = experiment._scores_from({"val": {"pixel_acc": 0.0, "mean_acc": 0.0, "miou": 0.0}})
+    assert (s.pixel_acc, s.mean_acc, s.miou) == (0.0, 0.0, 0.0)
+    nan = float("nan")
+    rows = [{"seed": 0, "shift": "none", "method": "H1", "mean_acc": 0.5, "miou": 0.4, "pixel_acc": 0.6},
+            {"seed": 0, "shift": "dark", "method": "B0", "mean_acc": nan, "miou": nan, "pixel_acc": nan}]
+    results = experiment.summarise(rows, ["dark"]) | {"selection": [], "selection_across_presets": {}}
+    experiment.write_results(results, tmp_path)
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["rows"][1]["miou"] is None and written["distortion"]["dark"] is None
+    assert "| B0 | n/a | n/a | n/a |" in (tmp_path / "results.md").read_text()

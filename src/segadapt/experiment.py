@@ -16,6 +16,8 @@ import copy
 import csv
 import dataclasses
 import functools
+import math
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -30,7 +32,7 @@ from segadapt.config import RunConfig, ShiftConfig, dumps_toml
 from segadapt.data import SegmentationDataset, SegmentationSource, build_source, make_transform
 from segadapt.data.datasets import FileSource, pair_by_stem
 from segadapt.data.pairs import PairedDataset, Shift, ShiftedSource
-from segadapt.errors import ConfigError
+from segadapt.errors import ConfigError, DataError
 from segadapt.evaluate import evaluate
 from segadapt.losses import LAYER_PRESETS
 from segadapt.metrics import Scores, distortion
@@ -110,6 +112,22 @@ def check_experiment(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(known)}")
     if not ex.filters:
         raise ConfigError("experiment.filters is empty; name at least one shift, e.g. [\"ripple\"]")
+    for key, values in (("experiment.filters", ex.filters), ("experiment.seeds", ex.seeds),
+                        ("experiment.layer_presets", ex.layer_presets), ("experiment.baselines", ex.baselines)):
+        twice = sorted({str(v) for v in values if values.count(v) > 1})
+        if twice:
+            raise ConfigError(f"{key}: {', '.join(twice)} listed twice; each runs once (repeats would count as "
+                              f"extra seeds)")
+    if cfg.shift.d2_dir:
+        if len(ex.filters) != 1:
+            raise ConfigError(f"shift.d2_dir = {cfg.shift.d2_dir} is one D2; name it with one experiment.filters "
+                              f"entry, not {len(ex.filters)}")
+        for split in dict.fromkeys((cfg.data.train_split, cfg.data.val_split)):
+            try:  # a missing split fails here, before H1 trains
+                d2_source(cfg, split, cfg.shift, ex.filters[0])
+            except DataError as e:
+                raise DataError(f"shift.d2_dir = {cfg.shift.d2_dir}: no usable D2 for split {split!r} ({e}); "
+                                f"write it with segadapt shift --split {split}") from None
 
 
 def run_experiment(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
@@ -185,10 +203,9 @@ def run_experiment(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     results["selection_across_presets"] = across_presets(selection)
     results["environment"] = environment()
     write_results(results, out_dir)
-    if ex.figure_images > 0:
-        from segadapt.viz.report import write_report
+    from segadapt.viz.report import write_report  # tables and plots even without figures
 
-        results["report"] = str(write_report(out_dir))
+    results["report"] = str(write_report(out_dir))
     return results
 
 
@@ -202,11 +219,12 @@ def _figures(
 
     h2s = {r["method"]: r["miou"] for r in rows if r["seed"] == seed and r["shift"] == shift
            and r["method"].startswith("H2:")}
-    h2_name = "H2:pool5" if "H2:pool5" in h2s else max(h2s, key=h2s.__getitem__)
+    h2_name = "H2:pool5" if "H2:pool5" in h2s else max(h2s, key=lambda k: -1.0 if math.isnan(h2s[k]) else h2s[k])
     models = {}
-    if (shift_dir / "B2" / ckpt.MODEL_FILE).is_file():
+    if "B2" in cfg.experiment.baselines and (shift_dir / "B2" / ckpt.MODEL_FILE).is_file():
         models["B2"] = load_model(shift_dir / "B2", device)[0]
     models[h2_name] = load_model(shift_dir / f"H2-{h2_name[3:]}", device)[0]
+    shutil.rmtree(out, ignore_errors=True)  # figures of an earlier sweep into this --out would mix in
     try:
         write_shift_figures(cfg, out, h1, models, h2_name, d1_val, d2_val, device)
     except Exception as e:  # figures come after hours of training: never lose the scores to one
@@ -217,7 +235,10 @@ def _figures(
 def _scores_from(metrics: dict[str, Any]) -> Scores:
     v = metrics["val"]
     nan = float("nan")
-    return Scores(v["pixel_acc"] or nan, v["mean_acc"] or nan, v["miou"] or nan, [], [], 0)
+    def value(k: str) -> float:  # null in metrics.json means nan; a real 0.0 stays 0.0
+        return nan if v[k] is None else v[k]
+
+    return Scores(value("pixel_acc"), value("mean_acc"), value("miou"), [], [], 0)
 
 
 def summarise(rows: list[dict[str, Any]], filters: list[str]) -> dict[str, Any]:
@@ -228,10 +249,10 @@ def summarise(rows: list[dict[str, Any]], filters: list[str]) -> dict[str, Any]:
     summary = []
     for (shift, method), rs in groups.items():
         entry: dict[str, Any] = {"shift": shift, "method": method, "seeds": len(rs)}
-        for m in METRICS:
-            vals = [r[m] for r in rs]
-            entry[m] = statistics.fmean(vals)
-            entry[f"{m}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        for m in METRICS:  # a nan score (nothing labelled) is left out of the mean; none at all stays nan
+            vals = [r[m] for r in rs if math.isfinite(r[m])]
+            entry[m] = statistics.fmean(vals) if vals else math.nan
+            entry[f"{m}_std"] = statistics.stdev(vals) if len(vals) > 1 else (0.0 if vals else math.nan)
         summary.append(entry)
     lookup = {(e["shift"], e["method"]): e for e in summary}
     dist = {}
@@ -257,7 +278,7 @@ def across_presets(selection: list[dict[str, Any]]) -> dict[str, float | None]:
 def write_results(results: dict[str, Any], out_dir: Path) -> None:
     from segadapt.viz.plots import plot_layers, plot_methods
 
-    ckpt.write_json_atomic(out_dir / "results.json", results)
+    ckpt.write_json_atomic(out_dir / "results.json", json_safe(results))
     fields = ["shift", "method", "seeds", *[k for m in METRICS for k in (m, f"{m}_std")]]
     with ckpt.atomic_path(out_dir / "results.csv") as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fields)
@@ -267,8 +288,21 @@ def write_results(results: dict[str, Any], out_dir: Path) -> None:
     ckpt.write_text_atomic(out_dir / "results.md", markdown(results, [p.name for p in plots if p]))
 
 
+def json_safe(value: Any) -> Any:
+    """`value` with nan and inf as null: JSON has no such numbers (a score over no labelled pixel is nan)."""
+    if isinstance(value, float):
+        return finite_or_none(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def markdown(results: dict[str, Any], figures: list[str]) -> str:
     def fmt(e: dict[str, Any], m: str) -> str:
+        if math.isnan(e[m]):
+            return "n/a"
         return f"{e[m]:.3f} ± {e[m + '_std']:.3f}" if e["seeds"] > 1 else f"{e[m]:.3f}"
 
     lines = ["# segadapt experiment", ""]

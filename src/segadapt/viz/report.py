@@ -43,12 +43,14 @@ def _figure(path: Path, caption: str) -> str:
     return f"<figure>{_img(path, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
-def _number(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
+def _number(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None or v != v else f"{v:.{digits}f}"  # v != v: nan
 
 
 def _fmt(e: dict[str, Any], m: str) -> str:
-    return f"{e[m]:.3f} ± {e[m + '_std']:.3f}" if e.get("seeds", 1) > 1 else f"{e[m]:.3f}"
+    if e[m] is None:  # results.json stores nan as null
+        return "n/a"
+    return f"{e[m]:.3f} ± {_number(e[m + '_std'])}" if e.get("seeds", 1) > 1 else f"{e[m]:.3f}"
 
 
 def _results_table(results: dict[str, Any], shift: str) -> str:
@@ -67,17 +69,22 @@ def _selection_table(results: dict[str, Any]) -> str:
     if not sel:
         return ""
     head = ("<tr><th>seed / shift / method</th><th>selected step</th><th>mIoU there</th><th>best mIoU (step)</th>"
-            "<th>final mIoU</th><th>regret (points)</th></tr>")
+            "<th>final mIoU</th><th>regret (points)</th><th>rank corr, held-out loss</th>"
+            "<th>rank corr, entropy</th></tr>")
     rows = [
         f"<tr><td>{r['seed']} / {html.escape(r['shift'])} / {html.escape(r['method'])}</td>"
         f"<td>{r['selected_step']}</td>"
-        f"<td>{r['selected_miou']:.3f}</td><td>{r['best_miou']:.3f} ({r['best_step']})</td>"
-        f"<td>{r['final_miou']:.3f}</td><td>{r['regret_points']:.2f}</td></tr>"
+        f"<td>{_number(r['selected_miou'])}</td><td>{_number(r['best_miou'])} ({r['best_step']})</td>"
+        f"<td>{_number(r['final_miou'])}</td><td>{_number(r['regret_points'], 2)}</td>"
+        f"<td>{_number(r.get('rank_corr_loss'), 2)}</td><td>{_number(r.get('rank_corr_entropy'), 2)}</td></tr>"
         for r in sel
     ]
+    across = results.get("selection_across_presets") or {}
+    note = ("<p>Across layer presets, rank correlation of (low) final entropy with final mIoU: "
+            + ", ".join(f"{html.escape(k)}: {_number(v, 2)}" for k, v in across.items()) + "</p>") if across else ""
     return ("<h2>Label-free checkpoint selection</h2><p>The checkpoint with the lowest held-out regression loss "
-            "(no D2 labels) against mIoU on D2, which only this report reads.</p><table>" + head + "".join(rows)
-            + "</table>")
+            "(no D2 labels) against mIoU on D2, which only this report reads. Rank correlations: +1 means the "
+            "signal orders checkpoints exactly as mIoU does.</p><table>" + head + "".join(rows) + "</table>" + note)
 
 
 def write_report(sweep_dir: Path) -> Path:
@@ -111,7 +118,8 @@ def write_report(sweep_dir: Path) -> Path:
             parts.append(_figure(sweep_dir / name, caption))
     parts.append(_selection_table(results))
     for key, patterns, title, text in SECTIONS:
-        files = sorted(f for pattern in patterns for f in (sweep_dir / "figures").glob(f"*/{key}/{pattern}"))
+        files = sorted(f for pattern in patterns for s in shifts  # only this sweep's shifts, not stale ones
+                       for f in (sweep_dir / "figures" / s).glob(f"{key}/{pattern}"))
         if files:
             parts += [f"<h2>{title}</h2>", f"<p>{html.escape(text)}</p>"]
             parts += [_figure(f, f"{f.parent.parent.name}: {f.stem}") for f in files]
