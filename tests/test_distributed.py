@@ -122,6 +122,15 @@ def test_two_processes_train_and_adapt_like_one(tmp_path):
     wa, _ = ckpt.load_model_file(two)
     wb, _ = ckpt.load_model_file(resumed)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # ... and from a step that was no checkpoint of that run (as after Ctrl-C or a time budget): rank 1's RNG
+    # follows seed and step alone, not the checkpoint schedule
+    seven = tmp_path / "seven"
+    _torchrun(["train", *TINY, "--set", "train.checkpoint_every=7", "--out", str(seven)], tmp_path)
+    (seven / "checkpoints" / "step_0000020.safetensors").unlink()
+    (seven / "model.safetensors").unlink()
+    _torchrun(["train", "--resume", str(seven)], tmp_path)
+    wc, _ = ckpt.load_model_file(seven)
+    assert all(torch.equal(wa[k], wc[k]) for k in wa)
 
     # adaptation regresses pool2 (below any dropout): the two runs must agree to float rounding
     _torchrun(["adapt", "--h1", str(one), *ADAPT, "--out", str(tmp_path / "a2")], tmp_path)

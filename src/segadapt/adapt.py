@@ -255,11 +255,12 @@ def adapt(
                     selected = (point, {k: v.detach().clone() for k, v in student.state_dict().items()})
             if tc.checkpoint_every and step % tc.checkpoint_every == 0:
                 save_state(step)
-                if rank:  # restart this rank's RNG here, as a run resumed from this checkpoint will
-                    torch.manual_seed(distributed.rank_seed(tc.seed + step))
+            if rank:  # ranks > 0 restart their RNG after every step, from seed and step alone, as a run
+                torch.manual_seed(distributed.rank_seed(tc.seed + step))  # resumed at any step does
             if tc.time_budget_s and distributed.any_rank(time.perf_counter() - t0 > tc.time_budget_s):
                 if main:  # all ranks stop together, at the same step
-                    print(f"time budget of {tc.time_budget_s:g}s reached at step {step}")
+                    print(f"time budget of {tc.time_budget_s:g}s reached at step {step} of {tc.iterations}; "
+                          f"continue with segadapt adapt --resume {run_dir}")
                 break
             if distributed.any_rank(stop.requested):  # Ctrl-C: save at this step boundary, where a resume starts
                 save_state(step)

@@ -291,7 +291,7 @@ def train(
         ckpt.write_text_atomic(run_dir / "config.toml", dumps_toml(cfg))
         elapsed_before = write_log_header(run_dir / "log.csv", start)
     # every rank holds the same weights here (same seed, same checkpoint; DDP also broadcasts rank 0's);
-    # from now on ranks > 0 draw augmentation and dropout from their own seeds (reset at each checkpoint,
+    # from now on ranks > 0 draw augmentation and dropout from their own seeds (reset after every step,
     # since only rank 0's RNG state is saved), rank 0 keeps the usual stream
     net = wrap_ddp(model, device)
     if rank:
@@ -368,11 +368,12 @@ def train(
                 log.flush()
             if tc.checkpoint_every and step % tc.checkpoint_every == 0:
                 save_state(step)
-                if rank:  # restart this rank's RNG here, as a run resumed from this checkpoint will: exact resume
-                    torch.manual_seed(distributed.rank_seed(tc.seed + step))
+            if rank:  # ranks > 0 restart their RNG after every step, from seed and step alone, as a run
+                torch.manual_seed(distributed.rank_seed(tc.seed + step))  # resumed at any step does
             if tc.time_budget_s and distributed.any_rank(elapsed > tc.time_budget_s):  # all ranks stop together
                 if main:
-                    print(f"time budget of {tc.time_budget_s:.0f}s reached at step {step}")
+                    print(f"time budget of {tc.time_budget_s:g}s reached at step {step} of {tc.iterations}; "
+                          f"continue with segadapt train --resume {run_dir}")
                 break
             if distributed.any_rank(stop.requested):  # Ctrl-C: save at this step boundary, where a resume starts
                 save_state(step)
