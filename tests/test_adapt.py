@@ -1,3 +1,4 @@
+import copy
 import csv
 
 import numpy as np
@@ -10,7 +11,7 @@ from segadapt.config import preset
 from segadapt.data import JointTransform
 from segadapt.data.pairs import PairedDataset, ShiftedSource
 from segadapt.data.synthetic import SyntheticScenes
-from segadapt.errors import ConfigError, DataError, SegadaptError
+from segadapt.errors import CheckpointError, ConfigError, DataError, SegadaptError
 from segadapt.losses import W_INC, resolve_layers
 from segadapt.models import VGGDeepLab
 from segadapt.train import load_model
@@ -170,6 +171,13 @@ def test_resume_from_a_checkpoint_ends_like_the_uninterrupted_run(tmp_path, h1):
     assert r["probes"] == a["probes"] and r["selected_step"] == a["selected_step"]
     assert [row["step"] for row in csv.DictReader((b / "log.csv").open())] == [str(s) for s in range(1, 9)]
     assert (tmp_path / "a" / "selection.csv").read_text() == (b / "selection.csv").read_text()
+    # resuming onto another teacher would mix two regressions: refused
+    other = copy.deepcopy(teacher)
+    with torch.no_grad():
+        other.conv1[0].bias.add_(0.1)
+    cfg.train.iterations = 10
+    with pytest.raises(CheckpointError, match="H1's weights changed"):
+        adapt(cfg, b, make_pairs(10), teacher=other, h1_meta=meta, resume=True)
 
 
 def test_student_regresses_without_dropout(tmp_path, h1):

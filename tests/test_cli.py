@@ -38,6 +38,10 @@ def test_resume_can_extend_a_run(tmp_path, capsys):
     assert "train.lr 0.02 -> 0.5" in err and "\n" not in err
     assert main(["train", "--resume", str(run), "--preset", "camvid"]) == 2
     assert "drop --preset" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--iterations", "4"]) == 2
+    assert "already at step 5" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "already finished at step 5" in capsys.readouterr().out
     assert json.loads((run / "model.json").read_text())["step"] == 5
 
 

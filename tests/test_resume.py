@@ -117,3 +117,7 @@ def test_adapt_sigint_then_resume_matches_uninterrupted_run(tmp_path):
     refused = subprocess.run(cli("adapt", "--resume", str(run), "--filter", "cubism"), env=ENV,
                              capture_output=True, text=True)
     assert refused.returncode == 2 and "drop --filter" in refused.stderr
+    again = subprocess.run(cli("adapt", "--resume", str(run)), env=ENV, capture_output=True, text=True)
+    assert again.returncode == 0 and "already finished at step" in again.stdout
+    wrong = subprocess.run(cli("train", "--resume", str(run)), env=ENV, capture_output=True, text=True)
+    assert wrong.returncode == 2 and "an adaptation run; continue it with segadapt adapt --resume" in wrong.stderr

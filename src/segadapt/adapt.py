@@ -177,8 +177,12 @@ def adapt(
 
     probes: list[dict[str, float]] = []
     selected: tuple[dict[str, float], dict[str, torch.Tensor]] | None = None
+    h1_sha = teacher_cache.model_fingerprint(teacher)  # a resume must regress onto the same H1
     if last is not None:  # restored last, so the RNG is the checkpoint's, untouched by the set-up above
         state = ckpt.load_training_state(last, student, optimizer)
+        if state.get("h1_sha256", h1_sha) != h1_sha:
+            raise CheckpointError(f"{cfg.adapt.h1}: H1's weights changed since {run_dir} started; resuming would "
+                                  f"regress onto another teacher. Start a new adaptation (--out)")
         probes = state.get("probes", [])
         if state.get("selected") is not None:
             selected = (state["selected"], ckpt.read_extra(last))
@@ -195,7 +199,8 @@ def adapt(
         if not weights_finite(student):
             raise SegadaptError(f"weights are not finite at step {step}; not saving them "
                                 f"(last good checkpoint: {ckpt.latest_checkpoint(run_dir)})")
-        meta = {"probes": probes, "selected": selected[0] if selected else None, "config": to_dict(cfg)}
+        meta = {"probes": probes, "selected": selected[0] if selected else None, "config": to_dict(cfg),
+                "h1_sha256": h1_sha}
         ckpt.save_training_state(ckpt.checkpoint_path(run_dir, step), student, optimizer, step, meta,
                                  extra=selected[1] if selected else None)
         ckpt.prune_checkpoints(run_dir)

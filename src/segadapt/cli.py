@@ -171,8 +171,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.preset:
             raise SegadaptError(f"--resume {run_dir} continues with the run's own config; drop --preset")
         saved = load_toml(run_dir / "config.toml")
+        if _run_kind(run_dir) == "adapt":
+            raise SegadaptError(f"{run_dir}: an adaptation run; continue it with segadapt adapt --resume {run_dir}")
         cfg = resolve_config(args, saved)
         _refuse_resume_changes(run_dir, saved, cfg)
+        if _finished(run_dir, cfg):
+            return 0
     else:
         cfg = resolve_config(args)
         if args.out:
@@ -193,6 +197,31 @@ def cmd_train(args: argparse.Namespace) -> int:
 # and RNG state would silently overrule a new lr, momentum, batch or seed)
 RESUMABLE = {"name", "out_dir", "data.root", "data.num_workers", "train.iterations", "train.time_budget_s",
              "train.checkpoint_every", "train.log_every", "train.eval_every", "train.device", "train.threads"}
+
+
+def _run_kind(run_dir: Path) -> str:
+    """"train" or "adapt", told by log.csv's header (written when a run starts); "" when there is none."""
+    try:
+        header = (run_dir / "log.csv").read_text().split("\n", 1)[0].split(",")
+    except OSError:
+        return ""
+    return "train" if "val_miou" in header else "adapt" if any(h.startswith("loss_") for h in header) else ""
+
+
+def _finished(run_dir: Path, cfg: RunConfig) -> bool:
+    """A resume whose run already reached train.iterations: say so instead of redoing the final step's work;
+    refuse fewer iterations than the checkpoint has done."""
+    from segadapt.checkpoint import latest_checkpoint
+
+    last = latest_checkpoint(run_dir)
+    step = int(last.stem[5:]) if last is not None else 0
+    if step > cfg.train.iterations:
+        raise SegadaptError(f"{run_dir}: already at step {step}; --iterations {cfg.train.iterations} would "
+                            f"go back. Give more iterations to extend it")
+    if step == cfg.train.iterations and (run_dir / "model.safetensors").is_file():
+        print(f"{run_dir}: already finished at step {step}; pass --iterations N (> {step}) to extend it")
+        return True
+    return False
 
 
 def _refuse_resume_changes(run_dir: Path, saved: RunConfig, cfg: RunConfig) -> None:
@@ -317,14 +346,19 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         if not (out / "config.toml").is_file():
             raise SegadaptError(f"{out}: not an adaptation run (no config.toml); pass the run folder to resume")
         saved = load_toml(out / "config.toml")
+        if _run_kind(out) == "train":
+            raise SegadaptError(f"{out}: a training run, not an adaptation; continue it with segadapt train "
+                                f"--resume {out}")
         cfg = resolve_config(args, saved)
         _refuse_resume_changes(out, saved, cfg)
+        if _finished(out, cfg):
+            return 0
     else:
         if not args.h1:
             raise SegadaptError("--h1 RUN is required (the source model), or --resume RUN to continue an adaptation")
         _, meta = load_model(args.h1)
         cfg = _model_config(args, meta, args.h1)
-        cfg.adapt.h1 = args.h1
+        cfg.adapt.h1 = str(Path(args.h1).resolve())  # absolute: a resume may start from another directory
         if args.layers:
             cfg.adapt.layers = [x.strip() for x in args.layers.split(",") if x.strip()]
         if args.weights:
