@@ -196,3 +196,14 @@ def test_shift_writes_paired_dataset_and_resumes(tmp_path, camvid_copy, capsys):
     # other parameters into the same folder are refused
     assert main([*args[:-2], "--severity", "0.9", "--out", str(out)]) == 2
     assert "other parameters" in capsys.readouterr().err
+
+
+def test_adapt_starts_from_h1_settings_and_says_what_to_run_next(tmp_path, h1_run, capsys):
+    out = tmp_path / "a"
+    assert main(["adapt", "--h1", str(h1_run), "--filter", "ripple", "--iterations", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    saved = (out / "config.toml").read_text()
+    assert 'name = "adapt"' in saved and "batch_size = 2" in saved  # H1 ran with --batch-size 2
+    assert f"segadapt distortion --model {out} --filter ripple" in printed
+    assert main(["evaluate", "--model", str(out), "--set", "data.synthetic_val=3"]) == 0
+    assert (out / "eval_synthetic_val.json").is_file()

@@ -287,19 +287,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "confusion": conf.tolist(),
         "environment": environment(),
     }
-    out = Path(args.out) if args.out else _default_eval_path(args.model, cfg.data.dataset, split)
+    root = cfg.data.root if cfg.data.root != trained.data.root else ""  # scored on other data (a D2)
+    out = Path(args.out) if args.out else _default_eval_path(args.model, cfg.data.dataset, split, root)
     write_json_atomic(out, result)
-    print(f"{cfg.data.dataset}/{split}: mIoU {s.miou:.4f}  mean acc {s.mean_acc:.4f}  pixel acc {s.pixel_acc:.4f}")
+    where = f" at {cfg.data.root}" if cfg.data.root else ""
+    print(f"{cfg.data.dataset}/{split}{where}: mIoU {s.miou:.4f}  mean acc {s.mean_acc:.4f}  "
+          f"pixel acc {s.pixel_acc:.4f}")
     for name, iou in zip(dataset.info.class_names, s.class_iou):
         print(f"  {name:<14} IoU {iou:.4f}")
     print(f"wrote {out}")
     return 0
 
 
-def _default_eval_path(model: str, dataset: str, split: str) -> Path:
+def _default_eval_path(model: str, dataset: str, split: str, root: str = "") -> Path:
+    """eval_<dataset>_<split>.json beside the model; data from another root (a D2) gets its own file."""
     p = Path(model)
     folder = p if p.is_dir() else p.parent
-    return folder / f"eval_{dataset}_{split}.json"
+    tag = f"{dataset}-{Path(root).name}" if root else dataset
+    return folder / f"eval_{tag}_{split}.json"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -357,7 +362,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         if not args.h1:
             raise SegadaptError("--h1 RUN is required (the source model), or --resume RUN to continue an adaptation")
         _, meta = load_model(args.h1)
-        cfg = _model_config(args, meta, args.h1)
+        cfg = resolve_config(args, _adapt_base(meta, args.h1))  # a --preset replaces H1's settings
         cfg.adapt.h1 = str(Path(args.h1).resolve())  # absolute: a resume may start from another directory
         if args.layers:
             cfg.adapt.layers = [x.strip() for x in args.layers.split(",") if x.strip()]
@@ -378,9 +383,40 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     print(dumps_toml(cfg))
     result = adapt(cfg, out, pairs, resume=bool(args.resume))
     if result["final_loss"] is not None:
-        print(f"final regression loss {result['final_loss']:.5g} per layer {result['final_layer_loss']}")
-    print(f"adapted model: {out / 'model.safetensors'} (evaluate with: segadapt evaluate --model {out})")
+        print(f"regression loss (last batch) {result['final_loss']:.5g}, per layer {result['final_layer_loss']}")
+    print(f"adapted model: {out / 'model.safetensors'}")
+    if result["selected_step"] is not None:
+        print(f"label-free choice: {out / 'model_selected.safetensors'} (step {result['selected_step']}, lowest "
+              f"held-out regression loss; selection.csv)")
+    print(f"next: {_score_hint(cfg, out)}; look: segadapt viz features --h1 {cfg.adapt.h1} --h2 {out} "
+          f"--out {out / 'viz'} ...")
     return 0
+
+
+def _adapt_base(meta: dict[str, Any], h1: str) -> RunConfig:
+    """H1's own run settings (batch, weight decay, seed, data...) with the sweep's adaptation budget and lr,
+    so `segadapt adapt` trains H2 as `segadapt experiment` does; older model files give their data only."""
+    from segadapt.config import from_dict
+    from segadapt.errors import ConfigError
+
+    try:
+        base = from_dict(RunConfig, meta["config"], f"{h1} metadata")
+    except (ConfigError, KeyError, TypeError):
+        return _trained_config(meta, h1)
+    base.model.width, base.model.arch = meta["width"], meta["arch"]
+    base.name, base.train.time_budget_s = "adapt", 0.0
+    base.train.iterations, base.train.lr = base.experiment.iterations, base.experiment.adapt_lr
+    return base
+
+
+def _score_hint(cfg: RunConfig, out: Path) -> str:
+    """How to score H2 on D2, which has the labels only where D2 is D1 shifted by a filter."""
+    if cfg.shift.d2_dir and (Path(cfg.shift.d2_dir) / cfg.data.val_split).is_dir():
+        return (f"segadapt evaluate --model {out} --dataset {cfg.data.dataset} --root {cfg.shift.d2_dir} "
+                f"--split {cfg.data.val_split}")
+    if not cfg.shift.d2_dir and not cfg.shift.pairs_csv:
+        return f"segadapt distortion --model {out} --filter {cfg.shift.filter} (scores D1 and D2)"
+    return "D2 has no labels here; compare H1 and H2 by eye with segadapt viz overlays"
 
 
 def cmd_distortion(args: argparse.Namespace) -> int:
@@ -484,8 +520,12 @@ def _d2_source(cfg: RunConfig, split: str) -> Any:
     from segadapt.data.pairs import image_folder
     from segadapt.experiment import d2_source
 
-    if cfg.shift.d2_dir and not (Path(cfg.shift.d2_dir) / split).is_dir():
-        return image_folder(Path(cfg.shift.d2_dir))
+    d2_dir = Path(cfg.shift.d2_dir) if cfg.shift.d2_dir else None
+    if d2_dir is not None and not (d2_dir / split).is_dir():
+        if any(p.is_dir() and (p / "images").is_dir() for p in d2_dir.iterdir() if d2_dir.is_dir()):
+            raise SegadaptError(f"{d2_dir}: a `segadapt shift` output without the {split!r} split; write it with "
+                                f"segadapt shift --split {split} --out {d2_dir}")
+        return image_folder(d2_dir)
     return d2_source(cfg, split, cfg.shift, cfg.shift.filter)
 
 
@@ -578,7 +618,8 @@ def cmd_viz_reconstruct(args: argparse.Namespace) -> int:
         raise SegadaptError(f"reconstruct: {e}") from None
     first, last = r["first_loss"], r["last_loss"]
     print(f"loss {first:.4g} -> {last:.4g} ({first / max(last, 1e-30):.1f}x lower) in {r['steps']} steps")
-    print(f"wrote {r['reconstruction']}")
+    files = [Path(r[k]).name for k in r if isinstance(r[k], str) and Path(r[k]).suffix in (".png", ".csv")]
+    print(f"wrote {', '.join(files)} to {args.out} (the image as {args.model} sees it: *_reconstruction.png)")
     return 0
 
 
@@ -719,7 +760,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--step-size", type=float, help="optimizer learning rate (default per optimizer)")
     v.add_argument("--content-weight", type=float, default=1.0)
     v.add_argument("--style-weight", type=float, default=1.0)
-    _viz_data_args(v)
+    _add_config_args(v)
+    v.add_argument("--split", help="split to draw --index from (default: the val split)")
+    v.add_argument("--out", required=True, help="output directory")
     v.set_defaults(func=cmd_viz_reconstruct)
     v = viz.add_parser("overlays", help="image, ground truth and each model's prediction, in the dataset's colours")
     v.add_argument("--models", required=True, help="NAME=RUN pairs, e.g. H1=runs/h1,B2=runs/b2,H2=runs/h2")

@@ -130,6 +130,12 @@ def check_experiment(cfg: RunConfig) -> None:
                                 f"write it with segadapt shift --split {split}") from None
 
 
+def _stage(seed: int, shift: str, what: str) -> None:
+    """One line per model of the sweep, so its progress bars say which model they belong to."""
+    where = "" if shift == "none" else f", shift {shift}"
+    print(f"== seed {seed}{where}: {what}", flush=True)
+
+
 def run_experiment(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     ex = cfg.experiment
     check_experiment(cfg)
@@ -145,6 +151,7 @@ def run_experiment(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         seed_dir = out_dir / f"seed{seed}"
 
         # H1 on D1
+        _stage(seed, "none", "H1 (reused)" if cfg.adapt.h1 else "H1: trained on D1 with labels")
         if cfg.adapt.h1:
             h1, h1_meta = load_model(cfg.adapt.h1, device)
         else:
@@ -168,11 +175,14 @@ def run_experiment(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
             d2_sets = (SegmentationDataset(d2_train, train_tf), SegmentationDataset(d2_val, eval_tf))
 
             if "B0" in ex.baselines:
+                _stage(seed, name, "B0: H1 scored on D2")
                 rows.append(_row(seed, name, "B0", score(h1, d2_val, cfg, device)))
             if "B1" in ex.baselines:
+                _stage(seed, name, "B1: trained from scratch on D2 with D1's labels")
                 m = train(base, shift_dir / "B1", train_set=d2_sets[0], val_set=d2_sets[1])
                 rows.append(_row(seed, name, "B1", _scores_from(m)))
             if "B2" in ex.baselines:
+                _stage(seed, name, "B2: H1 fine-tuned on D2 with D1's labels")
                 b2 = copy.deepcopy(base)
                 b2.train.iterations, b2.train.lr = ex.iterations, ex.finetune_lr
                 m = train(b2, shift_dir / "B2", model=copy.deepcopy(h1), train_set=d2_sets[0], val_set=d2_sets[1])
@@ -183,6 +193,7 @@ def run_experiment(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                 return {"miou": score(model, d2_val, cfg, device).miou}  # labels: only here, to judge selection
 
             for preset in ex.layer_presets:
+                _stage(seed, name, f"H2:{preset}: H1 adapted by regressing {preset} (no D2 labels)")
                 a = copy.deepcopy(base)
                 a.train.iterations, a.train.lr = ex.iterations, ex.adapt_lr
                 a.adapt.layers, a.adapt.weights = [preset], []

@@ -153,6 +153,9 @@ DATASETS = ("synthetic", "camvid", "voc", "folder")
 
 def build_source(cfg: DataConfig, split: str, missing: list[DataError] | None = None) -> SegmentationSource:
     """The raw samples of a split; `missing` collects images without a mask instead of failing on the first."""
+    if cfg.dataset != "folder" and (cfg.num_classes or cfg.ignore_index != 255 or cfg.class_names):
+        raise ConfigError(f"data.num_classes, data.ignore_index and data.class_names describe a folder dataset; "
+                          f"{cfg.dataset} brings its own, so leave them out")
     if cfg.dataset == "synthetic":
         from segadapt.data.synthetic import SyntheticScenes
 
