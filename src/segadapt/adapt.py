@@ -42,7 +42,7 @@ from segadapt.train import (
     nonfinite_error,
     poly_lr,
     rank_batch_size,
-    weights_finite,
+    refuse_nonfinite,
     wrap_ddp,
     write_log_header,
 )
@@ -196,9 +196,7 @@ def adapt(
         """Rank 0 writes the resume point; weights that are not finite never replace a good checkpoint."""
         if not main:
             return
-        if not weights_finite(student):
-            raise SegadaptError(f"weights are not finite at step {step}; not saving them "
-                                f"(last good checkpoint: {ckpt.latest_checkpoint(run_dir)})")
+        refuse_nonfinite(student, step, run_dir)
         meta = {"probes": probes, "selected": selected[0] if selected else None, "config": to_dict(cfg),
                 "h1_sha256": h1_sha}
         ckpt.save_training_state(ckpt.checkpoint_path(run_dir, step), student, optimizer, step, meta,

@@ -164,6 +164,13 @@ def grads_finite(params: Iterable[torch.nn.Parameter]) -> bool:
     return not peaks or bool(torch.isfinite(torch.stack(peaks).amax()))
 
 
+def refuse_nonfinite(model: torch.nn.Module, step: int, run_dir: Path) -> None:
+    """Before a resume point is written: weights that are not finite never replace a good checkpoint."""
+    if not weights_finite(model):
+        raise SegadaptError(f"weights are not finite at step {step}; not saving them "
+                            f"(last good checkpoint: {ckpt.latest_checkpoint(run_dir)})")
+
+
 def weights_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
@@ -314,9 +321,7 @@ def train(
         """Rank 0 writes the resume point; weights that are not finite never replace a good checkpoint."""
         if not main:
             return
-        if not weights_finite(model):
-            raise SegadaptError(f"weights are not finite at step {step}; not saving them "
-                                f"(last good checkpoint: {ckpt.latest_checkpoint(run_dir)})")
+        refuse_nonfinite(model, step, run_dir)
         ckpt.save_training_state(ckpt.checkpoint_path(run_dir, step), model, optimizer, step,
                                  model_meta(cfg, train_set, step))
         ckpt.prune_checkpoints(run_dir)
