@@ -1,4 +1,4 @@
-"""Images/s of one feature-regression step (tap pool5 by default), three ways, on the same inputs in one run:
+"""Images/s of one feature-regression step (tap pool5 by default), five ways, on the same inputs in one run:
 
   naive     the loop as first written: teacher and student each run the whole network to the logits,
             pool5 collected by forward hooks, loss on the two captures, the student's optimizer over all

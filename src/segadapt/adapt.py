@@ -11,6 +11,7 @@ import copy
 import csv
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -167,10 +168,13 @@ def adapt(
         generator=torch.Generator().manual_seed(distributed.rank_seed(tc.seed + start)),
         persistent_workers=cfg.data.num_workers > 0,
     )
-    fields = ["step", "loss", *[f"loss_{t}" for t in taps], "lr", "images_per_s"]
+    fields = ["step", "loss", *[f"loss_{t}" for t in taps], "lr", "images_per_s", "elapsed_s"]
+    elapsed_before = 0.0  # seconds the run had logged before this resume
     if main:
+        if not resume:  # resume points of an earlier run in this directory would outrank this run's
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         ckpt.write_text_atomic(run_dir / "config.toml", dumps_toml(cfg))
-        write_log_header(run_dir / "log.csv", start, fields)
+        elapsed_before = write_log_header(run_dir / "log.csv", start, fields)
     # only rank 0 writes files; the other ranks log into the void
     log_file = (run_dir / "log.csv").open("a", newline="") if main else open(os.devnull, "w")  # noqa: SIM115
     log = csv.DictWriter(log_file, fields)
@@ -188,7 +192,7 @@ def adapt(
             selected = (state["selected"], ckpt.read_extra(last))
         if main:
             print(f"resuming {run_dir} from step {start}")
-    # ranks > 0 draw augmentation and dropout from their own seeds, restarted at each resume point
+    # ranks > 0 draw augmentation from their own seeds: rank_seed(seed + step), restarted after every step
     if rank:
         torch.manual_seed(distributed.rank_seed(tc.seed + start))
 
@@ -243,7 +247,7 @@ def adapt(
                 per_layer = distributed.mean_over_ranks(per_layer)  # same step on every rank: safe collective
                 rate = seen / (time.perf_counter() - t0)
                 row = {"step": step, "loss": f"{loss_value:.6g}", "lr": f"{optimizer.param_groups[0]['lr']:.3g}",
-                       "images_per_s": f"{rate:.2f}"}
+                       "images_per_s": f"{rate:.2f}", "elapsed_s": f"{elapsed_before + time.perf_counter() - t0:.1f}"}
                 log.writerow(row | {f"loss_{t}": f"{v:.6g}" for t, v in per_layer.items()})
                 log_file.flush()
                 bar.set_postfix(loss=f"{loss_value:.4g}")

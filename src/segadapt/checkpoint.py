@@ -3,8 +3,9 @@
 Two kinds of file:
 - a *model* file (``model.safetensors``): weights plus metadata (arch, width, classes, config, step),
   the thing users pass to ``evaluate`` or ``adapt``; a readable ``model.json`` sidecar is written beside it.
-- a *training state* file (``checkpoints/step_XXXXXXX.safetensors``): weights, optimizer tensors and RNG
-  state in one file, so that one atomic rename makes a consistent resume point.
+- a *training state* file (``checkpoints/step_XXXXXXX.safetensors``): weights, optimizer tensors, RNG
+  state and a loop's extra tensors (adapt: the selected weights; its probes and H1's fingerprint go in the
+  metadata) in one file, so that one atomic rename makes a consistent resume point.
 """
 
 from __future__ import annotations
@@ -109,8 +110,9 @@ def load_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if "arch" not in meta:
         raise CheckpointError(f"{p}: safetensors file has no segadapt metadata; it was not written by segadapt")
     if "optimizer" in meta:
+        command = "adapt" if "h1_sha256" in meta else "train"
         raise CheckpointError(f"{p}: a resume point, not a model; pass the run directory (or its {MODEL_FILE}), "
-                              f"or continue the run with train --resume")
+                              f"or continue the run with segadapt {command} --resume")
     return tensors, meta
 
 

@@ -41,6 +41,19 @@ SHORTCUTS = {
 }
 
 
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    """What a command that trains nothing needs: where the data is and which device; the model file brings
+    the rest."""
+    g = p.add_argument_group("data and device (the model's own settings unless given)")
+    g.add_argument("--config", help="TOML file; its [data] table is what matters here")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set data.base_size=240")
+    g.add_argument("--dataset", help="synthetic | camvid | voc | folder")
+    g.add_argument("--root", help="dataset root directory")
+    g.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--seed", type=int)
+    p.set_defaults(preset=None)
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("configuration (later ones win: preset < --config < flags < --set)")
     g.add_argument("--preset", help="start from a preset: voc (the study), synthetic, camvid, demo")
@@ -168,8 +181,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         if not (run_dir / "config.toml").is_file():
             raise SegadaptError(f"{run_dir}: not a run directory (no config.toml); pass the run folder to resume")
-        if args.preset:
-            raise SegadaptError(f"--resume {run_dir} continues with the run's own config; drop --preset")
+        if args.preset or args.out:
+            flag = "--preset" if args.preset else "--out"
+            raise SegadaptError(f"--resume {run_dir} continues the run in its own directory with its own config; "
+                                f"drop {flag}")
         saved = load_toml(run_dir / "config.toml")
         if _run_kind(run_dir) == "adapt":
             raise SegadaptError(f"{run_dir}: an adaptation run; continue it with segadapt adapt --resume {run_dir}")
@@ -415,7 +430,9 @@ def _score_hint(cfg: RunConfig, out: Path) -> str:
         return (f"segadapt evaluate --model {out} --dataset {cfg.data.dataset} --root {cfg.shift.d2_dir} "
                 f"--split {cfg.data.val_split}")
     if not cfg.shift.d2_dir and not cfg.shift.pairs_csv:
-        return f"segadapt distortion --model {out} --filter {cfg.shift.filter} (scores D1 and D2)"
+        seed = f" --set shift.seed={cfg.shift.seed}" if cfg.shift.seed else ""
+        return (f"segadapt distortion --model {out} --filter {cfg.shift.filter} --severity {cfg.shift.severity}"
+                f"{seed} (scores D1 and D2)")
     return "D2 has no labels here; compare H1 and H2 by eye with segadapt viz overlays"
 
 
@@ -693,13 +710,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score a model: pixel acc, mean acc, per-class IoU, mIoU")
     p.add_argument("--model", required=True, help="run directory or model .safetensors")
     p.add_argument("--split", help="split to evaluate (default: the config's val split)")
-    p.add_argument("--out", help="JSON output (default: <run>/eval_<dataset>_<split>.json)")
+    p.add_argument("--out", help="JSON output (default: <run>/eval_<dataset>_<split>.json; scored at another "
+                   "--root: eval_<dataset>-<root name>_<split>.json)")
     _add_config_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("adapt", help="adapt H1 to D2 by feature-map regression (no D2 labels)")
     _add_config_args(p)
-    p.add_argument("--h1", help="source model: a training run directory or model .safetensors (required)")
+    p.add_argument("--h1", help="source model: a training run directory or model .safetensors "
+                   "(required unless --resume)")
     p.add_argument("--layers", help="taps to regress, comma-separated (pool1..pool5, fc6, fc7) or a preset: "
                    "pool1..pool5, all (= all_inc), all_inc, all_dec")
     p.add_argument("--weights", help="one weight per layer, comma-separated (default 1.0 each)")
@@ -760,7 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--step-size", type=float, help="optimizer learning rate (default per optimizer)")
     v.add_argument("--content-weight", type=float, default=1.0)
     v.add_argument("--style-weight", type=float, default=1.0)
-    _add_config_args(v)
+    _add_data_args(v)
     v.add_argument("--split", help="split to draw --index from (default: the val split)")
     v.add_argument("--out", required=True, help="output directory")
     v.set_defaults(func=cmd_viz_reconstruct)

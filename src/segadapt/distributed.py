@@ -64,7 +64,7 @@ def is_main() -> bool:
 
 
 def rank_seed(seed: int) -> int:
-    """A per-rank seed for augmentation and dropout; rank 0 (and a single process) keeps `seed` itself."""
+    """A per-rank seed for augmentation (and dropout in train); rank 0 (and a single process) keeps `seed`."""
     return seed + 1_000_003 * rank()
 
 

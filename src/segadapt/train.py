@@ -16,6 +16,7 @@ import contextlib
 import csv
 import itertools
 import math
+import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -269,6 +270,8 @@ def train(
     per_rank = rank_batch_size(tc.batch_size, world)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:  # resume points of an earlier run in this directory would outrank this run's
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
     # data
     train_set = train_set or build_dataset(cfg.data, cfg.data.train_split, train=True)
@@ -382,10 +385,11 @@ def train(
                 break
             if distributed.any_rank(stop.requested):  # Ctrl-C: save at this step boundary, where a resume starts
                 save_state(step)
-                raise SegadaptError(f"interrupted at step {step}; checkpoint saved, continue with --resume {run_dir}")
+                raise SegadaptError(f"interrupted at step {step}; checkpoint saved, continue with "
+                                    f"segadapt train --resume {run_dir}")
     except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the state is inconsistent, keep the last checkpoint
         last = ckpt.latest_checkpoint(run_dir)
-        where = (f"resume from {last.stem} with --resume {run_dir}" if last is not None
+        where = (f"resume from {last.stem} with segadapt train --resume {run_dir}" if last is not None
                  else "no checkpoint had been saved yet")
         raise SegadaptError(f"interrupted during step {step + 1}; {where}") from None
     finally:
