@@ -298,3 +298,21 @@ def test_an_interrupted_shift_run_still_refuses_other_parameters(tmp_path):
         write_shifted(SyntheticScenes(4, size=(16, 16)), None, tmp_path, "val", "photocopy", 1.0, workers=1)
     r = write_shifted(SyntheticScenes(4, size=(16, 16)), None, tmp_path, "val", "photocopy", 0.5, workers=1)
     assert r["images"] == 4 and len(list((tmp_path / "val" / "labels").iterdir())) == 4
+
+
+def test_cubism_shuffle_skips_a_rejected_word_and_reads_on_in_stream_order():
+    """GLib rejects a word above the modulo bound and takes the next one; later picks keep their words."""
+    from segadapt.shifts.cubism import _shuffled_order
+
+    class Stream:
+        def __init__(self, words):
+            self.words_left = list(words)
+
+        def words(self, n):
+            out, self.words_left = self.words_left[:n], self.words_left[n:]
+            return np.array(out, dtype=np.uint64)
+
+    count = 3  # top = 0xFFFFFFFF - ((0x80000000 % 3) * 2) % 3 = 0xFFFFFFFE: 0xFFFFFFFF is rejected
+    good = [1, 2, 0, 1, 2, 0] * 5  # 2 * count * 5 rounds = 30 words
+    planted = [0xFFFFFFFF, *good]
+    assert _shuffled_order(count, Stream(planted)).tolist() == _shuffled_order(count, Stream(good)).tolist()

@@ -111,8 +111,9 @@ def test_photocopy_known_answers_match_gegl():
 
 @pytest.mark.parametrize(
     "params",
-    [{"seed": 7}, {"tile_size": 25.0, "tile_saturation": 1.5, "seed": 3, "bg_color": (1.0, 0.5, 0.0, 1.0)}],
-    ids=["defaults-seed7", "t25-s1.5-orange"],
+    [{"seed": 7}, {"tile_size": 25.0, "tile_saturation": 1.5, "seed": 3, "bg_color": (1.0, 0.5, 0.0, 1.0)},
+     {"tile_size": 4.0, "seed": 0}],  # small tiles, seed 0: the shuffle meets a rejected word on CamVid frames
+    ids=["defaults-seed7", "t25-s1.5-orange", "t4-seed0"],
 )
 def test_cubism_same_seed_matches_gegl(frames, params):
     for i, img in enumerate(frames):

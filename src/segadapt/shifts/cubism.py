@@ -59,13 +59,11 @@ def _shuffled_order(count: int, rng: GRand) -> np.ndarray:
     order = list(range(count))
     top = 0xFFFFFFFF - ((0x80000000 % count) * 2) % count
     need = 2 * count * _SHUFFLE_ROUNDS
-    words = rng.words(need)
-    # Rejection is vanishingly rare for small counts; redraw only the rejected positions, in stream order.
+    # GLib rejects a word above `top` and takes the next word of the stream: read the stream in order, in
+    # blocks of exactly as many words as are still needed, so no word is drawn that GLib would not draw
     picks: list[int] = []
-    for word in words.tolist():
-        while word > top:
-            word = int(rng.words(1)[0])
-        picks.append(word % count)
+    while len(picks) < need:
+        picks += [w % count for w in rng.words(need - len(picks)).tolist() if w <= top]
     for i in range(0, need, 2):
         a, b = picks[i], picks[i + 1]
         order[a], order[b] = order[b], order[a]
