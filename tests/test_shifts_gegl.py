@@ -138,3 +138,16 @@ def test_cubism_statistics_match_gegl_across_seeds(frames):
     assert ours[0] == pytest.approx(theirs[0], abs=0.03)  # background fraction (~0.2-0.3 at saturation 1)
     assert ours[1] == pytest.approx(theirs[1], rel=0.1)  # typical tile extent
     assert ours[2] == pytest.approx(theirs[2], rel=0.1)  # colour saturation of the tiles
+
+
+def test_gegl_backend_refuses_values_gegl_would_ignore_and_keeps_severity_zero_the_identity():
+    """gegl exits 0 after a bad value and renders its defaults; the backend must not pass that off as D2."""
+    from segadapt.errors import SegadaptError
+    from segadapt.shifts import apply_filter
+
+    img = np.random.default_rng(0).integers(0, 255, (24, 32, 3), np.uint8)
+    with pytest.raises(SegadaptError, match="unhandled enum value"):
+        run_gegl(img, "ripple", wave_type="bogus")
+    with pytest.raises(ValueError, match="amplitude"):
+        apply_filter("ripple", img, backend="gegl", amplitude=-5)
+    assert np.array_equal(apply_filter("ripple", img, severity=0, backend="gegl"), img)

@@ -56,6 +56,10 @@ def apply_filter(
         chosen["seed"] = seed
     chosen.update({_ALIASES.get(k, k): v for k, v in params.items()})
     opacity = float(chosen.pop("opacity", 1.0))
+    if name == "ripple" and float(chosen.get("amplitude", 1.0)) == 0.0:
+        return image.copy()  # severity 0 is the identity on both backends (gegl would still resample)
+    if backend == "gegl":  # the native filter checks the values on a 2x2 image: gegl takes bad ones silently
+        FILTERS[name](np.zeros((2, 2, 3), np.uint8), **chosen)
     out = run_gegl(image, name, **chosen) if backend == "gegl" else FILTERS[name](image, **chosen)
     return blend(image, out, opacity)
 

@@ -125,7 +125,8 @@ def run_gegl(image: np.ndarray, op: str, timeout: float = 120.0, **params: objec
         raise ValueError(f"expected a uint8 HxWx3 RGB image, got {image.dtype} {image.shape}")
     with tempfile.TemporaryDirectory(prefix="segadapt-gegl-") as tmp:
         src, dst = Path(tmp) / "in.png", Path(tmp) / "out.png"
-        cv2.imwrite(str(src), np.ascontiguousarray(image[:, :, ::-1]))
+        if not cv2.imwrite(str(src), np.ascontiguousarray(image[:, :, ::-1])):
+            raise SegadaptError(f"could not write the image for gegl:{op} to {src}")
         h, w = image.shape[:2]
         # Area filters (ripple, cubism) grow their bounding box by their reach; GIMP clips to the layer, so do we.
         crop = ["gegl:crop", "x=0", "y=0", f"width={w}", f"height={h}"]
@@ -134,8 +135,10 @@ def run_gegl(image: np.ndarray, op: str, timeout: float = 120.0, **params: objec
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             raise SegadaptError(f"gegl:{op} timed out after {timeout:g} s") from exc
-        if proc.returncode != 0 or not dst.exists():
-            lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-            last = lines[-1] if lines else f"exit status {proc.returncode}"
+        # gegl exits 0 after an out-of-range value or an unknown enum, and renders its defaults instead
+        complaints = [ln for ln in proc.stderr.splitlines() if "GObject-WARNING" in ln or "Error:" in ln]
+        if proc.returncode != 0 or not dst.exists() or complaints:
+            lines = complaints or [ln for ln in proc.stderr.splitlines() if ln.strip()]
+            last = lines[-1].strip() if lines else f"exit status {proc.returncode}"
             raise SegadaptError(f"gegl:{op} failed: {last}")
         return read_gegl_png(dst)

@@ -5,7 +5,8 @@ grows with severity from 0 to 0.5 to 1 for every filter (tested); for ripple and
 monotonically in between, for cubism only in trend: each tile size draws a new tiling, so neighbouring
 severities can swap order by a few percent on one image. Ranges, per filter:
 
-* ripple: amplitude = 12 s px (0 = identity), period = 80 - 40 s px, phi drawn uniformly from [-1, 1] by `seed`
+* ripple: amplitude = 12 s px (0 = identity on both backends; above 0 the cubic resampling also blurs by
+  about half a pixel, as in GEGL), period = 80 - 40 s px, phi drawn uniformly from [-1, 1] by `seed`
   (so paired images differ in phase, deterministically), abyss_policy "clamp" (no black borders), cubic sampler.
 * photocopy: GEGL's defaults (mask_radius 10, sharpness 0.5, black 0.2, white 0.2) applied at opacity s, i.e.
   blended over the input in linear light like GIMP's filter "Opacity". Photocopy's own parameters are not a
