@@ -207,3 +207,15 @@ def test_adapt_starts_from_h1_settings_and_says_what_to_run_next(tmp_path, h1_ru
     assert f"segadapt distortion --model {out} --filter ripple" in printed
     assert main(["evaluate", "--model", str(out), "--set", "data.synthetic_val=3"]) == 0
     assert (out / "eval_synthetic_val.json").is_file()
+
+
+def test_shift_seed_is_recorded_and_distortion_refuses_a_mislabelled_d2(tmp_path, h1_run, capsys):
+    d2 = tmp_path / "d2"
+    args = ["shift", *TINY[-4:], "--split", "val", "--filter", "ripple", "--severity", "0.5", "--seed", "5"]
+    assert main([*args, "--out", str(d2)]) == 0
+    assert json.loads((d2 / ".segadapt-shift-val.json").read_text())["params"]["seed"] == 5
+    capsys.readouterr()
+    bad = ["distortion", "--model", str(h1_run), "--filter", "cubism", "--severity", "0.1",
+           "--set", f"shift.d2_dir={d2}", "--set", "data.synthetic_val=2"]
+    assert main(bad) == 2
+    assert "holds ripple at severity 0.5, not cubism at 0.1" in capsys.readouterr().err

@@ -453,7 +453,11 @@ def cmd_distortion(args: argparse.Namespace) -> int:
     cfg.shift.filter = args.filter
     if args.severity is not None:
         cfg.shift.severity = args.severity
+    if args.seed is not None:  # here --seed is the shift's (ripple phase, cubism tiles): nothing trains
+        cfg.shift.seed = args.seed
     split = args.split or cfg.data.val_split
+    if cfg.shift.d2_dir:
+        _same_shift(Path(cfg.shift.d2_dir), split, cfg)
     d1 = build_source(cfg.data, split)
     _same_classes(args.model, meta, cfg, d1.info.num_classes)
     s1 = score(model, d1, cfg, device)
@@ -470,11 +474,28 @@ def cmd_distortion(args: argparse.Namespace) -> int:
     return 0
 
 
+def _same_shift(d2_dir: Path, split: str, cfg: RunConfig) -> None:
+    """A `segadapt shift` output records its filter and severity: refuse to report it as another shift."""
+    import json
+
+    marker = d2_dir / f".segadapt-shift-{split}.json"
+    try:
+        made = json.loads(marker.read_text())["params"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # a plain folder of D2 images: nothing recorded to compare
+    wanted = {"filter": cfg.shift.filter, "severity": cfg.shift.severity}
+    if {k: made.get(k) for k in wanted} != wanted:
+        raise SegadaptError(f"{d2_dir}: holds {made.get('filter')} at severity {made.get('severity')}, not "
+                            f"{cfg.shift.filter} at {cfg.shift.severity}; pass --filter/--severity to match")
+
+
 def cmd_shift(args: argparse.Namespace) -> int:
     from segadapt.data import build_source
     from segadapt.shifts.write import write_shifted
 
     cfg = resolve_config(args)
+    if args.seed is not None:  # here --seed is the shift's (ripple phase, cubism tiles): nothing trains
+        cfg.shift.seed = args.seed
     split = args.split or cfg.data.train_split
     source = build_source(cfg.data, split)
     root = Path(cfg.data.root) if cfg.data.root and cfg.data.dataset != "synthetic" else None
