@@ -37,8 +37,10 @@ from segadapt.train import (
     autocast,
     batches,
     describe_batch,
+    end_of_step,
     global_loss,
     grads_finite,
+    interrupted_mid_step,
     load_model,
     nonfinite_error,
     poly_lr,
@@ -260,24 +262,11 @@ def adapt(
                 probes.append(point)
                 if selected is None or point["holdout_loss"] < selected[0]["holdout_loss"]:
                     selected = (point, {k: v.detach().clone() for k, v in student.state_dict().items()})
-            if tc.checkpoint_every and step % tc.checkpoint_every == 0:
-                save_state(step)
-            if rank:  # ranks > 0 restart their RNG after every step, from seed and step alone, as a run
-                torch.manual_seed(distributed.rank_seed(tc.seed + step))  # resumed at any step does
-            if tc.time_budget_s and distributed.any_rank(time.perf_counter() - t0 > tc.time_budget_s):
-                if main:  # all ranks stop together, at the same step
-                    print(f"time budget of {tc.time_budget_s:g}s reached at step {step} of {tc.iterations}; "
-                          f"continue with segadapt adapt --resume {run_dir}")
+            elapsed = time.perf_counter() - t0
+            if end_of_step(step, tc, elapsed, stop, save_state, f"segadapt adapt --resume {run_dir}"):
                 break
-            if distributed.any_rank(stop.requested):  # Ctrl-C: save at this step boundary, where a resume starts
-                save_state(step)
-                raise SegadaptError(f"interrupted at step {step}; checkpoint saved, continue with "
-                                    f"segadapt adapt --resume {run_dir}")
     except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the state is inconsistent, keep the last checkpoint
-        kept = ckpt.latest_checkpoint(run_dir)
-        where = (f"resume from {kept.stem} with segadapt adapt --resume {run_dir}" if kept is not None
-                 else "no checkpoint had been saved yet")
-        raise SegadaptError(f"interrupted during step {step + 1}; {where}") from None
+        raise interrupted_mid_step(step, run_dir, "adapt") from None
     finally:
         stop.restore()
         bar.close()

@@ -18,7 +18,7 @@ import itertools
 import math
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from segadapt import checkpoint as ckpt
 from segadapt import distributed
-from segadapt.config import RunConfig, dumps_toml, to_dict
+from segadapt.config import RunConfig, TrainConfig, dumps_toml, to_dict
 from segadapt.data import SegmentationDataset, build_dataset
 from segadapt.data.base import SegmentationSource
 from segadapt.errors import CheckpointError, ConfigError, SegadaptError
@@ -163,6 +163,34 @@ def grads_finite(params: Iterable[torch.nn.Parameter]) -> bool:
     """
     peaks = [p.grad.detach().abs().amax().float() for p in params if p.grad is not None]
     return not peaks or bool(torch.isfinite(torch.stack(peaks).amax()))
+
+
+def end_of_step(step: int, tc: TrainConfig, elapsed: float, stop: InterruptFlag, save_state: Callable[[int], None],
+                resume_command: str) -> bool:
+    """What train and adapt do after every step: the periodic resume point, the RNG restart of ranks > 0,
+    then the time budget (True: stop here) and Ctrl-C (save here, then one line saying how to continue).
+    The stop decisions are all-reduced, so every rank stops at the same step."""
+    if tc.checkpoint_every and step % tc.checkpoint_every == 0:
+        save_state(step)
+    if distributed.rank():  # from seed and step alone (only rank 0's RNG is saved): a resume at any step is exact
+        torch.manual_seed(distributed.rank_seed(tc.seed + step))
+    if tc.time_budget_s and distributed.any_rank(elapsed > tc.time_budget_s):
+        if distributed.is_main():
+            print(f"time budget of {tc.time_budget_s:g}s reached at step {step} of {tc.iterations}; "
+                  f"continue with {resume_command}")
+        return True
+    if distributed.any_rank(stop.requested):
+        save_state(step)
+        raise SegadaptError(f"interrupted at step {step}; checkpoint saved, continue with {resume_command}")
+    return False
+
+
+def interrupted_mid_step(step: int, run_dir: Path, command: str) -> SegadaptError:
+    """A second Ctrl-C lands mid-step: nothing is saved, the last resume point stands."""
+    last = ckpt.latest_checkpoint(run_dir)
+    where = (f"resume from {last.stem} with segadapt {command} --resume {run_dir}" if last is not None
+             else "no checkpoint had been saved yet")
+    return SegadaptError(f"interrupted during step {step + 1}; {where}")
 
 
 def refuse_nonfinite(model: torch.nn.Module, step: int, run_dir: Path) -> None:
@@ -374,24 +402,10 @@ def train(
             if row and writer and log:
                 writer.writerow(row)
                 log.flush()
-            if tc.checkpoint_every and step % tc.checkpoint_every == 0:
-                save_state(step)
-            if rank:  # ranks > 0 restart their RNG after every step, from seed and step alone, as a run
-                torch.manual_seed(distributed.rank_seed(tc.seed + step))  # resumed at any step does
-            if tc.time_budget_s and distributed.any_rank(elapsed > tc.time_budget_s):  # all ranks stop together
-                if main:
-                    print(f"time budget of {tc.time_budget_s:g}s reached at step {step} of {tc.iterations}; "
-                          f"continue with segadapt train --resume {run_dir}")
+            if end_of_step(step, tc, elapsed, stop, save_state, f"segadapt train --resume {run_dir}"):
                 break
-            if distributed.any_rank(stop.requested):  # Ctrl-C: save at this step boundary, where a resume starts
-                save_state(step)
-                raise SegadaptError(f"interrupted at step {step}; checkpoint saved, continue with "
-                                    f"segadapt train --resume {run_dir}")
     except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the state is inconsistent, keep the last checkpoint
-        last = ckpt.latest_checkpoint(run_dir)
-        where = (f"resume from {last.stem} with segadapt train --resume {run_dir}" if last is not None
-                 else "no checkpoint had been saved yet")
-        raise SegadaptError(f"interrupted during step {step + 1}; {where}") from None
+        raise interrupted_mid_step(step, run_dir, "train") from None
     finally:
         stop.restore()
         bar.close()
