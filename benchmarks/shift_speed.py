@@ -2,8 +2,9 @@
 
 For each filter at GEGL's default parameters: images/s natively (single process, after one warm-up call that
 builds cached operators) and through `gegl` (one CLI process per image, PNG in/out, as the gegl backend runs),
-printed with the speed-up ratio; each is the best of --repeat passes. Without `gegl` on PATH only the native
-numbers are printed.
+printed with the speed-up ratio of the best of --repeat passes and of their medians (on shared cores the
+best pass is the least disturbed one; the median shows how much a busy machine moves the ratio). Without
+`gegl` on PATH only the native numbers are printed.
 
     python benchmarks/shift_speed.py --images 8
 """
@@ -11,14 +12,16 @@ numbers are printed.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
+import statistics
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from _measure import load_average
+from segadapt.checkpoint import write_json_atomic
 from segadapt.shifts import FILTERS, run_gegl
 
 CAMVID_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid" / "train" / "images"
@@ -31,15 +34,15 @@ def load_frames(folder: Path, count: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(cv2.imread(str(p))[:, :, ::-1]) for p in paths]
 
 
-def images_per_s(fn, frames: list[np.ndarray], repeat: int) -> float:
-    """Best of `repeat` passes over the frames: the machine may be shared, the fastest pass is the least disturbed."""
-    best = float("inf")
+def images_per_s(fn, frames: list[np.ndarray], repeat: int) -> list[float]:
+    """Images/s of each of `repeat` passes over the frames."""
+    rates = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         for img in frames:
             fn(img)
-        best = min(best, time.perf_counter() - t0)
-    return len(frames) / best
+        rates.append(len(frames) / (time.perf_counter() - t0))
+    return rates
 
 
 def main() -> int:
@@ -55,20 +58,25 @@ def main() -> int:
     have_gegl = shutil.which("gegl") is not None
     h, w = frames[0].shape[:2]
     print(f"{len(frames)} frames of {w}x{h}; gegl CLI: {'yes' if have_gegl else 'not installed'}")
-    print(f"{'filter':<10} {'native img/s':>13} {'gegl img/s':>11} {'native/gegl':>12}")
+    print(f"{'filter':<10} {'native img/s':>13} {'gegl img/s':>11} {'native/gegl':>12} {'(medians)':>10}")
     results = []
     for name in args.filters:
         fn = FILTERS[name]
         fn(frames[0])  # warm-up: cached blur operators, imports
-        native = images_per_s(fn, frames, args.repeat)
-        gegl = images_per_s(lambda img, name=name: run_gegl(img, name), frames, args.repeat) if have_gegl else None
+        native_runs = images_per_s(fn, frames, args.repeat)
+        gegl_runs = (images_per_s(lambda img, name=name: run_gegl(img, name), frames, args.repeat)
+                     if have_gegl else [])
+        native, gegl = max(native_runs), max(gegl_runs, default=None)
         ratio = native / gegl if gegl else None
+        ratio_median = statistics.median(native_runs) / statistics.median(gegl_runs) if gegl_runs else None
         gegl_txt = f"{gegl:11.2f}" if gegl else f"{'-':>11}"
-        ratio_txt = f"{ratio:11.1f}x" if ratio else f"{'-':>12}"
+        ratio_txt = f"{ratio:11.1f}x {ratio_median:9.1f}x" if ratio else f"{'-':>12}"
         print(f"{name:<10} {native:13.2f} {gegl_txt} {ratio_txt}")
-        results.append({"filter": name, "native_images_per_s": native, "gegl_images_per_s": gegl, "ratio": ratio})
+        results.append({"filter": name, "native_images_per_s": native, "gegl_images_per_s": gegl, "ratio": ratio,
+                        "ratio_of_medians": ratio_median, "native_runs": native_runs, "gegl_runs": gegl_runs})
     if args.json:
-        args.json.write_text(json.dumps({"frames": len(frames), "size": [w, h], "results": results}, indent=2))
+        write_json_atomic(args.json, {"frames": len(frames), "size": [w, h], "repeat": args.repeat,
+                                      "load_avg_1min": load_average(), "results": results})
     return 0
 
 
