@@ -219,3 +219,31 @@ def test_shift_seed_is_recorded_and_distortion_refuses_a_mislabelled_d2(tmp_path
            "--set", f"shift.d2_dir={d2}", "--set", "data.synthetic_val=2"]
     assert main(bad) == 2
     assert "holds ripple at severity 0.5, not cubism at 0.1" in capsys.readouterr().err
+
+
+def test_adapt_takes_d2_and_layers_from_its_own_flags_not_from_h1s_run(tmp_path, capsys):
+    """H1's config may name a D2 folder, layers or a teacher cache from its own sweep: none of it carries over."""
+    h1 = tmp_path / "h1"
+    assert main(["train", "--preset", "synthetic", *TINY, "--set", f"shift.d2_dir={tmp_path / 'elsewhere'}",
+                 "--set", 'adapt.layers=["pool1"]', "--set", "adapt.grad_clip=5", "--out", str(h1)]) == 0
+    out = tmp_path / "a"
+    assert main(["adapt", "--h1", str(h1), "--filter", "ripple", "--iterations", "2", "--out", str(out)]) == 0
+    saved = (out / "config.toml").read_text()
+    assert 'd2_dir = ""' in saved and 'layers = ["pool5"]' in saved and "grad_clip = 5.0" in saved
+
+
+def test_a_folder_trained_model_scores_on_a_builtin_dataset_with_its_classes(tmp_path, capsys):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for sub in ("images", "masks"):
+            (tmp_path / "fold" / split / sub).mkdir(parents=True)
+        for k in range(2):
+            Image.new("RGB", (48, 32)).save(tmp_path / "fold" / split / "images" / f"s{k}.png")
+            Image.new("L", (48, 32)).save(tmp_path / "fold" / split / "masks" / f"s{k}.png")
+    run = tmp_path / "hf"
+    assert main(["train", "--preset", "synthetic", *TINY, "--dataset", "folder", "--root", str(tmp_path / "fold"),
+                 "--set", "data.num_classes=7", "--out", str(run)]) == 0
+    assert main(["evaluate", "--model", str(run), "--dataset", "synthetic"]) == 0
+    assert main(["evaluate", "--model", str(run), "--dataset", "synthetic", "--root", str(tmp_path)]) == 2
+    assert "the synthetic scenes are generated" in capsys.readouterr().err

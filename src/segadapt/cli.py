@@ -287,6 +287,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model, meta = load_model(args.model, device)
     trained = _trained_config(meta, args.model)
     cfg = resolve_config(args, trained) if (args.config or args.set or args.dataset or args.root) else trained
+    cfg = _other_dataset(cfg, meta)
+    if cfg.data.dataset == "synthetic" and args.root:
+        raise SegadaptError("--root: the synthetic scenes are generated, not read; to score a shifted copy use "
+                            "segadapt distortion --model MODEL --filter F --set shift.d2_dir=DIR")
     split = args.split or cfg.data.val_split
     dataset = build_dataset(cfg.data, split, train=False)
     _same_classes(args.model, meta, cfg, dataset.info.num_classes)
@@ -377,7 +381,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         if not args.h1:
             raise SegadaptError("--h1 RUN is required (the source model), or --resume RUN to continue an adaptation")
         _, meta = load_model(args.h1)
-        cfg = resolve_config(args, _adapt_base(meta, args.h1))  # a --preset replaces H1's settings
+        cfg = _other_dataset(resolve_config(args, _adapt_base(meta, args.h1)), meta)  # --preset replaces H1's
         cfg.adapt.h1 = str(Path(args.h1).resolve())  # absolute: a resume may start from another directory
         if args.layers:
             cfg.adapt.layers = [x.strip() for x in args.layers.split(",") if x.strip()]
@@ -411,7 +415,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 def _adapt_base(meta: dict[str, Any], h1: str) -> RunConfig:
     """H1's own run settings (batch, weight decay, seed, data...) with the sweep's adaptation budget and lr,
     so `segadapt adapt` trains H2 as `segadapt experiment` does; older model files give their data only."""
-    from segadapt.config import from_dict
+    from segadapt.config import AdaptConfig, from_dict
     from segadapt.errors import ConfigError
 
     try:
@@ -420,12 +424,19 @@ def _adapt_base(meta: dict[str, Any], h1: str) -> RunConfig:
         return _trained_config(meta, h1)
     base.model.width, base.model.arch = meta["width"], meta["arch"]
     base.name, base.train.time_budget_s = "adapt", 0.0
+    # what D2 is and what to regress come from this command, not from how H1 happened to be run
+    kept = base.adapt
+    base.adapt = AdaptConfig(grad_clip=kept.grad_clip, holdout=kept.holdout, probes=kept.probes)
+    base.shift.d2_dir, base.shift.pairs_csv = "", ""
     base.train.iterations, base.train.lr = base.experiment.iterations, base.experiment.adapt_lr
     return base
 
 
 def _score_hint(cfg: RunConfig, out: Path) -> str:
     """How to score H2 on D2, which has the labels only where D2 is D1 shifted by a filter."""
+    if cfg.shift.d2_dir and (Path(cfg.shift.d2_dir) / cfg.data.val_split).is_dir() and cfg.data.dataset == "synthetic":
+        return (f"segadapt distortion --model {out} --filter {cfg.shift.filter} --severity {cfg.shift.severity} "
+                f"--set shift.d2_dir={cfg.shift.d2_dir} (scores D1 and that D2)")
     if cfg.shift.d2_dir and (Path(cfg.shift.d2_dir) / cfg.data.val_split).is_dir():
         return (f"segadapt evaluate --model {out} --dataset {cfg.data.dataset} --root {cfg.shift.d2_dir} "
                 f"--split {cfg.data.val_split}")
@@ -542,7 +553,15 @@ def _trained_config(meta: dict[str, Any], model_path: str) -> RunConfig:
 
 def _model_config(args: argparse.Namespace, meta: dict[str, Any], model_path: str) -> RunConfig:
     """A trained model's settings, overridden by the command line."""
-    return resolve_config(args, _trained_config(meta, model_path))
+    return _other_dataset(resolve_config(args, _trained_config(meta, model_path)), meta)
+
+
+def _other_dataset(cfg: RunConfig, meta: dict[str, Any]) -> RunConfig:
+    """A model trained on a folder dataset, used on a built-in one: its folder-only keys stay behind."""
+    trained = meta.get("config", {}).get("data", {})
+    if trained.get("dataset") == "folder" and cfg.data.dataset != "folder":
+        cfg.data.num_classes, cfg.data.ignore_index, cfg.data.class_names = 0, 255, []
+    return cfg
 
 
 def _shift_flags(args: argparse.Namespace, cfg: RunConfig) -> None:
@@ -559,6 +578,8 @@ def _d2_source(cfg: RunConfig, split: str) -> Any:
     from segadapt.experiment import d2_source
 
     d2_dir = Path(cfg.shift.d2_dir) if cfg.shift.d2_dir else None
+    if d2_dir is not None and not d2_dir.is_dir():
+        raise SegadaptError(f"{d2_dir}: D2 image directory not found; check --d2-dir")
     if d2_dir is not None and not (d2_dir / split).is_dir():
         if any(p.is_dir() and (p / "images").is_dir() for p in d2_dir.iterdir() if d2_dir.is_dir()):
             raise SegadaptError(f"{d2_dir}: a `segadapt shift` output without the {split!r} split; write it with "

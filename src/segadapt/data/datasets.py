@@ -114,7 +114,9 @@ def voc(root: Path, split: str, missing: list[DataError] | None = None) -> FileS
     lists = [root / "ImageSets" / "Segmentation" / f"{split}.txt", root / f"{split}.txt"]
     listing = next((p for p in lists if p.is_file()), None)
     if listing is None:
-        raise DataError(f"{lists[0]}: split list not found; splits are ImageSets/Segmentation/<split>.txt")
+        hint = " (SBD not installed? train on VOC's own list with --set data.train_split=train)" \
+            if split == "train_aug" else ""
+        raise DataError(f"{lists[0]}: split list not found; splits are ImageSets/Segmentation/<split>.txt{hint}")
     items = []
     for line in listing.read_text(encoding="utf-8-sig").split("\n"):
         name = line.strip().split()[0] if line.strip() else ""
