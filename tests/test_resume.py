@@ -38,8 +38,8 @@ def wait_for_checkpoint(run: Path, proc: subprocess.Popen, step: int, timeout: f
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         last = ckpt.latest_checkpoint(run) if run.exists() else None
-        if last is not None and int(last.stem.split("_")[1]) >= step:
-            return int(last.stem.split("_")[1])
+        if last is not None and ckpt.step_of(last) >= step:
+            return ckpt.step_of(last)
         assert proc.poll() is None, f"run ended before step {step}: {proc.stderr.read() if proc.stderr else ''}"
         time.sleep(0.02)
     raise AssertionError(f"no checkpoint at step {step} after {timeout}s")

@@ -156,7 +156,7 @@ def adapt(
     last = ckpt.latest_checkpoint(run_dir) if resume else None
     if resume and last is None:
         raise CheckpointError(f"{run_dir}: nothing to resume (no checkpoints/step_*.safetensors); drop --resume")
-    start = int(last.stem[5:]) if last is not None else 0
+    start = ckpt.step_of(last) if last is not None else 0
 
     cache, fit_pairs = None, pairs
     if cfg.adapt.teacher_cache:  # H1's maps read from disk instead of recomputed; X1 is then never loaded

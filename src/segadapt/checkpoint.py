@@ -208,10 +208,15 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step_{step:07d}.safetensors"
 
 
+def step_of(path: Path) -> int:
+    """The step a resume point was saved at, from its name (checkpoints/step_0001200.safetensors: 1200)."""
+    return int(path.stem[len("step_"):])
+
+
 def _checkpoints(run_dir: Path) -> list[Path]:
     """Resume points, oldest first, ordered by step number (names outgrow their zero padding past 10^7)."""
-    files = [f for f in (run_dir / "checkpoints").glob("step_*.safetensors") if f.stem[5:].isdigit()]
-    return sorted(files, key=lambda f: int(f.stem[5:]))
+    files = [f for f in (run_dir / "checkpoints").glob("step_*.safetensors") if f.stem[len("step_"):].isdigit()]
+    return sorted(files, key=step_of)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

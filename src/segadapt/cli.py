@@ -226,10 +226,10 @@ def _run_kind(run_dir: Path) -> str:
 def _finished(run_dir: Path, cfg: RunConfig) -> bool:
     """A resume whose run already reached train.iterations: say so instead of redoing the final step's work;
     refuse fewer iterations than the checkpoint has done."""
-    from segadapt.checkpoint import latest_checkpoint
+    from segadapt.checkpoint import latest_checkpoint, step_of
 
     last = latest_checkpoint(run_dir)
-    step = int(last.stem[5:]) if last is not None else 0
+    step = step_of(last) if last is not None else 0
     if step > cfg.train.iterations:
         raise SegadaptError(f"{run_dir}: already at step {step}; --iterations {cfg.train.iterations} would "
                             f"go back. Give more iterations to extend it")
@@ -487,12 +487,14 @@ def cmd_distortion(args: argparse.Namespace) -> int:
 
 def _same_shift(d2_dir: Path, split: str, cfg: RunConfig) -> None:
     """A `segadapt shift` output records its filter and severity: refuse to report it as another shift."""
-    import json
+    from segadapt.errors import DataError
+    from segadapt.shifts.write import recorded_params
 
-    marker = d2_dir / f".segadapt-shift-{split}.json"
     try:
-        made = json.loads(marker.read_text())["params"]
-    except (OSError, ValueError, KeyError, TypeError):
+        made = recorded_params(d2_dir, split)
+    except DataError:
+        return  # an unreadable marker: nothing to compare (distortion scores the images as they are)
+    if made is None:
         return  # a plain folder of D2 images: nothing recorded to compare
     wanted = {"filter": cfg.shift.filter, "severity": cfg.shift.severity}
     if {k: made.get(k) for k in wanted} != wanted:

@@ -64,6 +64,21 @@ def _one(job: tuple[SegmentationSource, Path | None, Path, str, int, str, float,
                 tmp.write_bytes(cv2.imencode(".png", mask.astype(np.uint8))[1].tobytes())
 
 
+def marker_path(out: Path, split: str) -> Path:
+    return out / f".segadapt-shift-{split}.json"
+
+
+def recorded_params(out: Path, split: str) -> dict[str, Any] | None:
+    """The parameters a `segadapt shift` run recorded for `split` under `out`; None when it recorded none."""
+    marker = marker_path(out, split)
+    if not marker.exists():
+        return None
+    try:
+        return dict(json.loads(marker.read_text())["params"])
+    except (ValueError, KeyError, TypeError):
+        raise DataError(f"{marker}: unreadable marker; delete {out} (or the marker) and run again") from None
+
+
 def write_shifted(
     source: SegmentationSource,
     root: Path | None,
@@ -76,12 +91,9 @@ def write_shifted(
     workers: int = 0,
 ) -> dict[str, Any]:
     params = {"filter": name, "severity": severity, "seed": seed, "backend": backend, "split": split}
-    marker = out / f".segadapt-shift-{split}.json"
-    if marker.exists():
-        try:
-            held = json.loads(marker.read_text())["params"]
-        except (ValueError, KeyError, TypeError):
-            raise DataError(f"{marker}: unreadable marker; delete {out} (or the marker) and run again") from None
+    marker = marker_path(out, split)
+    held = recorded_params(out, split)
+    if held is not None:
         if held != params:
             raise DataError(f"{marker}: {out} already holds D2 (complete or partly written) made with other "
                             f"parameters {held}; choose another --out")
