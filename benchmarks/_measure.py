@@ -5,6 +5,7 @@ Imported by the scripts beside it (`python benchmarks/<script>.py` puts this fol
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -12,6 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from segadapt.checkpoint import write_json_atomic
@@ -37,6 +39,24 @@ def interleaved_times(steps: Mapping[str, Step], repeats: int) -> dict[str, list
             steps[n]()
             times[n].append(time.perf_counter() - t)
     return times
+
+
+def step_arguments(p: argparse.ArgumentParser, width: float, batch: int, repeats: int) -> None:
+    """The options every step benchmark takes: model width, input size, batch, threads, repeats, --quick, --out."""
+    p.add_argument("--width", type=float, default=width)
+    p.add_argument("--size", type=int, nargs=2, default=[240, 320], metavar=("H", "W"))
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    p.add_argument("--repeats", type=int, default=repeats, help="timed steps per variant; the median is reported")
+    p.add_argument("--quick", action="store_true", help="tiny sanity run: width 0.125, 64x96, 2 repeats")
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+
+
+def use_threads(requested: int) -> int:
+    """Set torch's thread count (0 = all cores) and return it, for the results."""
+    threads = requested or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    return threads
 
 
 def load_average() -> float | None:

@@ -31,13 +31,12 @@ import platform
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from _measure import Step, count_flops, finish, interleaved_times, load_average
+from _measure import Step, count_flops, finish, interleaved_times, load_average, step_arguments, use_threads
 from segadapt import cache as teacher_cache
 from segadapt.data import JointTransform
 from segadapt.data.pairs import PairedDataset, ShiftedSource
@@ -133,20 +132,13 @@ def make_inputs(
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--width", type=float, default=1.0)
-    p.add_argument("--size", type=int, nargs=2, default=[240, 320], metavar=("H", "W"))
-    p.add_argument("--batch", type=int, default=2)
+    step_arguments(p, width=1.0, batch=2, repeats=5)
     p.add_argument("--tap", default="pool5")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
-    p.add_argument("--repeats", type=int, default=5, help="timed steps per variant; the median is reported")
-    p.add_argument("--quick", action="store_true", help="tiny sanity run: width 0.125, 64x96, 2 repeats")
-    p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args()
     if args.quick:
         args.width, args.size, args.repeats = 0.125, [64, 96], 2
-    threads = args.threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
+    threads = use_threads(args.threads)
     torch.manual_seed(0)
     h, w = args.size
 

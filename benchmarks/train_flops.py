@@ -19,12 +19,11 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from _measure import count_flops, finish, interleaved_times, load_average
+from _measure import count_flops, finish, interleaved_times, load_average, step_arguments, use_threads
 from segadapt.models import VGGDeepLab
 
 CONFIGS = [  # (name, memory format, oneDNN enabled)
@@ -69,20 +68,13 @@ def make_step(fmt: torch.memory_format, mkldnn: bool, args: argparse.Namespace) 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--width", type=float, default=0.25)
-    p.add_argument("--size", type=int, nargs=2, default=[240, 320], metavar=("H", "W"))
-    p.add_argument("--batch", type=int, default=8)
+    step_arguments(p, width=0.25, batch=8, repeats=3)
     p.add_argument("--classes", type=int, default=11)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
-    p.add_argument("--repeats", type=int, default=3, help="timed steps per configuration; the median is reported")
     p.add_argument("--matmul", type=int, default=2048, help="side of the square matmul that measures the peak")
-    p.add_argument("--quick", action="store_true", help="tiny sanity run: width 0.125, 64x96, batch 2")
-    p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args()
-    if args.quick:
+    if args.quick:  # also batch 2 and a small matmul
         args.width, args.size, args.batch, args.repeats, args.matmul = 0.125, [64, 96], 2, 2, 512
-    threads = args.threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
+    threads = use_threads(args.threads)
 
     peak = max(matmul_peak(args.matmul, 5) for _ in range(2))
     steps = {name: make_step(fmt, mk, args) for name, fmt, mk in CONFIGS}
