@@ -17,19 +17,13 @@ from segadapt.data.synthetic import SyntheticScenes
 from segadapt.errors import SegadaptError
 from segadapt.models import VGGDeepLab
 from segadapt.train import EpochSampler, train
+from tiny import tiny_train_config
 
 BATCH = 4
 
 
 def tiny_config(iterations: int = 10):
-    cfg = preset("synthetic")
-    cfg.model.width = 0.0625
-    cfg.data.synthetic_size = [32, 48]
-    cfg.data.crop_size = [32, 48]
-    cfg.data.synthetic_train, cfg.data.synthetic_val = 24, 4
-    cfg.train.iterations, cfg.train.batch_size = iterations, BATCH
-    cfg.train.checkpoint_every, cfg.train.log_every, cfg.train.threads = 2, 1, 1
-    return cfg
+    return tiny_train_config(iterations, width=0.0625, checkpoint_every=2, batch=BATCH)
 
 
 def batch_at(step: int, n: int, seed: int = 0) -> list[int]:

@@ -6,20 +6,12 @@ import pytest
 import torch
 
 from segadapt import checkpoint as ckpt
-from segadapt.config import preset
 from segadapt.train import EpochSampler, load_model, poly_lr, train
+from tiny import tiny_train_config
 
 
 def tiny_config(iterations: int = 6):
-    cfg = preset("synthetic")
-    cfg.model.width = 0.125
-    cfg.data.synthetic_size = [32, 48]
-    cfg.data.crop_size = [32, 48]
-    cfg.data.synthetic_train, cfg.data.synthetic_val = 24, 4
-    cfg.train.iterations, cfg.train.batch_size = iterations, 4
-    cfg.train.checkpoint_every, cfg.train.log_every = 3, 1
-    cfg.train.threads = 1
-    return cfg
+    return tiny_train_config(iterations, width=0.125, checkpoint_every=3)
 
 
 def test_poly_schedule():
