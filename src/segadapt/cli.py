@@ -6,7 +6,7 @@ import argparse
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -179,19 +179,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         run_dir = Path(args.resume)
-        if not (run_dir / "config.toml").is_file():
-            raise SegadaptError(f"{run_dir}: not a run directory (no config.toml); pass the run folder to resume")
-        if args.preset or args.out:
-            flag = "--preset" if args.preset else "--out"
-            raise SegadaptError(f"--resume {run_dir} continues the run in its own directory with its own config; "
-                                f"drop {flag}")
-        saved = load_toml(run_dir / "config.toml")
-        if _run_kind(run_dir) == "adapt":
-            raise SegadaptError(f"{run_dir}: an adaptation run; continue it with segadapt adapt --resume {run_dir}")
-        cfg = resolve_config(args, saved)
-        _refuse_resume_changes(run_dir, saved, cfg)
-        if _finished(run_dir, cfg):
+        resumed = _resumed_config(args, run_dir, "train", ("preset", "out"))
+        if resumed is None:
             return 0
+        cfg = resumed
     else:
         cfg = resolve_config(args)
         if args.out:
@@ -212,6 +203,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 # and RNG state would silently overrule a new lr, momentum, batch or seed)
 RESUMABLE = {"name", "out_dir", "data.root", "data.num_workers", "train.iterations", "train.time_budget_s",
              "train.checkpoint_every", "train.log_every", "train.eval_every", "train.device", "train.threads"}
+
+
+def _resumed_config(args: argparse.Namespace, run_dir: Path, command: str, fixed: Sequence[str]) -> RunConfig | None:
+    """The config `segadapt <command> --resume RUN` continues with, or None when the run had already finished.
+    Flags in `fixed` would change the run's own settings (or directory) and are refused."""
+    given = [f"--{k.replace('_', '-')}" for k in fixed if getattr(args, k, None)]
+    if given:
+        raise SegadaptError(f"--resume {run_dir} continues the run in its own directory with its own config; "
+                            f"drop {', '.join(given)}")
+    if not (run_dir / "config.toml").is_file():
+        raise SegadaptError(f"{run_dir}: not a run directory (no config.toml); pass the run folder to resume")
+    other = "adapt" if command == "train" else "train"
+    if _run_kind(run_dir) == other:
+        kind = "an adaptation" if other == "adapt" else "a training"
+        raise SegadaptError(f"{run_dir}: {kind} run; continue it with segadapt {other} --resume {run_dir}")
+    saved = load_toml(run_dir / "config.toml")
+    cfg = resolve_config(args, saved)
+    _refuse_resume_changes(run_dir, saved, cfg)
+    return None if _finished(run_dir, cfg) else cfg
 
 
 def _run_kind(run_dir: Path) -> str:
@@ -363,20 +373,11 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
     if args.resume:
         out = Path(args.resume)
-        given = [f"--{k.replace('_', '-')}" for k in ("h1", "layers", "weights", "filter", "severity", "d2_dir",
-                                                      "pairs", "out", "preset") if getattr(args, k, None)]
-        if given:
-            raise SegadaptError(f"--resume {out} continues with the run's own config; drop {', '.join(given)}")
-        if not (out / "config.toml").is_file():
-            raise SegadaptError(f"{out}: not an adaptation run (no config.toml); pass the run folder to resume")
-        saved = load_toml(out / "config.toml")
-        if _run_kind(out) == "train":
-            raise SegadaptError(f"{out}: a training run, not an adaptation; continue it with segadapt train "
-                                f"--resume {out}")
-        cfg = resolve_config(args, saved)
-        _refuse_resume_changes(out, saved, cfg)
-        if _finished(out, cfg):
+        resumed = _resumed_config(args, out, "adapt", ("h1", "layers", "weights", "filter", "severity", "d2_dir",
+                                                       "pairs", "out", "preset"))
+        if resumed is None:
             return 0
+        cfg = resumed
     else:
         if not args.h1:
             raise SegadaptError("--h1 RUN is required (the source model), or --resume RUN to continue an adaptation")
@@ -434,10 +435,10 @@ def _adapt_base(meta: dict[str, Any], h1: str) -> RunConfig:
 
 def _score_hint(cfg: RunConfig, out: Path) -> str:
     """How to score H2 on D2, which has the labels only where D2 is D1 shifted by a filter."""
-    if cfg.shift.d2_dir and (Path(cfg.shift.d2_dir) / cfg.data.val_split).is_dir() and cfg.data.dataset == "synthetic":
-        return (f"segadapt distortion --model {out} --filter {cfg.shift.filter} --severity {cfg.shift.severity} "
-                f"--set shift.d2_dir={cfg.shift.d2_dir} (scores D1 and that D2)")
-    if cfg.shift.d2_dir and (Path(cfg.shift.d2_dir) / cfg.data.val_split).is_dir():
+    if cfg.shift.d2_dir and (Path(cfg.shift.d2_dir) / cfg.data.val_split).is_dir():  # a `segadapt shift` output
+        if cfg.data.dataset == "synthetic":  # generated data has no root to point evaluate at
+            return (f"segadapt distortion --model {out} --filter {cfg.shift.filter} --severity "
+                    f"{cfg.shift.severity} --set shift.d2_dir={cfg.shift.d2_dir} (scores D1 and that D2)")
         return (f"segadapt evaluate --model {out} --dataset {cfg.data.dataset} --root {cfg.shift.d2_dir} "
                 f"--split {cfg.data.val_split}")
     if not cfg.shift.d2_dir and not cfg.shift.pairs_csv:
@@ -583,7 +584,7 @@ def _d2_source(cfg: RunConfig, split: str) -> Any:
     if d2_dir is not None and not d2_dir.is_dir():
         raise SegadaptError(f"{d2_dir}: D2 image directory not found; check --d2-dir")
     if d2_dir is not None and not (d2_dir / split).is_dir():
-        if any(p.is_dir() and (p / "images").is_dir() for p in d2_dir.iterdir() if d2_dir.is_dir()):
+        if any(p.is_dir() and (p / "images").is_dir() for p in d2_dir.iterdir()):
             raise SegadaptError(f"{d2_dir}: a `segadapt shift` output without the {split!r} split; write it with "
                                 f"segadapt shift --split {split} --out {d2_dir}")
         return image_folder(d2_dir)
