@@ -105,19 +105,17 @@ def check_experiment(cfg: RunConfig) -> None:
     # with shift.d2_dir the filter names only label the given D2
     known_filters = ex.filters if cfg.shift.d2_dir else FILTERS
     checks = [("experiment.filters", ex.filters, known_filters), ("experiment.baselines", ex.baselines, BASELINES),
-              ("experiment.layer_presets", ex.layer_presets, LAYER_PRESETS)]
+              ("experiment.layer_presets", ex.layer_presets, LAYER_PRESETS), ("experiment.seeds", ex.seeds, None)]
     for key, values, known in checks:
-        unknown = [v for v in values if v not in known]
+        unknown = [v for v in values if known is not None and v not in known]
         if unknown:
             raise ConfigError(f"{key}: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(known)}")
-    if not ex.filters:
-        raise ConfigError("experiment.filters is empty; name at least one shift, e.g. [\"ripple\"]")
-    for key, values in (("experiment.filters", ex.filters), ("experiment.seeds", ex.seeds),
-                        ("experiment.layer_presets", ex.layer_presets), ("experiment.baselines", ex.baselines)):
         twice = sorted({str(v) for v in values if values.count(v) > 1})
         if twice:
             raise ConfigError(f"{key}: {', '.join(twice)} listed twice; each runs once (repeats would count as "
                               f"extra seeds)")
+    if not ex.filters:
+        raise ConfigError("experiment.filters is empty; name at least one shift, e.g. [\"ripple\"]")
     if cfg.shift.d2_dir:
         if len(ex.filters) != 1:
             raise ConfigError(f"shift.d2_dir = {cfg.shift.d2_dir} is one D2; name it with one experiment.filters "
