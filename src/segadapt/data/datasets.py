@@ -65,7 +65,8 @@ def _require_dir(path: Path, what: str) -> Path:
     return path
 
 
-def _image_files(directory: Path) -> list[Path]:
+def image_files(directory: Path) -> list[Path]:
+    """The image files directly in `directory` (folders and other files are skipped), in no particular order."""
     return [p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
 
 
@@ -83,11 +84,11 @@ def pair_by_stem(
 
     With `missing` given, such images are skipped and their errors appended to it instead.
     """
-    images = sorted(_image_files(_require_dir(image_dir, "image")))
+    images = sorted(image_files(_require_dir(image_dir, "image")))
     if not images:
         raise DataError(f"{image_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
     masks: dict[str, Path] = {}
-    for m in sorted(_image_files(_require_dir(mask_dir, "mask"))):
+    for m in sorted(image_files(_require_dir(mask_dir, "mask"))):
         if m.stem in masks:  # which one is meant cannot be guessed (and directory order would decide)
             raise DataError(f"{m}: a second mask for stem {m.stem!r} (also {masks[m.stem].name}); keep one")
         masks[m.stem] = m

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from segadapt.data.base import DatasetInfo, SegmentationSource
-from segadapt.data.datasets import IMAGE_SUFFIXES, FileSource
+from segadapt.data.datasets import IMAGE_SUFFIXES, FileSource, image_files
 from segadapt.data.transforms import JointTransform
 from segadapt.errors import DataError
 
@@ -70,7 +70,7 @@ class ImageListSource(FileSource):
 def image_folder(directory: Path) -> ImageListSource:
     if not directory.is_dir():
         raise DataError(f"{directory}: D2 image directory not found; check the path")
-    files = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(image_files(directory))
     if not files:
         raise DataError(f"{directory}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
     return ImageListSource([(p.stem, p) for p in files])
