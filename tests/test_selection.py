@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from segadapt.adapt import adapt
+from segadapt.checkpoint import load_model
 from segadapt.config import preset
 from segadapt.data import JointTransform
 from segadapt.data.pairs import PairedDataset, ShiftedSource
 from segadapt.data.synthetic import SyntheticScenes
 from segadapt.models import VGGDeepLab
 from segadapt.selection import agreement, probe_steps, spearman, split_holdout
-from segadapt.train import load_model
 
 
 def make_pairs(n: int) -> PairedDataset:

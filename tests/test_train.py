@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from segadapt import checkpoint as ckpt
-from segadapt.train import EpochSampler, load_model, poly_lr, train
+from segadapt.checkpoint import load_model
+from segadapt.train import EpochSampler, poly_lr, train
 from tiny import tiny_train_config
 
 

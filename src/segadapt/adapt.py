@@ -29,7 +29,8 @@ from segadapt.config import RunConfig, dumps_toml, to_dict
 from segadapt.data.pairs import PairedDataset
 from segadapt.errors import CheckpointError, SegadaptError
 from segadapt.losses import LAYER_PRESETS, feature_regression_loss, resolve_layers
-from segadapt.models.taps import Features, check_taps, feature_fn, parameters_used
+from segadapt.models.contract import check_taps, conform, feature_fn
+from segadapt.models.taps import Features
 from segadapt.runtime import InterruptFlag, environment, select_device, setup
 from segadapt.selection import HoldoutProbe, probe_steps, split_holdout
 from segadapt.train import (
@@ -41,7 +42,6 @@ from segadapt.train import (
     global_loss,
     grads_finite,
     interrupted_mid_step,
-    load_model,
     nonfinite_error,
     poly_lr,
     rank_batch_size,
@@ -87,13 +87,6 @@ def train_mode(student: nn.Module) -> None:
             m.eval()
 
 
-def trainable_parameters(model: nn.Module, taps: list[str], probe: torch.Tensor) -> list[nn.Parameter]:
-    """Parameters that influence the taps; found structurally for VGG, by a probe forward otherwise."""
-    if hasattr(model, "parameters_up_to") and hasattr(model, "TAPS"):
-        deepest = max(taps, key=model.TAPS.index)
-        return model.parameters_up_to(deepest)
-    return parameters_used(model, probe, taps)
-
 
 def adapt(
     cfg: RunConfig,
@@ -128,9 +121,9 @@ def adapt(
     if teacher is None:
         if not cfg.adapt.h1:
             raise SegadaptError("no source model to adapt; pass --h1 RUN (a training run or model file)")
-        teacher, h1_meta = load_model(cfg.adapt.h1, device)
+        teacher, h1_meta = ckpt.load_model(cfg.adapt.h1, device)
     assert h1_meta is not None
-    check_taps(teacher, taps)
+    check_taps(conform(teacher), taps)
     teacher = teacher.to(device).eval().requires_grad_(False)
     # NHWC convolutions, as in train(): faster with oneDNN (benchmarks/regression_step.py). The caller's
     # teacher is not converted in place; a copy in the new layout is used instead.
@@ -143,8 +136,7 @@ def adapt(
     holdout_ids, fit_ids = split_holdout(len(pairs), cfg.adapt.holdout, tc.seed)
     probe = HoldoutProbe(pairs, holdout_ids, teacher_features, weights, tc.seed, device) if holdout_ids else None
     probe_at = probe_steps(tc.iterations, cfg.adapt.probes) if probe else set()
-    x1_probe, _ = pairs[0]
-    trainable = trainable_parameters(student, taps, x1_probe[None].to(device))
+    trainable = conform(student).parameters_up_to(taps)
     train_ids = {id(p) for p in trainable}
     for p in student.parameters():
         p.requires_grad_(id(p) in train_ids)

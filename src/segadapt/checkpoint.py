@@ -116,6 +116,16 @@ def load_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return tensors, meta
 
 
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """Rebuild a model from a segadapt model file (or run directory) and its metadata, in eval mode."""
+    from segadapt.models import build_model
+
+    tensors, meta = load_model_file(path)
+    model = build_model(meta["arch"], meta["num_classes"], meta["width"])
+    load_weights(model, tensors, path)
+    return model.to(device).eval(), meta
+
+
 def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path | str) -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(tensors))

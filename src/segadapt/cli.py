@@ -286,11 +286,10 @@ def _same_classes(path: str | Path, meta: dict[str, Any], cfg: RunConfig, num_cl
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from segadapt.checkpoint import write_json_atomic
+    from segadapt.checkpoint import load_model, write_json_atomic
     from segadapt.data import build_dataset
     from segadapt.evaluate import evaluate
     from segadapt.runtime import environment, select_device
-    from segadapt.train import load_model
 
     _json_out(args.out)
     device = select_device(args.device or "auto")
@@ -366,10 +365,10 @@ def _sweep(cfg: RunConfig, out: Path) -> int:
 
 def cmd_adapt(args: argparse.Namespace) -> int:
     from segadapt.adapt import adapt
+    from segadapt.checkpoint import load_model
     from segadapt.data import build_source, make_transform
     from segadapt.data.pairs import PairedDataset, csv_pairs
     from segadapt.runtime import new_run_dir
-    from segadapt.train import load_model
 
     if args.resume:
         out = Path(args.resume)
@@ -450,13 +449,12 @@ def _score_hint(cfg: RunConfig, out: Path) -> str:
 
 def cmd_distortion(args: argparse.Namespace) -> int:
     """The study's distortion of a shift for a model: how much accuracy and mIoU fall from D1 to D2."""
-    from segadapt.checkpoint import write_json_atomic
+    from segadapt.checkpoint import load_model, write_json_atomic
     from segadapt.data import build_source
     from segadapt.experiment import d2_source, score
     from segadapt.metrics import distortion
     from segadapt.runtime import select_device
     from segadapt.selection import finite_or_none
-    from segadapt.train import load_model
 
     _json_out(args.out)
     device = select_device(args.device or "auto")
@@ -622,9 +620,9 @@ def _val_pairs(args: argparse.Namespace, cfg: RunConfig) -> tuple[Any, Any, list
 
 def cmd_viz_features(args: argparse.Namespace) -> int:
 
+    from segadapt.checkpoint import load_model
     from segadapt.data.pairs import PairedDataset
     from segadapt.runtime import select_device
-    from segadapt.train import load_model
     from segadapt.viz.features import write_feature_grids
 
     device = select_device(args.device or "auto")
@@ -648,9 +646,9 @@ def cmd_viz_features(args: argparse.Namespace) -> int:
 
 
 def cmd_viz_reconstruct(args: argparse.Namespace) -> int:
+    from segadapt.checkpoint import load_model
     from segadapt.data import build_source, make_transform
     from segadapt.runtime import select_device
-    from segadapt.train import load_model
     from segadapt.viz.reconstruct import ReconstructConfig, reconstruct_image
 
     device = select_device(args.device or "auto")
@@ -686,9 +684,9 @@ def cmd_viz_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_viz_overlays(args: argparse.Namespace) -> int:
+    from segadapt.checkpoint import load_model
     from segadapt.data import SegmentationDataset
     from segadapt.runtime import select_device
-    from segadapt.train import load_model
     from segadapt.viz.overlays import overlay_figure, predict
 
     device = select_device(args.device or "auto")

@@ -28,6 +28,7 @@ import torch
 
 from segadapt import checkpoint as ckpt
 from segadapt.adapt import adapt
+from segadapt.checkpoint import load_model
 from segadapt.config import RunConfig, ShiftConfig, dumps_toml
 from segadapt.data import SegmentationDataset, SegmentationSource, build_source, make_transform
 from segadapt.data.datasets import FileSource, pair_by_stem
@@ -38,7 +39,7 @@ from segadapt.losses import LAYER_PRESETS
 from segadapt.metrics import Scores, distortion
 from segadapt.runtime import environment, select_device
 from segadapt.selection import agreement, finite_or_none, spearman
-from segadapt.train import load_model, train
+from segadapt.train import train
 
 METRICS = ("mean_acc", "miou", "pixel_acc")
 

@@ -16,7 +16,9 @@ from segadapt.errors import ConfigError
 POOLS = ("pool1", "pool2", "pool3", "pool4", "pool5")
 W_INC = (0.2, 0.4, 0.6, 0.8, 0.9)
 W_DEC = tuple(reversed(W_INC))
-LAYER_PRESETS: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {
+# preset name -> (taps, weights); models hand out their own table (SegmentationModel.layer_presets)
+LayerPresets = dict[str, tuple[tuple[str, ...], tuple[float, ...]]]
+LAYER_PRESETS: LayerPresets = {
     **{p: ((p,), (1.0,)) for p in POOLS},
     "all_inc": (POOLS, W_INC),
     "all_dec": (POOLS, W_DEC),
@@ -24,12 +26,13 @@ LAYER_PRESETS: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {
 LAYER_PRESETS["all"] = LAYER_PRESETS["all_inc"]
 
 
-def resolve_layers(preset: str = "", layers: Sequence[str] = (), weights: Sequence[float] = ()) -> dict[str, float]:
-    """Tap name -> weight, from a preset name or explicit layers (weights default to 1)."""
+def resolve_layers(preset: str = "", layers: Sequence[str] = (), weights: Sequence[float] = (),
+                   presets: LayerPresets = LAYER_PRESETS) -> dict[str, float]:
+    """Tap name -> weight, from a preset name (of `presets`) or explicit layers (weights default to 1)."""
     if preset:
-        if preset not in LAYER_PRESETS:
-            raise ConfigError(f"unknown layer preset {preset!r}; choose one of {', '.join(LAYER_PRESETS)}")
-        layers, weights = LAYER_PRESETS[preset]
+        if preset not in presets:
+            raise ConfigError(f"unknown layer preset {preset!r}; choose one of {', '.join(presets)}")
+        layers, weights = presets[preset]
     if not layers:
         raise ConfigError("no layers to regress; pass --layers pool5 or a preset such as --layers all")
     weights = list(weights) or [1.0] * len(layers)

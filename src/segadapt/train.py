@@ -221,17 +221,6 @@ def poly_lr(base_lr: float, step: int, total: int, power: float) -> float:
     return base_lr * (1.0 - step / total) ** power
 
 
-def param_groups(model: torch.nn.Module, lr: float, head_lr_mult: float) -> list[dict[str, Any]]:
-    """DeepLab trains the classifier at a higher LR than the (pre-trained) backbone."""
-    if hasattr(model, "classifier_parameters"):
-        head = list(model.classifier_parameters())
-        head_ids = {id(p) for p in head}
-        body = [p for p in model.parameters() if id(p) not in head_ids]
-        return [{"params": body, "lr": lr, "base_lr": lr}, {"params": head, "lr": lr * head_lr_mult,
-                                                             "base_lr": lr * head_lr_mult}]
-    return [{"params": list(model.parameters()), "lr": lr, "base_lr": lr}]
-
-
 def model_meta(cfg: RunConfig, dataset: SegmentationDataset, step: int) -> dict[str, Any]:
     info = dataset.info
     return {
@@ -312,7 +301,7 @@ def train(
     memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.SGD(
-        param_groups(model, tc.lr, tc.head_lr_mult), lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay
+        model.param_groups(tc.lr, tc.head_lr_mult), lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay
     )
 
     # resume
@@ -430,11 +419,3 @@ def train(
         ckpt.write_json_atomic(run_dir / "metrics.json", metrics)
     distributed.barrier()  # when train() returns, the files exist for every rank (the sweep reads H1 back)
     return metrics
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild a model from a segadapt model file (or run directory) and its metadata."""
-    tensors, meta = ckpt.load_model_file(path)
-    model = build_model(meta["arch"], meta["num_classes"], meta["width"])
-    ckpt.load_weights(model, tensors, path)
-    return model.to(device).eval(), meta

@@ -14,8 +14,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from segadapt.errors import ConfigError
-
 # (input, tap names) -> {tap: map}: the early-exit feature pass that adaptation, the teacher cache and the
 # figures all call
 Features = Callable[[torch.Tensor, list[str]], dict[str, torch.Tensor]]
@@ -130,24 +128,3 @@ def flags_restored(model: nn.Module) -> Iterator[list[nn.Parameter]]:
             p.requires_grad_(flag)
         for m, flag in train_flags:
             m.training = flag
-
-
-def check_taps(model: nn.Module, taps: Sequence[str]) -> None:
-    """Refuse unknown tap names before a run starts (not at its first probe or step)."""
-    if hasattr(model, "TAPS"):
-        unknown = [t for t in taps if t not in model.TAPS]
-        if unknown:
-            raise ConfigError(f"unknown layer(s) {', '.join(unknown)}; {type(model).__name__} has "
-                              f"{', '.join(model.TAPS)} (or a preset: pool1..pool5, all, all_inc, all_dec)")
-        return
-    try:
-        _resolve(model, taps)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def feature_fn(model: nn.Module) -> Features:
-    """The built-in models' early-exit `features`, or forward hooks for any other module."""
-    if hasattr(model, "features") and hasattr(model, "TAPS"):
-        return model.features
-    return lambda x, taps: tap_features(model, x, taps)

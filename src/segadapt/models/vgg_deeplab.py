@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segadapt.losses import LAYER_PRESETS, LayerPresets
+from segadapt.models.contract import ParamGroups, as_list, deepest, head_split
+
 # (name, out channels, convs, dilation, pool stride): conv1..conv5 and the pooling after each
 VGG_BLOCKS = (
     ("1", 64, 2, 1, 2),
@@ -124,8 +127,9 @@ class VGGDeepLab(nn.Module):
 
     modules_up_to = stages_up_to
 
-    def parameters_up_to(self, tap: str) -> list[nn.Parameter]:
-        return [p for m in self.stages_up_to(tap) for p in m.parameters()]
+    def parameters_up_to(self, taps: str | Sequence[str]) -> list[nn.Parameter]:
+        """Parameters of the stages up to the deepest of `taps` (read off the layer table, no probe pass)."""
+        return [p for m in self.stages_up_to(deepest(self, as_list(taps))) for p in m.parameters()]
 
     def parameters_above(self, tap: str) -> list[nn.Parameter]:
         """Parameters that cannot affect `tap`; adaptation freezes these (they get no gradient anyway)."""
@@ -138,6 +142,12 @@ class VGGDeepLab(nn.Module):
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         return self.parameters_up_to("fc7")
+
+    def param_groups(self, lr: float, head_lr_mult: float) -> ParamGroups:
+        return head_split(self, self.classifier_parameters(), lr, head_lr_mult)
+
+    def layer_presets(self) -> LayerPresets:
+        return LAYER_PRESETS
 
 
 class PixelNet(nn.Module):
@@ -167,8 +177,18 @@ class PixelNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x, ["logits"])["logits"]  # stride 1: the logits are already input-sized
 
+    def parameters_up_to(self, taps: str | Sequence[str]) -> list[nn.Parameter]:
+        deepest(self, as_list(taps))  # the one tap is the output: everything feeds it
+        return list(self.parameters())
+
     def classifier_parameters(self) -> list[nn.Parameter]:
         return list(self.classifier.parameters())
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         return list(self.body.parameters())
+
+    def param_groups(self, lr: float, head_lr_mult: float) -> ParamGroups:
+        return head_split(self, self.classifier_parameters(), lr, head_lr_mult)
+
+    def layer_presets(self) -> LayerPresets:
+        return {}

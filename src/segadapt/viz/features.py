@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from segadapt.checkpoint import write_json_atomic  # noqa: E402
-from segadapt.models.taps import feature_fn  # noqa: E402
+from segadapt.models.contract import feature_fn  # noqa: E402
 from segadapt.viz.plots import save_figure  # noqa: E402
 
 COLUMNS = ("X1", "H1(X1)", "X2", "H1(X2)", "H2(X2)", "|H1(X1)-H1(X2)|", "|H1(X1)-H2(X2)|")

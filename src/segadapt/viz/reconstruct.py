@@ -42,7 +42,8 @@ from torch import nn  # noqa: E402
 from segadapt.checkpoint import atomic_path  # noqa: E402
 from segadapt.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from segadapt.errors import ConfigError, SegadaptError  # noqa: E402
-from segadapt.models.taps import Features, feature_fn, flags_restored  # noqa: E402
+from segadapt.models.contract import feature_fn  # noqa: E402
+from segadapt.models.taps import Features, flags_restored  # noqa: E402
 from segadapt.viz.plots import save_figure  # noqa: E402
 
 POOLS = ("pool1", "pool2", "pool3", "pool4", "pool5")
