@@ -33,8 +33,8 @@ from torch.utils.data import DataLoader, Dataset
 from _measure import finish, load_average
 from segadapt.config import RunConfig, preset
 from segadapt.data import build_dataset
+from segadapt.data.sampler import EpochSampler
 from segadapt.models import build_model
-from segadapt.train import EpochSampler
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 

@@ -13,9 +13,10 @@ import torch
 from segadapt import checkpoint as ckpt
 from segadapt import distributed
 from segadapt.cli import main
+from segadapt.data.sampler import EpochSampler, batches
 from segadapt.errors import ConfigError
+from segadapt.run import rank_batch_size
 from segadapt.runtime import autocast_dtype
-from segadapt.train import EpochSampler, batches, rank_batch_size
 
 # augmentation off (scale 1, no flip, crop = image), so both runs see identical pixels; dropout masks are the
 # only randomness that differs between 1 and 2 processes

@@ -5,6 +5,7 @@ import pytest
 
 from segadapt import experiment
 from segadapt.config import preset
+from segadapt.data import d2
 from segadapt.errors import ConfigError, DataError
 from segadapt.shifts import FILTERS
 
@@ -15,7 +16,7 @@ def darken(name: str, severity: float, image: np.ndarray, seed: int) -> np.ndarr
 
 @pytest.fixture
 def tiny(monkeypatch):
-    monkeypatch.setattr(experiment, "_apply_filter", darken)
+    monkeypatch.setattr(d2, "_apply_filter", darken)
     monkeypatch.setitem(FILTERS, "dark", darken)  # a known filter name for the sweep's up-front check
     cfg = preset("demo")
     cfg.data.synthetic_size = cfg.data.crop_size = [32, 48]
@@ -79,11 +80,11 @@ def test_materialised_d2_matches_on_the_fly_filter(tmp_path):
     cfg = preset("demo")
     cfg.data.synthetic_size = [32, 48]
     cfg.data.synthetic_train, cfg.data.synthetic_val = 6, 3
-    shift = experiment.materialise_d2(cfg, "ripple", tmp_path / "d2")
+    shift = d2.materialise_d2(cfg, "ripple", tmp_path / "d2")
     assert shift.d2_dir == str(tmp_path / "d2") and shift.filter == "ripple"
     for split in ("train", "val"):
-        from_dir = experiment.d2_source(cfg, split, shift, "ripple")
-        live = experiment.d2_source(cfg, split, cfg.shift, "ripple")
+        from_dir = d2.d2_source(d2.with_shift(cfg, shift), split)
+        live = d2.d2_source(cfg, split)
         assert len(from_dir) == len(live)
         for i in range(len(live)):
             (a, ma), (b, mb) = from_dir.load(i), live.load(i)

@@ -13,10 +13,11 @@ from segadapt.adapt import adapt
 from segadapt.config import preset
 from segadapt.data import JointTransform, SegmentationDataset, build_dataset
 from segadapt.data.pairs import PairedDataset
+from segadapt.data.sampler import EpochSampler
 from segadapt.data.synthetic import SyntheticScenes
 from segadapt.errors import SegadaptError
 from segadapt.models import VGGDeepLab
-from segadapt.train import EpochSampler, train
+from segadapt.train import train
 from tiny import tiny_train_config
 
 BATCH = 4
@@ -49,9 +50,9 @@ def record_saves(monkeypatch) -> dict[int, dict[str, torch.Tensor]]:
     saved: dict[int, dict[str, torch.Tensor]] = {}
     real = ckpt.save_training_state
 
-    def spy(path, model, optimizer, step, meta):
+    def spy(path, model, optimizer, step, meta, **kwargs):
         saved[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        real(path, model, optimizer, step, meta)
+        real(path, model, optimizer, step, meta, **kwargs)
 
     monkeypatch.setattr(ckpt, "save_training_state", spy)
     return saved

@@ -7,7 +7,9 @@ import torch
 
 from segadapt import checkpoint as ckpt
 from segadapt.checkpoint import load_model
-from segadapt.train import EpochSampler, poly_lr, train
+from segadapt.data.sampler import EpochSampler
+from segadapt.run import poly_lr
+from segadapt.train import train
 from tiny import tiny_train_config
 
 

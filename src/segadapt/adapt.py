@@ -3,6 +3,7 @@ feature maps on the paired D1 images. No D2 label is read anywhere in this file.
 
 Only parameters below the deepest regressed tap are trained; everything above stays exactly as in H1,
 so H2 keeps H1's classifier. The student's forward stops at that tap, the teacher runs in inference mode.
+The run directory, log, resume points and Ctrl-C are the `Run`'s (run.py); the step is below, in adapt().
 """
 
 from __future__ import annotations
@@ -10,53 +11,34 @@ from __future__ import annotations
 import copy
 import csv
 import math
-import os
-import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from segadapt import cache as teacher_cache
 from segadapt import checkpoint as ckpt
 from segadapt import distributed
-from segadapt.config import RunConfig, dumps_toml, to_dict
+from segadapt.config import RunConfig, to_dict
 from segadapt.data.pairs import PairedDataset
 from segadapt.errors import CheckpointError, SegadaptError
-from segadapt.losses import LAYER_PRESETS, feature_regression_loss, resolve_layers
-from segadapt.models.contract import check_taps, conform, feature_fn
+from segadapt.losses import feature_regression_loss, resolve_layers
+from segadapt.models.contract import SegmentationModel, check_taps, conform
 from segadapt.models.taps import Features
-from segadapt.runtime import InterruptFlag, environment, select_device, setup
+from segadapt.run import Run, autocast, wrap_ddp
+from segadapt.runtime import environment
 from segadapt.selection import HoldoutProbe, probe_steps, split_holdout
-from segadapt.train import (
-    EpochSampler,
-    autocast,
-    batches,
-    describe_batch,
-    end_of_step,
-    global_loss,
-    grads_finite,
-    interrupted_mid_step,
-    nonfinite_error,
-    poly_lr,
-    rank_batch_size,
-    refuse_nonfinite,
-    wrap_ddp,
-    write_log_header,
-)
 
 OnProbe = Callable[[int, nn.Module], dict[str, float]]
 
 
-def layer_weights(cfg: RunConfig) -> dict[str, float]:
-    layers = cfg.adapt.layers
-    if len(layers) == 1 and layers[0] in LAYER_PRESETS and not cfg.adapt.weights:
-        return resolve_layers(preset=layers[0])
+def layer_weights(cfg: RunConfig, model: SegmentationModel) -> dict[str, float]:
+    """Tap -> weight from adapt.layers: one preset name of the model's own table, or explicit taps."""
+    layers, presets = cfg.adapt.layers, model.layer_presets()
+    if len(layers) == 1 and layers[0] in presets and not cfg.adapt.weights:
+        return resolve_layers(preset=layers[0], presets=presets)
     return resolve_layers(layers=layers, weights=cfg.adapt.weights)
 
 
@@ -107,15 +89,8 @@ def adapt(
     `resume` continues from the newest one exactly as the run would have gone on.
     """
     tc = cfg.train
-    setup(tc.seed, tc.threads, tc.deterministic)
-    distributed.init()
-    device = select_device(tc.device)
-    world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
-    per_rank = rank_batch_size(tc.batch_size, world)  # train.batch_size is the global batch
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    weights = layer_weights(cfg)
-    taps = list(weights)
+    run = Run(cfg, run_dir, "adapt", resume=resume)
+    device = run.device
 
     # teacher H1 (frozen) and student H2 (a copy)
     if teacher is None:
@@ -123,15 +98,16 @@ def adapt(
             raise SegadaptError("no source model to adapt; pass --h1 RUN (a training run or model file)")
         teacher, h1_meta = ckpt.load_model(cfg.adapt.h1, device)
     assert h1_meta is not None
+    weights = layer_weights(cfg, conform(teacher))
+    taps = list(weights)
     check_taps(conform(teacher), taps)
     teacher = teacher.to(device).eval().requires_grad_(False)
     # NHWC convolutions, as in train(): faster with oneDNN (benchmarks/regression_step.py). The caller's
     # teacher is not converted in place; a copy in the new layout is used instead.
-    memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
     if tc.channels_last:
-        teacher = copy.deepcopy(teacher).to(memory_format=memory_format)
+        teacher = copy.deepcopy(teacher).to(memory_format=run.memory_format)
     student = copy.deepcopy(teacher).to(device)
-    teacher_features, student_features = feature_fn(teacher), feature_fn(student)
+    teacher_features, student_features = conform(teacher).features, conform(student).features
 
     holdout_ids, fit_ids = split_holdout(len(pairs), cfg.adapt.holdout, tc.seed)
     probe = HoldoutProbe(pairs, holdout_ids, teacher_features, weights, tc.seed, device) if holdout_ids else None
@@ -145,106 +121,62 @@ def adapt(
         group["base_lr"] = tc.lr
     # under torchrun: only the student is wrapped (the teacher never trains)
     student_net = wrap_ddp(StudentTaps(student, student_features, taps), device)
-    last = ckpt.latest_checkpoint(run_dir) if resume else None
-    if resume and last is None:
-        raise CheckpointError(f"{run_dir}: nothing to resume (no checkpoints/step_*.safetensors); drop --resume")
-    start = ckpt.step_of(last) if last is not None else 0
 
     cache, fit_pairs = None, pairs
     if cfg.adapt.teacher_cache:  # H1's maps read from disk instead of recomputed; X1 is then never loaded
         cache, fit_pairs = teacher_cache.prepare(
-            cfg.adapt.teacher_cache, pairs, teacher, teacher_features, taps, device, per_rank)
-    sampler = EpochSampler(len(fit_ids), tc.seed, start * tc.batch_size, rank, world)
-    loader = DataLoader(
-        Subset(fit_pairs, fit_ids), batch_size=per_rank, sampler=sampler,
-        drop_last=True,
-        num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(distributed.rank_seed(tc.seed + start)),
-        persistent_workers=cfg.data.num_workers > 0,
-    )
-    fields = ["step", "loss", *[f"loss_{t}" for t in taps], "lr", "images_per_s", "elapsed_s"]
-    elapsed_before = 0.0  # seconds the run had logged before this resume
-    if main:
-        if not resume:  # resume points of an earlier run in this directory would outrank this run's
-            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        ckpt.write_text_atomic(run_dir / "config.toml", dumps_toml(cfg))
-        elapsed_before = write_log_header(run_dir / "log.csv", start, fields)
-    # only rank 0 writes files; the other ranks log into the void
-    log_file = (run_dir / "log.csv").open("a", newline="") if main else open(os.devnull, "w")  # noqa: SIM115
-    log = csv.DictWriter(log_file, fields)
+            cfg.adapt.teacher_cache, pairs, teacher, teacher_features, taps, device, run.per_rank)
 
+    # resume point: restored last, so the RNG is the checkpoint's, untouched by the set-up above
     probes: list[dict[str, float]] = []
     selected: tuple[dict[str, float], dict[str, torch.Tensor]] | None = None
     h1_sha = teacher_cache.model_fingerprint(teacher)  # a resume must regress onto the same H1
-    if last is not None:  # restored last, so the RNG is the checkpoint's, untouched by the set-up above
-        state = ckpt.load_training_state(last, student, optimizer)
+
+    def resume_meta() -> dict[str, Any]:
+        return {"probes": probes, "selected": selected[0] if selected else None, "config": to_dict(cfg),
+                "h1_sha256": h1_sha}
+
+    state = run.hold(student, optimizer, resume_meta, lambda: selected[1] if selected else None)
+    if state:
         if state.get("h1_sha256", h1_sha) != h1_sha:
             raise CheckpointError(f"{cfg.adapt.h1}: H1's weights changed since {run_dir} started; resuming would "
                                   f"regress onto another teacher. Start a new adaptation (--out)")
         probes = state.get("probes", [])
         if state.get("selected") is not None:
-            selected = (state["selected"], ckpt.read_extra(last))
-        if main:
-            print(f"resuming {run_dir} from step {start}")
-    # ranks > 0 draw augmentation from their own seeds: rank_seed(seed + step), restarted after every step
-    if rank:
-        torch.manual_seed(distributed.rank_seed(tc.seed + start))
-
-    def save_state(step: int) -> None:
-        """Rank 0 writes the resume point; weights that are not finite never replace a good checkpoint."""
-        if not main:
-            return
-        refuse_nonfinite(student, step, run_dir)
-        meta = {"probes": probes, "selected": selected[0] if selected else None, "config": to_dict(cfg),
-                "h1_sha256": h1_sha}
-        ckpt.save_training_state(ckpt.checkpoint_path(run_dir, step), student, optimizer, step, meta,
-                                 extra=selected[1] if selected else None)
-        ckpt.prune_checkpoints(run_dir)
+            selected = (state["selected"], ckpt.read_extra(run.last))
 
     # loop
     train_mode(student)
-    step, seen, t0, loss_value = start, 0, time.perf_counter(), math.nan
+    step, seen, loss_value = run.start, 0, math.nan
     per_layer: dict[str, float] = {}
-    bar = tqdm(total=tc.iterations, initial=start, desc=f"adapt {'+'.join(taps)}", dynamic_ncols=True,
-               mininterval=1.0, disable=not main)
-    stop = InterruptFlag()
+    fields = ["step", "loss", *[f"loss_{t}" for t in taps], "lr", "images_per_s", "elapsed_s"]
     fix = "lower train.lr or set adapt.grad_clip (e.g. 5)"
-    try:
-        for (x1, x2, *geometry), ids in zip(loader, batches(sampler, per_rank)):
+    with run.logging(fields, f"adapt {'+'.join(taps)}"):
+        for (x1, x2, *geometry), ids in run.batches(fit_pairs, fit_ids):
             if step >= tc.iterations:
                 break
-            for group in optimizer.param_groups:
-                group["lr"] = poly_lr(group["base_lr"], step, tc.iterations, tc.poly_power)
-            x1 = x1.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            x2 = x2.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            lr = run.set_lr(optimizer, step)
+            x1, x2 = run.to_device(x1), run.to_device(x2)
             with autocast(device):
                 with torch.inference_mode():
                     target = teacher_features(x1, taps) if cache is None else cache.targets(geometry[0], device)
                 pred = student_net(x2)
             loss, per_layer = feature_regression_loss(target, pred, weights)
-            loss_value, bad_ranks = global_loss(loss)
-            if bad_ranks:
-                batch = describe_batch(pairs, [fit_ids[i] for i in ids])
-                raise nonfinite_error("regression loss", loss_value, step + 1, bad_ranks, batch, run_dir, fix)
+            loss_value = run.check_loss(loss, step + 1, ids, fix, what="regression loss")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.adapt.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.adapt.grad_clip)
-            if not grads_finite(trainable):  # checked before the step, so the student's weights stay finite
-                batch = describe_batch(pairs, [fit_ids[i] for i in ids])
-                raise nonfinite_error("gradients", "non-finite", step + 1, [], batch, run_dir, fix)
+            run.check_grads(trainable, step + 1, ids, fix)  # before the step: the student's weights stay finite
             optimizer.step()
             step += 1
-            seen += x1.shape[0] * world
-            bar.update(1)
-            if step % tc.log_every == 0 or step == tc.iterations:
+            seen += x1.shape[0] * run.world
+            run.progress(loss=f"{loss_value:.4g}")
+            if run.due(step):
                 per_layer = distributed.mean_over_ranks(per_layer)  # same step on every rank: safe collective
-                rate = seen / (time.perf_counter() - t0)
-                row = {"step": step, "loss": f"{loss_value:.6g}", "lr": f"{optimizer.param_groups[0]['lr']:.3g}",
-                       "images_per_s": f"{rate:.2f}", "elapsed_s": f"{elapsed_before + time.perf_counter() - t0:.1f}"}
-                log.writerow(row | {f"loss_{t}": f"{v:.6g}" for t, v in per_layer.items()})
-                log_file.flush()
-                bar.set_postfix(loss=f"{loss_value:.4g}")
+                run.log({"step": step, "loss": f"{loss_value:.6g}", "lr": f"{lr:.3g}",
+                         "images_per_s": f"{seen / run.elapsed():.2f}"}
+                        | {f"loss_{t}": f"{v:.6g}" for t, v in per_layer.items()})
             if step in probe_at:
                 assert probe is not None
                 point = {"step": step, **probe.measure(student, student_features)}
@@ -254,38 +186,32 @@ def adapt(
                 probes.append(point)
                 if selected is None or point["holdout_loss"] < selected[0]["holdout_loss"]:
                     selected = (point, {k: v.detach().clone() for k, v in student.state_dict().items()})
-            elapsed = time.perf_counter() - t0
-            if end_of_step(step, tc, elapsed, stop, save_state, f"segadapt adapt --resume {run_dir}"):
+            if run.end_of_step(step):
                 break
-    except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the state is inconsistent, keep the last checkpoint
-        raise interrupted_mid_step(step, run_dir, "adapt") from None
-    finally:
-        stop.restore()
-        bar.close()
-        log_file.close()
+    train_time = run.elapsed()
 
+    # files (rank 0)
     student.requires_grad_(True).eval()
     meta = {**h1_meta, "step": step, "adapted_from": str(cfg.adapt.h1), "layers": weights, "config": to_dict(cfg)}
-    save_state(step)  # the run can be extended later (--resume with more iterations)
-    if main:
+    run.save(step)  # the run can be extended later (--resume with more iterations)
+    if run.main:
         ckpt.save_model(run_dir / ckpt.MODEL_FILE, student, meta)
-    if selected is not None and main:
-        _write_selection(run_dir, probes, selected, student, meta)
+        if selected is not None:
+            _write_selection(run_dir, probes, selected, student, meta)
     result = {
         "layers": weights,
         "step": step,
-        "final_loss": loss_value if step > start else None,
-        "final_layer_loss": per_layer if step > start else {},
+        "final_loss": loss_value if step > run.start else None,
+        "final_layer_loss": per_layer if step > run.start else {},
         "probes": probes,
         "selected_step": selected[0]["step"] if selected else None,
-        "train_time_s": round(time.perf_counter() - t0, 2),
+        "train_time_s": round(train_time, 2),
         "environment": environment(),
     }
-    if main:
+    if run.main:
         ckpt.write_json_atomic(run_dir / "adapt.json", result)
-    distributed.barrier()  # when adapt() returns, its files exist for every rank
+    run.finish(step)
     return result
-
 
 
 def _write_selection(

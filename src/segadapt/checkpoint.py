@@ -10,8 +10,10 @@ Two kinds of file:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from segadapt.errors import CheckpointError
+from segadapt.errors import CheckpointError, SegadaptError
 
 META_KEY = "segadapt"
 MODEL_FILE = "model.safetensors"
@@ -32,12 +34,24 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def no_space(path: Path, needed: int | None = None) -> SegadaptError:
+    """One line for a full disk: the path, what the file needs and what is free, and how to go on."""
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 1e6:.1f} MB free there"
+    except OSError:
+        free = "free space unknown"
+    need = f"needs about {needed / 1e6:.1f} MB, " if needed else ""
+    return SegadaptError(f"{path}: no space left on device ({need}{free}); free some space or write elsewhere, "
+                         f"then run the command again (a run with a checkpoint continues with --resume)")
+
+
 @contextmanager
-def atomic_path(path: Path, durable: bool = False) -> Iterator[Path]:
+def atomic_path(path: Path, durable: bool = False, size: int | None = None) -> Iterator[Path]:
     """Yield a temp path in the same directory; rename it onto `path` only if the block succeeds.
 
     `durable`: flush the data to disk before the rename, so that after a power loss the name never points
-    at an empty file (checkpoints: the older ones are pruned as soon as a new one is written)."""
+    at an empty file (checkpoints: the older ones are pruned as soon as a new one is written). A full disk
+    is one line naming `path` (and `size`, the bytes being written, when the caller knows it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -48,14 +62,19 @@ def atomic_path(path: Path, durable: bool = False) -> Iterator[Path]:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise no_space(path, size) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    data = text.encode()
+    with atomic_path(path, size=len(data)) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -64,8 +83,14 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def _save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    with atomic_path(path, durable=True) as tmp:
-        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    with atomic_path(path, durable=True, size=size) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
+        except SafetensorError as e:  # safetensors reports a full disk as its own error, not an OSError
+            if "os error 28" in str(e) or "No space left" in str(e):
+                raise no_space(path, size) from None
+            raise CheckpointError(f"{path}: could not write the weights ({e})") from None
 
 
 def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -84,6 +109,17 @@ def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if not isinstance(meta, dict):  # someone else's safetensors, or edited metadata: never guess
         raise CheckpointError(f"{path}: its {META_KEY!r} metadata is not a JSON object; re-export the model")
     return tensors, meta
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The metadata of a segadapt safetensors file, without reading its tensors ({} if it has none)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+        meta = json.loads(raw) if raw else {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e}); re-export the weights") from None
+    return meta if isinstance(meta, dict) else {}
 
 
 # --- model files ------------------------------------------------------------------------------------

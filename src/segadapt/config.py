@@ -6,6 +6,7 @@ Every run saves the resolved config as ``config.toml`` so it can be reproduced w
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import types
 import typing
@@ -77,6 +78,7 @@ class TrainConfig:
     deterministic: bool = False
     channels_last: bool = True  # NHWC convolutions: measured ~20% faster on CPU for this VGG
     time_budget_s: float = 0.0  # stop early after this many seconds (0 = no limit); for CPU benchmarks
+    tensorboard: bool = False  # also write TensorBoard event files under <run>/tensorboard (segadapt[tensorboard])
 
 
 @dataclass
@@ -272,10 +274,23 @@ def _positive() -> tuple[Any, str]:
     return (lambda v: v > 0), "> 0"
 
 
+def _usable_path() -> tuple[Any, str]:
+    """A path a file system can hold (any place the user chooses; see segadapt.paths)."""
+    return (lambda v: "\x00" not in v and all(len(p.encode()) <= 255 for p in Path(v).parts)), \
+        "a path without NUL bytes and with components of at most 255 bytes"
+
+
+def _file_name() -> tuple[Any, str]:
+    """One path component: a run's name becomes <out_dir>/<name>-<time>."""
+    return (lambda v: bool(re.fullmatch(r"[A-Za-z0-9_+=-][A-Za-z0-9._+=-]{0,99}", v))), \
+        "a name of up to 100 letters, digits and . _ + = - (not starting with a dot)"
+
+
 # values a run cannot use: refused when the config is read, not hours later
 _LIMITS: dict[str, dict[str, tuple[Any, str]]] = {
-    "ModelConfig": {"width": _positive(), "num_classes": _at_least(0)},
-    "DataConfig": {"mean": ((lambda v: len(v) == 3), "three numbers, one per RGB channel"),
+    "RunConfig": {"name": _file_name(), "out_dir": _usable_path()},
+    "ModelConfig": {"width": _positive(), "num_classes": _at_least(0), "init_weights": _usable_path()},
+    "DataConfig": {"root": _usable_path(), "mean": ((lambda v: len(v) == 3), "three numbers, one per RGB channel"),
                    "std": ((lambda v: len(v) == 3 and min(v) > 0), "three numbers > 0, one per RGB channel"),
                    "base_size": _at_least(0), "num_workers": _at_least(0), "synthetic_train": _at_least(1),
                    "synthetic_val": _at_least(1), "crop_size": ((lambda v: len(v) == 2 and min(v) >= 1),
@@ -285,8 +300,10 @@ _LIMITS: dict[str, dict[str, tuple[Any, str]]] = {
                     "weight_decay": _at_least(0), "poly_power": _at_least(0), "eval_every": _at_least(0),
                     "checkpoint_every": _at_least(0), "log_every": _at_least(1), "threads": _at_least(0),
                     "time_budget_s": _at_least(0)},
-    "ShiftConfig": {"severity": ((lambda v: 0 <= v <= 1), "in [0, 1]"), "photometric": _at_least(0)},
-    "AdaptConfig": {"grad_clip": _at_least(0), "holdout": _at_least(0), "probes": _at_least(0)},
+    "ShiftConfig": {"severity": ((lambda v: 0 <= v <= 1), "in [0, 1]"), "photometric": _at_least(0),
+                    "d2_dir": _usable_path(), "pairs_csv": _usable_path()},
+    "AdaptConfig": {"grad_clip": _at_least(0), "holdout": _at_least(0), "probes": _at_least(0),
+                    "h1": _usable_path(), "teacher_cache": _usable_path()},
     "ExperimentConfig": {"iterations": _at_least(1), "finetune_lr": _positive(), "adapt_lr": _positive(),
                          "figure_images": _at_least(0), "reconstruct_steps": _at_least(0),
                          "seeds": ((lambda v: len(v) >= 1), "a list of at least one seed")},

@@ -8,6 +8,7 @@ labels (exit code 1); warnings and notes are worth a look but do not fail the ch
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -310,10 +311,11 @@ def _check_pairs(
     report: Report, cfg: RunConfig, d1: dict[str, tuple[SegmentationSource, Sizes]], d2_dir: str, limit: int
 ) -> None:
     """D2 images matched to D1 by stem, readable, and of their D1 image's size (what adapt will need)."""
-    from segadapt.data.pairs import image_folder
-    from segadapt.experiment import shifted_dir_source
+    from segadapt.data.d2 import d2_source
 
     d2 = Path(d2_dir)
+    d2_cfg = copy.deepcopy(cfg)
+    d2_cfg.shift.d2_dir, d2_cfg.shift.pairs_csv = d2_dir, ""
     stats = {"d2": str(d2), "matched": 0, "missing": 0, "extra": 0, "size_mismatch": 0, "unreadable": 0}
     report.pairs = stats
     plain = [s for s in d1 if not (d2 / s).is_dir()]
@@ -323,7 +325,7 @@ def _check_pairs(
         jobs.append(cfg.data.train_split if cfg.data.train_split in plain else plain[0])
     for split in jobs:
         try:
-            source2 = shifted_dir_source(cfg, d2, split) if (d2 / split).is_dir() else image_folder(d2)
+            source2 = d2_source(d2_cfg, split)
         except DataError as e:
             report.add("error", "pairs", str(e), _path_of(e))
             continue

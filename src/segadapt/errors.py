@@ -17,3 +17,7 @@ class ConfigError(SegadaptError):
 
 class CheckpointError(SegadaptError):
     """A weights/checkpoint file cannot be used."""
+
+
+class Interrupted(SegadaptError):
+    """The user pressed Ctrl-C; the CLI exits with 130 (128 + SIGINT), the shell convention, not 2."""

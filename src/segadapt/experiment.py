@@ -15,74 +15,31 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
-import functools
 import math
-import shutil
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from segadapt import checkpoint as ckpt
 from segadapt.adapt import adapt
 from segadapt.checkpoint import load_model
-from segadapt.config import RunConfig, ShiftConfig, dumps_toml
+from segadapt.config import RunConfig, dumps_toml
 from segadapt.data import SegmentationDataset, SegmentationSource, build_source, make_transform
-from segadapt.data.datasets import FileSource, pair_by_stem
-from segadapt.data.pairs import PairedDataset, Shift, ShiftedSource
+from segadapt.data.d2 import d2_source, materialise_d2, with_shift
+from segadapt.data.pairs import PairedDataset
 from segadapt.errors import ConfigError, DataError
 from segadapt.evaluate import evaluate
 from segadapt.losses import LAYER_PRESETS
 from segadapt.metrics import Scores, distortion
+from segadapt.paths import check_name, remove_tree
 from segadapt.runtime import environment, select_device
 from segadapt.selection import agreement, finite_or_none, spearman
 from segadapt.train import train
 
 METRICS = ("mean_acc", "miou", "pixel_acc")
-
-
-def _apply_filter(name: str, severity: float, image: np.ndarray, seed: int) -> np.ndarray:
-    from segadapt.shifts import apply_filter
-
-    return apply_filter(name, image, severity=severity, seed=seed)
-
-
-def make_shift(name: str, severity: float) -> Shift:
-    """A picklable (image, seed) -> image function, so DataLoader workers can run it."""
-    return functools.partial(_apply_filter, name, severity)
-
-
-def d2_source(cfg: RunConfig, split: str, shift: ShiftConfig, filter_name: str) -> SegmentationSource:
-    """D2 with D1's labels: from a `segadapt shift` directory if given, else the filter applied on the fly."""
-    if shift.d2_dir:
-        return shifted_dir_source(cfg, Path(shift.d2_dir), split)
-    fn = make_shift(filter_name, shift.severity)
-    return ShiftedSource(build_source(cfg.data, split), fn, shift.seed, filter_name)
-
-
-def shifted_dir_source(cfg: RunConfig, d2_dir: Path, split: str) -> SegmentationSource:
-    """A directory written by `segadapt shift`: D1's layout (generated data: <split>/images|labels)."""
-    if cfg.data.dataset == "synthetic":
-        info = build_source(cfg.data, split).info
-        return FileSource(info, pair_by_stem(d2_dir / split / "images", d2_dir / split / "labels"))
-    d2_cfg = copy.deepcopy(cfg.data)
-    d2_cfg.root = str(d2_dir)
-    return build_source(d2_cfg, split)
-
-
-def materialise_d2(cfg: RunConfig, filter_name: str, out: Path) -> ShiftConfig:
-    """Write D2 once (in parallel, resumable) so that training epochs read files instead of re-filtering:
-    real filters cost 0.1-0.2 s per CamVid frame, more than a CPU training step."""
-    from segadapt.shifts.write import write_shifted
-
-    root = Path(cfg.data.root) if cfg.data.root and cfg.data.dataset != "synthetic" else None
-    for split in dict.fromkeys((cfg.data.train_split, cfg.data.val_split)):
-        source = build_source(cfg.data, split)
-        write_shifted(source, root, out, split, filter_name, cfg.shift.severity, cfg.shift.seed)
-    return dataclasses.replace(cfg.shift, filter=filter_name, d2_dir=str(out))
 
 
 def score(model: torch.nn.Module, source: SegmentationSource, cfg: RunConfig, device: torch.device) -> Scores:
@@ -115,6 +72,9 @@ def check_experiment(cfg: RunConfig) -> None:
         if twice:
             raise ConfigError(f"{key}: {', '.join(twice)} listed twice; each runs once (repeats would count as "
                               f"extra seeds)")
+    for key, values in (("experiment.filters", ex.filters), ("experiment.layer_presets", ex.layer_presets)):
+        for v in values:  # each becomes a folder name in the sweep directory
+            check_name(v, key)
     if not ex.filters:
         raise ConfigError("experiment.filters is empty; name at least one shift, e.g. [\"ripple\"]")
     if cfg.shift.d2_dir:
@@ -123,7 +83,7 @@ def check_experiment(cfg: RunConfig) -> None:
                               f"entry, not {len(ex.filters)}")
         for split in dict.fromkeys((cfg.data.train_split, cfg.data.val_split)):
             try:  # a missing split fails here, before H1 trains
-                d2_source(cfg, split, cfg.shift, ex.filters[0])
+                d2_source(cfg, split, labelled=True)
             except DataError as e:
                 raise DataError(f"shift.d2_dir = {cfg.shift.d2_dir}: no usable D2 for split {split!r} ({e}); "
                                 f"write it with segadapt shift --split {split}") from None
@@ -164,11 +124,11 @@ def run_experiment(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
 
         for name in ex.filters:
             shift_dir = seed_dir / name
-            shift = cfg.shift
+            shift = dataclasses.replace(cfg.shift, filter=name)
             if ex.materialise_d2 and not shift.d2_dir:
                 shift = materialise_d2(cfg, name, out_dir / f"d2-{name}")
-            d2_train = d2_source(cfg, cfg.data.train_split, shift, name)
-            d2_val = d2_source(cfg, cfg.data.val_split, shift, name)
+            d2_train = d2_source(with_shift(cfg, shift), cfg.data.train_split, labelled=True)
+            d2_val = d2_source(with_shift(cfg, shift), cfg.data.val_split, labelled=True)
             train_tf = make_transform(cfg.data, True, d1_train.info.ignore_index)
             eval_tf = make_transform(cfg.data, False, d1_train.info.ignore_index)
             d2_sets = (SegmentationDataset(d2_train, train_tf), SegmentationDataset(d2_val, eval_tf))
@@ -234,7 +194,7 @@ def _figures(
     if "B2" in cfg.experiment.baselines and (shift_dir / "B2" / ckpt.MODEL_FILE).is_file():
         models["B2"] = load_model(shift_dir / "B2", device)[0]
     models[h2_name] = load_model(shift_dir / f"H2-{h2_name[3:]}", device)[0]
-    shutil.rmtree(out, ignore_errors=True)  # figures of an earlier sweep into this --out would mix in
+    remove_tree(out, out.parent)  # figures of an earlier sweep into this --out would mix in
     try:
         write_shift_figures(cfg, out, h1, models, h2_name, d1_val, d2_val, device)
     except Exception as e:  # figures come after hours of training: never lose the scores to one

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import random
 import signal
@@ -36,6 +37,34 @@ def select_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is None and distributed.env_world_size() > 1:
         device = torch.device("cuda", distributed.local_rank() % torch.cuda.device_count())
     return device
+
+
+def check_workers(n: int, what: str = "data.num_workers") -> None:
+    """Refuse more worker processes than the machine can use: hundreds of them on a few cores only fight
+    over the cores (and memory) and looked like a hang."""
+    cores = os.cpu_count() or 1
+    if n > 4 * cores:
+        raise ConfigError(f"{what}={n}: this machine has {cores} CPU core(s); more than {4 * cores} worker processes "
+                          f"only compete for them. Use at most {4 * cores} (0: work in the main process)")
+
+
+def memory_bytes() -> int:
+    """Physical memory of this machine (0 if the platform does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_batch(batch: int, crop: tuple[int, int] | list[int], images_per_sample: int = 1) -> None:
+    """Refuse a batch whose input tensors alone exceed this machine's memory (the network's activations need
+    many times more, so this only catches sizes that cannot work at all, before a MemoryError)."""
+    need = batch * images_per_sample * 3 * int(crop[0]) * int(crop[1]) * 4
+    total = memory_bytes()
+    if total and need > total:
+        raise ConfigError(f"train.batch_size={batch}: its {crop[0]}x{crop[1]} input images alone take "
+                          f"{need / 2**30:.1f} GiB, more than this machine's {total / 2**30:.1f} GiB; use a smaller "
+                          f"batch (or data.crop_size)")
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:

@@ -1,0 +1,107 @@
+"""`segadapt adapt`: the method, H1 adapted to D2 by feature-map regression, without D2 labels."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from segadapt.cli.common import (
+    TRAINING,
+    config_args,
+    other_dataset,
+    output_dir,
+    refuse_with_resume,
+    resolve_config,
+    trained_config,
+)
+from segadapt.config import RunConfig, dumps_toml
+from segadapt.errors import SegadaptError
+from segadapt.paths import check_path
+
+D2_FLAGS = ("filter", "severity", "d2_dir", "pairs")
+FLAGS = ("h1", "layers", "weights", *D2_FLAGS, *[f for f in TRAINING if f not in ("width", "arch", "init_weights")])
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("adapt", help="adapt H1 to D2 by feature-map regression (no D2 labels)")
+    config_args(p, FLAGS, helps={"h1": "source model: a training run directory or model .safetensors "
+                                       "(required unless --resume)",
+                                 "filter": "make D2 on the fly with this filter: photocopy | ripple | cubism"})
+    p.add_argument("--out", help="output directory")
+    p.add_argument("--resume", metavar="RUN", help="continue the adaptation in this directory from its last checkpoint")
+    p.set_defaults(func=cmd_adapt)
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from segadapt.adapt import adapt
+    from segadapt.checkpoint import load_model_file
+    from segadapt.data.d2 import training_pairs
+    from segadapt.run import refuse_overwrite, resumed_config
+
+    if args.resume:
+        out = check_path(args.resume, "--resume")
+        refuse_with_resume(args, out, ("h1", "layers", "weights", *D2_FLAGS, "out", "preset"))
+        resumed = resumed_config(out, "adapt", lambda saved: resolve_config(args, saved))
+        if resumed is None:
+            return 0
+        cfg = resumed
+    else:
+        if not args.h1:
+            raise SegadaptError("--h1 RUN is required (the source model), or --resume RUN to continue an adaptation")
+        _, meta = load_model_file(check_path(args.h1, "--h1"))
+        cfg = other_dataset(resolve_config(args, adapt_base(meta, args.h1)), meta)  # --preset replaces H1's
+
+    pairs = training_pairs(cfg)
+    if not args.resume:
+        out = output_dir(args.out, cfg.out_dir, "adapt")
+        refuse_overwrite(out)
+    print(dumps_toml(cfg))
+    result = adapt(cfg, Path(out), pairs, resume=bool(args.resume))
+    if result["final_loss"] is not None:
+        print(f"regression loss (last batch) {result['final_loss']:.5g}, per layer {result['final_layer_loss']}")
+    print(f"adapted model: {out / 'model.safetensors'}")
+    if result["selected_step"] is not None:
+        print(f"label-free choice: {out / 'model_selected.safetensors'} (step {result['selected_step']}, lowest "
+              f"held-out regression loss; selection.csv)")
+    print(f"next: {score_hint(cfg, out)}; look: segadapt viz features --h1 {cfg.adapt.h1} --h2 {out} "
+          f"--out {out / 'viz'} ...")
+    return 0
+
+
+def adapt_base(meta: dict[str, Any], h1: str) -> RunConfig:
+    """H1's own run settings (batch, weight decay, seed, data...) with the sweep's adaptation budget and lr,
+    so `segadapt adapt` trains H2 as `segadapt experiment` does; older model files give their data only."""
+    from segadapt.config import AdaptConfig, from_dict
+    from segadapt.errors import ConfigError
+
+    try:
+        base = from_dict(RunConfig, meta["config"], f"{h1} metadata")
+    except (ConfigError, KeyError, TypeError):
+        return trained_config(meta, h1)
+    base.model.width, base.model.arch = meta["width"], meta["arch"]
+    base.name, base.train.time_budget_s = "adapt", 0.0
+    # what D2 is and what to regress come from this command, not from how H1 happened to be run
+    kept = base.adapt
+    base.adapt = AdaptConfig(grad_clip=kept.grad_clip, holdout=kept.holdout, probes=kept.probes)
+    base.shift.d2_dir, base.shift.pairs_csv = "", ""
+    base.train.iterations, base.train.lr = base.experiment.iterations, base.experiment.adapt_lr
+    return base
+
+
+def score_hint(cfg: RunConfig, out: Path) -> str:
+    """How to score H2 on D2, which has the labels only where D2 is D1 shifted by a filter."""
+    from segadapt.data import d2
+
+    where = d2.kind(cfg, cfg.data.val_split)
+    if where == "shifted":  # a `segadapt shift` output
+        if cfg.data.dataset == "synthetic":  # generated data has no root to point evaluate at
+            return (f"segadapt distortion --model {out} --filter {cfg.shift.filter} --severity "
+                    f"{cfg.shift.severity} --d2-dir {cfg.shift.d2_dir} (scores D1 and that D2)")
+        return (f"segadapt evaluate --model {out} --dataset {cfg.data.dataset} --root {cfg.shift.d2_dir} "
+                f"--split {cfg.data.val_split}")
+    if where == "filter":
+        seed = f" --seed {cfg.shift.seed}" if cfg.shift.seed else ""
+        return (f"segadapt distortion --model {out} --filter {cfg.shift.filter} --severity {cfg.shift.severity}"
+                f"{seed} (scores D1 and D2)")
+    return "D2 has no labels here; compare H1 and H2 by eye with segadapt viz overlays"

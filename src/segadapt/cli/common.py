@@ -1,0 +1,262 @@
+"""What every command shares: config flags and the one precedence, output folders, and small parsers.
+
+Precedence, for every command alike: preset (or the config a model or run was saved with) < --config FILE
+< the command's flags < --set KEY=VALUE. A flag is a shortcut for one config key (`FLAGS`); a command
+declares which ones it offers, so `segadapt doctor --help` lists no optimisation flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from segadapt.config import RunConfig, merge, parse_override, preset, read_toml
+from segadapt.errors import SegadaptError
+from segadapt.paths import check_path
+
+
+def numbers(flag: str, text: str, kind: type) -> list[Any]:
+    """A comma-separated list of numbers from a flag, or one line saying what was expected."""
+    try:
+        return [kind(x) for x in text.split(",")]
+    except ValueError:
+        example = "0,5,9" if kind is int else "0.2,0.4"
+        raise SegadaptError(f"{flag} {text}: expected {kind.__name__} numbers separated by commas, "
+                            f"e.g. {example}") from None
+
+
+def names(text: str) -> list[str]:
+    """"pool3, pool5" -> ["pool3", "pool5"]."""
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _absolute(text: str) -> str:
+    """A model path stored absolute, so a resumed run finds it from any working directory."""
+    return str(check_path(text, "--h1").resolve())
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A command-line shortcut for one config key: `convert` turns the flag's text into the key's value."""
+
+    key: str
+    help: str
+    type: Callable[[str], Any] = str
+    convert: Callable[[str, str], Any] | None = None  # (flag, text) -> value, for values argparse cannot type
+
+
+# flag (dest name) -> the config key it sets; a command picks the ones it uses
+FLAGS: dict[str, Flag] = {
+    "dataset": Flag("data.dataset", "synthetic | camvid | voc | folder"),
+    "root": Flag("data.root", "dataset root directory"),
+    "iterations": Flag("train.iterations", "training steps", int),
+    "batch_size": Flag("train.batch_size", "global batch size", int),
+    "lr": Flag("train.lr", "base learning rate", float),
+    "width": Flag("model.width", "VGG channel multiplier (1.0 = paper, 0.25 = CPU)", float),
+    "arch": Flag("model.arch", "vgg16_deeplab | pixel"),
+    "init_weights": Flag("model.init_weights", "torchvision-format VGG-16 ImageNet state dict (.pth or .safetensors)"),
+    "device": Flag("train.device", "auto | cpu | cuda | cuda:N"),
+    "seed": Flag("train.seed", "random seed", int),
+    "threads": Flag("train.threads", "CPU threads for torch", int),
+    "time_budget": Flag("train.time_budget_s", "stop training after this many seconds", float),
+    "workers": Flag("data.num_workers", "data-loader worker processes", int),
+    "out_dir": Flag("out_dir", "folder for new run directories"),
+    "h1": Flag("adapt.h1", "source model: a training run directory or model .safetensors", convert=lambda f, t:
+               _absolute(t)),
+    "layers": Flag("adapt.layers", "taps to regress, comma-separated (pool1..pool5, fc6, fc7) or a preset: "
+                   "pool1..pool5, all (= all_inc), all_inc, all_dec", convert=lambda f, t: names(t)),
+    "weights": Flag("adapt.weights", "one weight per layer, comma-separated (default 1.0 each)",
+                    convert=lambda f, t: numbers(f, t, float)),
+    "filter": Flag("shift.filter", "D2 made by this filter: photocopy | ripple | cubism"),
+    "severity": Flag("shift.severity", "filter severity 0..1", float),
+    "d2_dir": Flag("shift.d2_dir", "D2 images: a `segadapt shift` output or a folder matched to D1 by file stem"),
+    "pairs": Flag("shift.pairs_csv", "CSV with columns x1,x2 listing image pairs"),
+}
+DATA = ("dataset", "root")
+TRAINING = (*DATA, "iterations", "batch_size", "lr", "width", "arch", "init_weights", "device", "seed", "threads",
+            "time_budget", "workers")
+
+
+def config_args(p: argparse.ArgumentParser, flags: Sequence[str], *, presets: bool = True,
+                keys: dict[str, str] | None = None, helps: dict[str, str] | None = None,
+                required: Sequence[str] = ()) -> None:
+    """--preset (if `presets`), --config, --set and the named FLAGS; `keys`/`helps` re-point a flag for this
+    command (`segadapt shift --seed` is the shift's seed, not the training seed)."""
+    g = p.add_argument_group("configuration (later ones win: preset < --config < flags < --set)")
+    if presets:
+        g.add_argument("--preset", help="start from a preset: voc (the study), synthetic, camvid, demo")
+    g.add_argument("--config", help="TOML file with any of the [model], [data], [train], [shift], [adapt], "
+                                    "[experiment] tables")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set train.lr=0.01")
+    chosen: dict[str, Flag] = {}
+    for name in flags:
+        f = FLAGS[name]
+        if keys and name in keys:
+            f = Flag(keys[name], f.help, f.type, f.convert)
+        chosen[name] = f
+        g.add_argument(f"--{name.replace('_', '-')}", type=f.type, required=name in required,
+                       help=(helps or {}).get(name, f.help))
+    p.set_defaults(config_flags=chosen)
+
+
+def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    """preset (or `base`, e.g. a run's saved config) < --config file < the command's flags < --set."""
+    name = getattr(args, "preset", None)
+    cfg = preset(name) if name else base or preset("synthetic")
+    if getattr(args, "config", None):
+        cfg = merge(cfg, read_toml(args.config), args.config)
+    overrides: dict[str, Any] = {}
+    for dest, f in getattr(args, "config_flags", {}).items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if f.convert is not None:
+            value = f.convert(f"--{dest.replace('_', '-')}", value)
+        *section, key = f.key.split(".")
+        (overrides.setdefault(section[0], {}) if section else overrides)[key] = value
+    for text in getattr(args, "set", []):
+        _deep_update(overrides, parse_override(text))
+    return merge(cfg, overrides, "command line") if overrides else cfg
+
+
+def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict):
+            _deep_update(dst.setdefault(k, {}), v)
+        else:
+            dst[k] = v
+
+
+def refuse_with_resume(args: argparse.Namespace, run_dir: Path, fixed: Sequence[str]) -> None:
+    """Flags that would change a resumed run's own settings (or directory) are refused, naming them."""
+    given = [f"--{k.replace('_', '-')}" for k in fixed if getattr(args, k, None)]
+    if given:
+        raise SegadaptError(f"--resume {run_dir} continues the run in its own directory with its own config; "
+                            f"drop {', '.join(given)}")
+
+
+# --- output folders: claimed, and cleaned up after a failure ------------------------------------------
+# Output directories the running command writes into: (path, its top-level names before the command or None
+# if the command created it, ancestors the command created). A command that fails with a SegadaptError
+# removes what it added there, so a failed run leaves no half-written folder that looks like a result.
+_CLAIMS: list[tuple[Path, frozenset[str] | None, list[Path]]] = []
+
+
+def _missing_dirs(path: Path) -> list[Path]:
+    """`path` and its ancestors that do not exist yet, innermost first."""
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
+def claim(path: Path, *, run: bool = False) -> Path:
+    """Note an output directory before the command writes into it; `run`: also make this process its one
+    writer (run.claim), refused in one line while another process holds it."""
+    before = frozenset(c.name for c in path.iterdir()) if path.is_dir() else None
+    created = _missing_dirs(path)[1:]
+    if run:
+        from segadapt import run as runs
+
+        runs.claim(path)
+    _CLAIMS.append((path, before, created))
+    return path
+
+
+def created(out_dir: str, name: str) -> Path:
+    """A fresh run directory <out_dir>/<name>-<time>, noted as created by this command and claimed."""
+    from segadapt import run as runs
+    from segadapt.runtime import new_run_dir
+
+    missing = _missing_dirs(check_path(out_dir, "out_dir"))
+    path = new_run_dir(out_dir, name)
+    runs.claim(path)
+    _CLAIMS.append((path, None, missing))
+    return path
+
+
+def output_dir(out: str | None, out_dir: str, name: str) -> Path:
+    """--out when given (claimed), else a fresh directory under out_dir."""
+    return claim(check_path(out, "--out"), run=True) if out else created(out_dir, name)
+
+
+def _holds_weights(path: Path) -> bool:
+    """A model or resume checkpoint (any .safetensors) is worth keeping even from a failed run."""
+    if path.is_file():
+        return path.suffix == ".safetensors"
+    return path.is_dir() and next(path.rglob("*.safetensors"), None) is not None
+
+
+def discard_partial_outputs() -> None:
+    """Remove what a failed command added to its output directories, unless it saved weights there.
+
+    A directory that existed before keeps its old entries; resumed runs are never claimed, and a run that
+    saved a checkpoint (e.g. interrupted, or a loss that blew up after some steps) keeps everything.
+    """
+    from segadapt import distributed
+
+    if not distributed.is_main():
+        _CLAIMS.clear()
+        return
+    while _CLAIMS:
+        path, before, made = _CLAIMS.pop()
+        if not path.is_dir() or path.is_symlink():
+            continue
+        added = [path] if before is None else [c for c in path.iterdir() if c.name not in before]
+        if any(_holds_weights(p) for p in added):
+            continue
+        for p in added:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        for d in made:  # empty parents that the command created, innermost first
+            try:
+                d.rmdir()
+            except OSError:
+                break
+
+
+def forget_outputs() -> None:
+    """The command succeeded: nothing to clean up, and its run directories are released."""
+    from segadapt import run as runs
+
+    _CLAIMS.clear()
+    runs.release_all()
+
+
+# --- small checks shared by commands ----------------------------------------------------------------
+
+def json_out(out: str | None) -> None:
+    """Check a JSON --out path before the work that fills it, not after."""
+    if out and check_path(out, "--out").is_dir():
+        raise SegadaptError(f"--out {out}: is a folder; give the path of a .json file to write")
+
+
+def same_classes(path: str | Path, meta: dict[str, Any], cfg: RunConfig, num_classes: int) -> None:
+    if meta["num_classes"] != num_classes:
+        raise SegadaptError(f"{path}: model predicts {meta['num_classes']} classes but {cfg.data.dataset} has "
+                            f"{num_classes}; evaluate on a dataset with the same classes")
+
+
+def trained_config(meta: dict[str, Any], model_path: str | Path) -> RunConfig:
+    """The data settings and architecture a model was trained with, from its metadata."""
+    from segadapt.config import DataConfig, from_dict
+
+    trained = RunConfig(data=from_dict(DataConfig, meta["config"]["data"], f"{model_path} metadata"))
+    trained.model.width, trained.model.arch = meta["width"], meta["arch"]
+    return trained
+
+
+def model_config(args: argparse.Namespace, meta: dict[str, Any], model_path: str | Path) -> RunConfig:
+    """A trained model's settings, overridden by the command line."""
+    return other_dataset(resolve_config(args, trained_config(meta, model_path)), meta)
+
+
+def other_dataset(cfg: RunConfig, meta: dict[str, Any]) -> RunConfig:
+    """A model trained on a folder dataset, used on a built-in one: its folder-only keys stay behind."""
+    trained = meta.get("config", {}).get("data", {})
+    if trained.get("dataset") == "folder" and cfg.data.dataset != "folder":
+        cfg.data.num_classes, cfg.data.ignore_index, cfg.data.class_names = 0, 255, []
+    return cfg

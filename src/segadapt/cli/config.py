@@ -1,0 +1,21 @@
+"""`segadapt config`: print a resolved configuration as TOML (what a run would use)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from segadapt.cli.adapt import FLAGS as ADAPT_FLAGS
+from segadapt.cli.common import TRAINING, config_args, resolve_config
+from segadapt.config import dumps_toml
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="print the resolved configuration as TOML")
+    config_args(p, list(dict.fromkeys((*TRAINING, *ADAPT_FLAGS))))
+    p.set_defaults(func=cmd_config)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    sys.stdout.write(dumps_toml(resolve_config(args)))
+    return 0

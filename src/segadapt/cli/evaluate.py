@@ -1,0 +1,69 @@
+"""`segadapt evaluate`: score a model on a labelled split (pixel acc, mean acc, per-class IoU, mIoU)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from segadapt.cli.common import DATA, config_args, json_out, other_dataset, resolve_config, same_classes, trained_config
+from segadapt.errors import SegadaptError
+from segadapt.paths import check_path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score a model: pixel acc, mean acc, per-class IoU, mIoU")
+    p.add_argument("--model", required=True, help="run directory or model .safetensors")
+    p.add_argument("--split", help="split to evaluate (default: the config's val split)")
+    p.add_argument("--out", help="JSON output (default: <run>/eval_<dataset>_<split>.json; scored at another "
+                   "--root: eval_<dataset>-<root name>_<split>.json)")
+    config_args(p, (*DATA, "device"), presets=False)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from segadapt.checkpoint import load_model, write_json_atomic
+    from segadapt.data import build_dataset
+    from segadapt.evaluate import evaluate
+    from segadapt.runtime import environment, select_device
+
+    json_out(args.out)
+    model, meta = load_model(check_path(args.model, "--model"))
+    trained = trained_config(meta, args.model)
+    cfg = other_dataset(resolve_config(args, trained), meta)
+    if cfg.data.dataset == "synthetic" and args.root:
+        raise SegadaptError("--root: the synthetic scenes are generated, not read; to score a shifted copy use "
+                            "segadapt distortion --model MODEL --filter F --d2-dir DIR")
+    device = select_device(cfg.train.device)
+    split = args.split or cfg.data.val_split
+    dataset = build_dataset(cfg.data, split, train=False)
+    same_classes(args.model, meta, cfg, dataset.info.num_classes)
+    s, conf = evaluate(model.to(device), dataset, dataset.info.num_classes, dataset.info.ignore_index, device)
+    result = {
+        "model": str(args.model),
+        "dataset": cfg.data.dataset,
+        "root": cfg.data.root,
+        "split": split,
+        "images": len(dataset),
+        **s.to_dict(),
+        "class_names": list(dataset.info.class_names),
+        "confusion": conf.tolist(),
+        "environment": environment(),
+    }
+    root = cfg.data.root if cfg.data.root != trained.data.root else ""  # scored on other data (a D2)
+    out = Path(args.out) if args.out else default_eval_path(args.model, cfg.data.dataset, split, root)
+    write_json_atomic(out, result)
+    where = f" at {cfg.data.root}" if cfg.data.root else ""
+    print(f"{cfg.data.dataset}/{split}{where}: mIoU {s.miou:.4f}  mean acc {s.mean_acc:.4f}  "
+          f"pixel acc {s.pixel_acc:.4f}")
+    for name, iou in zip(dataset.info.class_names, s.class_iou):
+        print(f"  {name:<14} IoU {iou:.4f}")
+    print(f"wrote {out}")
+    return 0
+
+
+def default_eval_path(model: str, dataset: str, split: str, root: str = "") -> Path:
+    """eval_<dataset>_<split>.json beside the model; data from another root (a D2) gets its own file."""
+    p = Path(model)
+    folder = p if p.is_dir() else p.parent
+    tag = f"{dataset}-{Path(root).name}" if root else dataset
+    return folder / f"eval_{tag}_{split}.json"

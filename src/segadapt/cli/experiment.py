@@ -1,0 +1,40 @@
+"""`segadapt experiment` (the study's sweep) and `segadapt demo` (the sweep at CPU scale on synthetic data)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from segadapt.cli.common import TRAINING, config_args, output_dir, resolve_config
+from segadapt.config import RunConfig, dumps_toml, preset
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("experiment", help="the study's sweep: H1, distortion, B0/B1/B2, regression presets")
+    config_args(p, TRAINING)
+    p.add_argument("--out", help="output directory")
+    p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("demo", help="the sweep on the embedded synthetic dataset at CPU scale (minutes)")
+    config_args(p, ("out_dir", "device"), presets=False)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args, preset("demo"))
+    return _sweep(cfg, output_dir(None, cfg.out_dir, cfg.name))
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)
+    return _sweep(cfg, output_dir(args.out, cfg.out_dir, f"{cfg.name}-experiment"))
+
+
+def _sweep(cfg: RunConfig, out: Path) -> int:
+    from segadapt.experiment import run_experiment
+
+    print(dumps_toml(cfg))
+    results = run_experiment(cfg, out)
+    print((out / "results.md").read_text())
+    print(f"report: {results.get('report') or out / 'results.md'}")
+    return 0

@@ -1,0 +1,85 @@
+"""`segadapt shift` (write a shifted copy D2 of a split) and `segadapt distortion` (how much a shift hurts)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from segadapt.cli.common import DATA, claim, config_args, json_out, model_config, resolve_config, same_classes
+from segadapt.paths import check_path
+
+SHIFT_SEED = {"seed": "shift.seed"}  # here --seed is the shift's (ripple phase, cubism tiles): nothing trains
+SEED_HELP = {"seed": "the shift's seed (ripple phase, cubism tiles)"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("shift", help="write a shifted copy D2 of a dataset split (same stems and layout)")
+    config_args(p, (*DATA, "filter", "severity", "seed", "workers"), keys=SHIFT_SEED, required=("filter",),
+                helps={**SEED_HELP, "filter": "photocopy | ripple | cubism",
+                       "severity": "0..1 (default: shift.severity)",
+                       "workers": "parallel processes (default 0: one per core)"})
+    p.add_argument("--split", help="split to shift (default: the train split)")
+    p.add_argument("--backend", default="native", choices=["native", "gegl"], help="native, or the gegl command")
+    p.add_argument("--out", required=True, help="output dataset root")
+    p.set_defaults(func=cmd_shift)
+
+    p = sub.add_parser("distortion", help="the study's distortion of a shift: D1 vs D2 accuracy and mIoU of a model")
+    p.add_argument("--model", required=True, help="run directory or model .safetensors")
+    config_args(p, (*DATA, "filter", "severity", "seed", "d2_dir", "device"), presets=False, keys=SHIFT_SEED,
+                required=("filter",), helps={**SEED_HELP, "filter": "photocopy | ripple | cubism",
+                                             "d2_dir": "score this `segadapt shift` output as D2 instead of "
+                                                       "filtering on the fly"})
+    p.add_argument("--split", help="split to score (default: the val split)")
+    p.add_argument("--out", help="also write the figures to this JSON file")
+    p.set_defaults(func=cmd_distortion)
+
+
+def cmd_shift(args: argparse.Namespace) -> int:
+    from segadapt.data import build_source
+    from segadapt.runtime import check_workers
+    from segadapt.shifts.write import write_shifted
+
+    cfg = resolve_config(args)
+    check_workers(cfg.data.num_workers, "--workers")
+    split = args.split or cfg.data.train_split
+    source = build_source(cfg.data, split)
+    root = Path(cfg.data.root) if cfg.data.root and cfg.data.dataset != "synthetic" else None
+    out = claim(check_path(args.out, "--out"))
+    s = cfg.shift
+    r = write_shifted(source, root, out, split, s.filter, s.severity, s.seed, args.backend, cfg.data.num_workers)
+    print(f"wrote {r['images']} shifted images ({s.filter}, severity {s.severity}) to {args.out}")
+    return 0
+
+
+def cmd_distortion(args: argparse.Namespace) -> int:
+    """The study's distortion of a shift for a model: how much accuracy and mIoU fall from D1 to D2."""
+    from segadapt.checkpoint import load_model, write_json_atomic
+    from segadapt.data import build_source
+    from segadapt.data.d2 import d2_source, same_shift
+    from segadapt.experiment import score
+    from segadapt.metrics import distortion
+    from segadapt.runtime import select_device
+    from segadapt.selection import finite_or_none
+
+    json_out(args.out)
+    model, meta = load_model(check_path(args.model, "--model"))
+    cfg = model_config(args, meta, args.model)
+    device = select_device(cfg.train.device)
+    model = model.to(device)
+    split = args.split or cfg.data.val_split
+    same_shift(cfg, split)
+    d1 = build_source(cfg.data, split)
+    same_classes(args.model, meta, cfg, d1.info.num_classes)
+    s1 = score(model, d1, cfg, device)
+    s2 = score(model, d2_source(cfg, split, labelled=True), cfg, device)
+    d = distortion(s1.mean_acc, s1.miou, s2.mean_acc, s2.miou)
+    sh = cfg.shift
+    result = {"model": str(args.model), "filter": sh.filter, "severity": sh.severity, "split": split,
+              "d1": {"mean_acc": s1.mean_acc, "miou": s1.miou}, "d2": {"mean_acc": s2.mean_acc, "miou": s2.miou},
+              "distortion": finite_or_none(d)}
+    print(f"D1 ({cfg.data.dataset}/{split}): mean acc {s1.mean_acc:.4f}  mIoU {s1.miou:.4f}")
+    print(f"D2 ({sh.filter}, severity {sh.severity}): mean acc {s2.mean_acc:.4f}  mIoU {s2.miou:.4f}")
+    print(f"distortion = 0.5*(|acc1-acc2|/acc1 + |mIoU1-mIoU2|/mIoU1) = {d:.4f}")
+    if args.out:
+        write_json_atomic(Path(args.out), result)
+    return 0

@@ -1,0 +1,124 @@
+"""Where D2 comes from, decided in one place for the CLI, the sweep and the doctor.
+
+For a split, D2 is, in this order:
+1. `shift.pairs_csv`: a CSV of (x1, x2) image paths; it gives D1 and D2 both, without labels;
+2. `shift.d2_dir` holding `<split>/`: a `segadapt shift` output in D1's layout, with D1's labels;
+3. `shift.d2_dir` without `<split>/`: a plain folder of unlabelled images, matched to D1 by file stem;
+4. otherwise D1 through `shift.filter` at `shift.severity`, filtered on the fly (labels: D1's).
+Only 2 and 4 carry labels (D1's, as in the study): what scoring H2 on D2 needs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from segadapt.config import RunConfig, ShiftConfig
+from segadapt.data.base import SegmentationSource
+from segadapt.data.datasets import FileSource, build_source, make_transform, pair_by_stem
+from segadapt.data.pairs import PairedDataset, Shift, ShiftedSource, csv_pairs, image_folder
+from segadapt.errors import DataError, SegadaptError
+
+
+def _apply_filter(name: str, severity: float, image: np.ndarray, seed: int) -> np.ndarray:
+    from segadapt.shifts import apply_filter
+
+    return apply_filter(name, image, severity=severity, seed=seed)
+
+
+def make_shift(name: str, severity: float) -> Shift:
+    """A picklable (image, seed) -> image function, so DataLoader workers can run it."""
+    return functools.partial(_apply_filter, name, severity)
+
+
+def kind(cfg: RunConfig, split: str) -> str:
+    """"pairs", "shifted", "folder" or "filter": which of the module's four cases D2 of `split` is."""
+    if cfg.shift.pairs_csv:
+        return "pairs"
+    if cfg.shift.d2_dir:
+        return "shifted" if (Path(cfg.shift.d2_dir) / split).is_dir() else "folder"
+    return "filter"
+
+
+def d2_source(cfg: RunConfig, split: str, *, labelled: bool = False) -> SegmentationSource:
+    """D2 of `split` (cases 2-4; a pairs CSV is read by `training_pairs`). `labelled`: refuse a D2 without
+    labels in one line, for the callers that score on it."""
+    if cfg.shift.pairs_csv:
+        raise SegadaptError(f"shift.pairs_csv = {cfg.shift.pairs_csv}: pairs have no labels to score with; "
+                            "score on a `segadapt shift` output or a filter instead")
+    if not cfg.shift.d2_dir:
+        return ShiftedSource(build_source(cfg.data, split), make_shift(cfg.shift.filter, cfg.shift.severity),
+                             cfg.shift.seed, cfg.shift.filter)
+    d2_dir = Path(cfg.shift.d2_dir)
+    if not d2_dir.is_dir():
+        raise DataError(f"{d2_dir}: D2 image directory not found; check --d2-dir (shift.d2_dir)")
+    if (d2_dir / split).is_dir():
+        return shifted_dir_source(cfg, d2_dir, split)
+    if any(p.is_dir() and (p / "images").is_dir() for p in d2_dir.iterdir()):
+        raise DataError(f"{d2_dir}: a `segadapt shift` output without the {split!r} split; write it with "
+                        f"segadapt shift --split {split} --out {d2_dir}")
+    if labelled:
+        raise DataError(f"{d2_dir}: a folder of unlabelled D2 images has no {split!r} split to score; write a "
+                        f"labelled D2 with segadapt shift --split {split} --out DIR")
+    return image_folder(d2_dir)
+
+
+def shifted_dir_source(cfg: RunConfig, d2_dir: Path, split: str) -> SegmentationSource:
+    """A directory written by `segadapt shift`: D1's layout (generated data: <split>/images|labels)."""
+    if cfg.data.dataset == "synthetic":
+        info = build_source(cfg.data, split).info
+        return FileSource(info, pair_by_stem(d2_dir / split / "images", d2_dir / split / "labels"))
+    d2_cfg = copy.deepcopy(cfg.data)
+    d2_cfg.root = str(d2_dir)
+    return build_source(d2_cfg, split)
+
+
+def training_pairs(cfg: RunConfig, split: str = "") -> PairedDataset:
+    """(X1, X2) pairs of a split for adaptation, with the training transform (shared geometry)."""
+    split = split or cfg.data.train_split
+    if cfg.shift.pairs_csv:
+        d1, d2 = csv_pairs(Path(cfg.shift.pairs_csv))
+    else:
+        d1, d2 = build_source(cfg.data, split), d2_source(cfg, split)
+    transform = make_transform(cfg.data, True, cfg.data.ignore_index)
+    return PairedDataset(d1, d2, transform, cfg.shift.photometric)
+
+
+def with_shift(cfg: RunConfig, shift: ShiftConfig) -> RunConfig:
+    """`cfg` with another D2 (the sweep's per-filter D2); the original is left as it was."""
+    return dataclasses.replace(cfg, shift=shift)
+
+
+def materialise_d2(cfg: RunConfig, filter_name: str, out: Path) -> ShiftConfig:
+    """Write D2 once (in parallel, resumable) so that training epochs read files instead of re-filtering:
+    real filters cost 0.1-0.2 s per CamVid frame, more than a CPU training step."""
+    from segadapt.shifts.write import write_shifted
+
+    root = Path(cfg.data.root) if cfg.data.root and cfg.data.dataset != "synthetic" else None
+    for split in dict.fromkeys((cfg.data.train_split, cfg.data.val_split)):
+        source = build_source(cfg.data, split)
+        write_shifted(source, root, out, split, filter_name, cfg.shift.severity, cfg.shift.seed)
+    return dataclasses.replace(cfg.shift, filter=filter_name, d2_dir=str(out))
+
+
+def same_shift(cfg: RunConfig, split: str) -> None:
+    """A `segadapt shift` output records its filter and severity: refuse to report it as another shift."""
+    from segadapt.shifts.write import recorded_params
+
+    if not cfg.shift.d2_dir:
+        return
+    d2_dir = Path(cfg.shift.d2_dir)
+    try:
+        made = recorded_params(d2_dir, split)
+    except DataError:
+        return  # an unreadable marker: nothing to compare (the images are scored as they are)
+    if made is None:
+        return  # a plain folder of D2 images: nothing recorded to compare
+    wanted = {"filter": cfg.shift.filter, "severity": cfg.shift.severity}
+    if {k: made.get(k) for k in wanted} != wanted:
+        raise SegadaptError(f"{d2_dir}: holds {made.get('filter')} at severity {made.get('severity')}, not "
+                            f"{cfg.shift.filter} at {cfg.shift.severity}; pass --filter/--severity to match")
