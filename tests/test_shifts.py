@@ -4,11 +4,17 @@ Photocopy known answers follow GEGL 0.4's published algorithm (operations/common
 hand below, so they hold without the CLI; test_shifts_gegl.py also checks them against the real `gegl`.
 """
 
+import contextlib
 import ctypes
 import ctypes.util
 import math
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -316,3 +322,50 @@ def test_cubism_shuffle_skips_a_rejected_word_and_reads_on_in_stream_order():
     good = [1, 2, 0, 1, 2, 0] * 5  # 2 * count * 5 rounds = 30 words
     planted = [0xFFFFFFFF, *good]
     assert _shuffled_order(count, Stream(planted)).tolist() == _shuffled_order(count, Stream(good)).tolist()
+
+
+def _children(pid: int) -> list[int]:
+    """Live processes whose parent is `pid`, from /proc (zombies count as gone)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the pool's workers through /proc")
+def test_shift_workers_die_with_a_killed_parent(tmp_path):
+    """SIGKILL gives the parent no chance to stop its pool: the workers must notice and exit on their own."""
+    cmd = [sys.executable, "-m", "segadapt", "shift", "--dataset", "synthetic", "--set", "data.synthetic_train=4000",
+           "--filter", "cubism", "--workers", "2", "--out", str(tmp_path / "d2")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            workers = _children(proc.pid)
+        assert len(workers) == 2 and proc.poll() is None, "the shift's pool never started"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(map(_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [w for w in workers if _alive(w)], "orphaned shift workers outlived their parent"
+    finally:
+        proc.kill()
+        for w in workers:  # never leave a stray worker behind, even when the test fails
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w, signal.SIGKILL)

@@ -8,9 +8,15 @@ parameters is refused even after an interrupted run; an image and its label are 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import shutil
+import signal
+import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -64,6 +70,45 @@ def _one(job: tuple[SegmentationSource, Path | None, Path, str, int, str, float,
                 tmp.write_bytes(cv2.imencode(".png", mask.astype(np.uint8))[1].tobytes())
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _signal_on_parent_death() -> None:
+    """Linux: ask the kernel to SIGKILL this process when its parent dies; a no-op where prctl is missing."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):  # the watchdog thread still covers this worker
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _watch_parent(ppid: int, interval: float = 1.0) -> None:
+    """Portable fallback: exit once this process has been handed to another parent (its own one died)."""
+    while os.getppid() == ppid:
+        time.sleep(interval)
+    os._exit(1)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer. A SIGKILLed `segadapt shift` cannot stop its pool, and workers blocked on the task
+    queue would live on as orphans holding a filter's memory: each worker ends itself when its parent dies."""
+    _signal_on_parent_death()
+    ppid = os.getppid()
+    if ppid != parent and not _pid_exists(parent):  # it died before the prctl above could take effect
+        os._exit(1)
+    # the process that started us (the parent, or a fork server that exits with it) is the one to watch
+    threading.Thread(target=_watch_parent, args=(ppid,), daemon=True, name="segadapt-watch-parent").start()
+
+
 def marker_path(out: Path, split: str) -> Path:
     return out / f".segadapt-shift-{split}.json"
 
@@ -114,7 +159,7 @@ def write_shifted(
         for job in tqdm(jobs, desc=desc, dynamic_ncols=True):
             _one(job)
     else:
-        with ProcessPoolExecutor(workers) as pool:
+        with ProcessPoolExecutor(workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
             for _ in tqdm(pool.map(_one, jobs, chunksize=4), total=len(jobs), desc=desc, dynamic_ncols=True):
                 pass
     if root is not None and (root / "ImageSets").is_dir():  # VOC split lists travel with the images
