@@ -369,3 +369,17 @@ def test_shift_workers_die_with_a_killed_parent(tmp_path):
         for w in workers:  # never leave a stray worker behind, even when the test fails
             with contextlib.suppress(ProcessLookupError):
                 os.kill(w, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("severity", ["nan", "inf", "-inf", "1.5"])
+def test_shift_refuses_a_severity_outside_0_1_before_writing_anything(tmp_path, capsys, severity):
+    """--severity bypasses the config check; nan used to reach the marker's JSON and crash with a traceback."""
+    from segadapt.cli import main
+
+    out = tmp_path / "d2"
+    args = ["shift", "--dataset", "synthetic", "--set", "data.synthetic_train=2", "--set",
+            "data.synthetic_size=[16,16]", "--filter", "ripple", f"--severity={severity}", "--workers", "1",
+            "--out", str(out)]
+    assert main(args) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("segadapt: error: ") and "severity" in line and not out.exists()

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from segadapt.checkpoint import atomic_path, write_json_atomic
 from segadapt.data.base import SegmentationSource
 from segadapt.data.pairs import stem_seed
-from segadapt.errors import DataError, SegadaptError
+from segadapt.errors import ConfigError, DataError, SegadaptError
 
 
 def _targets(source: SegmentationSource, root: Path | None, out: Path, split: str, i: int) -> tuple[Path, Path]:
@@ -135,6 +135,11 @@ def write_shifted(
     backend: str = "native",
     workers: int = 0,
 ) -> dict[str, Any]:
+    from segadapt.shifts import BACKENDS, severity_params
+
+    severity_params(name, severity, seed)  # filter and severity (nan, inf) refused before anything is written
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     params = {"filter": name, "severity": severity, "seed": seed, "backend": backend, "split": split}
     marker = marker_path(out, split)
     held = recorded_params(out, split)
