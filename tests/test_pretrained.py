@@ -155,3 +155,13 @@ def test_a_truncated_download_is_called_corrupt_not_refused(tmp_path):
     path.write_bytes(path.read_bytes()[:300])
     with pytest.raises(CheckpointError, match=r"corrupt or truncated torch\.save file \(.*\); download or export"):
         read_state_dict(path)
+
+
+def test_non_finite_imagenet_weights_are_refused_naming_the_key(tmp_path):
+    model = VGGDeepLab(5, width=WIDTH)
+    sd = fake_torchvision_vgg16(model)
+    sd["classifier.3.weight"][0, 0] = float("nan")  # row 0, column 0: kept by fc7's every-4th subsampling
+    sd["classifier.6.weight"][:] = float("inf")  # fc8 is never loaded: not a reason to refuse
+    torch.save(sd, tmp_path / "vgg16.pth")
+    with pytest.raises(CheckpointError, match=r"vgg16\.pth: classifier\.3\.weight holds NaN or inf"):
+        load_vgg16_imagenet(model, tmp_path / "vgg16.pth")

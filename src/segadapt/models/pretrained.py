@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from segadapt.checkpoint import check_finite
 from segadapt.errors import CheckpointError
 from segadapt.models.vgg_deeplab import VGG_BLOCKS, VGGDeepLab
 
@@ -122,5 +123,6 @@ def load_vgg16_imagenet(model: VGGDeepLab, path: str | Path) -> list[str]:
     if not isinstance(model, VGGDeepLab):
         raise CheckpointError(f"{path}: ImageNet VGG-16 weights only fit arch vgg16_deeplab; set model.arch")
     mapped = convert_torchvision_vgg16(read_state_dict(path), model, str(path))
+    check_finite({src: value for src, value in mapped.values()}, path)  # only what is copied: fc8 is not
     model.load_state_dict({dst: value for dst, (_, value) in mapped.items()}, strict=False)
     return [f"{src} -> {dst}" for dst, (src, _) in mapped.items()]
