@@ -109,3 +109,22 @@ def test_non_finite_weights_are_refused_naming_file_and_tensor(tmp_path, bad):
     with pytest.raises(CheckpointError, match=rf"model\.safetensors: {re.escape(keys[4])} holds NaN or inf") as e:
         ckpt.load_model(tmp_path)
     assert "\n" not in str(e.value)
+
+
+def test_weights_files_are_as_readable_as_the_json_beside_them(tmp_path, monkeypatch):
+    """safetensors writes through its own 0600 temp file and renames it onto ours: the mode must be set after."""
+    import os
+    import stat
+
+    monkeypatch.setattr(ckpt, "_UMASK", 0o022)
+    old = os.umask(0o022)
+    try:
+        model = _toy()
+        ckpt.save_model(tmp_path / "model.safetensors", model, {"arch": "toy"})
+        path = ckpt.checkpoint_path(tmp_path, 1)
+        ckpt.save_training_state(path, model, torch.optim.SGD(model.parameters(), lr=0.1), 1, {})
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "model.safetensors", tmp_path / "model.json",
+                                                                path)}
+    assert modes == dict.fromkeys(modes, 0o644)

@@ -41,9 +41,11 @@ def atomic_path(path: Path, durable: bool = False) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results should be as readable as any other
     try:
         yield Path(tmp)
+        # mkstemp makes 0600 files, and so does a writer that replaces ours with its own temp file
+        # (safetensors' save_file does): set the mode last, so results are as readable as any other file
+        os.chmod(tmp, 0o666 & ~_UMASK)
         if durable:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
