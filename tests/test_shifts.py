@@ -383,3 +383,38 @@ def test_shift_refuses_a_severity_outside_0_1_before_writing_anything(tmp_path, 
     assert main(args) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("segadapt: error: ") and "severity" in line and not out.exists()
+
+
+def test_a_resumed_shift_rewrites_truncated_or_emptied_outputs(tmp_path):
+    """Files already present are skipped on a re-run only if they are whole: ended, decodable, the right size."""
+    from PIL import Image
+
+    from segadapt.config import DataConfig
+    from segadapt.data import build_source
+    from segadapt.data.base import read_image, read_mask
+    from segadapt.shifts.write import write_shifted
+
+    root, out = tmp_path / "d1", tmp_path / "d2"
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (root / "train" / sub).mkdir(parents=True)
+    for k in range(4):
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), np.uint8)).save(root / "train" / "images" / f"s{k}.jpg")
+        Image.fromarray(np.resize(np.arange(3, dtype=np.uint8), (24, 32))).save(root / "train" / "masks" / f"s{k}.png")
+    source = build_source(DataConfig(dataset="folder", root=str(root), num_classes=3), "train")
+
+    def shift() -> dict:
+        return write_shifted(source, root, out, "train", "ripple", 0.5, workers=1)
+
+    assert shift()["repaired"] == 0
+    images, masks = out / "train" / "images", out / "train" / "masks"
+    good = {p: p.read_bytes() for p in (*images.iterdir(), *masks.iterdir())}
+    (images / "s0.jpg").write_bytes(good[images / "s0.jpg"][: len(good[images / "s0.jpg"]) // 2])
+    (images / "s1.jpg").write_bytes(b"")
+    (masks / "s2.png").write_bytes(good[masks / "s2.png"][:60])
+    Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(images / "s3.jpg")  # whole, but not the source's size
+    r = shift()
+    assert r["images"] == 4 and r["repaired"] == 4
+    assert {p: p.read_bytes() for p in good} == good  # rewritten exactly as the first run wrote them
+    assert read_image(images / "s0.jpg").shape == (24, 32, 3) and read_mask(masks / "s2.png").shape == (24, 32)
+    assert shift()["repaired"] == 0
