@@ -8,6 +8,7 @@ and classifier.3 is fc7 (4096 x 4096). DeepLab-LargeFOV shrinks fc6/fc7 to 1024 
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -46,7 +47,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not head.startswith((b"PK", b"\x80")):  # torch.save writes a zip archive (or, long ago, a pickle)
         raise CheckpointError(f"{path}: neither a torch.save file nor safetensors; expected VGG-16 weights")
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        # torch's weights-only unpickler warns about any pickle protocol but 2 (plain pickle.dump files) before
+        # it refuses them; what the user needs is the one line below, so nothing torch.load warns reaches them
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         if "weights only" in str(e).lower() or "weights_only" in str(e):  # torch refused to unpickle an object
             raise CheckpointError(
