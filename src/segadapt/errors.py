@@ -17,3 +17,11 @@ class ConfigError(SegadaptError):
 
 class CheckpointError(SegadaptError):
     """A weights/checkpoint file cannot be used."""
+
+
+class Interrupted(SegadaptError):
+    """The user stopped the command (Ctrl-C, SIGINT); the message says what was saved and how to continue.
+
+    Not a mistake to fix, so the CLI maps it to exit code 130 (128 + SIGINT, the shell's convention for a
+    run stopped by Ctrl-C) rather than 2. It stays a SegadaptError so that handlers written for those still
+    print it as one line and keep a run directory that holds a checkpoint."""
