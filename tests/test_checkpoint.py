@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -90,3 +92,39 @@ def test_checkpoints_are_ordered_by_step_past_the_zero_padding(tmp_path):
     ckpt.prune_checkpoints(tmp_path, keep=2)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "step_10000000.safetensors", "step_9999999.safetensors"]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_refused_naming_file_and_tensor(tmp_path, bad):
+    """A diverged model used to load and be scored (mIoU 0.04, exit 0) as if it were a model."""
+    from segadapt.models import build_model
+
+    model = build_model("vgg16_deeplab", 3, 0.0625)
+    keys = list(model.state_dict())
+    with torch.no_grad():
+        model.state_dict()[keys[4]].view(-1)[0] = bad  # the first bad one, in the model's own order
+        model.state_dict()[keys[-1]].fill_(bad)
+    path = tmp_path / "model.safetensors"
+    ckpt.save_model(path, model, {"arch": "vgg16_deeplab", "num_classes": 3, "width": 0.0625})
+    with pytest.raises(CheckpointError, match=rf"model\.safetensors: {re.escape(keys[4])} holds NaN or inf") as e:
+        ckpt.load_model(tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_weights_files_are_as_readable_as_the_json_beside_them(tmp_path, monkeypatch):
+    """safetensors writes through its own 0600 temp file and renames it onto ours: the mode must be set after."""
+    import os
+    import stat
+
+    monkeypatch.setattr(ckpt, "_UMASK", 0o022)
+    old = os.umask(0o022)
+    try:
+        model = _toy()
+        ckpt.save_model(tmp_path / "model.safetensors", model, {"arch": "toy"})
+        path = ckpt.checkpoint_path(tmp_path, 1)
+        ckpt.save_training_state(path, model, torch.optim.SGD(model.parameters(), lr=0.1), 1, {})
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "model.safetensors", tmp_path / "model.json",
+                                                                path)}
+    assert modes == dict.fromkeys(modes, 0o644)

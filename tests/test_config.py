@@ -94,3 +94,35 @@ def test_devices_other_than_cpu_and_cuda_are_refused_up_front(name):
     with pytest.raises(ConfigError, match="device"):
         select_device(name)
     assert select_device("cpu").type == "cpu"
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("model.width=1e308", "model.width"),  # OverflowError when the channel counts were computed
+    ("model.width=1e400", "model.width"),  # TOML reads this as inf
+    pytest.param(f"model.width={10**400}", "model.width", id="width-int-past-float"),  # too large for a float
+    ("train.seed=99999999999999999999999", "train.seed"),  # ValueError from torch.manual_seed
+    ("train.seed=-1", "train.seed"),
+    ("data.synthetic_seed=-1", "data.synthetic_seed"),  # numpy's generators take no negative seeds
+    (f"shift.seed={2**32}", "shift.seed"),
+    ("experiment.seeds=[0, 99999999999999999999999]", "experiment.seeds"),
+    ("shift.severity=nan", "shift.severity"),
+    ("train.lr=inf", "train.lr"),
+    ("train.time_budget_s=inf", "train.time_budget_s"),
+    ("adapt.grad_clip=inf", "adapt.grad_clip"),
+    ("shift.photometric=inf", "shift.photometric"),
+    ("data.mean=[nan, 0.4, 0.4]", "data.mean"),
+    ("adapt.weights=[1.0, -inf]", "adapt.weights"),
+    ("train.batch_size=100000000000", "train.batch_size"),
+    ("data.num_workers=100000", "data.num_workers"),
+    (f"train.iterations={2**63}", "train.iterations"),  # past int64: torch and numpy cannot hold the step
+])
+def test_values_that_passed_the_check_and_then_crashed_are_refused(override, key):
+    with pytest.raises(ConfigError, match=rf"^config\.{key}(\[\])?: ") as e:
+        merge(RunConfig(), parse_override(override))
+    assert "\n" not in str(e.value)
+
+
+def test_the_largest_accepted_values_still_pass():
+    cfg = merge(RunConfig(), {"model": {"width": 4}, "train": {"seed": 2**32 - 1, "batch_size": 65536},
+                              "data": {"num_workers": 256}, "experiment": {"seeds": [0, 2**32 - 1]}})
+    assert cfg.model.width == 4.0 and cfg.train.seed == 2**32 - 1

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -5,9 +8,11 @@ from PIL import Image
 
 from segadapt.config import DataConfig
 from segadapt.data import build_dataset, build_source, spread_indices
+from segadapt.data.base import MAX_IMAGE_PIXELS, read_image, read_mask
 from segadapt.data.palettes import CAMVID
 from segadapt.data.palettes import voc as voc_palette
 from segadapt.errors import ConfigError, DataError
+from tiny import png_declaring
 
 
 def write_pair(root, split, stem, size=(16, 12), labels=(0, 1), mask_size=None, mask_mode="L"):
@@ -198,3 +203,28 @@ def test_two_masks_for_one_stem_are_an_error_not_a_guess(tmp_path):
     Image.fromarray(np.zeros((12, 16), np.uint8)).save(tmp_path / "train" / "masks" / "a.bmp")
     with pytest.raises(DataError, match=r"a second mask for stem 'a'"):
         build_source(folder_cfg(tmp_path), "train")
+
+
+@pytest.mark.parametrize("size", [(60000, 60000), (10000, 10000)])  # past PIL's refusal; past ours, PIL only warns
+@pytest.mark.parametrize("reader", [read_image, read_mask])
+def test_a_header_declaring_a_huge_image_is_refused_before_decoding(tmp_path, reader, size, recwarn):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_declaring(*size))
+    with pytest.raises(DataError, match=r"bomb.png: (image|mask) too large to decode .*cut it into tiles") as e:
+        reader(path)
+    assert "\n" not in str(e.value) and f"{MAX_IMAGE_PIXELS:,}" in str(e.value)
+    assert not recwarn.list  # PIL's size warning would be a second line on stderr
+
+
+def test_train_on_a_huge_declared_image_stops_in_one_line_and_leaves_no_run(tmp_path):
+    write_pair(tmp_path, "train", "a")
+    write_pair(tmp_path, "val", "a")
+    (tmp_path / "train" / "images" / "a.png").write_bytes(png_declaring(60000, 60000))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "segadapt", "train", "--dataset", "folder", "--root", str(tmp_path),
+           "--set", "data.num_classes=3", "--set", "data.crop_size=[12, 16]", "--width", "0.0625",
+           "--iterations", "1", "--batch-size", "1", "--threads", "1", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and not out.exists()  # tqdm's bar may come first; the error is one line
+    assert r.stderr.strip().splitlines()[-1].startswith(f"segadapt: error: {tmp_path}/train/images/a.png: image too")

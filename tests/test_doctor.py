@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ from segadapt.cli import main
 from segadapt.config import RunConfig
 from segadapt.data.palettes import CAMVID
 from segadapt.doctor import Report, diagnose
+from tiny import png_declaring
 
 FOLDER = ["--dataset", "folder", "--set", "data.num_classes=4"]
 
@@ -225,3 +228,14 @@ def test_exif_orientation_is_reported_for_png_too(tmp_path):
     report = diagnose(cfg_for(tmp_path), ["train"])
     rotation = checks(report, "warning").get("EXIF rotation", [])
     assert len(rotation) == 1 and "s0.png" in rotation[0] and "PNG with EXIF orientation 3" in rotation[0]
+
+
+def test_image_declaring_gigapixels_is_one_finding_not_a_traceback(tmp_path):
+    """A 69-byte PNG claiming 60000x60000 used to reach OpenCV's size assertion and crash doctor."""
+    write_dataset(tmp_path, n=2)
+    (tmp_path / "train" / "images" / "s0.png").write_bytes(png_declaring(60000, 60000))
+    cmd = [sys.executable, "-m", "segadapt", "doctor", "--root", str(tmp_path), *FOLDER, "--split", "train"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "error" not in r.stderr.lower(), r.stderr[-2000:]
+    [line] = [line for line in r.stdout.splitlines() if "s0.png" in line]
+    assert "image too large to decode (its header declares over" in line and "cut it into tiles" in line

@@ -155,3 +155,44 @@ def test_a_truncated_download_is_called_corrupt_not_refused(tmp_path):
     path.write_bytes(path.read_bytes()[:300])
     with pytest.raises(CheckpointError, match=r"corrupt or truncated torch\.save file \(.*\); download or export"):
         read_state_dict(path)
+
+
+def test_non_finite_imagenet_weights_are_refused_naming_the_key(tmp_path):
+    model = VGGDeepLab(5, width=WIDTH)
+    sd = fake_torchvision_vgg16(model)
+    sd["classifier.3.weight"][0, 0] = float("nan")  # row 0, column 0: kept by fc7's every-4th subsampling
+    sd["classifier.6.weight"][:] = float("inf")  # fc8 is never loaded: not a reason to refuse
+    torch.save(sd, tmp_path / "vgg16.pth")
+    with pytest.raises(CheckpointError, match=r"vgg16\.pth: classifier\.3\.weight holds NaN or inf"):
+        load_vgg16_imagenet(model, tmp_path / "vgg16.pth")
+
+
+@pytest.mark.parametrize("protocol", [3, 4, 5])
+def test_a_plain_pickle_is_refused_without_torchs_protocol_warning(tmp_path, protocol):
+    """torch's weights-only unpickler warns about any pickle protocol but 2 before refusing: two lines of
+    someone else's advice ahead of segadapt's one."""
+    import pickle
+    import warnings
+
+    path = tmp_path / "legacy.pth"
+    path.write_bytes(pickle.dumps({"features.0.weight": torch.zeros(2)}, protocol=protocol))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError, match="legacy.pth: refused"):
+            read_state_dict(path)
+    assert not caught, [str(w.message) for w in caught]
+
+
+def test_init_weights_given_a_plain_pickle_prints_exactly_one_line(tmp_path):
+    import pickle
+    import subprocess
+    import sys
+
+    path = tmp_path / "legacy.pth"
+    path.write_bytes(pickle.dumps({"features.0.weight": torch.zeros(2)}))  # Python's default protocol
+    cmd = [sys.executable, "-m", "segadapt", "train", "--preset", "synthetic", "--width", "1", "--iterations", "1",
+           "--init-weights", str(path), "--out", str(tmp_path / "run")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith(f"segadapt: error: {path}: refused: not a plain state dict"), line

@@ -4,11 +4,17 @@ Photocopy known answers follow GEGL 0.4's published algorithm (operations/common
 hand below, so they hold without the CLI; test_shifts_gegl.py also checks them against the real `gegl`.
 """
 
+import contextlib
 import ctypes
 import ctypes.util
 import math
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -316,3 +322,99 @@ def test_cubism_shuffle_skips_a_rejected_word_and_reads_on_in_stream_order():
     good = [1, 2, 0, 1, 2, 0] * 5  # 2 * count * 5 rounds = 30 words
     planted = [0xFFFFFFFF, *good]
     assert _shuffled_order(count, Stream(planted)).tolist() == _shuffled_order(count, Stream(good)).tolist()
+
+
+def _children(pid: int) -> list[int]:
+    """Live processes whose parent is `pid`, from /proc (zombies count as gone)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the pool's workers through /proc")
+def test_shift_workers_die_with_a_killed_parent(tmp_path):
+    """SIGKILL gives the parent no chance to stop its pool: the workers must notice and exit on their own."""
+    cmd = [sys.executable, "-m", "segadapt", "shift", "--dataset", "synthetic", "--set", "data.synthetic_train=4000",
+           "--filter", "cubism", "--workers", "2", "--out", str(tmp_path / "d2")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            workers = _children(proc.pid)
+        assert len(workers) == 2 and proc.poll() is None, "the shift's pool never started"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(map(_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [w for w in workers if _alive(w)], "orphaned shift workers outlived their parent"
+    finally:
+        proc.kill()
+        for w in workers:  # never leave a stray worker behind, even when the test fails
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("severity", ["nan", "inf", "-inf", "1.5"])
+def test_shift_refuses_a_severity_outside_0_1_before_writing_anything(tmp_path, capsys, severity):
+    """--severity bypasses the config check; nan used to reach the marker's JSON and crash with a traceback."""
+    from segadapt.cli import main
+
+    out = tmp_path / "d2"
+    args = ["shift", "--dataset", "synthetic", "--set", "data.synthetic_train=2", "--set",
+            "data.synthetic_size=[16,16]", "--filter", "ripple", f"--severity={severity}", "--workers", "1",
+            "--out", str(out)]
+    assert main(args) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("segadapt: error: ") and "severity" in line and not out.exists()
+
+
+def test_a_resumed_shift_rewrites_truncated_or_emptied_outputs(tmp_path):
+    """Files already present are skipped on a re-run only if they are whole: ended, decodable, the right size."""
+    from PIL import Image
+
+    from segadapt.config import DataConfig
+    from segadapt.data import build_source
+    from segadapt.data.base import read_image, read_mask
+    from segadapt.shifts.write import write_shifted
+
+    root, out = tmp_path / "d1", tmp_path / "d2"
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (root / "train" / sub).mkdir(parents=True)
+    for k in range(4):
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), np.uint8)).save(root / "train" / "images" / f"s{k}.jpg")
+        Image.fromarray(np.resize(np.arange(3, dtype=np.uint8), (24, 32))).save(root / "train" / "masks" / f"s{k}.png")
+    source = build_source(DataConfig(dataset="folder", root=str(root), num_classes=3), "train")
+
+    def shift() -> dict:
+        return write_shifted(source, root, out, "train", "ripple", 0.5, workers=1)
+
+    assert shift()["repaired"] == 0
+    images, masks = out / "train" / "images", out / "train" / "masks"
+    good = {p: p.read_bytes() for p in (*images.iterdir(), *masks.iterdir())}
+    (images / "s0.jpg").write_bytes(good[images / "s0.jpg"][: len(good[images / "s0.jpg"]) // 2])
+    (images / "s1.jpg").write_bytes(b"")
+    (masks / "s2.png").write_bytes(good[masks / "s2.png"][:60])
+    Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(images / "s3.jpg")  # whole, but not the source's size
+    r = shift()
+    assert r["images"] == 4 and r["repaired"] == 4
+    assert {p: p.read_bytes() for p in good} == good  # rewritten exactly as the first run wrote them
+    assert read_image(images / "s0.jpg").shape == (24, 32, 3) and read_mask(masks / "s2.png").shape == (24, 32)
+    assert shift()["repaired"] == 0

@@ -144,3 +144,52 @@ def test_report_images_load_in_headless_chromium(tmp_path):
     m = re.search(r'data-loaded="(\d+)" data-total="(\d+)"', out.stdout)
     assert m, out.stderr[-2000:]
     assert int(m.group(2)) == 3 and m.group(1) == m.group(2)
+
+
+ENTRY = {"shift": "ripple", "method": "B0", "seeds": 1, "mean_acc": 0.4, "miou": 0.3, "pixel_acc": 0.5}
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ({}, "missing 'summary'"),
+    ([], "holds a list, not"),
+    ({"summary": [{"shift": "ripple", "method": "B0", "seeds": 1}]}, "summary[0] lacks 'mean_acc', 'miou'"),
+])
+def test_viz_report_on_a_malformed_results_json_is_one_line(tmp_path, content, expected):
+    """{} and [] used to raise KeyError/TypeError with a traceback: they are one line naming what is missing."""
+    import sys
+
+    (tmp_path / "results.json").write_text(json.dumps(content))
+    r = subprocess.run([sys.executable, "-m", "segadapt", "viz", "report", str(tmp_path)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith(f"segadapt: error: {tmp_path}/results.json: ") and expected in line, line
+    assert "re-run segadapt experiment" in line and not (tmp_path / "report.html").exists()
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ({"summary": {"a": 1}}, "'summary' is an object, not a list"),
+    ({"summary": [ENTRY, 3]}, "summary[1] is a number, not an object"),
+    ({"summary": [ENTRY | {"miou": "high"}]}, "summary[0].miou is 'high', not a number"),
+    ({"summary": [ENTRY | {"seeds": 2}]}, "summary[0] lacks 'mean_acc_std', 'miou_std', 'pixel_acc_std'"),
+    ({"summary": [ENTRY | {"shift": 7}]}, "summary[0].shift is 7, not a string"),
+    ({"summary": [ENTRY], "distortion": [0.1]}, "'distortion' is a list, not an object"),
+    ({"summary": [ENTRY], "distortion": {"ripple": "x"}}, "distortion.ripple is 'x', not a number"),
+    ({"summary": [ENTRY], "selection": [{"seed": 0}]}, "selection[0] lacks 'shift', 'method'"),
+    ({"summary": [ENTRY], "environment": "cpu"}, "'environment' is a string, not an object"),
+])
+def test_report_names_what_is_wrong_in_results_json(tmp_path, content, expected):
+    from segadapt.errors import SegadaptError
+
+    (tmp_path / "results.json").write_text(json.dumps(content))
+    with pytest.raises(SegadaptError, match=re.escape(expected)) as e:
+        write_report(tmp_path)
+    assert "\n" not in str(e.value) and str(e.value).startswith(f"{tmp_path}/results.json: ")
+
+
+def test_report_accepts_what_experiment_writes_with_nan_as_null(tmp_path):
+    """A score nothing was labelled for is nan, stored as null: shown as n/a, never compared with numbers."""
+    summary = [ENTRY | {"miou": None}, ENTRY | {"method": "B2"}]
+    (tmp_path / "results.json").write_text(json.dumps({"summary": summary, "distortion": {"ripple": None}}))
+    page = write_report(tmp_path).read_text()
+    assert "n/a" in page and '<tr class="best"><td>B2</td>' in page

@@ -53,11 +53,18 @@ def atomic_path(path: Path, durable: bool = False, size: int | None = None) -> I
     at an empty file (checkpoints: the older ones are pruned as soon as a new one is written). A full disk
     is one line naming `path` (and `size`, the bytes being written, when the caller knows it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise no_space(path, size) from None
+        raise
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results should be as readable as any other
     try:
         yield Path(tmp)
+        # mkstemp makes 0600 files, and so does a writer that replaces ours with its own temp file
+        # (safetensors' save_file does): set the mode last, so results are as readable as any other file
+        os.chmod(tmp, 0o666 & ~_UMASK)
         if durable:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
@@ -156,9 +163,10 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[An
     """Rebuild a model from a segadapt model file (or run directory) and its metadata, in eval mode."""
     from segadapt.models import build_model
 
-    tensors, meta = load_model_file(path)
+    p = resolve_model_path(path)  # errors name the file, not the run directory holding it
+    tensors, meta = load_model_file(p)
     model = build_model(meta["arch"], meta["num_classes"], meta["width"])
-    load_weights(model, tensors, path)
+    load_weights(model, tensors, p)
     return model.to(device).eval(), meta
 
 
@@ -177,7 +185,17 @@ def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], sourc
                 f"{source}: {k} has shape {tuple(v.shape)} but the model expects {tuple(own[k].shape)}; "
                 "check that --width and model.num_classes match the checkpoint"
             )
+    check_finite({k: tensors[k] for k in own}, source)
     model.load_state_dict(tensors)
+
+
+def check_finite(tensors: dict[str, torch.Tensor], source: Path | str) -> None:
+    """Refuse weights holding NaN or inf: such a model predicts one class everywhere, and would otherwise be
+    scored, adapted or resumed as if it were a model. Names the first bad tensor, in the order given."""
+    for k, v in tensors.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{source}: {k} holds NaN or inf values; the run that saved these weights "
+                                  "diverged: use an earlier checkpoint or train again")
 
 
 # --- training state ---------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ Every run saves the resolved config as ``config.toml`` so it can be reproduced w
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import sys
 import types
@@ -240,8 +241,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer past the largest float
+            number = math.inf
+        if not math.isfinite(number):  # nan passes every comparison test below as false, inf most as true
+            raise ConfigError(f"{where}: {value!r} is not a finite number; give a plain number such as 0.5")
+        return number
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        if not -(2**63) <= value < 2**63:  # torch and numpy hold counts and seeds as int64
+            raise ConfigError(f"{where}: {value} does not fit in 64 bits; give a smaller whole number")
         return value
     if tp is str and isinstance(value, str):
         return value
@@ -286,27 +295,47 @@ def _file_name() -> tuple[Any, str]:
         "a name of up to 100 letters, digits and . _ + = - (not starting with a dot)"
 
 
+def _between(lo: float, hi: float) -> tuple[Any, str]:
+    return (lambda v: lo <= v <= hi), f"in [{lo}, {hi}]"
+
+
+# Seeds reach numpy (no negative seeds; the legacy global generator only 32 bits) and torch (64 bits, with
+# the step and a per-rank offset added), so they are held to what every one of them accepts.
+SEED_MAX = 2**32 - 1
+_SEED = ((lambda v: 0 <= v <= SEED_MAX), f"a whole number in [0, {SEED_MAX}]")
+# Against typos of extra zeros; limits that depend on the machine (memory, cores) are not decided here:
+# width multiplies every channel count, so 4 is already 16x the study's VGG-16 (about 330M parameters);
+# no segmentation recipe uses a batch near 65536; a DataLoader worker is a process holding its own copy of
+# the dataset, and 256 of them is beyond any machine segadapt targets.
+MAX_WIDTH = 4.0
+MAX_BATCH = 2**16
+MAX_WORKERS = 256
+
+
 # values a run cannot use: refused when the config is read, not hours later
 _LIMITS: dict[str, dict[str, tuple[Any, str]]] = {
     "RunConfig": {"name": _file_name(), "out_dir": _usable_path()},
-    "ModelConfig": {"width": _positive(), "num_classes": _at_least(0), "init_weights": _usable_path()},
+    "ModelConfig": {"width": ((lambda v: 0 < v <= MAX_WIDTH), f"> 0 and <= {MAX_WIDTH:g}"),
+                    "num_classes": _at_least(0), "init_weights": _usable_path()},
     "DataConfig": {"root": _usable_path(), "mean": ((lambda v: len(v) == 3), "three numbers, one per RGB channel"),
                    "std": ((lambda v: len(v) == 3 and min(v) > 0), "three numbers > 0, one per RGB channel"),
-                   "base_size": _at_least(0), "num_workers": _at_least(0), "synthetic_train": _at_least(1),
+                   "base_size": _at_least(0), "num_workers": _between(0, MAX_WORKERS), "synthetic_seed": _SEED,
+                   "synthetic_train": _at_least(1),
                    "synthetic_val": _at_least(1), "crop_size": ((lambda v: len(v) == 2 and min(v) >= 1),
                                                                 "[height, width], both >= 1")},
-    "TrainConfig": {"iterations": _at_least(1), "batch_size": _at_least(1), "lr": _positive(),
+    "TrainConfig": {"iterations": _at_least(1), "batch_size": _between(1, MAX_BATCH), "lr": _positive(),
                     "head_lr_mult": _positive(), "momentum": ((lambda v: 0 <= v < 1), "in [0, 1)"),
                     "weight_decay": _at_least(0), "poly_power": _at_least(0), "eval_every": _at_least(0),
                     "checkpoint_every": _at_least(0), "log_every": _at_least(1), "threads": _at_least(0),
-                    "time_budget_s": _at_least(0)},
-    "ShiftConfig": {"severity": ((lambda v: 0 <= v <= 1), "in [0, 1]"), "photometric": _at_least(0),
+                    "time_budget_s": _at_least(0), "seed": _SEED},
+    "ShiftConfig": {"severity": ((lambda v: 0 <= v <= 1), "in [0, 1]"), "photometric": _at_least(0), "seed": _SEED,
                     "d2_dir": _usable_path(), "pairs_csv": _usable_path()},
     "AdaptConfig": {"grad_clip": _at_least(0), "holdout": _at_least(0), "probes": _at_least(0),
                     "h1": _usable_path(), "teacher_cache": _usable_path()},
     "ExperimentConfig": {"iterations": _at_least(1), "finetune_lr": _positive(), "adapt_lr": _positive(),
                          "figure_images": _at_least(0), "reconstruct_steps": _at_least(0),
-                         "seeds": ((lambda v: len(v) >= 1), "a list of at least one seed")},
+                         "seeds": ((lambda v: len(v) >= 1 and all(_SEED[0](x) for x in v)),
+                                   f"a list of at least one seed, each {_SEED[1]}")},
 }
 
 

@@ -20,4 +20,8 @@ class CheckpointError(SegadaptError):
 
 
 class Interrupted(SegadaptError):
-    """The user pressed Ctrl-C; the CLI exits with 130 (128 + SIGINT), the shell convention, not 2."""
+    """The user stopped the command (Ctrl-C, SIGINT); the message says what was saved and how to continue.
+
+    Not a mistake to fix, so the CLI maps it to exit code 130 (128 + SIGINT, the shell's convention for a
+    run stopped by Ctrl-C) rather than 2. It stays a SegadaptError so that handlers written for those still
+    print it as one line and keep a run directory that holds a checkpoint."""

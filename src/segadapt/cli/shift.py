@@ -48,6 +48,8 @@ def cmd_shift(args: argparse.Namespace) -> int:
     s = cfg.shift
     r = write_shifted(source, root, out, split, s.filter, s.severity, s.seed, args.backend, cfg.data.num_workers)
     print(f"wrote {r['images']} shifted images ({s.filter}, severity {s.severity}) to {args.out}")
+    if r.get("repaired"):
+        print(f"rewrote {r['repaired']} broken file(s) left by an earlier run")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -97,6 +98,46 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return self.transform(image, mask)
 
 
+MAX_IMAGE_PIXELS = 1 << 26
+"""The most pixels (width x height) an image or mask may declare: 67 Mpx, e.g. 8192x8192 or twice an 8K UHD frame.
+
+Checked on the file's header before decoding, because a few bytes can declare gigapixels: a 60000x60000 PNG
+header asks the decoder for 10 GB before it finds there is no data. A real image this large would not fit
+either: the loader, the float tensor (4 bytes per channel) and the shift filters' float copies each hold it
+whole. Training sees crops anyway, so a genuinely huge raster (aerial, microscopy) should be cut into tiles
+no larger than this, its mask cut the same way, or downscaled, before segadapt reads it."""
+_MAX_SIDE = int(MAX_IMAGE_PIXELS**0.5)
+
+
+def _too_large(path: Path, what: str, size: tuple[int, int] | None) -> DataError:
+    # size None: PIL refused to open it (it refuses above twice its own Image.MAX_IMAGE_PIXELS)
+    declared = f"{size[0]}x{size[1]}" if size else f"over {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels"
+    return DataError(f"{path}: {what} too large to decode (its header declares {declared}; segadapt decodes at "
+                     f"most {MAX_IMAGE_PIXELS:,} pixels); cut it into tiles of at most {_MAX_SIDE}x{_MAX_SIDE} "
+                     f"(and its mask alike) or downscale it")
+
+
+def _check_size(size: tuple[int, int], path: Path, what: str) -> None:
+    if size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise _too_large(path, what, size)
+
+
+def check_declared_size(data: np.ndarray, path: Path, what: str = "image") -> None:
+    """Refuse a file whose header declares more than MAX_IMAGE_PIXELS, before any decoder allocates for it.
+
+    PIL opens lazily, so only the header is parsed. Formats PIL does not know are left to the decoder."""
+    try:
+        with warnings.catch_warnings():  # PIL warns about large sizes itself; the refusal below is the one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data.tobytes())) as im:
+                size = im.size
+    except Image.DecompressionBombError:  # PIL's own limit is higher than ours
+        raise _too_large(path, what, None) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError):
+        return
+    _check_size(size, path, what)
+
+
 @contextmanager
 def _quiet_opencv() -> Iterator[None]:
     """OpenCV logs its own warnings for files we already turn into one clear DataError; silence them."""
@@ -140,8 +181,14 @@ def image_header(data: np.ndarray) -> ImageHeader | None:
 
 def decode_image(data: np.ndarray, path: Path) -> np.ndarray:
     """RGB uint8 from a file's bytes; grey, RGBA and 16-bit files are converted, since cameras produce all."""
-    with _quiet_opencv():
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    image = None
+    if data.size:
+        check_declared_size(data, path)
+        with _quiet_opencv():
+            try:
+                image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+            except cv2.error:  # a format PIL does not parse, failing one of OpenCV's own checks
+                image = None
     if image is None:
         header = image_header(data) if data.size else None
         kind = f" (a {header.mode} {header.format})" if header and header.mode in ("F", "I", "I;32") else ""
@@ -177,7 +224,11 @@ def read_mask(path: Path, palette: Sequence[tuple[int, int, int]] = ()) -> np.nd
     silent guess. The error says whether the colours are the dataset's palette or a grey mask saved as RGB.
     """
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # large sizes: the check below refuses them in one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            _check_size(im.size, path, "mask")
             if im.mode in ("RGB", "RGBA"):
                 hint = colour_mask_hint(np.asarray(im.convert("RGB")), palette)
                 raise ColourMaskError(
@@ -187,7 +238,9 @@ def read_mask(path: Path, palette: Sequence[tuple[int, int, int]] = ()) -> np.nd
             mask = np.array(im)
     except FileNotFoundError:
         raise DataError(f"{path}: mask file not found; every image needs a mask with the same stem") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
+    except Image.DecompressionBombError:
+        raise _too_large(path, "mask", None) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: unreadable or corrupt mask ({e}); re-export it as PNG") from None
     if mask.ndim != 2:
         raise DataError(f"{path}: mask has shape {mask.shape}; expected a single-channel index mask")

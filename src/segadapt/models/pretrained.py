@@ -8,11 +8,13 @@ and classifier.3 is fc7 (4096 x 4096). DeepLab-LargeFOV shrinks fc6/fc7 to 1024 
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
+from segadapt.checkpoint import check_finite
 from segadapt.errors import CheckpointError
 from segadapt.models.vgg_deeplab import VGG_BLOCKS, VGGDeepLab
 
@@ -45,7 +47,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not head.startswith((b"PK", b"\x80")):  # torch.save writes a zip archive (or, long ago, a pickle)
         raise CheckpointError(f"{path}: neither a torch.save file nor safetensors; expected VGG-16 weights")
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        # torch's weights-only unpickler warns about any pickle protocol but 2 (plain pickle.dump files) before
+        # it refuses them; what the user needs is the one line below, so nothing torch.load warns reaches them
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         if "weights only" in str(e).lower() or "weights_only" in str(e):  # torch refused to unpickle an object
             raise CheckpointError(
@@ -122,5 +128,6 @@ def load_vgg16_imagenet(model: VGGDeepLab, path: str | Path) -> list[str]:
     if not isinstance(model, VGGDeepLab):
         raise CheckpointError(f"{path}: ImageNet VGG-16 weights only fit arch vgg16_deeplab; set model.arch")
     mapped = convert_torchvision_vgg16(read_state_dict(path), model, str(path))
+    check_finite({src: value for src, value in mapped.values()}, path)  # only what is copied: fc8 is not
     model.load_state_dict({dst: value for dst, (_, value) in mapped.items()}, strict=False)
     return [f"{src} -> {dst}" for dst, (src, _) in mapped.items()]

@@ -1,16 +1,24 @@
 """Write a shifted copy D2 of a dataset split: same file stems and layout, D1's labels copied unchanged.
 
 Every file is written under a temporary name and renamed, so an interrupted run leaves no half-written
-image; files already present are skipped, so re-running resumes. A `.segadapt-shift-<split>.json` marker
-records the parameters before the first image (and `complete` at the end), so a re-run with other
-parameters is refused even after an interrupted run; an image and its label are each checked on resume.
+image; files already present are skipped, so re-running resumes, once checked whole (an image ends as its
+format should and decodes at its source's size; a copied label equals its original): broken ones are
+rewritten. A `.segadapt-shift-<split>.json` marker records the parameters before the first image (and
+`complete` at the end), so a re-run with other parameters is refused even after an interrupted run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import filecmp
 import json
 import os
 import shutil
+import signal
+import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,9 +28,9 @@ import numpy as np
 from tqdm import tqdm
 
 from segadapt.checkpoint import atomic_path, write_json_atomic
-from segadapt.data.base import SegmentationSource
+from segadapt.data.base import SegmentationSource, decode_image, image_header, read_file_bytes, read_mask
 from segadapt.data.pairs import stem_seed
-from segadapt.errors import DataError, SegadaptError
+from segadapt.errors import ConfigError, DataError, SegadaptError
 
 
 def _targets(source: SegmentationSource, root: Path | None, out: Path, split: str, i: int) -> tuple[Path, Path]:
@@ -44,24 +52,104 @@ def _write_image(path: Path, image: np.ndarray) -> None:
         tmp.write_bytes(buf.tobytes())
 
 
-def _one(job: tuple[SegmentationSource, Path | None, Path, str, int, str, float, int, str]) -> None:
+# how the files this module writes end (cv2.imencode's JPEG and PNG): a file cut short lacks it
+_END_MARKERS = {".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9", ".png": b"IEND\xaeB`\x82"}
+
+
+def _source_size(source: SegmentationSource, i: int) -> tuple[int, int]:
+    """(height, width) of image i as read, from its header where it has a file (EXIF turns swap the sides)."""
+    path = source.image_path(i)
+    header = image_header(read_file_bytes(path)) if path is not None else None
+    if header is None:
+        return source.load_image(i).shape[:2]
+    w, h = header.size
+    return (w, h) if header.orientation in (5, 6, 7, 8) else (h, w)
+
+
+def _image_intact(path: Path, size: tuple[int, int]) -> bool:
+    """Whether a shifted image already written is whole: its format's end marker, it decodes, it has `size`."""
+    try:
+        data = read_file_bytes(path)
+        end = _END_MARKERS.get(path.suffix.lower(), b"")
+        return data[len(data) - len(end):].tobytes() == end and decode_image(data, path).shape[:2] == size
+    except DataError:
+        return False
+
+
+def _mask_intact(path: Path, original: Path | None, size: tuple[int, int]) -> bool:
+    """A copied label must equal its original byte for byte; a generated one must decode at the image's size."""
+    if original is not None:  # a missing original: rewrite, and the source's read names the problem
+        return original.is_file() and filecmp.cmp(original, path, shallow=False)
+    try:
+        return read_mask(path).shape == size
+    except DataError:
+        return False
+
+
+def _one(job: tuple[SegmentationSource, Path | None, Path, str, int, str, float, int, str]) -> bool:
+    """Shift image i and copy its label, keeping outputs already whole; True when one present was broken."""
     source, root, out, split, i, name, severity, seed, backend = job
     from segadapt.shifts import apply_filter
 
     img_out, mask_out = _targets(source, root, out, split, i)
-    if img_out.exists() and mask_out.exists():
-        return
+    # a resumed run skips only what is whole: a stop mid-write leaves none (atomic), but disks and people can
+    had_img, had_mask = img_out.exists(), mask_out.exists()
+    size = _source_size(source, i) if had_img or had_mask else (0, 0)
+    img_ok = had_img and _image_intact(img_out, size)
+    mask_ok = had_mask and _mask_intact(mask_out, source.mask_path(i), size)
+    if img_ok and mask_ok:
+        return False
     image, mask = source.load(i)  # also validates the pair
-    if not img_out.exists():
+    if not img_ok:
         shifted = apply_filter(name, image, severity=severity, seed=stem_seed(source.stem(i), seed), backend=backend)
         _write_image(img_out, shifted)
-    if not mask_out.exists():  # checked on its own: a run can stop between the image and its label
+    if not mask_ok:  # checked on its own: a run can stop between the image and its label
         mp = source.mask_path(i)
         with atomic_path(mask_out) as tmp:
             if mp is not None:
                 shutil.copyfile(mp, tmp)
             else:  # generated data (synthetic): store the labels as an index PNG
                 tmp.write_bytes(cv2.imencode(".png", mask.astype(np.uint8))[1].tobytes())
+    return (had_img and not img_ok) or (had_mask and not mask_ok)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _signal_on_parent_death() -> None:
+    """Linux: ask the kernel to SIGKILL this process when its parent dies; a no-op where prctl is missing."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):  # the watchdog thread still covers this worker
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _watch_parent(ppid: int, interval: float = 1.0) -> None:
+    """Portable fallback: exit once this process has been handed to another parent (its own one died)."""
+    while os.getppid() == ppid:
+        time.sleep(interval)
+    os._exit(1)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer. A SIGKILLed `segadapt shift` cannot stop its pool, and workers blocked on the task
+    queue would live on as orphans holding a filter's memory: each worker ends itself when its parent dies."""
+    _signal_on_parent_death()
+    ppid = os.getppid()
+    if ppid != parent and not _pid_exists(parent):  # it died before the prctl above could take effect
+        os._exit(1)
+    # the process that started us (the parent, or a fork server that exits with it) is the one to watch
+    threading.Thread(target=_watch_parent, args=(ppid,), daemon=True, name="segadapt-watch-parent").start()
 
 
 def marker_path(out: Path, split: str) -> Path:
@@ -90,6 +178,11 @@ def write_shifted(
     backend: str = "native",
     workers: int = 0,
 ) -> dict[str, Any]:
+    from segadapt.shifts import BACKENDS, severity_params
+
+    severity_params(name, severity, seed)  # filter and severity (nan, inf) refused before anything is written
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     params = {"filter": name, "severity": severity, "seed": seed, "backend": backend, "split": split}
     marker = marker_path(out, split)
     held = recorded_params(out, split)
@@ -111,13 +204,11 @@ def write_shifted(
     workers = workers or os.cpu_count() or 1
     desc = f"shift {split} ({name})"
     if workers == 1:
-        for job in tqdm(jobs, desc=desc, dynamic_ncols=True):
-            _one(job)
+        repaired = sum(_one(job) for job in tqdm(jobs, desc=desc, dynamic_ncols=True))
     else:
-        with ProcessPoolExecutor(workers) as pool:
-            for _ in tqdm(pool.map(_one, jobs, chunksize=4), total=len(jobs), desc=desc, dynamic_ncols=True):
-                pass
+        with ProcessPoolExecutor(workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+            repaired = sum(tqdm(pool.map(_one, jobs, chunksize=4), total=len(jobs), desc=desc, dynamic_ncols=True))
     if root is not None and (root / "ImageSets").is_dir():  # VOC split lists travel with the images
         shutil.copytree(root / "ImageSets", out / "ImageSets", dirs_exist_ok=True)
     write_json_atomic(marker, {"params": params, "images": len(jobs), "complete": True})
-    return {"images": len(jobs), "out": str(out), **params}
+    return {"images": len(jobs), "repaired": repaired, "out": str(out), **params}

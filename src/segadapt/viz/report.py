@@ -55,7 +55,7 @@ def _fmt(e: dict[str, Any], m: str) -> str:
 
 def _results_table(results: dict[str, Any], shift: str) -> str:
     entries = [e for e in results["summary"] if e["shift"] == shift]
-    best = max((e["miou"] for e in entries), default=None)
+    best = max((e["miou"] for e in entries if e["miou"] is not None), default=None)  # null: nan, not a score
     rows = ["<tr><th>method</th><th>mean accuracy</th><th>mIoU</th><th>pixel accuracy</th><th>seeds</th></tr>"]
     for e in entries:
         cls = ' class="best"' if e["miou"] == best else ""
@@ -87,6 +87,79 @@ def _selection_table(results: dict[str, Any]) -> str:
             "signal orders checkpoints exactly as mIoU does.</p><table>" + head + "".join(rows) + "</table>" + note)
 
 
+METRICS = ("mean_acc", "miou", "pixel_acc")
+_SELECTION_FIELDS = {"seed": "whole", "shift": "string", "method": "string", "selected_step": "whole",
+                     "best_step": "whole", "selected_miou": "score", "best_miou": "score", "final_miou": "score",
+                     "regret_points": "score"}
+
+
+def _what(v: Any) -> str:
+    """A JSON value's kind, as someone reading the file would call it."""
+    if isinstance(v, bool):
+        return "true/false"
+    return {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number",
+            type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def _fits(v: Any, kind: str) -> bool:
+    if kind == "string":
+        return isinstance(v, str)
+    if isinstance(v, bool):
+        return False
+    if kind == "whole":
+        return isinstance(v, int)
+    return v is None or isinstance(v, (int, float))  # a score: experiment writes nan as null
+
+
+_KIND_NAMES = {"string": "a string", "whole": "a whole number", "score": "a number"}
+
+
+def _check_entries(entries: Any, name: str, fields: dict[str, str], optional: tuple[str, ...] = ()) -> list[str]:
+    """What is wrong with a list of objects holding `fields`; an empty list when nothing is."""
+    if not isinstance(entries, list):
+        return [f"{name!r} is {_what(entries)}, not a list"]
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict):
+            return [f"{name}[{i}] is {_what(e)}, not an object"]
+        want = dict(fields)
+        if name == "summary" and isinstance(e.get("seeds"), int) and e["seeds"] > 1:  # a mean: std shown too
+            want |= {f"{m}_std": "score" for m in METRICS}
+        missing = [k for k in want if k not in e]
+        if missing:
+            return [f"{name}[{i}] lacks {', '.join(map(repr, missing))}"]
+        for k, kind in [*want.items(), *((k, "score") for k in optional if k in e)]:
+            if not _fits(e[k], kind):
+                return [f"{name}[{i}].{k} is {e[k]!r}, not {_KIND_NAMES[kind]}"]
+    return []
+
+
+def _check_mapping(value: Any, name: str, scores: bool) -> list[str]:
+    if not isinstance(value, dict):
+        return [f"{name!r} is {_what(value)}, not an object"]
+    bad = next((k for k, v in value.items() if scores and not _fits(v, "score")), None)
+    return [f"{name}.{bad} is {value[bad]!r}, not a number"] if bad is not None else []
+
+
+def check_results(results: Any, results_file: Path) -> None:
+    """Refuse a results.json that is not what `segadapt experiment` writes, naming the first thing wrong,
+    so that an edited or truncated file is one line instead of a KeyError halfway through the page."""
+    if not isinstance(results, dict):
+        problems = [f"holds {_what(results)}, not the object `segadapt experiment` writes"]
+    elif "summary" not in results:
+        problems = ["missing 'summary' (the results table)"]
+    else:
+        summary = {"shift": "string", "method": "string", "seeds": "whole", **{m: "score" for m in METRICS}}
+        problems = _check_entries(results["summary"], "summary", summary)
+        if results.get("selection") is not None:
+            problems += _check_entries(results["selection"], "selection", _SELECTION_FIELDS,
+                                       ("rank_corr_loss", "rank_corr_entropy"))
+        for key, scores in (("distortion", True), ("selection_across_presets", True), ("environment", False)):
+            if results.get(key) is not None:
+                problems += _check_mapping(results[key], key, scores)
+    if problems:
+        raise SegadaptError(f"{results_file}: {problems[0]}; re-run segadapt experiment to rewrite it")
+
+
 def write_report(sweep_dir: Path) -> Path:
     """Build <sweep_dir>/report.html from the sweep's files; returns its path."""
     results_file = sweep_dir / "results.json"
@@ -96,6 +169,7 @@ def write_report(sweep_dir: Path) -> Path:
         results = json.loads(results_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SegadaptError(f"{results_file}: not valid JSON ({e}); rerun the sweep to rewrite it") from None
+    check_results(results, results_file)
 
     parts = [f"<h1>segadapt sweep: {html.escape(sweep_dir.name)}</h1>"]
     h1 = next((e for e in results["summary"] if e["method"] == "H1"), None)
