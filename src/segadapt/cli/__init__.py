@@ -46,6 +46,16 @@ def _os_error(e: OSError) -> str:
     return f"{where}{e.strerror or e}; {hint}"
 
 
+def _report(message: str) -> None:
+    """One line on stderr, after closing any progress bar a failed loop left open (else the line would
+    start after the bar's text)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+    print(message, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 reports; errors still reach stderr
@@ -58,19 +68,19 @@ def main(argv: list[str] | None = None) -> int:
         discard_partial_outputs()
         if args.debug:
             raise
-        print(f"segadapt: error: {_one_line(e)}", file=sys.stderr)
+        _report(f"segadapt: error: {_one_line(e)}")
         return 130
     except SegadaptError as e:
         discard_partial_outputs()
         if args.debug:
             raise
-        print(f"segadapt: error: {_one_line(e)}", file=sys.stderr)
+        _report(f"segadapt: error: {_one_line(e)}")
         return 2
     except OSError as e:
         discard_partial_outputs()
         if args.debug:
             raise
-        print(f"segadapt: error: {_os_error(e)}", file=sys.stderr)
+        _report(f"segadapt: error: {_os_error(e)}")
         return 2
     except (MemoryError, RuntimeError) as e:  # torch reports a failed allocation as a RuntimeError
         if not isinstance(e, MemoryError) and "memory" not in str(e).lower():
@@ -78,12 +88,12 @@ def main(argv: list[str] | None = None) -> int:
         discard_partial_outputs()
         if args.debug:
             raise
-        print("segadapt: error: out of memory; lower train.batch_size, data.crop_size or model.width "
-              f"({_one_line(e)[:160]})", file=sys.stderr)
+        _report("segadapt: error: out of memory; lower train.batch_size, data.crop_size or model.width "
+                f"({_one_line(e)[:160]})")
         return 2
     except KeyboardInterrupt:
         discard_partial_outputs()
-        print("segadapt: interrupted", file=sys.stderr)
+        _report("segadapt: interrupted")
         return 130
     finally:
         from segadapt.run import release_all
