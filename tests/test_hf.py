@@ -250,3 +250,28 @@ def test_pickled_or_partial_weights_are_refused(tmp_path):
     torch.save(sd, tmp_path / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="pickled"):
         load_hf_dir(tmp_path)
+
+
+def test_adapt_runs_end_to_end_on_an_hf_h1(saved, tmp_path):
+    """The method's loop as it is today, fed an HF H1: H2 is a model file that rebuilds, with H1's head."""
+    from segadapt.adapt import adapt
+    from segadapt.config import preset
+    from segadapt.data import JointTransform
+    from segadapt.data.pairs import PairedDataset, ShiftedSource
+    from segadapt.data.synthetic import SyntheticScenes
+
+    h1, meta = load_hf_dir(saved[1])
+    d1 = SyntheticScenes(8, size=(32, 48))
+    pairs = PairedDataset(d1, ShiftedSource(d1, lambda image, seed: image // 2),
+                          JointTransform(train=True, crop_size=(32, 48), scale_range=(0.9, 1.1)))
+    cfg = preset("synthetic")
+    cfg.adapt.layers = ["stage2"]
+    cfg.train.iterations, cfg.train.batch_size, cfg.train.lr, cfg.train.threads = 4, 4, 0.01, 1
+    before = {k: v.clone() for k, v in h1.state_dict().items()}
+    adapt(cfg, tmp_path, pairs, teacher=h1, h1_meta=meta)
+    h2, h2_meta = ckpt.load_model(tmp_path)
+    after = h2.state_dict()
+    heads = tuple(f"net.{h}." for h in h1.layout.head)
+    assert isinstance(h2, HFSegmentation) and h2_meta["image_mean"] == meta["image_mean"]
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(heads))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(f"net.{h1.layout.stages[0]}."))

@@ -82,7 +82,8 @@ def rebuild(meta: Mapping[str, Any], source: str | Path, trusted_factories: Coll
     if "factory" in meta:
         from segadapt.models import factory
 
-        target = str((meta["factory"] or {}).get("target", "?")) if isinstance(meta["factory"], Mapping) else "?"
+        recorded = meta["factory"] if isinstance(meta["factory"], Mapping) else {}
+        target = str(recorded.get("target", "?"))
         if target not in trusted_factories:
             raise CheckpointError(f"{source}: built by the Python factory {target}; loading it runs that code, so "
                                   f"trust it explicitly (--factory {target})")
