@@ -11,10 +11,13 @@ from torch import nn
 
 from segadapt import checkpoint as ckpt
 from segadapt.errors import ConfigError
-from segadapt.models import ARCHS, HookedModel, SegmentationModel, build_model
+from segadapt.models import ARCHS, NEEDS_TRANSFORMERS, HookedModel, SegmentationModel, build_model
 from segadapt.models.contract import check_taps, deepest
+from segadapt.models.loading import rebuild_meta
+from tiny_hf import SEGFORMER, UPERNET
 
 NUM_CLASSES = 3
+HF_REASON = "transformers models need the transformers package (pip install 'segadapt[hf]')"
 X = (2, 3, 32, 48)
 
 
@@ -35,7 +38,33 @@ def _hooked() -> HookedModel:
     return HookedModel(Small(), NUM_CLASSES, taps=["stem", "body", "head"], head="head")
 
 
-MODELS = {**{name: (lambda name=name: build_model(name, NUM_CLASSES, 0.125)) for name in ARCHS}, "hooked": _hooked}
+def _registry(name: str):
+    def build() -> SegmentationModel:
+        if name in NEEDS_TRANSFORMERS:
+            pytest.importorskip("transformers", reason=HF_REASON)
+        return build_model(name, NUM_CLASSES, 0.125)
+
+    return build
+
+
+def _hf(raw: dict):
+    def build() -> SegmentationModel:
+        pytest.importorskip("transformers", reason=HF_REASON)
+        from segadapt.models.hf_dir import build_from_config
+
+        return build_from_config(raw, "tiny config")
+
+    return build
+
+
+def _factory() -> SegmentationModel:
+    from segadapt.models.factory import load_factory
+
+    return load_factory("tiny_hf:small_cnn", kwargs={"classes": NUM_CLASSES})[0]
+
+
+MODELS = {**{name: _registry(name) for name in ARCHS}, "hooked": _hooked, "hf_segformer": _hf(SEGFORMER),
+          "hf_upernet": _hf(UPERNET), "factory": _factory}
 
 
 @pytest.fixture(params=sorted(MODELS))
@@ -71,9 +100,19 @@ def test_features_stop_after_the_deepest_tap(model):
     assert calls == []
 
 
+def _sample(taps: tuple[str, ...], most: int = 40) -> list[str]:
+    """Every tap of a small model; for a wrapped network (a module path per layer) its short names (stage
+    aliases) and an even spread of module paths, which keeps the check exhaustive in kind but not slow."""
+    if len(taps) <= most:
+        return list(taps)
+    short = [t for t in taps if "." not in t]
+    paths = [t for t in taps if "." in t]
+    return short + paths[:: max(1, len(paths) // (most - len(short)))]
+
+
 def test_parameters_up_to_are_exactly_what_feeds_the_tap(model):
     x = torch.randn(X)
-    for tap in model.TAPS:
+    for tap in _sample(model.TAPS):
         model.zero_grad(set_to_none=True)
         model.features(x, [tap])[tap].sum().backward()
         fed = {id(p) for p in model.parameters() if p.grad is not None}
@@ -103,8 +142,20 @@ def test_unknown_tap_is_one_line_listing_the_valid_ones(model):
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_registry_models_round_trip_through_a_model_file(arch, tmp_path):
     torch.manual_seed(0)
-    m = build_model(arch, NUM_CLASSES, 0.125).eval()
+    m = _registry(arch)().eval()
     ckpt.save_model(tmp_path / ckpt.MODEL_FILE, m, {"arch": arch, "num_classes": NUM_CLASSES, "width": 0.125})
     back, meta = ckpt.load_model(tmp_path)
     x = torch.randn(X)
     assert meta["arch"] == arch and torch.equal(back(x), m(x))
+
+
+@pytest.mark.parametrize("name", ["hf_segformer", "hf_upernet", "factory"])
+def test_wrapped_models_round_trip_through_a_model_file(name, tmp_path):
+    """A model file records what rebuilds a wrapped network (HF config, factory spec), not just an arch name."""
+    torch.manual_seed(0)
+    m = MODELS[name]().eval()
+    meta = {"arch": name, "num_classes": NUM_CLASSES, "width": 1.0, **rebuild_meta(m)}
+    ckpt.save_model(tmp_path / ckpt.MODEL_FILE, m, meta)
+    back, _ = ckpt.load_model(tmp_path, trusted_factories=["tiny_hf:small_cnn"])
+    x = torch.randn(X)
+    assert type(back) is type(m) and torch.equal(back(x), m(x))

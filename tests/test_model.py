@@ -154,7 +154,7 @@ def test_pixelnet_sees_one_pixel():
 
 
 def test_registry():
-    assert set(ARCHS) == {"vgg16_deeplab", "pixel"}
+    assert set(ARCHS) == {"vgg16_deeplab", "pixel", "segformer_b0"}
     assert isinstance(build_model("pixel", 4), PixelNet)
     assert isinstance(build_model("vgg16_deeplab", 4, width=0.125), VGGDeepLab)
     assert build_model("pixel", 4)(torch.randn(1, 3, 8, 8)).shape == (1, 4, 8, 8)

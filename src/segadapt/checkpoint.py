@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -159,13 +159,18 @@ def load_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return tensors, meta
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Any, dict[str, Any]]:
-    """Rebuild a model from a segadapt model file (or run directory) and its metadata, in eval mode."""
-    from segadapt.models import build_model
+def load_model(path: str | Path, device: torch.device | str = "cpu",
+               trusted_factories: Collection[str] = ()) -> tuple[Any, dict[str, Any]]:
+    """Rebuild a model from a segadapt model file (or run directory) and its metadata, in eval mode.
+
+    Built-in architectures come from the registry, transformers models from the recorded config; a model
+    made by a Python factory is rebuilt only if that factory is in `trusted_factories` (it runs code).
+    """
+    from segadapt.models.loading import rebuild
 
     p = resolve_model_path(path)  # errors name the file, not the run directory holding it
     tensors, meta = load_model_file(p)
-    model = build_model(meta["arch"], meta["num_classes"], meta["width"])
+    model = rebuild(meta, p, trusted_factories)
     load_weights(model, tensors, p)
     return model.to(device).eval(), meta
 

@@ -8,6 +8,7 @@ from tqdm import tqdm
 
 from segadapt import distributed
 from segadapt.metrics import Scores, confusion_matrix, scores
+from segadapt.models.modes import modes_restored
 
 
 @torch.inference_mode()
@@ -28,8 +29,6 @@ def confusion(
     integer matrices are all-reduced, so every rank gets the matrix of the whole set, exactly as one
     process would, in 1/N of the time. Without a process group `shard` changes nothing.
     """
-    was_training = model.training
-    model.eval()
     if shard and distributed.active():
         dataset = Subset(dataset, range(distributed.rank(), len(dataset), distributed.world_size()))
     # own generator: a DataLoader draws a base seed from it, which must not advance the global RNG that a
@@ -38,13 +37,14 @@ def confusion(
                         generator=torch.Generator())
     conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=not distributed.is_main())
-    for images, masks in bar:
-        images, masks = images.to(device), masks.to(device)
-        pred = model(images).argmax(1)
-        conf += confusion_matrix(pred, masks, num_classes, ignore_index)
+    with modes_restored(model):  # model.train() afterwards would undo an adapting student's dropout/BN modes
+        model.eval()
+        for images, masks in bar:
+            images, masks = images.to(device), masks.to(device)
+            pred = model(images).argmax(1)
+            conf += confusion_matrix(pred, masks, num_classes, ignore_index)
     if shard:
         distributed.all_reduce(conf)
-    model.train(was_training)
     return conf.cpu()
 
 

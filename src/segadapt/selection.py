@@ -18,6 +18,7 @@ from torch import nn
 
 from segadapt.data.pairs import PairedDataset
 from segadapt.losses import feature_regression_loss
+from segadapt.models.modes import modes_restored
 
 
 def split_holdout(n: int, holdout: int, seed: int) -> tuple[list[int], list[int]]:
@@ -50,13 +51,12 @@ class HoldoutProbe:
 
     @torch.inference_mode()
     def measure(self, student: nn.Module, student_features) -> dict[str, float]:
-        was_training = student.training
-        student.eval()
-        loss, _ = feature_regression_loss(self.target, student_features(self.x2, list(self.weights)), self.weights)
-        logits = student(self.x2).float()
+        with modes_restored(student):  # student.train() afterwards would undo adaptation's dropout/BN modes
+            student.eval()
+            loss, _ = feature_regression_loss(self.target, student_features(self.x2, list(self.weights)), self.weights)
+            logits = student(self.x2).float()
         p = logits.softmax(1)
         entropy = -(p * p.clamp_min(1e-12).log()).sum(1).mean() / math.log(logits.shape[1])
-        student.train(was_training)
         return {"holdout_loss": float(loss), "entropy": float(entropy)}
 
 

@@ -70,7 +70,17 @@ def check_taps(model: SegmentationModel, taps: Sequence[str]) -> None:
         hint = difflib.get_close_matches(unknown[0], model.TAPS, n=2) if unknown else []
         close = f"; did you mean {' or '.join(hint)}?" if hint else ""
         raise ConfigError(f"unknown layer(s) {', '.join(unknown) or '(none given)'}{close} {type(model).__name__} "
-                          f"has {', '.join(model.TAPS)} (or a preset: {presets})")
+                          f"has {tap_listing(model.TAPS)} (or a preset: {presets or 'none'})")
+
+
+def tap_listing(taps: Sequence[str], most: int = 16) -> str:
+    """The valid tap names for an error line. A wrapped network offers every module path (hundreds), so a long
+    list shows its short names (stage aliases, top-level modules) and counts the module paths."""
+    if len(taps) <= most:
+        return ", ".join(taps)
+    short = [t for t in taps if "." not in t][:most]
+    paths = [t for t in taps if t not in short]
+    return f"{', '.join(short)} and {len(paths)} module paths such as {paths[0]} (see model.named_modules())"
 
 
 def head_split(model: nn.Module, head: Sequence[nn.Parameter], lr: float, head_lr_mult: float) -> ParamGroups:

@@ -31,11 +31,15 @@ def _load_error_detail(e: Exception) -> str:
     return detail if len(detail) <= 160 else detail[:157].rsplit(" ", 1)[0] + "..."
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors from .safetensors, or from a torch.save'd dict with weights_only=True: no pickled code runs."""
+def read_state_dict(path: str | Path, what: str = "VGG-16 weights",
+                    flag: str = "--init-weights") -> dict[str, torch.Tensor]:
+    """Tensors from .safetensors, or from a torch.save'd dict with weights_only=True: no pickled code runs.
+
+    `what` and `flag` name, in the error lines, what the file should hold and the option that points at it.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: weights file not found; point --init-weights at a local VGG-16 file")
+        raise CheckpointError(f"{path}: weights file not found; point {flag} at a local file of {what}")
     with path.open("rb") as f:
         head = f.read(9)
     if path.suffix == ".safetensors" or head[8:9] == b"{":  # safetensors: u64 header length, then JSON
@@ -45,7 +49,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             detail = _load_error_detail(e)
             raise CheckpointError(f"{path}: unreadable safetensors file ({detail}); re-export it") from None
     if not head.startswith((b"PK", b"\x80")):  # torch.save writes a zip archive (or, long ago, a pickle)
-        raise CheckpointError(f"{path}: neither a torch.save file nor safetensors; expected VGG-16 weights")
+        raise CheckpointError(f"{path}: neither a torch.save file nor safetensors; expected {what}")
     try:
         # torch's weights-only unpickler warns about any pickle protocol but 2 (plain pickle.dump files) before
         # it refuses them; what the user needs is the one line below, so nothing torch.load warns reaches them

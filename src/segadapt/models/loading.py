@@ -1,0 +1,91 @@
+"""One entry point for every kind of H1, and the metadata that rebuilds each kind from a model file.
+
+An H1 may be a segadapt run directory or model file, a transformers model directory (config.json +
+model.safetensors), or a Python factory `package.module:function` (with a weights file and JSON kwargs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from segadapt import checkpoint as ckpt
+from segadapt.errors import CheckpointError, ConfigError
+from segadapt.models.factory import FactoryModel, factory_meta, is_factory_spec, load_factory
+
+H1_FORMS = ("a segadapt run directory or model.safetensors, a transformers model directory (config.json + "
+            "model.safetensors), or a Python factory package.module:function")
+
+
+def load_any(spec: str | Path, device: torch.device | str = "cpu", weights: str | Path | None = None,
+             kwargs: str | Mapping[str, Any] | None = None,
+             trusted_factories: Collection[str] = ()) -> tuple[nn.Module, dict[str, Any]]:
+    """H1 (eval mode) and its metadata from any supported spec.
+
+    `weights` and `kwargs` belong to a factory spec. `trusted_factories`: factories a segadapt model file may
+    name and have called (see checkpoint.load_model); the factory given as `spec` itself is trusted.
+    """
+    text = str(spec)
+    path = Path(text)
+    factory = not path.exists() and is_factory_spec(text)
+    if (weights or kwargs) and not factory:
+        raise ConfigError(f"{text}: weights and kwargs go with a factory (package.module:function); a model "
+                          "directory or file carries its own")
+    if factory:
+        return load_factory(text, weights, kwargs, device)
+    if not path.exists():
+        raise ConfigError(f"{text}: not found; pass {H1_FORMS}")
+    from segadapt.models.hf_dir import is_hf_dir, load_hf_dir
+
+    if is_hf_dir(path):
+        return load_hf_dir(path, device)
+    if path.is_dir() and not (path / ckpt.MODEL_FILE).is_file():
+        raise CheckpointError(f"{path}: neither a run directory (no {ckpt.MODEL_FILE}) nor a transformers model "
+                              f"directory (no config.json); pass {H1_FORMS}")
+    return ckpt.load_model(path, device, trusted_factories=trusted_factories)
+
+
+def rebuild_meta(model: nn.Module) -> dict[str, Any]:
+    """The metadata keys besides arch/width/num_classes that `rebuild` needs for this model ({} for the
+    built-in architectures): a loop writing a model file merges them into its metadata."""
+    from segadapt.models.hf import HFSegmentation
+
+    if isinstance(model, HFSegmentation):
+        from segadapt.models.hf_dir import hf_meta
+
+        return {"hf_config": hf_meta(model)["hf_config"]}
+    if isinstance(model, FactoryModel):
+        meta = factory_meta(model)
+        return {"factory": meta["factory"], "factory_head": meta["factory_head"]}
+    return {}
+
+
+def rebuild(meta: Mapping[str, Any], source: str | Path, trusted_factories: Collection[str] = ()) -> nn.Module:
+    """A freshly initialised model of the architecture a model file's metadata records.
+
+    A transformers model is rebuilt from the recorded config (offline). A factory model is rebuilt only when
+    its factory is in `trusted_factories`: calling it runs code, and a file alone must never make segadapt
+    run code (as it never unpickles).
+    """
+    from segadapt.models import build_model
+
+    if "hf_config" in meta:
+        from segadapt.models.hf_dir import build_from_config
+
+        if not isinstance(meta["hf_config"], Mapping):
+            raise CheckpointError(f"{source}: its hf_config metadata is not a JSON object; re-export the model")
+        return build_from_config(meta["hf_config"], source)
+    if "factory" in meta:
+        from segadapt.models import factory
+
+        recorded = meta["factory"] if isinstance(meta["factory"], Mapping) else {}
+        target = str(recorded.get("target", "?"))
+        if target not in trusted_factories:
+            raise CheckpointError(f"{source}: built by the Python factory {target}; loading it runs that code, so "
+                                  f"trust it explicitly (--factory {target})")
+        return factory.rebuild(meta, source)
+    return build_model(meta["arch"], meta["num_classes"], meta["width"])
