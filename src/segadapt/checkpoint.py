@@ -52,6 +52,7 @@ def atomic_path(path: Path, durable: bool = False, size: int | None = None) -> I
     `durable`: flush the data to disk before the rename, so that after a power loss the name never points
     at an empty file (checkpoints: the older ones are pruned as soon as a new one is written). A full disk
     is one line naming `path` (and `size`, the bytes being written, when the caller knows it)."""
+    path = Path(os.path.normpath(path))  # making the parents of `a/../../b` must not make `a`
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

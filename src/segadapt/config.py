@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import sys
 import types
@@ -265,6 +266,9 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}")
     base = cls()
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    for key in _PATHS.get(cls.__name__, ()):  # `a/../../b` is `../b`: making its parents must not make `a`
+        if kwargs.get(key):
+            kwargs[key] = os.path.normpath(kwargs[key]) if "\x00" not in kwargs[key] else kwargs[key]
     out = dataclasses.replace(base, **kwargs)
     for key, (ok, rule) in _LIMITS.get(cls.__name__, {}).items():
         if key in data and not ok(getattr(out, key)):
@@ -312,6 +316,10 @@ MAX_BATCH = 2**16
 MAX_WORKERS = 256
 
 
+# keys holding paths: normalised when read (see segadapt.paths)
+_PATHS = {"RunConfig": ("out_dir",), "ModelConfig": ("init_weights",), "DataConfig": ("root",),
+          "ShiftConfig": ("d2_dir", "pairs_csv"), "AdaptConfig": ("h1", "teacher_cache")}
+
 # values a run cannot use: refused when the config is read, not hours later
 _LIMITS: dict[str, dict[str, tuple[Any, str]]] = {
     "RunConfig": {"name": _file_name(), "out_dir": _usable_path()},
@@ -340,6 +348,8 @@ _LIMITS: dict[str, dict[str, tuple[Any, str]]] = {
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
+    if "\x00" in str(path):
+        raise ConfigError("--config: the path contains a NUL byte; give a plain path")
     path = Path(path)
     try:
         return tomllib.loads(path.read_text())

@@ -29,12 +29,13 @@ def check_name(value: str, what: str) -> str:
 
 
 def check_path(value: str, what: str) -> Path:
-    """A user-given path as a Path; refused in one line when it cannot name a file at all."""
+    """A user-given path as a Path, normalised (`a/../../b` is `../b`: creating its parents must not make
+    `a`); refused in one line when it cannot name a file at all."""
     if "\x00" in value:
         raise ConfigError(f"{what}: the path contains a NUL byte; give a plain path")
     if any(len(part.encode()) > 255 for part in Path(value).parts):
         raise ConfigError(f"{what}: a path component is longer than 255 bytes; give a shorter path")
-    return Path(value)
+    return Path(os.path.normpath(value))
 
 
 def remove_tree(path: Path, owner: Path) -> None:

@@ -82,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _report(f"segadapt: error: {_os_error(e)}")
         return 2
+    except ValueError as e:  # os functions refuse a path with a NUL byte that no check caught
+        if "null byte" not in str(e):
+            raise
+        discard_partial_outputs()
+        if args.debug:
+            raise
+        _report("segadapt: error: a path given contains a NUL byte; give a plain path")
+        return 2
     except (MemoryError, RuntimeError) as e:  # torch reports a failed allocation as a RuntimeError
         if not isinstance(e, MemoryError) and "memory" not in str(e).lower():
             raise

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from segadapt.cli.common import DATA, config_args, json_out, names, resolve_config
 from segadapt.errors import SegadaptError
+from segadapt.paths import check_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +42,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     report = diagnose(cfg, splits, d2_dir=cfg.shift.d2_dir, pairs_csv=cfg.shift.pairs_csv, limit=args.limit)
     print(report.format())
     if args.out:
-        write_json_atomic(Path(args.out), report.to_dict())
+        write_json_atomic(check_path(args.out, "--out"), report.to_dict())
         print(f"wrote {args.out}")
     return 0 if report.ok else 1

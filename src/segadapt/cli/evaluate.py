@@ -50,7 +50,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "environment": environment(),
     }
     root = cfg.data.root if cfg.data.root != trained.data.root else ""  # scored on other data (a D2)
-    out = Path(args.out) if args.out else default_eval_path(args.model, cfg.data.dataset, split, root)
+    out = check_path(args.out, "--out") if args.out else default_eval_path(args.model, cfg.data.dataset, split, root)
     write_json_atomic(out, result)
     where = f" at {cfg.data.root}" if cfg.data.root else ""
     print(f"{cfg.data.dataset}/{split}{where}: mIoU {s.miou:.4f}  mean acc {s.mean_acc:.4f}  "

@@ -83,5 +83,5 @@ def cmd_distortion(args: argparse.Namespace) -> int:
     print(f"D2 ({sh.filter}, severity {sh.severity}): mean acc {s2.mean_acc:.4f}  mIoU {s2.miou:.4f}")
     print(f"distortion = 0.5*(|acc1-acc2|/acc1 + |mIoU1-mIoU2|/mIoU1) = {d:.4f}")
     if args.out:
-        write_json_atomic(Path(args.out), result)
+        write_json_atomic(check_path(args.out, "--out"), result)
     return 0
