@@ -11,8 +11,8 @@ from segadapt.cli.common import (
     config_args,
     other_dataset,
     output_dir,
-    refuse_with_resume,
     resolve_config,
+    resumed,
     trained_config,
 )
 from segadapt.config import RunConfig, dumps_toml
@@ -37,15 +37,13 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from segadapt.adapt import adapt
     from segadapt.checkpoint import load_model_file
     from segadapt.data.d2 import training_pairs
-    from segadapt.run import refuse_overwrite, resumed_config
+    from segadapt.run import refuse_overwrite
 
     if args.resume:
-        out = check_path(args.resume, "--resume")
-        refuse_with_resume(args, out, ("h1", "layers", "weights", *D2_FLAGS, "out", "preset"))
-        resumed = resumed_config(out, "adapt", lambda saved: resolve_config(args, saved))
-        if resumed is None:
+        out, again = resumed(args, "adapt", ("h1", "layers", "weights", *D2_FLAGS, "out", "preset"))
+        if again is None:
             return 0
-        cfg = resumed
+        cfg = again
     else:
         if not args.h1:
             raise SegadaptError("--h1 RUN is required (the source model), or --resume RUN to continue an adaptation")

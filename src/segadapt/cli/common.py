@@ -131,12 +131,17 @@ def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
             dst[k] = v
 
 
-def refuse_with_resume(args: argparse.Namespace, run_dir: Path, fixed: Sequence[str]) -> None:
-    """Flags that would change a resumed run's own settings (or directory) are refused, naming them."""
+def resumed(args: argparse.Namespace, kind: str, fixed: Sequence[str]) -> tuple[Path, RunConfig | None]:
+    """`--resume RUN`: the run directory and the config it continues with (None: already finished). Flags in
+    `fixed` would change the run's own settings or directory and are refused, naming them."""
+    from segadapt.run import resumed_config
+
+    run_dir = check_path(args.resume, "--resume")
     given = [f"--{k.replace('_', '-')}" for k in fixed if getattr(args, k, None)]
     if given:
         raise SegadaptError(f"--resume {run_dir} continues the run in its own directory with its own config; "
                             f"drop {', '.join(given)}")
+    return run_dir, resumed_config(run_dir, kind, lambda saved: resolve_config(args, saved))
 
 
 # --- output folders: claimed, and cleaned up after a failure ------------------------------------------

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segadapt.cli.common import TRAINING, config_args, output_dir, refuse_with_resume, resolve_config
+from segadapt.cli.common import TRAINING, config_args, output_dir, resolve_config, resumed
 from segadapt.config import dumps_toml
-from segadapt.paths import check_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,16 +18,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from segadapt.run import refuse_overwrite, resumed_config
+    from segadapt.run import refuse_overwrite
     from segadapt.train import train
 
     if args.resume:
-        run_dir = check_path(args.resume, "--resume")
-        refuse_with_resume(args, run_dir, ("preset", "out"))
-        resumed = resumed_config(run_dir, "train", lambda saved: resolve_config(args, saved))
-        if resumed is None:
+        run_dir, again = resumed(args, "train", ("preset", "out"))
+        if again is None:
             return 0
-        cfg = resumed
+        cfg = again
     else:
         cfg = resolve_config(args)
         run_dir = output_dir(args.out, cfg.out_dir, cfg.name)
