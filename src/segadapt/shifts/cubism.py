@@ -149,19 +149,28 @@ def _scan_spans(corners: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def _coverage(lo: np.ndarray, hi: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """Fraction (T, H, W) of each box pixel covered by its tile's spans, 4x4 supersampled (GEGL's val)."""
+    """Fraction (T, H, W) of each box pixel covered by its tile's spans, 4x4 supersampled (GEGL's val).
+
+    A subrow span [lo, hi) covers min(4, max(0, hi - 4c)) - min(4, max(0, lo - 4c)) subpixels of pixel column c:
+    as a function of c that is a step of 4 falling to hi % 4 at c = hi // 4 (and the same for lo, subtracted),
+    so each span adds four entries to a difference array over columns, and one cumulative sum per pixel row
+    gives the counts, instead of clipping every subrow against every column.
+    """
     n, rows = lo.shape
     cols = int((box[:, 2] - box[:, 0]).max())
-    # spans relative to each box's left edge, in subpixels (a box is at most 256 * 10 * sqrt 2 px: int16 is too
-    # small for the largest tiles, so int32 there)
-    dtype = np.int16 if cols * _SUPERSAMPLE < 32000 else np.int32
+    width = cols + 2
     left = (box[:, 0] * _SUPERSAMPLE)[:, None]
-    lo_rel = (lo - left).astype(dtype)[:, :, None] - (_SUPERSAMPLE * np.arange(cols, dtype=dtype))[None, None, :]
-    hi_rel = (hi - left).astype(dtype)[:, :, None] - (_SUPERSAMPLE * np.arange(cols, dtype=dtype))[None, None, :]
-    np.clip(lo_rel, 0, _SUPERSAMPLE, out=lo_rel)
-    np.clip(hi_rel, 0, _SUPERSAMPLE, out=hi_rel)
-    hi_rel -= lo_rel
-    cov = hi_rel.reshape(n, rows // _SUPERSAMPLE, _SUPERSAMPLE, cols).sum(2, dtype=np.int32)
+    lo_rel = np.clip(lo - left, 0, _SUPERSAMPLE * cols).astype(np.int64)
+    hi_rel = np.clip(hi - left, 0, _SUPERSAMPLE * cols).astype(np.int64)
+    pixel_row = (np.arange(n)[:, None] * (rows // _SUPERSAMPLE) + np.arange(rows)[None, :] // _SUPERSAMPLE) * width
+    index, weight = [], []
+    for v, sign in ((hi_rel, 1), (lo_rel, -1)):
+        q, r = np.divmod(v, _SUPERSAMPLE)
+        index += [pixel_row + q, pixel_row + q + 1]
+        weight += [sign * (r - _SUPERSAMPLE), -sign * r]
+    diff = np.bincount(np.concatenate([i.ravel() for i in index]), np.concatenate([w.ravel() for w in weight]),
+                       minlength=n * (rows // _SUPERSAMPLE) * width)
+    cov = np.cumsum(diff.reshape(n, rows // _SUPERSAMPLE, width), axis=2)[:, :, :cols]
     return cov.astype(np.float32) * np.float32(1.0 / _SUPERSAMPLE**2)
 
 
