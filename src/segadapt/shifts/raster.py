@@ -51,6 +51,8 @@ from segadapt.shifts.ripple import SAMPLERS, _check_choice, _validate, ripple_re
 
 STRIP_PIXELS = 1 << 22  # output pixels per strip (about 4M: ~200 rows of a 20000 px wide raster)
 
+GDAL_CACHE_MB = 128  # GDAL's block cache while shifting: bounded, so memory is the strips'
+
 Strip = tuple[int, int]  # output rows [first, stop)
 
 
@@ -193,6 +195,23 @@ def shift_raster(
     if src_path.resolve() == dst_path.resolve():
         raise ConfigError(f"{dst_path}: is the source itself; write the shifted raster to another path")
     chosen, opacity = resolve_params(filter, severity, seed, **params)
+    # GDAL's block cache defaults to 5% of the machine's memory and fills as strips are read and written
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        return _shift(rasterio, src_path, dst_path, filter, severity, seed, strip_rows, progress, chosen, opacity)
+
+
+def _shift(
+    rasterio: Any,
+    src_path: Path,
+    dst_path: Path,
+    filter: str,
+    severity: float | None,
+    seed: int,
+    strip_rows: int | None,
+    progress: bool,
+    chosen: dict[str, Any],
+    opacity: float,
+) -> dict[str, Any]:
     try:
         dataset = rasterio.open(src_path)
     except rasterio.errors.RasterioIOError as e:
