@@ -104,7 +104,9 @@ def gegl_cmd(png: Path, out: Path, op: str, width: int, height: int) -> list[str
     return [shutil.which("gegl") or "gegl", str(png), "-o", str(out), "--", *ops, *crop]
 
 
-def bench_size(label: str, repeat: int, images: Path, tmp: Path, have_gegl: bool) -> list[dict[str, Any]]:
+def bench_size(
+    label: str, repeat: int, images: Path, tmp: Path, have_gegl: bool, filters: list[str]
+) -> list[dict[str, Any]]:
     width, height = SIZES[label]
     png = tmp / f"frame-{label}.png"
     cv2.imwrite(str(png), frame(width, height, images))
@@ -113,7 +115,7 @@ def bench_size(label: str, repeat: int, images: Path, tmp: Path, have_gegl: bool
     nop: list[float] = []
     nop_mb = 0.0
     rows = []
-    for name in FILTERS:
+    for name in filters:
         native: list[float] = []
         native_mb = gegl_mb = 0.0
         cli: list[float] = []
@@ -145,7 +147,7 @@ def bench_size(label: str, repeat: int, images: Path, tmp: Path, have_gegl: bool
     return rows
 
 
-def bench_raster(size: int, images: Path, tmp: Path) -> dict[str, Any]:
+def bench_raster(size: int, images: Path, tmp: Path, filters: list[str]) -> dict[str, Any]:
     import rasterio
     from rasterio.transform import Affine
 
@@ -164,7 +166,7 @@ def bench_raster(size: int, images: Path, tmp: Path) -> dict[str, Any]:
     print(f"wrote {size}x{size} GeoTIFF in {time.perf_counter() - t0:.1f} s", flush=True)
     me = [sys.executable, str(Path(__file__).resolve())]
     rows = []
-    for name in FILTERS:
+    for name in filters:
         dst_path = tmp / f"d2-{name}.tif"
         wall, mb, text = run_measured([*me, "--child-raster", name, str(src), str(dst_path)])
         info = json.loads(text)
@@ -193,6 +195,8 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="480x360 only, 2 repeats; with --raster a 2000 px raster")
     p.add_argument("--raster", action="store_true", help="the 20000x20000 GeoTIFF run instead of the sizes")
     p.add_argument("--raster-size", type=int, default=20000)
+    p.add_argument("--filters", nargs="+", default=list(FILTERS), choices=FILTERS,
+                   help="filters to run (--raster: results for the others are kept from the existing JSON)")
     p.add_argument("--out", type=Path, help="results JSON (default docs/results/shift_speed.json or "
                                            "shift_raster.json; --quick writes nothing unless given)")
     p.add_argument("--child", nargs=3, metavar=("FILTER", "PNG", "REPEAT"), help=argparse.SUPPRESS)
@@ -210,7 +214,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="segadapt-shift-bench-") as tmp:
         if args.raster:
             size = 2000 if args.quick else args.raster_size
-            result: dict[str, Any] = {"machine": before, "raster": bench_raster(size, args.images_dir, Path(tmp))}
+            raster = bench_raster(size, args.images_dir, Path(tmp), args.filters)
+            if out and out.exists() and set(args.filters) != set(FILTERS):  # a partial rerun: keep the others
+                kept = json.loads(out.read_text())["raster"]["results"]
+                raster["results"] = [r for r in kept if r["filter"] not in args.filters] + raster["results"]
+            result: dict[str, Any] = {"machine": before, "raster": raster}
         else:
             have_gegl = shutil.which("gegl") is not None
             sizes = ["480x360"] if args.quick else args.sizes
@@ -219,7 +227,7 @@ def main() -> int:
             rows = []
             for label in sizes:
                 repeat = args.repeat or (2 if args.quick else REPEATS[label])
-                rows += bench_size(label, repeat, args.images_dir, Path(tmp), have_gegl)
+                rows += bench_size(label, repeat, args.images_dir, Path(tmp), have_gegl, args.filters)
             result = {"machine": before, "params": "GEGL defaults (cubism seed 0)", "results": rows}
     result["load_avg_1min_after"] = load_average()
     if out:
