@@ -49,18 +49,26 @@ GEGL_DEFAULTS: dict[str, dict[str, Any]] = {"photocopy": {}, "ripple": {}, "cubi
 
 
 def run_measured(cmd: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak resident MB, stdout) of one child process; its own peak, read from wait4's rusage."""
-    with tempfile.TemporaryFile() as out:
+    """(wall seconds, peak resident MB, stdout) of one child process.
+
+    The peak comes from GNU time (`/usr/bin/time -f %M`) wrapped around the command, not from this process's
+    wait4: Linux carries a process's resident high-water mark across exec, so a child forked from a large
+    parent would report the parent's memory. Without GNU time, wait4's figure is used (an upper bound).
+    """
+    gnu_time = Path("/usr/bin/time").exists()
+    with tempfile.TemporaryFile() as out, tempfile.NamedTemporaryFile(mode="r", suffix=".rss") as rss:
+        wrapped = ["/usr/bin/time", "-f", "%M", "-o", rss.name, *cmd] if gnu_time else cmd
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(wrapped, stdout=out, stderr=subprocess.DEVNULL)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         text = out.read().decode()
+        peak_kb = float(rss.read().split()[-1]) if gnu_time else usage.ru_maxrss
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:4])} ... failed with exit status {proc.returncode}")
-    return wall, usage.ru_maxrss / 1024.0, text  # ru_maxrss is in KiB on Linux
+    return wall, peak_kb / 1024.0, text  # KiB -> MiB
 
 
 def child_native(name: str, png: str, repeat: int) -> None:

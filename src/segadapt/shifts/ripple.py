@@ -225,20 +225,26 @@ def _sample_vertical(src: _Source, rowwise: np.ndarray, fill: tuple, sy: np.ndar
     return out
 
 
-def _rowwise(src: _Source, sampler: str) -> tuple[np.ndarray, tuple]:
-    """The window filtered along rows with the sampler's weights at fraction 0.5 (floor(x - 0.5) = x - 1), in
-    `_sample_strip`'s order; and what a row outside the image reads as (the fill, weighted the same way)."""
+def _rowwise(window: np.ndarray, linear, src: _Source, sampler: str) -> tuple[np.ndarray, tuple]:
+    """The window (uint8, converted to linear by `linear` strip by strip) filtered along rows with the sampler's
+    weights at fraction 0.5 (floor(x - 0.5) = x - 1), in `_sample_strip`'s order; and what a row outside the
+    image reads as (the fill, weighted the same way). Only this result is kept, not the linear window."""
     _, offsets, weights = _taps(np.ones(1), sampler)  # any integer x reads at x, i.e. fraction 0.5
-    width = src.pixels.shape[1]
-    padded = _pad_columns(src, 2)  # padded column c + 2 = image column c
-    out = np.zeros(src.pixels.shape, np.float32)
-    fill = np.zeros(src.pixels.shape[2], np.float32)
+    height, width = window.shape[:2]
+    channels = src.pixels.shape[2]
+    out = np.zeros((height, width, channels), np.float32)
+    fill = np.zeros(channels, np.float32)
     edge = np.asarray(src.fill, np.float32)
-    scratch = np.empty_like(out)
-    for o, w in zip(offsets, weights):  # image column x - 1 + o
-        np.multiply(padded[:, 1 + o : 1 + o + width], w[0], out=scratch)
-        out += scratch
+    for w in weights:
         fill += edge * w[0]
+    step = max(1, _STRIP // max(width, 1))
+    for r in range(0, height, step):
+        part = _Source(linear(window[r : r + step]), 0, 0, src.policy)
+        padded = _pad_columns(part, 2)  # padded column c + 2 = image column c
+        scratch = np.empty(part.pixels.shape, np.float32)
+        for o, w in zip(offsets, weights):  # image column x - 1 + o
+            np.multiply(padded[:, 1 + o : 1 + o + width], w[0], out=scratch)
+            out[r : r + step] += scratch
     return out, tuple(float(v) for v in fill)
 
 
@@ -327,14 +333,21 @@ def ripple_rows(
     """
     width = window.shape[1]
     _, _, rad = _effective_wave(full_height, width, wave["amplitude"], wave["period"], wave["angle"], wave["tileable"])
-    if abyss_policy == "none":  # transparent abyss: carry premultiplied alpha, then un-premultiply as babl does
-        lut = _RGBA_LINEAR if linear_light else _RGBA_CODES
-        colour = cv2.LUT(cv2.cvtColor(window, cv2.COLOR_RGB2RGBA), lut)  # opaque: alpha 255 -> 1.0
-    else:
-        colour = srgb_to_linear(window) if linear_light else window / np.float32(255.0)
-    src = _Source(colour, top, full_height, abyss_policy)
+    def linear(rows: np.ndarray) -> np.ndarray:
+        if abyss_policy == "none":  # transparent abyss: carry premultiplied alpha, un-premultiplied as babl does
+            lut = _RGBA_LINEAR if linear_light else _RGBA_CODES
+            return cv2.LUT(cv2.cvtColor(rows, cv2.COLOR_RGB2RGBA), lut)  # opaque: alpha 255 -> 1.0
+        return srgb_to_linear(rows) if linear_light else rows / np.float32(255.0)
+
     separable = math.sin(rad) == 0.0 and math.cos(rad) == 1.0 and sampler_type != "nearest"
-    rowwise, fill = _rowwise(src, sampler_type) if separable else (None, ())
+    if separable:  # only the row-filtered window is kept
+        shape = _Source(np.empty((1, 1, 4 if abyss_policy == "none" else 3), np.float32), top, full_height,
+                        abyss_policy)
+        rowwise, fill = _rowwise(window, linear, shape, sampler_type)
+        src = _Source(rowwise, top, full_height, abyss_policy)
+    else:
+        rowwise, fill = None, ()
+        src = _Source(linear(window), top, full_height, abyss_policy)
     out = np.empty((rows[1] - rows[0], width, 3), np.uint8)
     step = max(1, _STRIP // max(width, 1))
     for r in range(rows[0], rows[1], step):
