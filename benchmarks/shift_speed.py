@@ -1,82 +1,248 @@
-"""Throughput of the native shift filters against the `gegl` CLI on the same CamVid frames, in one run.
+"""Native shift filters against GEGL's `gegl` CLI on the same frame at 480x360, 1920x1080 and 7680x4320.
 
-For each filter at GEGL's default parameters: images/s natively (single process, after one warm-up call that
-builds cached operators) and through `gegl` (one CLI process per image, PNG in/out, as the gegl backend runs),
-printed with the speed-up ratio of the best of --repeat passes and of their medians (on shared cores the
-best pass is the least disturbed one; the median shows how much a busy machine moves the ratio). Without
-`gegl` on PATH only the native numbers are printed.
+For each size (a CamVid frame upscaled with cv2.resize, written as a PNG) and filter at GEGL's defaults:
 
-    python benchmarks/shift_speed.py --images 8
+* native: seconds per call (median of --repeat calls in one child process that loads the PNG once) and that
+  process's peak resident memory (interpreter and libraries included);
+* gegl: the CLI on the same PNG, as the gegl backend runs it (process start, PNG decode, filter, crop, PNG
+  encode), and a `gegl:nop` run on the same PNG, which costs the same start and I/O; GEGL's compute is
+  CLI - nop (photocopy writes a 16-bit grey PNG, cheaper than nop's 8-bit RGB, so this slightly favours GEGL);
+  peak resident memory of the CLI process;
+* ratios: CLI / native and (CLI - nop) / native, from medians; the three kinds of run are interleaved so a
+  machine that gets busier or quieter affects all alike.
+
+`--raster` instead writes a 20000x20000 RGB GeoTIFF (a CamVid frame upscaled; into a temporary folder, deleted
+after) and shifts it at severity 0.5 with every filter through `segadapt.shifts.raster.shift_raster`, each in
+a child process, recording seconds, peak resident memory and whether CRS and transform were kept.
+
+    python benchmarks/shift_speed.py                 # sizes and ratios -> docs/results/shift_speed.json
+    python benchmarks/shift_speed.py --raster        # the 20000x20000 GeoTIFF -> docs/results/shift_raster.json
+    python benchmarks/shift_speed.py --quick         # 480x360 only, 2 repeats (a sanity run)
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import os
 import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
-from _measure import load_average
-from segadapt.checkpoint import write_json_atomic
-from segadapt.shifts import FILTERS, run_gegl
+from segadapt.shifts.gegl import cli_args  # light: the native child must not pull in torch (its memory counts)
 
-CAMVID_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid" / "train" / "images"
-
-
-def load_frames(folder: Path, count: int) -> list[np.ndarray]:
-    paths = sorted(folder.glob("*.jpg"))[:count]
-    if not paths:
-        raise SystemExit(f"no .jpg images in {folder} (pass --images-dir)")
-    return [np.ascontiguousarray(cv2.imread(str(p))[:, :, ::-1]) for p in paths]
+ROOT = Path(__file__).resolve().parents[1]
+CAMVID_IMAGES = ROOT.parent / "shared" / "data" / "camvid" / "train" / "images"
+SIZES = {"480x360": (480, 360), "1920x1080": (1920, 1080), "7680x4320": (7680, 4320)}
+REPEATS = {"480x360": 5, "1920x1080": 3, "7680x4320": 1}
+FILTERS = ("photocopy", "ripple", "cubism")
+GEGL_DEFAULTS: dict[str, dict[str, Any]] = {"photocopy": {}, "ripple": {}, "cubism": {"seed": 0}}
 
 
-def images_per_s(fn, frames: list[np.ndarray], repeat: int) -> list[float]:
-    """Images/s of each of `repeat` passes over the frames."""
-    rates = []
+def run_measured(cmd: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, peak resident MB, stdout) of one child process.
+
+    The peak comes from GNU time (`/usr/bin/time -f %M`) wrapped around the command, not from this process's
+    wait4: Linux carries a process's resident high-water mark across exec, so a child forked from a large
+    parent would report the parent's memory. Without GNU time, wait4's figure is used (an upper bound).
+    """
+    gnu_time = Path("/usr/bin/time").exists()
+    with tempfile.TemporaryFile() as out, tempfile.NamedTemporaryFile(mode="r", suffix=".rss") as rss:
+        wrapped = ["/usr/bin/time", "-f", "%M", "-o", rss.name, *cmd] if gnu_time else cmd
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(wrapped, stdout=out, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read().decode()
+        peak_kb = float(rss.read().split()[-1]) if gnu_time else usage.ru_maxrss
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])} ... failed with exit status {proc.returncode}")
+    return wall, peak_kb / 1024.0, text  # KiB -> MiB
+
+
+def child_native(name: str, png: str, repeat: int) -> None:
+    """--child mode: time `repeat` native calls on the PNG (after a warm-up on a 64 px corner); print the seconds."""
+    from segadapt.shifts import FILTERS as NATIVE
+
+    image = np.ascontiguousarray(cv2.imread(png, cv2.IMREAD_COLOR)[:, :, ::-1])
+    NATIVE[name](np.ascontiguousarray(image[:64, :64]), **GEGL_DEFAULTS[name])  # warm-up: imports, blur kernels
+    times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        for img in frames:
-            fn(img)
-        rates.append(len(frames) / (time.perf_counter() - t0))
-    return rates
+        NATIVE[name](image, **GEGL_DEFAULTS[name])
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({"times": times}))
+
+
+def child_raster(name: str, src: str, dst: str) -> None:
+    """--child-raster mode: shift the GeoTIFF at severity 0.5; print whether CRS and transform were kept."""
+    import rasterio
+
+    from segadapt.shifts.raster import shift_raster
+
+    t0 = time.perf_counter()
+    shift_raster(src, dst, name, 0.5, seed=0, progress=False)
+    seconds = time.perf_counter() - t0
+    with rasterio.open(src) as a, rasterio.open(dst) as b:
+        kept = a.crs == b.crs and a.transform == b.transform and (a.width, a.height) == (b.width, b.height)
+    print(json.dumps({"seconds": seconds, "crs_transform_kept": kept}))
+
+
+def frame(width: int, height: int, images: Path) -> np.ndarray:
+    paths = sorted(images.glob("*.jpg"))
+    if not paths:
+        raise SystemExit(f"no .jpg images in {images} (pass --images-dir)")
+    return cv2.resize(cv2.imread(str(paths[0]), cv2.IMREAD_COLOR), (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def gegl_cmd(png: Path, out: Path, op: str, width: int, height: int) -> list[str]:
+    ops = cli_args(op, GEGL_DEFAULTS[op]) if op != "nop" else ["gegl:nop"]
+    crop = ["gegl:crop", "x=0", "y=0", f"width={width}", f"height={height}"]
+    return [shutil.which("gegl") or "gegl", str(png), "-o", str(out), "--", *ops, *crop]
+
+
+def bench_size(
+    label: str, repeat: int, images: Path, tmp: Path, have_gegl: bool, filters: list[str]
+) -> list[dict[str, Any]]:
+    width, height = SIZES[label]
+    png = tmp / f"frame-{label}.png"
+    cv2.imwrite(str(png), frame(width, height, images))
+    out = tmp / "out.png"
+    me = [sys.executable, str(Path(__file__).resolve())]
+    nop: list[float] = []
+    nop_mb = 0.0
+    rows = []
+    for name in filters:
+        native: list[float] = []
+        native_mb = gegl_mb = 0.0
+        cli: list[float] = []
+        for _ in range(repeat):  # interleaved: native, gegl, nop
+            _, mb, text = run_measured([*me, "--child", name, str(png), "1"])
+            native += json.loads(text)["times"]
+            native_mb = max(native_mb, mb)
+            if have_gegl:
+                wall, mb, _ = run_measured(gegl_cmd(png, out, name, width, height))
+                cli.append(wall)
+                gegl_mb = max(gegl_mb, mb)
+                wall, mb, _ = run_measured(gegl_cmd(png, out, "nop", width, height))
+                nop.append(wall)
+                nop_mb = max(nop_mb, mb)
+        t_native = statistics.median(native)
+        row: dict[str, Any] = {"size": label, "filter": name, "native_s": t_native, "native_runs_s": native,
+                               "native_peak_mb": round(native_mb, 1)}
+        if have_gegl:
+            t_cli, t_nop = statistics.median(cli), statistics.median(nop)
+            row.update({"gegl_cli_s": t_cli, "gegl_cli_runs_s": cli, "gegl_nop_s": t_nop,
+                        "gegl_compute_s": t_cli - t_nop, "vs_cli": t_cli / t_native,
+                        "vs_compute": (t_cli - t_nop) / t_native, "gegl_peak_mb": round(gegl_mb, 1),
+                        "gegl_nop_peak_mb": round(nop_mb, 1)})
+        rows.append(row)
+        ratio = f"{row['vs_cli']:6.2f}x CLI {row['vs_compute']:6.2f}x compute" if have_gegl else ""
+        gegl_txt = f"gegl {row['gegl_cli_s']:7.3f} s (nop {row['gegl_nop_s']:.3f})" if have_gegl else ""
+        print(f"{label:>10} {name:<10} native {t_native:7.3f} s {native_mb:7.0f} MB  {gegl_txt}  {ratio}",
+              flush=True)
+    return rows
+
+
+def bench_raster(size: int, images: Path, tmp: Path, filters: list[str]) -> dict[str, Any]:
+    import rasterio
+    from rasterio.transform import Affine
+
+    src = tmp / f"d1-{size}.tif"
+    tile = frame(min(size, 4000), min(size, 4000), images)[:, :, ::-1]  # RGB, repeated across the raster
+    profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8", "crs": "EPSG:32633",
+               "transform": Affine(0.3, 0.0, 500000.0, 0.0, -0.3, 4500000.0), "tiled": True, "blockxsize": 512,
+               "blockysize": 512}
+    t0 = time.perf_counter()
+    with rasterio.open(src, "w", **profile) as dst:
+        step = tile.shape[0]
+        for r in range(0, size, step):
+            rows = min(step, size - r)
+            band = np.tile(tile[:rows], (1, size // tile.shape[1] + 1, 1))[:, :size]
+            dst.write(band.transpose(2, 0, 1), window=rasterio.windows.Window(0, r, size, rows))
+    print(f"wrote {size}x{size} GeoTIFF in {time.perf_counter() - t0:.1f} s", flush=True)
+    me = [sys.executable, str(Path(__file__).resolve())]
+    rows = []
+    for name in filters:
+        dst_path = tmp / f"d2-{name}.tif"
+        wall, mb, text = run_measured([*me, "--child-raster", name, str(src), str(dst_path)])
+        info = json.loads(text)
+        rows.append({"filter": name, "severity": 0.5, "seconds": info["seconds"], "process_s": wall,
+                     "peak_mb": round(mb, 1), "crs_transform_kept": info["crs_transform_kept"]})
+        print(f"raster {size}x{size} {name:<10} {info['seconds']:8.1f} s  peak {mb:7.0f} MB  "
+              f"CRS/transform kept: {info['crs_transform_kept']}", flush=True)
+        dst_path.unlink()
+    return {"size": [size, size], "results": rows}
+
+
+def load_average() -> float | None:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "load_avg_1min": load_average(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=8, help="number of CamVid frames to time (default 8)")
     p.add_argument("--images-dir", type=Path, default=CAMVID_IMAGES)
-    p.add_argument("--repeat", type=int, default=3, help="timed passes per backend; the best is reported")
-    p.add_argument("--filters", nargs="+", default=sorted(FILTERS), choices=sorted(FILTERS))
-    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    p.add_argument("--repeat", type=int, help="calls per filter and size (default: 5, 3, 1 by size)")
+    p.add_argument("--quick", action="store_true", help="480x360 only, 2 repeats; with --raster a 2000 px raster")
+    p.add_argument("--raster", action="store_true", help="the 20000x20000 GeoTIFF run instead of the sizes")
+    p.add_argument("--raster-size", type=int, default=20000)
+    p.add_argument("--filters", nargs="+", default=list(FILTERS), choices=FILTERS,
+                   help="filters to run (--raster: results for the others are kept from the existing JSON)")
+    p.add_argument("--out", type=Path, help="results JSON (default docs/results/shift_speed.json or "
+                                           "shift_raster.json; --quick writes nothing unless given)")
+    p.add_argument("--child", nargs=3, metavar=("FILTER", "PNG", "REPEAT"), help=argparse.SUPPRESS)
+    p.add_argument("--child-raster", nargs=3, metavar=("FILTER", "SRC", "DST"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.child:
+        child_native(args.child[0], args.child[1], int(args.child[2]))
+        return 0
+    if args.child_raster:
+        child_raster(*args.child_raster)
+        return 0
+    default_out = ROOT / "docs" / "results" / ("shift_raster.json" if args.raster else "shift_speed.json")
+    out = args.out or (None if args.quick else default_out)
+    before = machine()
+    with tempfile.TemporaryDirectory(prefix="segadapt-shift-bench-") as tmp:
+        if args.raster:
+            size = 2000 if args.quick else args.raster_size
+            raster = bench_raster(size, args.images_dir, Path(tmp), args.filters)
+            if out and out.exists() and set(args.filters) != set(FILTERS):  # a partial rerun: keep the others
+                kept = json.loads(out.read_text())["raster"]["results"]
+                raster["results"] = [r for r in kept if r["filter"] not in args.filters] + raster["results"]
+            result: dict[str, Any] = {"machine": before, "raster": raster}
+        else:
+            have_gegl = shutil.which("gegl") is not None
+            sizes = ["480x360"] if args.quick else args.sizes
+            print(f"gegl CLI: {'yes' if have_gegl else 'not installed (native only)'}; {os.cpu_count()} CPUs, "
+                  f"load {before['load_avg_1min']}", flush=True)
+            rows = []
+            for label in sizes:
+                repeat = args.repeat or (2 if args.quick else REPEATS[label])
+                rows += bench_size(label, repeat, args.images_dir, Path(tmp), have_gegl, args.filters)
+            result = {"machine": before, "params": "GEGL defaults (cubism seed 0)", "results": rows}
+    result["load_avg_1min_after"] = load_average()
+    if out:
+        from segadapt.checkpoint import write_json_atomic  # imports torch: only in the parent, at the end
 
-    frames = load_frames(args.images_dir, args.images)
-    have_gegl = shutil.which("gegl") is not None
-    h, w = frames[0].shape[:2]
-    print(f"{len(frames)} frames of {w}x{h}; gegl CLI: {'yes' if have_gegl else 'not installed'}")
-    print(f"{'filter':<10} {'native img/s':>13} {'gegl img/s':>11} {'native/gegl':>12} {'(medians)':>10}")
-    results = []
-    for name in args.filters:
-        fn = FILTERS[name]
-        fn(frames[0])  # warm-up: cached blur operators, imports
-        native_runs = images_per_s(fn, frames, args.repeat)
-        gegl_runs = (images_per_s(lambda img, name=name: run_gegl(img, name), frames, args.repeat)
-                     if have_gegl else [])
-        native, gegl = max(native_runs), max(gegl_runs, default=None)
-        ratio = native / gegl if gegl else None
-        ratio_median = statistics.median(native_runs) / statistics.median(gegl_runs) if gegl_runs else None
-        gegl_txt = f"{gegl:11.2f}" if gegl else f"{'-':>11}"
-        ratio_txt = f"{ratio:11.1f}x {ratio_median:9.1f}x" if ratio else f"{'-':>12}"
-        print(f"{name:<10} {native:13.2f} {gegl_txt} {ratio_txt}")
-        results.append({"filter": name, "native_images_per_s": native, "gegl_images_per_s": gegl, "ratio": ratio,
-                        "ratio_of_medians": ratio_median, "native_runs": native_runs, "gegl_runs": gegl_runs})
-    if args.json:
-        write_json_atomic(args.json, {"frames": len(frames), "size": [w, h], "repeat": args.repeat,
-                                      "load_avg_1min": load_average(), "results": results})
+        write_json_atomic(out, result)
+        print(f"wrote {out}")
     return 0
 
 

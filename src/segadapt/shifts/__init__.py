@@ -34,6 +34,19 @@ def blend(original: np.ndarray, filtered: np.ndarray, opacity: float) -> np.ndar
     return linear_to_srgb(a + np.float32(opacity) * (b - a))
 
 
+def resolve_params(
+    name: str, severity: float | None = None, seed: int = 0, **params: Any
+) -> tuple[dict[str, Any], float]:
+    """The filter's keyword arguments (severity's choice, explicit `params` overriding) and the opacity to blend at."""
+    if name not in FILTERS:
+        raise ConfigError(f"unknown filter {name!r}; choose one of {', '.join(FILTERS)}")
+    chosen = severity_params(name, severity, seed) if severity is not None else {}
+    if name == "cubism" and severity is None:
+        chosen["seed"] = seed
+    chosen.update({_ALIASES.get(k, k): v for k, v in params.items()})
+    return chosen, float(chosen.pop("opacity", 1.0))
+
+
 def apply_filter(
     name: str,
     image: np.ndarray,
@@ -47,15 +60,9 @@ def apply_filter(
     `seed` feeds the severity mapping (ripple phase, cubism tiles); `opacity` (0..1, default 1) blends the result
     over the input as GIMP's filter dialog does. Deterministic for a given seed.
     """
-    if name not in FILTERS:
-        raise ConfigError(f"unknown filter {name!r}; choose one of {', '.join(FILTERS)}")
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    chosen = severity_params(name, severity, seed) if severity is not None else {}
-    if name == "cubism" and severity is None:
-        chosen["seed"] = seed
-    chosen.update({_ALIASES.get(k, k): v for k, v in params.items()})
-    opacity = float(chosen.pop("opacity", 1.0))
+    chosen, opacity = resolve_params(name, severity, seed, **params)
     if name == "ripple" and float(chosen.get("amplitude", 1.0)) == 0.0:
         return image.copy()  # severity 0 is the identity on both backends (gegl would still resample)
     if backend == "gegl":  # the native filter checks the values on a 2x2 image: gegl takes bad ones silently
@@ -71,6 +78,7 @@ __all__ = [
     "blend",
     "cubism",
     "photocopy",
+    "resolve_params",
     "ripple",
     "ripple_mask",
     "run_gegl",

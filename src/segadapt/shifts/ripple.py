@@ -23,14 +23,11 @@ SAMPLERS = ("nearest", "linear", "cubic")
 WAVE_TYPES = ("sine", "triangle", "sawtooth")
 ABYSS_POLICIES = ("none", "clamp", "loop", "black", "white")
 _ABYSS_RGBA = {"none": (0.0, 0.0, 0.0, 0.0), "black": (0.0, 0.0, 0.0, 1.0), "white": (1.0, 1.0, 1.0, 1.0)}
-_CV_BORDER = {
-    "none": cv2.BORDER_CONSTANT,
-    "black": cv2.BORDER_CONSTANT,
-    "white": cv2.BORDER_CONSTANT,
-    "clamp": cv2.BORDER_REPLICATE,
-    "loop": cv2.BORDER_WRAP,
-}
 _CUBIC_B, _CUBIC_C = 0.5, 0.25
+_RGBA_LINEAR = np.dstack([np.repeat(srgb_to_linear(np.arange(256, dtype=np.uint8))[None, :, None], 3, 2),
+                          np.arange(256, dtype=np.float32)[None, :, None] / np.float32(255.0)])
+_RGBA_CODES = np.repeat(np.arange(256, dtype=np.float32)[None, :, None] / np.float32(255.0), 4, 2)
+_STRIP = 1 << 18  # output pixels per strip: bounds the maps and tap buffers at any image size
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
@@ -57,6 +54,17 @@ def _effective_wave(
     return amplitude, period, rad
 
 
+def _wave_shift(along: np.ndarray, amplitude: float, period: float, phi: float, wave_type: str) -> np.ndarray:
+    """Displacement s along the wave axis for positions `along` (float64)."""
+    if wave_type == "sawtooth":
+        lam = np.mod(along + period / 2 - phi * period, period)
+        return amplitude * (2.0 * lam / period - 1.0)
+    if wave_type == "triangle":
+        lam = np.mod(along + period * 3 / 4 - phi * period, period)
+        return amplitude * (np.abs(4.0 * lam / period - 2.0) - 1.0)
+    return amplitude * np.sin(2.0 * math.pi * along / period + 2.0 * math.pi * phi)
+
+
 def source_coords(
     height: int,
     width: int,
@@ -66,19 +74,19 @@ def source_coords(
     angle: float = 0.0,
     wave_type: str = "sine",
     tileable: bool = False,
+    rows: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """GEGL read positions (x, y) for every output pixel, float64 HxW each (pixel i spans [i, i+1))."""
+    """GEGL read positions (x, y) for every output pixel, float64 each (pixel i spans [i, i+1)).
+
+    `rows` = (first, stop) limits the output to those rows of the height x width image (absolute positions, so a
+    strip or window reads exactly what the whole image would).
+    """
     amplitude, period, rad = _effective_wave(height, width, amplitude, period, angle, tileable)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
-    along = xs * math.cos(rad) - ys * math.sin(rad)
-    if wave_type == "sawtooth":
-        lam = np.mod(along + period / 2 - phi * period, period)
-        shift = amplitude * (2.0 * lam / period - 1.0)
-    elif wave_type == "triangle":
-        lam = np.mod(along + period * 3 / 4 - phi * period, period)
-        shift = amplitude * (np.abs(4.0 * lam / period - 2.0) - 1.0)
-    else:
-        shift = amplitude * np.sin(2.0 * math.pi * along / period + 2.0 * math.pi * phi)
+    first, stop = rows if rows is not None else (0, height)
+    ys, xs = np.mgrid[first:stop, 0:width].astype(np.float64)
+    # when the wave runs along x only, one row of shifts serves every row (the same values, computed once)
+    along = xs[:1] * math.cos(rad) if math.sin(rad) == 0.0 else xs * math.cos(rad) - ys * math.sin(rad)
+    shift = _wave_shift(along, amplitude, period, phi, wave_type)
     return xs + shift * math.sin(rad), ys + shift * math.cos(rad)
 
 
@@ -116,46 +124,128 @@ def _sample_labels(padded: np.ndarray, sx: np.ndarray, sy: np.ndarray, policy: s
     return padded[iy, ix]
 
 
-def _sample(src: np.ndarray, sx: np.ndarray, sy: np.ndarray, sampler: str, policy: str) -> np.ndarray:
-    """Resample an HxWxC float32 image at GEGL positions with GEGL's sampler and abyss policy.
+def _taps(pos: np.ndarray, sampler: str) -> tuple[np.ndarray, tuple[int, ...], list[np.ndarray]]:
+    """Floor index, tap offsets and float32 tap weights of GEGL's sampler along one axis (pixel centres at +0.5)."""
+    if sampler == "linear":  # GEGL's linear sampler takes the position in single precision
+        pos = pos.astype(np.float32)
+    u = pos - 0.5
+    f = np.floor(u)
+    t = (u - f).astype(np.float32)
+    if sampler == "linear":
+        return f.astype(np.int64), (0, 1), [1 - t, t]
+    return f.astype(np.int64), (-1, 0, 1, 2), _cubic_weights(t)
 
-    Each tap is an exact integer gather (cv2.remap, nearest, int16 maps, OpenCV border = abyss policy); the
-    taps are weighted here, so any kernel can be used.
+
+class _Source:
+    """A window of the linear-light source (rows top .. top + h of a full_h x W image) and its abyss policy.
+
+    Reads take absolute integer pixel indices: the policy maps them into the image (clamp, loop) or marks them
+    outside (constant fills); the window must hold every row read, which the caller's halo guarantees.
     """
-    channels = src.shape[2]
-    border = _CV_BORDER[policy]
-    fill = tuple(_ABYSS_RGBA.get(policy, (0.0, 0.0, 0.0, 0.0))[:channels]) if border == cv2.BORDER_CONSTANT else 0
 
-    def tap(mx: np.ndarray, my: np.ndarray) -> np.ndarray:
-        return cv2.remap(src, cv2.merge([mx, my]), None, cv2.INTER_NEAREST, borderMode=border, borderValue=fill)
+    def __init__(self, pixels: np.ndarray, top: int, full_h: int, policy: str) -> None:
+        self.pixels, self.top, self.full_h, self.policy = pixels, top, full_h, policy
+        channels = pixels.shape[2]
+        self.fill = tuple(_ABYSS_RGBA.get(policy, (0.0, 0.0, 0.0, 0.0))[:channels])
+        self.wide = max(pixels.shape[:2]) >= 32000  # int16 maps address at most 32767
 
-    if sampler == "nearest":  # GEGL's nearest and linear samplers take the position in single precision
-        return tap(np.floor(sx.astype(np.float32)).astype(np.int16), np.floor(sy.astype(np.float32)).astype(np.int16))
-    if sampler == "linear":
-        sx, sy = sx.astype(np.float32), sy.astype(np.float32)
-    ux, uy = sx - 0.5, sy - 0.5  # to pixel-centre coordinates
-    fx, fy = np.floor(ux), np.floor(uy)
-    tx, ty = (ux - fx).astype(np.float32), (uy - fy).astype(np.float32)
-    if sampler == "linear":
-        offsets, wx, wy = (0, 1), [1 - tx, tx], [1 - ty, ty]
-    else:
-        offsets, wx, wy = (-1, 0, 1, 2), _cubic_weights(tx), _cubic_weights(ty)
-    wx = [cv2.merge([w] * channels) for w in wx]  # per-channel copies: plain elementwise products below
-    wy = [cv2.merge([w] * channels) for w in wy]
-    fx16, fy16 = fx.astype(np.int16), fy.astype(np.int16)
-    cols = [fx16 + np.int16(o) for o in offsets]
-    out = np.zeros(src.shape, np.float32)
-    row = np.empty(src.shape, np.float32)
-    scratch = np.empty(src.shape, np.float32)
+    def index(self, idx: np.ndarray, size: int, offset: int = 0) -> np.ndarray:
+        """Policy-mapped indices relative to the window (out of the image: -1 or past the end, i.e. the fill)."""
+        if self.policy == "clamp":
+            idx = np.clip(idx, 0, size - 1)
+        elif self.policy == "loop":
+            idx = np.mod(idx, size)
+        else:
+            return np.where((idx < 0) | (idx >= size), -1, idx - offset)
+        return idx - offset
+
+    def gather(self, ix: np.ndarray, iy: np.ndarray, pixels: np.ndarray | None = None, fill: tuple = ()) -> np.ndarray:
+        """Exact integer reads pixels[iy, ix] (window-relative, -1 = fill) by cv2.remap with nearest sampling."""
+        dtype = np.float32 if self.wide else np.int16
+        maps = cv2.merge([ix.astype(dtype), iy.astype(dtype)]) if not self.wide else None
+        src = self.pixels if pixels is None else pixels
+        fill = fill or self.fill or 0
+        if maps is None:
+            return cv2.remap(src, ix.astype(np.float32), iy.astype(np.float32), cv2.INTER_NEAREST,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+        return cv2.remap(src, maps, None, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+
+
+def _pad_columns(src: _Source, pad: int) -> np.ndarray:
+    """The window with `pad` columns added each side as the abyss policy reads them (edge, wrap or fill)."""
+    border = {"clamp": cv2.BORDER_REPLICATE, "loop": cv2.BORDER_WRAP}.get(src.policy, cv2.BORDER_CONSTANT)
+    if src.pixels.shape[1] < pad:  # OpenCV wraps at most once
+        width = src.pixels.shape[1]
+        cols = src.index(np.arange(-pad, width + pad), width)
+        return src.gather(*np.meshgrid(cols, np.arange(src.pixels.shape[0])))
+    return cv2.copyMakeBorder(src.pixels, 0, 0, pad, pad, border, value=src.fill or 0)
+
+
+def _sample_strip(src: _Source, width: int, sx: np.ndarray, sy: np.ndarray, sampler: str) -> np.ndarray:
+    """Resample a strip of output rows at GEGL positions with GEGL's sampler: the general path.
+
+    Each tap is an exact integer gather; the taps are weighted here, so any kernel can be used.
+    """
+    if sampler == "nearest":
+        ix = src.index(np.floor(sx.astype(np.float32)).astype(np.int64), width)
+        iy = src.index(np.floor(sy.astype(np.float32)).astype(np.int64), src.full_h, src.top)
+        return src.gather(ix, iy)
+    fx, offsets, wx = _taps(sx, sampler)
+    fy, _, wy = _taps(sy, sampler)
+    cols = [src.index(fx + o, width) for o in offsets]
+    shape = sx.shape + (src.pixels.shape[2],)
+    out = np.zeros(shape, np.float32)
+    row = np.empty(shape, np.float32)
+    scratch = np.empty(shape, np.float32)
     for oy, wyj in zip(offsets, wy):
-        my = fy16 + np.int16(oy)
+        iy = src.index(fy + oy, src.full_h, src.top)
         row.fill(0.0)
-        for mx, wxi in zip(cols, wx):
-            np.multiply(tap(mx, my), wxi, out=scratch)
+        for ix, wxi in zip(cols, wx):
+            np.multiply(src.gather(ix, iy), wxi[..., None], out=scratch)
             row += scratch
-        np.multiply(row, wyj, out=scratch)
+        np.multiply(row, wyj[..., None], out=scratch)
         out += scratch
     return out
+
+
+def _sample_vertical(src: _Source, rowwise: np.ndarray, fill: tuple, sy: np.ndarray, sampler: str) -> np.ndarray:
+    """The same resampling when every read lies on its own column (angle 0): the horizontal taps then sit at a
+    fixed half pixel, so `rowwise` (the window filtered along rows once) is read along columns only.
+
+    Same arithmetic in the same order as `_sample_strip`, so the result is identical, with a quarter of the reads.
+    """
+    fy, offsets, wy = _taps(sy, sampler)
+    ix = np.broadcast_to(np.arange(sy.shape[1]), sy.shape)
+    out = np.zeros(sy.shape + (rowwise.shape[2],), np.float32)
+    scratch = np.empty_like(out)
+    for oy, wyj in zip(offsets, wy):
+        iy = src.index(fy + oy, src.full_h, src.top)
+        np.multiply(src.gather(ix, iy, rowwise, fill), wyj[..., None], out=scratch)
+        out += scratch
+    return out
+
+
+def _rowwise(window: np.ndarray, linear, src: _Source, sampler: str) -> tuple[np.ndarray, tuple]:
+    """The window (uint8, converted to linear by `linear` strip by strip) filtered along rows with the sampler's
+    weights at fraction 0.5 (floor(x - 0.5) = x - 1), in `_sample_strip`'s order; and what a row outside the
+    image reads as (the fill, weighted the same way). Only this result is kept, not the linear window."""
+    _, offsets, weights = _taps(np.ones(1), sampler)  # any integer x reads at x, i.e. fraction 0.5
+    height, width = window.shape[:2]
+    channels = src.pixels.shape[2]
+    out = np.zeros((height, width, channels), np.float32)
+    fill = np.zeros(channels, np.float32)
+    edge = np.asarray(src.fill, np.float32)
+    for w in weights:
+        fill += edge * w[0]
+    step = max(1, _STRIP // max(width, 1))
+    for r in range(0, height, step):
+        part = _Source(linear(window[r : r + step]), 0, 0, src.policy)
+        padded = _pad_columns(part, 2)  # padded column c + 2 = image column c
+        scratch = np.empty(part.pixels.shape, np.float32)
+        for o, w in zip(offsets, weights):  # image column x - 1 + o
+            np.multiply(padded[:, 1 + o : 1 + o + width], w[0], out=scratch)
+            out[r : r + step] += scratch
+    return out, tuple(float(v) for v in fill)
 
 
 def _validate(amplitude: float, period: float, phi: float, angle: float, wave_type: str, abyss_policy: str) -> None:
@@ -214,19 +304,74 @@ def ripple(
     _check_choice("sampler_type", sampler_type, SAMPLERS)
     if amplitude == 0.0 or period < 0.0001:
         return image.copy()
-    h, w = image.shape[:2]
-    sx, sy = source_coords(h, w, amplitude, period, phi, angle, wave_type, tileable)
-    colour = srgb_to_linear(image) if linear_light else image / np.float32(255.0)
+    wave = {"amplitude": amplitude, "period": period, "phi": phi, "angle": angle, "wave_type": wave_type,
+            "tileable": tileable}
+    return ripple_rows(image, 0, image.shape[0], (0, image.shape[0]), wave, sampler_type, abyss_policy, linear_light)
+
+
+def ripple_reach(amplitude: float, sampler_type: str = "cubic") -> int:
+    """Rows a window of output needs above and below it in the source: the largest displacement plus the taps."""
+    return int(math.ceil(abs(amplitude))) + (3 if sampler_type == "cubic" else 2)
+
+
+def ripple_rows(
+    window: np.ndarray,
+    top: int,
+    full_height: int,
+    rows: tuple[int, int],
+    wave: dict,
+    sampler_type: str = "cubic",
+    abyss_policy: str = "none",
+    linear_light: bool = True,
+) -> np.ndarray:
+    """Output rows [rows[0], rows[1]) of `ripple` on a full_height-row image of which `window` (uint8, full width)
+    holds rows top .. top + len(window); positions are absolute, so windows agree with the whole image.
+
+    The window must hold every row read (`ripple_reach` rows beyond `rows`, or the image edge); "loop" reads wrap
+    to the far side, so it needs the whole image. `wave`: amplitude, period, phi, angle, wave_type, tileable.
+    Works strip by strip, so memory stays a few times the window's.
+    """
+    width = window.shape[1]
+    _, _, rad = _effective_wave(full_height, width, wave["amplitude"], wave["period"], wave["angle"], wave["tileable"])
+    def linear(rows: np.ndarray) -> np.ndarray:
+        if abyss_policy == "none":  # transparent abyss: carry premultiplied alpha, un-premultiplied as babl does
+            lut = _RGBA_LINEAR if linear_light else _RGBA_CODES
+            return cv2.LUT(cv2.cvtColor(rows, cv2.COLOR_RGB2RGBA), lut)  # opaque: alpha 255 -> 1.0
+        return srgb_to_linear(rows) if linear_light else rows / np.float32(255.0)
+
+    separable = math.sin(rad) == 0.0 and math.cos(rad) == 1.0 and sampler_type != "nearest"
+    if separable:  # only the row-filtered window is kept
+        shape = _Source(np.empty((1, 1, 4 if abyss_policy == "none" else 3), np.float32), top, full_height,
+                        abyss_policy)
+        rowwise, fill = _rowwise(window, linear, shape, sampler_type)
+        src = _Source(rowwise, top, full_height, abyss_policy)
+    else:
+        rowwise, fill = None, ()
+        src = _Source(linear(window), top, full_height, abyss_policy)
+    out = np.empty((rows[1] - rows[0], width, 3), np.uint8)
+    step = max(1, _STRIP // max(width, 1))
+    for r in range(rows[0], rows[1], step):
+        stop = min(rows[1], r + step)
+        sx, sy = source_coords(full_height, width, **wave, rows=(r, stop))
+        if rowwise is not None:
+            part = _sample_vertical(src, rowwise, fill, sy, sampler_type)
+        else:
+            part = _sample_strip(src, width, sx, sy, sampler_type)
+        out[r - rows[0] : stop - rows[0]] = _finish(part, abyss_policy, linear_light)
+    return out
+
+
+def _finish(sampled: np.ndarray, abyss_policy: str, linear_light: bool) -> np.ndarray:
+    """Resampled linear (premultiplied when the abyss is transparent) pixels -> uint8 sRGB, alpha dropped."""
     if abyss_policy != "none":  # every read is opaque (image, edge, wrap or an opaque fill): colour only
-        rgb = _sample(colour, sx, sy, sampler_type, abyss_policy)
-    else:  # transparent abyss: carry premultiplied alpha, then un-premultiply as babl does
-        out = _sample(np.dstack([colour, np.ones((h, w), np.float32)]), sx, sy, sampler_type, abyss_policy)
+        rgb = sampled
+    else:
         # babl replaces |alpha| < 1/65536 by +-1/65536 (sign kept), so reads that fell just outside the image
         # (alpha ~0, or < 0 from cubic's negative lobe) keep their colour.
         floor = np.float32(1.0 / 65536)
-        alpha = out[:, :, 3:]
+        alpha = sampled[:, :, 3:]
         alpha = np.where(np.abs(alpha) > floor, alpha, np.where(alpha < 0, -floor, floor))
-        rgb = out[:, :, :3] / alpha
+        rgb = sampled[:, :, :3] / alpha
     if linear_light:
         return linear_to_srgb(rgb)
     return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
