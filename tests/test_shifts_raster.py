@@ -92,3 +92,15 @@ def test_other_rasters_are_refused_in_one_line_and_nothing_is_written(tmp_path):
     with pytest.raises(DataError, match="missing.tif: not a readable raster"):
         shift_raster(tmp_path / "missing.tif", dst, "cubism", 0.5, progress=False)
     assert sorted(tmp_path.iterdir()) == sorted([grey16, rgb])  # no output, no temporary left behind
+
+
+def test_shift_command_takes_a_geotiff(tmp_path):
+    """`segadapt shift --raster IN.tif --out OUT.tif`: the CLI path of shift_raster, georeference kept."""
+    from segadapt.cli import main
+
+    src = tmp_path / "in.tif"
+    write_tif(src, texture(60, 80))
+    assert main(["shift", "--raster", str(src), "--filter", "ripple", "--severity", "0.5",
+                 "--out", str(tmp_path / "out.tif")]) == 0
+    with rasterio.open(src) as a, rasterio.open(tmp_path / "out.tif") as b:
+        assert (a.crs, a.transform, a.shape) == (b.crs, b.transform, b.shape)

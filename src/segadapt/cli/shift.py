@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from segadapt.cli.common import DATA, claim, config_args, json_out, model_config, resolve_config, same_classes
+from segadapt.config import ShiftConfig
 from segadapt.paths import check_path
 
 SHIFT_SEED = {"seed": "shift.seed"}  # here --seed is the shift's (ripple phase, cubism tiles): nothing trains
@@ -20,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "workers": "parallel processes (default 0: one per core)"})
     p.add_argument("--split", help="split to shift (default: the train split)")
     p.add_argument("--backend", default="native", choices=["native", "gegl"], help="native, or the gegl command")
-    p.add_argument("--out", required=True, help="output dataset root")
+    p.add_argument("--raster", metavar="TIF", help="shift this GeoTIFF instead of a dataset split, in strips of "
+                   "bounded memory (CRS, transform and nodata kept); --out is then the output .tif")
+    p.add_argument("--out", required=True, help="output dataset root (with --raster: the output GeoTIFF)")
     p.set_defaults(func=cmd_shift)
 
     p = sub.add_parser("distortion", help="the study's distortion of a shift: D1 vs D2 accuracy and mIoU of a model")
@@ -40,6 +43,8 @@ def cmd_shift(args: argparse.Namespace) -> int:
     from segadapt.shifts.write import write_shifted
 
     cfg = resolve_config(args)
+    if args.raster:
+        return _shift_raster(args, cfg.shift)
     check_workers(cfg.data.num_workers, "--workers")
     split = args.split or cfg.data.train_split
     source = build_source(cfg.data, split)
@@ -50,6 +55,23 @@ def cmd_shift(args: argparse.Namespace) -> int:
     print(f"wrote {r['images']} shifted images ({s.filter}, severity {s.severity}) to {args.out}")
     if r.get("repaired"):
         print(f"rewrote {r['repaired']} broken file(s) left by an earlier run")
+    return 0
+
+
+def _shift_raster(args: argparse.Namespace, s: ShiftConfig) -> int:
+    """One GeoTIFF of any size through the native filter, strip by strip (shifts/raster.py)."""
+    from segadapt.errors import SegadaptError
+    from segadapt.shifts.raster import shift_raster
+
+    if args.backend != "native":
+        raise SegadaptError("--raster runs the native filters only; drop --backend gegl")
+    out = check_path(args.out, "--out")
+    if out.is_dir():
+        raise SegadaptError(f"--out {args.out}: is a folder; with --raster give the path of the .tif to write")
+    r = shift_raster(check_path(args.raster, "--raster"), out, s.filter, s.severity, s.seed)
+    width, height = r["size"]
+    print(f"wrote {out} ({s.filter}, severity {s.severity}; {width}x{height} in {r['strips']} strips, CRS and "
+          f"transform of {args.raster})")
     return 0
 
 
