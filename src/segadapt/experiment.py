@@ -117,10 +117,12 @@ def sweep_h1(cfg: RunConfig, device: torch.device,
     """The sweep's config fitted to H1's architecture, the reused H1 (None when the sweep trains it) and a model
     of that architecture to read presets from.
 
-    A reused H1 (adapt.h1, or `h1` already loaded) brings its normalisation (a transformers preprocessor's
-    mean/std) and its layer presets: experiment.layer_presets left at the VGG default becomes the model's own.
+    A reused H1 brings its layer presets (experiment.layer_presets left at the VGG default becomes the model's
+    own) and, loaded here from adapt.h1, its normalisation (a transformers preprocessor's mean/std); a caller
+    passing `h1` has fitted cfg.data to it already (the CLI keeps a user's explicit data.mean/std).
     """
-    if h1 is None and cfg.adapt.h1:
+    loaded_here = h1 is None and bool(cfg.adapt.h1)
+    if loaded_here:
         h1 = load_h1(cfg, device)
     if h1 is not None:
         model = conform(h1[0])
@@ -128,7 +130,7 @@ def sweep_h1(cfg: RunConfig, device: torch.device,
         with torch.random.fork_rng(devices=[]):  # a throwaway model: the sweep's random streams stay untouched
             model = build_model(cfg.model.arch, 2, cfg.model.width)
     cfg = copy.deepcopy(cfg)
-    norm = data_norm(h1[1]) if h1 is not None else None
+    norm = data_norm(h1[1]) if loaded_here and h1 is not None else None
     if norm is not None:
         cfg.data.mean, cfg.data.std = norm
     if cfg.experiment.layer_presets == ExperimentConfig().layer_presets and model.layer_presets():

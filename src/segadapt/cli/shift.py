@@ -5,7 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segadapt.cli.common import DATA, claim, config_args, json_out, model_config, resolve_config, same_classes
+from segadapt.cli.common import (
+    DATA,
+    MODEL_FORMS,
+    claim,
+    config_args,
+    json_out,
+    load_model_arg,
+    model_args,
+    model_config,
+    resolve_config,
+    same_classes,
+)
 from segadapt.paths import check_path
 
 SHIFT_SEED = {"seed": "shift.seed"}  # here --seed is the shift's (ripple phase, cubism tiles): nothing trains
@@ -24,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_shift)
 
     p = sub.add_parser("distortion", help="the study's distortion of a shift: D1 vs D2 accuracy and mIoU of a model")
-    p.add_argument("--model", required=True, help="run directory or model .safetensors")
+    p.add_argument("--model", required=True, help=f"the model: {MODEL_FORMS}")
+    model_args(p)
     config_args(p, (*DATA, "filter", "severity", "seed", "d2_dir", "device"), presets=False, keys=SHIFT_SEED,
                 required=("filter",), helps={**SEED_HELP, "filter": "photocopy | ripple | cubism",
                                              "d2_dir": "score this `segadapt shift` output as D2 instead of "
@@ -55,7 +67,7 @@ def cmd_shift(args: argparse.Namespace) -> int:
 
 def cmd_distortion(args: argparse.Namespace) -> int:
     """The study's distortion of a shift for a model: how much accuracy and mIoU fall from D1 to D2."""
-    from segadapt.checkpoint import load_model, write_json_atomic
+    from segadapt.checkpoint import write_json_atomic
     from segadapt.data import build_source
     from segadapt.data.d2 import d2_source, same_shift
     from segadapt.experiment import score
@@ -64,7 +76,7 @@ def cmd_distortion(args: argparse.Namespace) -> int:
     from segadapt.selection import finite_or_none
 
     json_out(args.out)
-    model, meta = load_model(check_path(args.model, "--model"))
+    model, meta = load_model_arg(args.model, "--model", args.model_weights, args.model_kwargs, args.trust_factory)
     cfg = model_config(args, meta, args.model)
     device = select_device(cfg.train.device)
     model = model.to(device)

@@ -172,6 +172,8 @@ def load_hf_dir(path: str | Path, device: torch.device | str = "cpu") -> tuple[H
                "save_pretrained (safetensors)") if pickled else "pass the directory save_pretrained wrote"
         raise CheckpointError(f"{folder}: no {WEIGHTS_FILE} beside {CONFIG_FILE}; {fix}")
     transformers = require_transformers()
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # its "Loading weights" bar would break one-line errors
     try:
         net, info = transformers.AutoModelForSemanticSegmentation.from_pretrained(
             folder, local_files_only=True, use_safetensors=True, trust_remote_code=False, output_loading_info=True)
@@ -179,6 +181,9 @@ def load_hf_dir(path: str | Path, device: torch.device | str = "cpu") -> tuple[H
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{folder}: transformers could not load it ({first}); re-save it with "
                               "save_pretrained") from None
+    finally:
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
     bad = sorted(info.get("missing_keys", ())) + sorted(str(k) for k in info.get("mismatched_keys", ()))
     if bad:  # transformers would fill these with random numbers: never adapt a partly random H1
         raise CheckpointError(f"{folder / WEIGHTS_FILE}: weights missing or of the wrong shape for {CONFIG_FILE} "

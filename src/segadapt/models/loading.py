@@ -86,7 +86,7 @@ def rebuild(meta: Mapping[str, Any], source: str | Path, trusted_factories: Coll
         target = str(recorded.get("target", "?"))
         if target not in trusted_factories:
             raise CheckpointError(f"{source}: built by the Python factory {target}; loading it runs that code, so "
-                                  f"trust it explicitly (--factory {target})")
+                                  f"trust it explicitly (--trust-factory {target}, short --factory {target})")
         return factory.rebuild(meta, source)
     return build_model(meta["arch"], meta["num_classes"], meta["width"])
 
