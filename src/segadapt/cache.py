@@ -12,6 +12,10 @@ live teacher on the crop only in its interior: near the crop's border the live t
 where the cached maps saw the rest of the image (a band of the tap's receptive-field radius, 113 px for
 pool5), so the cached target is the teacher's view of the whole scene there.
 
+That a crop's maps are a window of the frame's holds for convolutional features only: a model with global
+attention (SegFormer) has other maps on every cell of a crop, so `prepare` refuses such a model (the
+contract's `translation_equivariant`) unless every frame is the crop.
+
 Layout of the cache directory: `cache.json` (metadata, written last: its presence marks a complete cache)
 and one flat float16 file per tap, `<tap>.f16`, holding each image's maps back to back, read memory-mapped.
 Opening checks the metadata against the run (teacher weights' hash, taps, transform, dataset) and compares
