@@ -129,6 +129,11 @@ def test_every_command_runs_on_an_hf_h1(hf_dirs, adapted, factory_weights, tmp_p
     assert main(["viz", "features", "--h1", "tiny_hf:small_cnn", "--h1-weights", str(factory_weights["pth"]),
                  "--h1-kwargs", KWARGS, "--h2", run, *DATA, "--out", str(tmp_path / "f2")]) == 2
     assert "no named stages; pass --layers" in capsys.readouterr().err
+    # the library entry point reads a directory too, with the preprocessor's normalisation
+    from segadapt.viz.reconstruct import ReconstructConfig, reconstruct_image
+
+    r = reconstruct_image(seg, torch.zeros(1, 3, 32, 48), tmp_path / "lib", ReconstructConfig(taps=["stage1"], steps=1))
+    assert r["steps"] == 1 and r["size"] == [32, 48]
 
 
 def test_the_sweep_runs_on_an_hf_h1_with_b1_of_its_architecture(hf_dirs, tmp_path, capsys):
