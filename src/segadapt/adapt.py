@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,8 @@ from segadapt.data.pairs import PairedDataset
 from segadapt.errors import CheckpointError, SegadaptError
 from segadapt.losses import feature_regression_loss, resolve_layers
 from segadapt.models.contract import SegmentationModel, check_taps, conform
+from segadapt.models.loading import load_any, rebuild_meta, save_native
+from segadapt.models.modes import NormPolicy, adaptation_mode
 from segadapt.models.taps import Features
 from segadapt.run import Run, autocast, wrap_ddp
 from segadapt.runtime import environment
@@ -60,14 +63,14 @@ class StudentTaps(nn.Module):
         return self._features(x, self.taps)
 
 
-def train_mode(student: nn.Module) -> None:
-    """Train mode without dropout: the teacher's maps come from eval mode, and a student whose fc6/fc7 drop
-    random units could not match them even with equal weights (the loss would chase noise)."""
-    student.train()
-    for m in student.modules():
-        if isinstance(m, nn.modules.dropout._DropoutNd):
-            m.eval()
-
+def load_h1(cfg: RunConfig, device: torch.device | str) -> tuple[nn.Module, dict[str, Any]]:
+    """H1 as adapt.h1 names it (any form models/loading.py reads), with its factory weights, kwargs and trust."""
+    a = cfg.adapt
+    if not a.h1:
+        raise SegadaptError("no source model to adapt; pass --h1 RUN (a training run or model file, a transformers "
+                            "model directory, or a factory package.module:function)")
+    return load_any(a.h1, device, weights=a.h1_weights or None, kwargs=a.h1_kwargs or None,
+                    trusted_factories=a.trust_factories)
 
 
 def adapt(
@@ -94,9 +97,7 @@ def adapt(
 
     # teacher H1 (frozen) and student H2 (a copy)
     if teacher is None:
-        if not cfg.adapt.h1:
-            raise SegadaptError("no source model to adapt; pass --h1 RUN (a training run or model file)")
-        teacher, h1_meta = ckpt.load_model(cfg.adapt.h1, device)
+        teacher, h1_meta = load_h1(cfg, device)
     assert h1_meta is not None
     weights = layer_weights(cfg, conform(teacher))
     taps = list(weights)
@@ -108,6 +109,9 @@ def adapt(
         teacher = copy.deepcopy(teacher).to(memory_format=run.memory_format)
     student = copy.deepcopy(teacher).to(device)
     teacher_features, student_features = conform(teacher).features, conform(student).features
+    # the student runs without dropout or stochastic depth (the teacher's maps come from eval mode: a student
+    # dropping random units could not match them even with equal weights), BatchNorm as adapt.norm says
+    policy = NormPolicy(student, cfg.adapt.norm, taps)
 
     holdout_ids, fit_ids = split_holdout(len(pairs), cfg.adapt.holdout, tc.seed)
     probe = HoldoutProbe(pairs, holdout_ids, teacher_features, weights, tc.seed, device) if holdout_ids else None
@@ -146,7 +150,7 @@ def adapt(
             selected = (state["selected"], ckpt.read_extra(run.last))
 
     # loop
-    train_mode(student)
+    adaptation_mode(student, policy)
     step, seen, loss_value = run.start, 0, math.nan
     per_layer: dict[str, float] = {}
     fields = ["step", "loss", *[f"loss_{t}" for t in taps], "lr", "images_per_s", "elapsed_s"]
@@ -182,7 +186,7 @@ def adapt(
                 point = {"step": step, **probe.measure(student, student_features)}
                 if on_probe is not None:
                     point |= on_probe(step, student)
-                    train_mode(student)
+                    adaptation_mode(student, policy)
                 probes.append(point)
                 if selected is None or point["holdout_loss"] < selected[0]["holdout_loss"]:
                     selected = (point, {k: v.detach().clone() for k, v in student.state_dict().items()})
@@ -192,12 +196,16 @@ def adapt(
 
     # files (rank 0)
     student.requires_grad_(True).eval()
-    meta = {**h1_meta, "step": step, "adapted_from": str(cfg.adapt.h1), "layers": weights, "config": to_dict(cfg)}
+    meta = {**h1_meta, **rebuild_meta(student), "step": step, "adapted_from": str(cfg.adapt.h1),
+            "layers": weights, "config": to_dict(cfg)}
     run.save(step)  # the run can be extended later (--resume with more iterations)
     if run.main:
         ckpt.save_model(run_dir / ckpt.MODEL_FILE, student, meta)
+        native = functools.partial(save_native, student, run_dir, h1_meta.get("hf_source"), cfg.data.mean,
+                                   cfg.data.std)
+        native()  # H2 in H1's own format too (hf_model/, factory_weights.safetensors): a drop-in replacement
         if selected is not None:
-            _write_selection(run_dir, probes, selected, student, meta)
+            _write_selection(run_dir, probes, selected, student, meta, native)
     result = {
         "layers": weights,
         "step": step,
@@ -216,9 +224,10 @@ def adapt(
 
 def _write_selection(
     run_dir: Path, probes: list[dict[str, float]], selected: tuple[dict[str, float], dict[str, torch.Tensor]],
-    student: nn.Module, meta: dict[str, Any],
+    student: nn.Module, meta: dict[str, Any], native: Callable[..., Any],
 ) -> None:
-    """selection.csv (one row per probe) and the lowest-held-out-loss weights as model_selected.safetensors."""
+    """selection.csv (one row per probe) and the lowest-held-out-loss weights as model_selected.safetensors
+    (and in H1's own format: `native(suffix=...)`)."""
     with ckpt.atomic_path(run_dir / "selection.csv") as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, list(probes[0]))
         w.writeheader()
@@ -226,4 +235,5 @@ def _write_selection(
     final = {k: v.detach().clone() for k, v in student.state_dict().items()}
     student.load_state_dict(selected[1])
     ckpt.save_model(run_dir / "model_selected.safetensors", student, {**meta, "step": selected[0]["step"]})
+    native(suffix="_selected")
     student.load_state_dict(final)

@@ -12,6 +12,10 @@ live teacher on the crop only in its interior: near the crop's border the live t
 where the cached maps saw the rest of the image (a band of the tap's receptive-field radius, 113 px for
 pool5), so the cached target is the teacher's view of the whole scene there.
 
+That a crop's maps are a window of the frame's holds for convolutional features only: a model with global
+attention (SegFormer) has other maps on every cell of a crop, so `prepare` refuses such a model (the
+contract's `translation_equivariant`) unless every frame is the crop.
+
 Layout of the cache directory: `cache.json` (metadata, written last: its presence marks a complete cache)
 and one flat float16 file per tap, `<tap>.f16`, holding each image's maps back to back, read memory-mapped.
 Opening checks the metadata against the run (teacher weights' hash, taps, transform, dataset) and compares
@@ -37,6 +41,7 @@ from segadapt import checkpoint as ckpt
 from segadapt import distributed
 from segadapt.data.pairs import PairedDataset
 from segadapt.errors import ConfigError, SegadaptError
+from segadapt.models.contract import translation_equivariant
 from segadapt.models.taps import Features
 
 FORMAT = 1
@@ -319,9 +324,28 @@ def open_or_build(directory: Path, pairs: PairedDataset, teacher: nn.Module, fea
     return cache
 
 
+def refuse_windows(directory: str | Path, teacher: nn.Module, frames: Sequence[Sequence[int]],
+                   crop: Sequence[int]) -> None:
+    """Slicing a crop's maps out of the frame's is only right for translation-equivariant features. A model
+    whose every map cell sees the whole input (SegFormer's global attention) has other maps on a crop than the
+    window of the frame's, so a cache for it is refused unless every frame is the crop (one offset, exact)."""
+    if translation_equivariant(teacher) or all(tuple(f) == tuple(crop) for f in frames):
+        return
+    name = type(getattr(teacher, "net", teacher)).__name__
+    big = next(tuple(f) for f in frames if tuple(f) != tuple(crop))
+    raise ConfigError(f"adapt.teacher_cache = {directory}: {name}'s features are not translation-equivariant "
+                      f"(global attention), so the maps of a {crop[0]}x{crop[1]} crop are not a window of the "
+                      f"{big[0]}x{big[1]} frame's; drop adapt.teacher_cache, or crop whole frames "
+                      f"(data.crop_size = the frame size)")
+
+
 def prepare(directory: str | Path, pairs: PairedDataset, teacher: nn.Module, features: Features,
             taps: Sequence[str], device: torch.device, batch_size: int = 8) -> tuple[TeacherCache, PairedDataset]:
     """The cache for an adaptation run and the aligned, X1-free view of `pairs` whose crops it can slice."""
+    if len(pairs.d1):  # refused before the build when the first frame already shows it (a cheap look)
+        refuse_windows(directory, teacher, [pairs.transform.frame_size(*pairs.d1.load_image(0).shape[:2])],
+                       pairs.transform.crop)
     cache = open_or_build(Path(directory), pairs, teacher, features, taps, device, batch_size)
+    refuse_windows(directory, teacher, [tuple(f) for f in cache.meta["frames"]], pairs.transform.crop)
     align = math.lcm(*cache.strides.values())
     return cache, pairs.aligned(align, load_x1=False)

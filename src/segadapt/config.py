@@ -6,6 +6,7 @@ Every run saves the resolved config as ``config.toml`` so it can be reproduced w
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -97,7 +98,17 @@ class ShiftConfig:
 
 @dataclass
 class AdaptConfig:
-    h1: str = ""  # the trained source model: a run directory or model .safetensors
+    # the trained source model: a run directory or model .safetensors, a transformers save_pretrained
+    # directory, or a Python factory package.module:function (whose weights and JSON kwargs follow)
+    h1: str = ""
+    h1_weights: str = ""  # factory H1: its state dict (.safetensors, or .pth read with weights_only=True)
+    h1_kwargs: str = ""  # factory H1: keyword arguments as a JSON object, e.g. {"classes": 11}
+    # factories a model file may name and have called when it is rebuilt (calling one runs its code); the
+    # factory given as h1 itself is trusted
+    trust_factories: list[str] = field(default_factory=list)
+    # BatchNorm running statistics while adapting: keep (H1's, bit for bit) or adabn (re-estimated on D2
+    # for the norm layers feeding the deepest regressed tap); see models/modes.py
+    norm: str = "keep"
     layers: list[str] = field(default_factory=lambda: ["pool5"])  # taps to regress, or one preset name
     weights: list[float] = field(default_factory=list)  # one per layer; empty = 1.0 each (presets bring theirs)
     # cap on the gradient's global L2 norm (0 = off): the squared-error loss has unbounded gradients, and
@@ -299,6 +310,27 @@ def _file_name() -> tuple[Any, str]:
         "a name of up to 100 letters, digits and . _ + = - (not starting with a dot)"
 
 
+def _norm_mode() -> tuple[Any, str]:
+    """adapt.norm: one of models/modes.py's NORM_MODES, imported when a value is checked (config needs no torch)."""
+    def ok(value: str) -> bool:
+        from segadapt.models.modes import NORM_MODES
+
+        return value in NORM_MODES
+
+    return ok, "keep (H1's BatchNorm statistics) or adabn (re-estimated on D2)"
+
+
+def _json_object() -> tuple[Any, str]:
+    """Factory kwargs: empty, or the text of one JSON object (checked here, not when the factory is called)."""
+    def ok(text: str) -> bool:
+        try:
+            return not text or isinstance(json.loads(text), dict)
+        except ValueError:
+            return False
+
+    return ok, 'empty or a JSON object such as {"classes": 11}'
+
+
 def _between(lo: float, hi: float) -> tuple[Any, str]:
     return (lambda v: lo <= v <= hi), f"in [{lo}, {hi}]"
 
@@ -339,7 +371,8 @@ _LIMITS: dict[str, dict[str, tuple[Any, str]]] = {
     "ShiftConfig": {"severity": ((lambda v: 0 <= v <= 1), "in [0, 1]"), "photometric": _at_least(0), "seed": _SEED,
                     "d2_dir": _usable_path(), "pairs_csv": _usable_path()},
     "AdaptConfig": {"grad_clip": _at_least(0), "holdout": _at_least(0), "probes": _at_least(0),
-                    "h1": _usable_path(), "teacher_cache": _usable_path()},
+                    "h1": _usable_path(), "teacher_cache": _usable_path(), "h1_weights": _usable_path(),
+                    "h1_kwargs": _json_object(), "norm": _norm_mode()},
     "ExperimentConfig": {"iterations": _at_least(1), "finetune_lr": _positive(), "adapt_lr": _positive(),
                          "figure_images": _at_least(0), "reconstruct_steps": _at_least(0),
                          "seeds": ((lambda v: len(v) >= 1 and all(_SEED[0](x) for x in v)),

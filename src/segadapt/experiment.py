@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 from segadapt import checkpoint as ckpt
-from segadapt.adapt import adapt
+from segadapt.adapt import adapt, load_h1
 from segadapt.checkpoint import load_model
-from segadapt.config import RunConfig, dumps_toml
+from segadapt.config import ExperimentConfig, RunConfig, dumps_toml
 from segadapt.data import SegmentationDataset, SegmentationSource, build_source, make_transform
 from segadapt.data.d2 import d2_source, materialise_d2, with_shift
 from segadapt.data.pairs import PairedDataset
@@ -34,6 +34,9 @@ from segadapt.errors import ConfigError, DataError
 from segadapt.evaluate import evaluate
 from segadapt.losses import LAYER_PRESETS
 from segadapt.metrics import Scores, distortion
+from segadapt.models import build_model
+from segadapt.models.contract import SegmentationModel, conform, sweep_presets, tap_listing
+from segadapt.models.loading import data_norm, rebuild
 from segadapt.paths import check_name, remove_tree
 from segadapt.runtime import environment, select_device
 from segadapt.selection import agreement, finite_or_none, spearman
@@ -55,15 +58,28 @@ def _row(seed: int, shift: str, method: str, s: Scores) -> dict[str, Any]:
 BASELINES = ("B0", "B1", "B2")
 
 
-def check_experiment(cfg: RunConfig) -> None:
-    """Refuse unknown filters, baselines and layer presets before H1 trains, not hours into the sweep."""
+def check_experiment(cfg: RunConfig, model: SegmentationModel | None = None) -> None:
+    """Refuse unknown filters, baselines and layer presets before H1 trains, not hours into the sweep.
+
+    Layer presets are `model`'s (H1's architecture; default: the built-in VGG's table); a model without
+    presets (a factory's) takes tap names instead.
+    """
     from segadapt.shifts import FILTERS
 
     ex = cfg.experiment
     # with shift.d2_dir the filter names only label the given D2
     known_filters = ex.filters if cfg.shift.d2_dir else FILTERS
+    presets = list(model.layer_presets()) if model is not None else list(LAYER_PRESETS)
+    unknown_presets = [v for v in ex.layer_presets if v not in presets and (model is None or v not in model.TAPS)]
+    if unknown_presets:
+        name = type(getattr(model, "net", model)).__name__
+        known = (f"{name}'s presets {', '.join(presets)} or one of its taps" if presets else
+                 f"tap names of {name} (it has no layer presets), such as {tap_listing(model.TAPS, 6)}"
+                 ) if model is not None else ", ".join(presets)
+        raise ConfigError(f"experiment.layer_presets: unknown {', '.join(map(repr, unknown_presets))}; choose from "
+                          f"{known}")
     checks = [("experiment.filters", ex.filters, known_filters), ("experiment.baselines", ex.baselines, BASELINES),
-              ("experiment.layer_presets", ex.layer_presets, LAYER_PRESETS), ("experiment.seeds", ex.seeds, None)]
+              ("experiment.layer_presets", ex.layer_presets, None), ("experiment.seeds", ex.seeds, None)]
     for key, values, known in checks:
         unknown = [v for v in values if known is not None and v not in known]
         if unknown:
@@ -95,10 +111,53 @@ def _stage(seed: int, shift: str, what: str) -> None:
     print(f"== seed {seed}{where}: {what}", flush=True)
 
 
-def run_experiment(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
-    ex = cfg.experiment
-    check_experiment(cfg)
+def sweep_h1(cfg: RunConfig, device: torch.device,
+             h1: tuple[torch.nn.Module, dict[str, Any]] | None = None
+             ) -> tuple[RunConfig, tuple[torch.nn.Module, dict[str, Any]] | None, SegmentationModel]:
+    """The sweep's config fitted to H1's architecture, the reused H1 (None when the sweep trains it) and a model
+    of that architecture to read presets from.
+
+    A reused H1 brings its layer presets (experiment.layer_presets left at the VGG default becomes the model's
+    own) and, loaded here from adapt.h1, its normalisation (a transformers preprocessor's mean/std); a caller
+    passing `h1` has fitted cfg.data to it already (the CLI keeps a user's explicit data.mean/std).
+    """
+    loaded_here = h1 is None and bool(cfg.adapt.h1)
+    if loaded_here:
+        h1 = load_h1(cfg, device)
+    if h1 is not None:
+        model = conform(h1[0])
+    else:
+        with torch.random.fork_rng(devices=[]):  # a throwaway model: the sweep's random streams stay untouched
+            model = build_model(cfg.model.arch, 2, cfg.model.width)
+    cfg = copy.deepcopy(cfg)
+    norm = data_norm(h1[1]) if loaded_here and h1 is not None else None
+    if norm is not None:
+        cfg.data.mean, cfg.data.std = norm
+    if cfg.experiment.layer_presets == ExperimentConfig().layer_presets and model.layer_presets():
+        cfg.experiment.layer_presets = sweep_presets(model)
+    return cfg, h1, model
+
+
+def fresh_of(h1_meta: dict[str, Any], source: str, trusted: list[str], seed: int) -> torch.nn.Module | None:
+    """B1's starting point for an external H1: a randomly initialised model of H1's architecture (a transformers
+    model from the recorded config; a factory's module from the factory with its kwargs, no weights), or None
+    when the config's own architecture is H1's (the sweep's default)."""
+    if "hf_config" not in h1_meta and "factory" not in h1_meta:
+        return None
+    torch.manual_seed(seed)
+    return rebuild(h1_meta, source, trusted)
+
+
+def run_experiment(cfg: RunConfig, out_dir: Path,
+                   h1: tuple[torch.nn.Module, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The sweep into `out_dir`; `h1` (model, metadata): an H1 the caller has loaded (else adapt.h1, else trained)."""
     device = select_device(cfg.train.device)
+    cfg, reused, arch_model = sweep_h1(cfg, device, h1)
+    ex = cfg.experiment
+    check_experiment(cfg, arch_model)
+    trusted = list(cfg.adapt.trust_factories)
+    if reused is not None and "factory" in reused[1]:  # the factory the user named (or trusted) for H1
+        trusted.append(str(reused[1]["factory"]["target"]))
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt.write_text_atomic(out_dir / "config.toml", dumps_toml(cfg))
     rows: list[dict[str, Any]] = []
@@ -110,9 +169,9 @@ def run_experiment(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         seed_dir = out_dir / f"seed{seed}"
 
         # H1 on D1
-        _stage(seed, "none", "H1 (reused)" if cfg.adapt.h1 else "H1: trained on D1 with labels")
-        if cfg.adapt.h1:
-            h1, h1_meta = load_model(cfg.adapt.h1, device)
+        _stage(seed, "none", "H1 (reused)" if reused else "H1: trained on D1 with labels")
+        if reused is not None:
+            h1, h1_meta = reused
         else:
             train(base, seed_dir / "H1")
             h1, h1_meta = load_model(seed_dir / "H1", device)
@@ -138,7 +197,8 @@ def run_experiment(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                 rows.append(_row(seed, name, "B0", score(h1, d2_val, cfg, device)))
             if "B1" in ex.baselines:
                 _stage(seed, name, "B1: trained from scratch on D2 with D1's labels")
-                m = train(base, shift_dir / "B1", train_set=d2_sets[0], val_set=d2_sets[1])
+                fresh = fresh_of(h1_meta, cfg.adapt.h1, trusted, seed) if reused is not None else None
+                m = train(base, shift_dir / "B1", model=fresh, train_set=d2_sets[0], val_set=d2_sets[1])
                 rows.append(_row(seed, name, "B1", _scores_from(m)))
             if "B2" in ex.baselines:
                 _stage(seed, name, "B2: H1 fine-tuned on D2 with D1's labels")
@@ -159,14 +219,15 @@ def run_experiment(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                 if cfg.adapt.teacher_cache:  # a cache holds one H1's maps at one tap set: one per seed and preset
                     a.adapt.teacher_cache = str(Path(cfg.adapt.teacher_cache) / f"seed{seed}-{preset}")
                 res = adapt(a, shift_dir / f"H2-{preset}", pairs, teacher=h1, h1_meta=h1_meta, on_probe=miou_on_d2)
-                h2, _ = load_model(shift_dir / f"H2-{preset}", device)
+                h2, _ = load_model(shift_dir / f"H2-{preset}", device, trusted_factories=trusted)
                 rows.append(_row(seed, name, f"H2:{preset}", score(h2, d2_val, cfg, device)))
                 if res["probes"]:
                     sel = agreement(res["probes"]) | {"final_entropy": res["probes"][-1]["entropy"]}
                     selection.append({"seed": seed, "shift": name, "method": f"H2:{preset}", **sel})
 
             if seed == ex.seeds[0] and ex.figure_images > 0 and ex.layer_presets:
-                _figures(cfg, out_dir / "figures" / name, shift_dir, h1, rows, seed, name, d1_val, d2_val, device)
+                _figures(cfg, out_dir / "figures" / name, shift_dir, h1, rows, seed, name, d1_val, d2_val, device,
+                         trusted)
 
     results = summarise(rows, ex.filters)
     results["selection"] = selection
@@ -182,6 +243,7 @@ def run_experiment(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
 def _figures(
     cfg: RunConfig, out: Path, shift_dir: Path, h1: torch.nn.Module, rows: list[dict[str, Any]], seed: int,
     shift: str, d1_val: SegmentationSource, d2_val: SegmentationSource, device: torch.device,
+    trusted: list[str],
 ) -> None:
     """Feature grids, overlays and reconstructions for report.html: H2 on pool5 (the study's choice) when it
     was run, else the best preset, next to B2."""
@@ -192,8 +254,8 @@ def _figures(
     h2_name = "H2:pool5" if "H2:pool5" in h2s else max(h2s, key=lambda k: -1.0 if math.isnan(h2s[k]) else h2s[k])
     models = {}
     if "B2" in cfg.experiment.baselines and (shift_dir / "B2" / ckpt.MODEL_FILE).is_file():
-        models["B2"] = load_model(shift_dir / "B2", device)[0]
-    models[h2_name] = load_model(shift_dir / f"H2-{h2_name[3:]}", device)[0]
+        models["B2"] = load_model(shift_dir / "B2", device, trusted_factories=trusted)[0]
+    models[h2_name] = load_model(shift_dir / f"H2-{h2_name[3:]}", device, trusted_factories=trusted)[0]
     remove_tree(out, out.parent)  # figures of an earlier sweep into this --out would mix in
     try:
         write_shift_figures(cfg, out, h1, models, h2_name, d1_val, d2_val, device)

@@ -25,17 +25,23 @@ from segadapt.data import SegmentationDataset, build_dataset
 from segadapt.errors import SegadaptError
 from segadapt.evaluate import evaluate
 from segadapt.models import build_model, conform
+from segadapt.models.loading import arch_of, rebuild_meta, save_native
 from segadapt.run import Run, autocast, wrap_ddp
 from segadapt.runtime import environment
 
 LOG_FIELDS = ["step", "loss", "lr", "images_per_s", "elapsed_s", "val_miou", "val_mean_acc"]
 
 
-def model_meta(cfg: RunConfig, dataset: SegmentationDataset, step: int) -> dict[str, Any]:
+def model_meta(cfg: RunConfig, dataset: SegmentationDataset, step: int,
+               model: torch.nn.Module | None = None) -> dict[str, Any]:
+    """The model file's metadata; for a transformers or factory model also what rebuilds it (its config, its
+    factory), so an `hf:DIR` run does not need DIR later and a B2 of an external H1 is recorded as such."""
     info = dataset.info
+    native = rebuild_meta(model) if model is not None else {}
+    arch = arch_of(model, cfg.model.arch) if model is not None else cfg.model.arch
     return {
-        "arch": cfg.model.arch,
-        "width": cfg.model.width,
+        "arch": arch,
+        "width": cfg.model.width if arch == cfg.model.arch else 1.0,
         "num_classes": info.num_classes,
         "class_names": list(info.class_names),
         "ignore_index": info.ignore_index,
@@ -43,6 +49,7 @@ def model_meta(cfg: RunConfig, dataset: SegmentationDataset, step: int) -> dict[
         "dataset": info.name,
         "step": step,
         "config": to_dict(cfg),
+        **native,
     }
 
 
@@ -90,7 +97,7 @@ def train(
     model = model.to(memory_format=run.memory_format)
     groups = conform(model).param_groups(tc.lr, tc.head_lr_mult)  # the model names its head
     optimizer = torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
-    run.hold(model, optimizer, lambda: model_meta(cfg, train_set, step))  # resume point: restored if resuming
+    run.hold(model, optimizer, lambda: model_meta(cfg, train_set, step, model))  # resume point: restored if resuming
     net = wrap_ddp(model, device)
 
     # loop
@@ -141,7 +148,8 @@ def train(
     }
     run.save(step)  # the run can be extended later (--resume with more iterations)
     if run.main:
-        ckpt.save_model(run_dir / ckpt.MODEL_FILE, model, model_meta(cfg, train_set, step))
+        ckpt.save_model(run_dir / ckpt.MODEL_FILE, model, model_meta(cfg, train_set, step, model))
+        save_native(model, run_dir, mean=cfg.data.mean, std=cfg.data.std)  # hf_model/ for transformers models
         ckpt.write_json_atomic(run_dir / "metrics.json", metrics)
     run.finish(step)
     return metrics

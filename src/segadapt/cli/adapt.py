@@ -9,24 +9,31 @@ from typing import Any
 from segadapt.cli.common import (
     TRAINING,
     config_args,
+    is_model_file,
+    is_segadapt,
     other_dataset,
     output_dir,
+    require_data,
     resolve_config,
     resumed,
     trained_config,
+    with_model_norm,
 )
 from segadapt.config import RunConfig, dumps_toml
 from segadapt.errors import SegadaptError
 from segadapt.paths import check_path
 
 D2_FLAGS = ("filter", "severity", "d2_dir", "pairs")
-FLAGS = ("h1", "layers", "weights", *D2_FLAGS, *[f for f in TRAINING if f not in ("width", "arch", "init_weights")])
+H1_FLAGS = ("h1", "h1_weights", "h1_kwargs", "trust_factory")  # H1 in any form models/loading.py reads
+FLAGS = (*H1_FLAGS, "layers", "weights", "norm", *D2_FLAGS,
+         *[f for f in TRAINING if f not in ("width", "arch", "init_weights")])
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("adapt", help="adapt H1 to D2 by feature-map regression (no D2 labels)")
-    config_args(p, FLAGS, helps={"h1": "source model: a training run directory or model .safetensors "
-                                       "(required unless --resume)",
+    config_args(p, FLAGS, helps={"h1": "source model H1 (required unless --resume): a segadapt run directory or "
+                                       "model .safetensors, a transformers save_pretrained directory, or a Python "
+                                       "factory package.module:function (with --h1-weights, --h1-kwargs)",
                                  "filter": "make D2 on the fly with this filter: photocopy | ripple | cubism"})
     p.add_argument("--out", help="output directory")
     p.add_argument("--resume", metavar="RUN", help="continue the adaptation in this directory from its last checkpoint")
@@ -34,35 +41,48 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from segadapt.adapt import adapt
+    from segadapt.adapt import adapt, load_h1
     from segadapt.checkpoint import load_model_file
     from segadapt.data.d2 import training_pairs
     from segadapt.run import refuse_overwrite
 
+    teacher: tuple[Any, dict[str, Any]] | None = None
     if args.resume:
-        out, again = resumed(args, "adapt", ("h1", "layers", "weights", *D2_FLAGS, "out", "preset"))
+        out, again = resumed(args, "adapt", ("h1", "h1_weights", "h1_kwargs", "layers", "weights", "norm", *D2_FLAGS,
+                                             "out", "preset"))
         if again is None:
             return 0
         cfg = again
     else:
         if not args.h1:
             raise SegadaptError("--h1 RUN is required (the source model), or --resume RUN to continue an adaptation")
-        _, meta = load_model_file(check_path(args.h1, "--h1"))
-        cfg = other_dataset(resolve_config(args, adapt_base(meta, args.h1)), meta)  # --preset replaces H1's
+        if is_model_file(args.h1):  # a segadapt run or file: its metadata is enough here, adapt() loads it
+            _, meta = load_model_file(check_path(args.h1, "--h1"))
+        else:  # a transformers directory or a factory: loaded (and checked) once, before any output is made
+            first = resolve_config(args)  # for --h1-weights, --h1-kwargs and --trust-factory as --set may give them
+            teacher = load_h1(first, "cpu")
+            meta = teacher[1]
+        require_data(args, meta, args.h1)
+        cfg = with_model_norm(other_dataset(resolve_config(args, adapt_base(meta, args.h1)), meta), meta, args)
 
     pairs = training_pairs(cfg)
     if not args.resume:
         out = output_dir(args.out, cfg.out_dir, "adapt")
         refuse_overwrite(out)
     print(dumps_toml(cfg))
-    result = adapt(cfg, Path(out), pairs, resume=bool(args.resume))
+    h1, h1_meta = teacher if teacher is not None else (None, None)
+    result = adapt(cfg, Path(out), pairs, teacher=h1, h1_meta=h1_meta, resume=bool(args.resume))
     if result["final_loss"] is not None:
         print(f"regression loss (last batch) {result['final_loss']:.5g}, per layer {result['final_layer_loss']}")
     print(f"adapted model: {out / 'model.safetensors'}")
+    for native in ("hf_model", "factory_weights.safetensors"):
+        if (out / native).exists():
+            print(f"  and in H1's own format: {out / native}")
     if result["selected_step"] is not None:
         print(f"label-free choice: {out / 'model_selected.safetensors'} (step {result['selected_step']}, lowest "
               f"held-out regression loss; selection.csv)")
-    print(f"next: {score_hint(cfg, out)}; look: segadapt viz features --h1 {cfg.adapt.h1} --h2 {out} "
+    weights = f" --h1-weights {cfg.adapt.h1_weights}" if cfg.adapt.h1_weights else ""
+    print(f"next: {score_hint(cfg, out)}; look: segadapt viz features --h1 {cfg.adapt.h1}{weights} --h2 {out} "
           f"--out {out / 'viz'} ...")
     return 0
 
@@ -73,10 +93,13 @@ def adapt_base(meta: dict[str, Any], h1: str) -> RunConfig:
     from segadapt.config import AdaptConfig, from_dict
     from segadapt.errors import ConfigError
 
-    try:
-        base = from_dict(RunConfig, meta["config"], f"{h1} metadata")
-    except (ConfigError, KeyError, TypeError):
-        return trained_config(meta, h1)
+    if not is_segadapt(meta):  # a transformers or factory H1: the study's defaults, the data from the command line
+        base = trained_config(meta, h1)
+    else:
+        try:
+            base = from_dict(RunConfig, meta["config"], f"{h1} metadata")
+        except (ConfigError, KeyError, TypeError):
+            return trained_config(meta, h1)
     base.model.width, base.model.arch = meta["width"], meta["arch"]
     base.name, base.train.time_budget_s = "adapt", 0.0
     # what D2 is and what to regress come from this command, not from how H1 happened to be run

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +35,19 @@ def names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def _absolute(text: str) -> str:
-    """A model path stored absolute, so a resumed run finds it from any working directory."""
-    return str(check_path(text, "--h1").resolve())
+def _absolute(flag: str, text: str) -> str:
+    """A path stored absolute, so a resumed run finds it from any working directory."""
+    return str(check_path(text, flag).resolve())
+
+
+def _model_spec(flag: str, text: str) -> str:
+    """A model path made absolute; a factory spec (package.module:function, not a path) kept as written."""
+    return text if is_factory(text) else _absolute(flag, text)
+
+
+def _arch(flag: str, text: str) -> str:
+    """model.arch: a registry name as given, hf:DIR with DIR absolute (a resumed run rebuilds from it)."""
+    return f"hf:{_absolute(flag, text[3:])}" if text.startswith("hf:") else text
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,8 @@ class Flag:
     help: str
     type: Callable[[str], Any] = str
     convert: Callable[[str, str], Any] | None = None  # (flag, text) -> value, for values argparse cannot type
+    repeat: bool = False  # may be given several times; the key holds the list
+    aliases: tuple[str, ...] = ()  # other option strings of the same flag
 
 
 # flag (dest name) -> the config key it sets; a command picks the ones it uses
@@ -57,7 +70,8 @@ FLAGS: dict[str, Flag] = {
     "batch_size": Flag("train.batch_size", "global batch size", int),
     "lr": Flag("train.lr", "base learning rate", float),
     "width": Flag("model.width", "VGG channel multiplier (1.0 = paper, 0.25 = CPU)", float),
-    "arch": Flag("model.arch", "vgg16_deeplab | pixel"),
+    "arch": Flag("model.arch", "vgg16_deeplab | pixel | segformer_b0 | hf:DIR (a fresh model of the transformers "
+                 "config.json in DIR)", convert=_arch),
     "init_weights": Flag("model.init_weights", "torchvision-format VGG-16 ImageNet state dict (.pth or .safetensors)"),
     "device": Flag("train.device", "auto | cpu | cuda | cuda:N"),
     "seed": Flag("train.seed", "random seed", int),
@@ -65,8 +79,15 @@ FLAGS: dict[str, Flag] = {
     "time_budget": Flag("train.time_budget_s", "stop training after this many seconds", float),
     "workers": Flag("data.num_workers", "data-loader worker processes", int),
     "out_dir": Flag("out_dir", "folder for new run directories"),
-    "h1": Flag("adapt.h1", "source model: a training run directory or model .safetensors", convert=lambda f, t:
-               _absolute(t)),
+    "h1": Flag("adapt.h1", "source model H1: a segadapt run directory or model .safetensors, a transformers "
+               "save_pretrained directory, or a Python factory package.module:function", convert=_model_spec),
+    "h1_weights": Flag("adapt.h1_weights", "factory H1's weights: a state dict (.safetensors, or .pth read with "
+                       "weights_only=True)", convert=_absolute),
+    "h1_kwargs": Flag("adapt.h1_kwargs", "factory H1's keyword arguments as a JSON object, e.g. '{\"classes\": 11}'"),
+    "trust_factory": Flag("adapt.trust_factories", "let a model file that names this factory (package.module:"
+                          "function) be rebuilt by calling it, which runs its code; repeatable", repeat=True,
+                          aliases=("--factory",)),
+    "norm": Flag("adapt.norm", "BatchNorm statistics while adapting: keep (H1's) | adabn (re-estimated on D2)"),
     "layers": Flag("adapt.layers", "taps to regress, comma-separated (pool1..pool5, fc6, fc7) or a preset: "
                    "pool1..pool5, all (= all_inc), all_inc, all_dec", convert=lambda f, t: names(t)),
     "weights": Flag("adapt.weights", "one weight per layer, comma-separated (default 1.0 each)",
@@ -96,10 +117,11 @@ def config_args(p: argparse.ArgumentParser, flags: Sequence[str], *, presets: bo
     for name in flags:
         f = FLAGS[name]
         if keys and name in keys:
-            f = Flag(keys[name], f.help, f.type, f.convert)
+            f = Flag(keys[name], f.help, f.type, f.convert, f.repeat, f.aliases)
         chosen[name] = f
-        g.add_argument(f"--{name.replace('_', '-')}", type=f.type, required=name in required,
-                       help=(helps or {}).get(name, f.help))
+        extra: dict[str, Any] = {"action": "append"} if f.repeat else {}
+        g.add_argument(f"--{name.replace('_', '-')}", *f.aliases, type=f.type, required=name in required,
+                       help=(helps or {}).get(name, f.help), **extra)
     p.set_defaults(config_flags=chosen)
 
 
@@ -115,7 +137,8 @@ def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> R
         if value is None:
             continue
         if f.convert is not None:
-            value = f.convert(f"--{dest.replace('_', '-')}", value)
+            flag = f"--{dest.replace('_', '-')}"
+            value = [f.convert(flag, v) for v in value] if f.repeat else f.convert(flag, value)
         *section, key = f.key.split(".")
         (overrides.setdefault(section[0], {}) if section else overrides)[key] = value
     for text in getattr(args, "set", []):
@@ -246,17 +269,107 @@ def same_classes(path: str | Path, meta: dict[str, Any], cfg: RunConfig, num_cla
 
 
 def trained_config(meta: dict[str, Any], model_path: str | Path) -> RunConfig:
-    """The data settings and architecture a model was trained with, from its metadata."""
+    """The data settings and architecture a model was trained with, from its metadata. An external model (a
+    transformers directory, a factory) records no data settings: the defaults stand in, with its
+    normalisation, and the command line must name the data (`require_data`)."""
     from segadapt.config import DataConfig, from_dict
 
+    if not is_segadapt(meta):
+        trained = RunConfig()
+        trained.model.arch, trained.model.width = str(meta.get("arch", "")), float(meta.get("width", 1.0))
+        return with_model_norm(trained, meta)
     trained = RunConfig(data=from_dict(DataConfig, meta["config"]["data"], f"{model_path} metadata"))
     trained.model.width, trained.model.arch = meta["width"], meta["arch"]
     return trained
 
 
 def model_config(args: argparse.Namespace, meta: dict[str, Any], model_path: str | Path) -> RunConfig:
-    """A trained model's settings, overridden by the command line."""
-    return other_dataset(resolve_config(args, trained_config(meta, model_path)), meta)
+    """A trained model's settings, overridden by the command line (which names the data of an external one)."""
+    require_data(args, meta, model_path)
+    cfg = other_dataset(resolve_config(args, trained_config(meta, model_path)), meta)
+    return with_model_norm(cfg, meta, args)
+
+
+def is_segadapt(meta: dict[str, Any]) -> bool:
+    """Whether a model's metadata holds the config of a segadapt run (train or adapt), data settings included."""
+    return isinstance(meta.get("config"), dict) and isinstance(meta["config"].get("data"), dict)
+
+
+def _given_keys(args: argparse.Namespace) -> set[str]:
+    """The config keys the user set explicitly, as section.key: in --config FILE or with --set."""
+    keys: set[str] = set()
+    if getattr(args, "config", None):
+        keys |= {f"{t}.{k}" for t, table in read_toml(args.config).items() if isinstance(table, dict) for k in table}
+    for text in getattr(args, "set", []):
+        keys.add(text.partition("=")[0].strip())
+    return keys
+
+
+def require_data(args: argparse.Namespace, meta: dict[str, Any], model: str | Path) -> None:
+    """An external model knows nothing of the data it is to see: refuse, in one line, a command that names none."""
+    if is_segadapt(meta) or getattr(args, "dataset", None) or getattr(args, "preset", None) \
+            or getattr(args, "pairs", None) or any(k.startswith("data.") for k in _given_keys(args)):
+        return
+    kind = {"hf": "transformers", "factory": "factory"}.get(str(meta.get("arch")), "external")
+    raise SegadaptError(f"{model}: a {kind} model records no dataset settings; name the data with --dataset NAME "
+                        f"--root DIR (or --preset / --config FILE)")
+
+
+def with_model_norm(cfg: RunConfig, meta: dict[str, Any], args: argparse.Namespace | None = None) -> RunConfig:
+    """data.mean/std from the normalisation a model records (a transformers preprocessor), before any dataset is
+    built; values the user set explicitly (--config, --set) are kept, with a one-line warning when they differ."""
+    from segadapt.models.loading import data_norm
+
+    norm = data_norm(meta)
+    if norm is None:
+        return cfg
+    given = {"data.mean", "data.std"} & _given_keys(args) if args is not None else set()
+    if not given:
+        cfg.data.mean, cfg.data.std = norm
+    elif [list(cfg.data.mean), list(cfg.data.std)] != [norm[0], norm[1]]:
+        print(f"warning: using your data.mean {list(cfg.data.mean)} and data.std {list(cfg.data.std)}, not the "
+              f"model's preprocessor normalisation (mean {norm[0]}, std {norm[1]})", file=sys.stderr)
+    return cfg
+
+
+def model_args(p: argparse.ArgumentParser, name: str = "model", trust: bool = True) -> None:
+    """--NAME-weights and --NAME-kwargs for a model named by a factory spec, and --trust-factory (once)."""
+    p.add_argument(f"--{name}-weights", help=f"with a factory --{name}: its state dict (.safetensors, or .pth read "
+                                             "with weights_only=True)")
+    p.add_argument(f"--{name}-kwargs", help=f"with a factory --{name}: its keyword arguments as a JSON object")
+    if trust:
+        p.add_argument("--trust-factory", "--factory", action="append", default=[], metavar="PKG.MOD:FN",
+                       help="let a model file naming this factory be rebuilt by calling it (runs its code); "
+                            "repeatable")
+
+
+MODEL_FORMS = ("a segadapt run directory or model .safetensors, a transformers save_pretrained directory, or a "
+               "Python factory package.module:function")
+
+
+def is_factory(spec: str) -> bool:
+    """A factory spec package.module:function that is not an existing path."""
+    from segadapt.models.factory import is_factory_spec
+
+    return is_factory_spec(spec) and not Path(spec).exists()
+
+
+def is_model_file(spec: str) -> bool:
+    """A segadapt run directory or model file (not a transformers directory or a factory spec)."""
+    path = Path(spec)
+    return path.is_file() or (path.is_dir() and not (path / "config.json").is_file())
+
+
+def load_model_arg(spec: str, flag: str, weights: str | None = None, kwargs: str | None = None,
+                   trusted: Sequence[str] = (), device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """Any model form a command accepts (segadapt run or file, transformers directory, factory spec), through
+    models.loading.load_any; the path is checked first, a factory's weights file too."""
+    from segadapt.models.loading import load_any
+
+    check_path(spec, flag)
+    if weights:
+        check_path(weights, f"{flag}-weights")
+    return load_any(spec, device, weights=weights or None, kwargs=kwargs or None, trusted_factories=trusted)
 
 
 def other_dataset(cfg: RunConfig, meta: dict[str, Any]) -> RunConfig:

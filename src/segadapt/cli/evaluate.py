@@ -5,14 +5,29 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segadapt.cli.common import DATA, config_args, json_out, other_dataset, resolve_config, same_classes, trained_config
+from segadapt.cli.common import (
+    DATA,
+    MODEL_FORMS,
+    config_args,
+    is_factory,
+    json_out,
+    load_model_arg,
+    model_args,
+    other_dataset,
+    require_data,
+    resolve_config,
+    same_classes,
+    trained_config,
+    with_model_norm,
+)
 from segadapt.errors import SegadaptError
 from segadapt.paths import check_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score a model: pixel acc, mean acc, per-class IoU, mIoU")
-    p.add_argument("--model", required=True, help="run directory or model .safetensors")
+    p.add_argument("--model", required=True, help=f"the model: {MODEL_FORMS}")
+    model_args(p)
     p.add_argument("--split", help="split to evaluate (default: the config's val split)")
     p.add_argument("--out", help="JSON output (default: <run>/eval_<dataset>_<split>.json; scored at another "
                    "--root: eval_<dataset>-<root name>_<split>.json)")
@@ -21,15 +36,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from segadapt.checkpoint import load_model, write_json_atomic
+    from segadapt.checkpoint import write_json_atomic
     from segadapt.data import build_dataset
     from segadapt.evaluate import evaluate
     from segadapt.runtime import environment, select_device
 
     json_out(args.out)
-    model, meta = load_model(check_path(args.model, "--model"))
+    model, meta = load_model_arg(args.model, "--model", args.model_weights, args.model_kwargs, args.trust_factory)
+    require_data(args, meta, args.model)
     trained = trained_config(meta, args.model)
-    cfg = other_dataset(resolve_config(args, trained), meta)
+    cfg = with_model_norm(other_dataset(resolve_config(args, trained), meta), meta, args)
     if cfg.data.dataset == "synthetic" and args.root:
         raise SegadaptError("--root: the synthetic scenes are generated, not read; to score a shifted copy use "
                             "segadapt distortion --model MODEL --filter F --d2-dir DIR")
@@ -50,7 +66,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "environment": environment(),
     }
     root = cfg.data.root if cfg.data.root != trained.data.root else ""  # scored on other data (a D2)
-    out = check_path(args.out, "--out") if args.out else default_eval_path(args.model, cfg.data.dataset, split, root)
+    where_to = (args.model_weights or ".") if is_factory(args.model) else args.model  # a spec is not a folder
+    out = check_path(args.out, "--out") if args.out else default_eval_path(where_to, cfg.data.dataset, split, root)
     write_json_atomic(out, result)
     where = f" at {cfg.data.root}" if cfg.data.root else ""
     print(f"{cfg.data.dataset}/{split}{where}: mIoU {s.miou:.4f}  mean acc {s.mean_acc:.4f}  "
@@ -62,7 +79,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def default_eval_path(model: str, dataset: str, split: str, root: str = "") -> Path:
-    """eval_<dataset>_<split>.json beside the model; data from another root (a D2) gets its own file."""
+    """eval_<dataset>_<split>.json beside the model (a factory's: beside its weights, or here); data from
+    another root (a D2) gets its own file."""
     p = Path(model)
     folder = p if p.is_dir() else p.parent
     tag = f"{dataset}-{Path(root).name}" if root else dataset

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
-from segadapt.cli.common import TRAINING, config_args, output_dir, resolve_config
+from segadapt.cli.adapt import H1_FLAGS
+from segadapt.cli.common import TRAINING, config_args, output_dir, require_data, resolve_config, with_model_norm
 from segadapt.config import RunConfig, dumps_toml, preset
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("experiment", help="the study's sweep: H1, distortion, B0/B1/B2, regression presets")
-    config_args(p, TRAINING)
+    config_args(p, (*TRAINING, *H1_FLAGS, "norm"),
+                helps={"h1": "reuse this H1 instead of training one: a segadapt run or model file, a transformers "
+                             "save_pretrained directory, or a factory package.module:function"})
     p.add_argument("--out", help="output directory")
     p.set_defaults(func=cmd_experiment)
 
@@ -27,14 +31,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
-    return _sweep(cfg, output_dir(args.out, cfg.out_dir, f"{cfg.name}-experiment"))
+    h1 = None
+    if cfg.adapt.h1:  # a reused H1, loaded once: it brings its normalisation, presets and architecture
+        from segadapt.adapt import load_h1
+
+        h1 = load_h1(cfg, "cpu")
+        require_data(args, h1[1], cfg.adapt.h1)
+        cfg = with_model_norm(cfg, h1[1], args)
+    return _sweep(cfg, output_dir(args.out, cfg.out_dir, f"{cfg.name}-experiment"), h1)
 
 
-def _sweep(cfg: RunConfig, out: Path) -> int:
+def _sweep(cfg: RunConfig, out: Path, h1: tuple[Any, dict[str, Any]] | None = None) -> int:
     from segadapt.experiment import run_experiment
 
     print(dumps_toml(cfg))
-    results = run_experiment(cfg, out)
+    results = run_experiment(cfg, out, h1)
     print((out / "results.md").read_text())
     print(f"report: {results.get('report') or out / 'results.md'}")
     return 0

@@ -5,7 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segadapt.cli.common import DATA, claim, config_args, json_out, model_config, resolve_config, same_classes
+from segadapt.cli.common import (
+    DATA,
+    MODEL_FORMS,
+    claim,
+    config_args,
+    json_out,
+    load_model_arg,
+    model_args,
+    model_config,
+    resolve_config,
+    same_classes,
+)
 from segadapt.config import ShiftConfig
 from segadapt.paths import check_path
 
@@ -27,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_shift)
 
     p = sub.add_parser("distortion", help="the study's distortion of a shift: D1 vs D2 accuracy and mIoU of a model")
-    p.add_argument("--model", required=True, help="run directory or model .safetensors")
+    p.add_argument("--model", required=True, help=f"the model: {MODEL_FORMS}")
+    model_args(p)
     config_args(p, (*DATA, "filter", "severity", "seed", "d2_dir", "device"), presets=False, keys=SHIFT_SEED,
                 required=("filter",), helps={**SEED_HELP, "filter": "photocopy | ripple | cubism",
                                              "d2_dir": "score this `segadapt shift` output as D2 instead of "
@@ -77,7 +89,7 @@ def _shift_raster(args: argparse.Namespace, s: ShiftConfig) -> int:
 
 def cmd_distortion(args: argparse.Namespace) -> int:
     """The study's distortion of a shift for a model: how much accuracy and mIoU fall from D1 to D2."""
-    from segadapt.checkpoint import load_model, write_json_atomic
+    from segadapt.checkpoint import write_json_atomic
     from segadapt.data import build_source
     from segadapt.data.d2 import d2_source, same_shift
     from segadapt.experiment import score
@@ -86,7 +98,7 @@ def cmd_distortion(args: argparse.Namespace) -> int:
     from segadapt.selection import finite_or_none
 
     json_out(args.out)
-    model, meta = load_model(check_path(args.model, "--model"))
+    model, meta = load_model_arg(args.model, "--model", args.model_weights, args.model_kwargs, args.trust_factory)
     cfg = model_config(args, meta, args.model)
     device = select_device(cfg.train.device)
     model = model.to(device)

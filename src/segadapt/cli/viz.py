@@ -6,7 +6,18 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from segadapt.cli.common import DATA, claim, config_args, model_config, names, numbers, same_classes
+from segadapt.cli.common import (
+    DATA,
+    MODEL_FORMS,
+    claim,
+    config_args,
+    load_model_arg,
+    model_args,
+    model_config,
+    names,
+    numbers,
+    same_classes,
+)
 from segadapt.config import RunConfig
 from segadapt.errors import SegadaptError
 from segadapt.paths import check_path
@@ -18,18 +29,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("viz", help="figures: feature maps, reconstructions, overlays, a sweep's report.html")
     viz = p.add_subparsers(dest="viz_command", required=True)
     v = viz.add_parser("features", help="H1 vs H2 feature maps on D1/D2 pairs, with |difference| and errors")
-    v.add_argument("--h1", required=True, help="source model (run directory or .safetensors)")
-    v.add_argument("--h2", required=True, help="adapted model")
-    v.add_argument("--layers", default="pool1,pool2,pool3,pool4,pool5", help="taps, one grid row each")
+    v.add_argument("--h1", required=True, help=f"source model: {MODEL_FORMS}")
+    v.add_argument("--h2", required=True, help="adapted model (any form --h1 takes; e.g. the adapt run directory)")
+    model_args(v, "h1")
+    model_args(v, "h2", trust=False)
+    v.add_argument("--layers", help="taps, one grid row each (default: the model's stages, e.g. pool1..pool5 or "
+                                    "stage1..stage4)")
     v.add_argument("--channels", help="TAP=INDEX pairs; default: the channel of highest H1 variance on X1")
     _pair_args(v)
     v.set_defaults(func=cmd_features)
 
     v = viz.add_parser("reconstruct", help="the image as a model sees it: white noise optimised to match features")
-    v.add_argument("--model", required=True, help="model whose features are matched (e.g. the adapted H2)")
+    v.add_argument("--model", required=True, help=f"model whose features are matched (e.g. the adapted H2): "
+                                                   f"{MODEL_FORMS}")
+    model_args(v)
     v.add_argument("--image", help="an image file (default: --index of the model's dataset)")
     v.add_argument("--index", type=int, default=0, help="image index in the split when no --image is given")
-    v.add_argument("--layers", help="taps for the style (Gram) loss (default pool1..pool5)")
+    v.add_argument("--layers", help="taps for the style (Gram) loss (default: the model's stages, e.g. pool1..pool5)")
     v.add_argument("--content-layers", help="taps for the content loss (default: --layers without the shallowest)")
     v.add_argument("--tv-weight", type=float, default=2.0, help="total-variation prior (0 = off)")
     v.add_argument("--steps", type=int, default=300)
@@ -44,7 +60,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.set_defaults(func=cmd_reconstruct)
 
     v = viz.add_parser("overlays", help="image, ground truth and each model's prediction, in the dataset's colours")
-    v.add_argument("--models", required=True, help="NAME=RUN pairs, e.g. H1=runs/h1,B2=runs/b2,H2=runs/h2")
+    v.add_argument("--models", required=True, help="NAME=MODEL pairs, e.g. H1=runs/h1,B2=runs/b2,H2=runs/h2; a "
+                   "MODEL is any form --h1 takes (a factory's weights and kwargs: --model-weights, --model-kwargs)")
+    v.add_argument("--model-weights", action="append", default=[], metavar="NAME=FILE",
+                   help="weights of the factory model NAME (repeatable)")
+    v.add_argument("--model-kwargs", action="append", default=[], metavar="NAME=JSON",
+                   help="keyword arguments of the factory model NAME (repeatable)")
+    v.add_argument("--trust-factory", "--factory", action="append", default=[], metavar="PKG.MOD:FN",
+                   help="let a model file naming this factory be rebuilt by calling it (runs its code); repeatable")
     _pair_args(v)
     v.set_defaults(func=cmd_overlays)
 
@@ -97,20 +120,19 @@ def _parse_channels(text: str | None) -> dict[str, int]:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from segadapt.checkpoint import load_model
     from segadapt.data.pairs import PairedDataset
     from segadapt.runtime import select_device
     from segadapt.viz.features import write_feature_grids
 
-    h1, meta = load_model(check_path(args.h1, "--h1"))
-    h2, _ = load_model(check_path(args.h2, "--h2"))
+    h1, meta = load_model_arg(args.h1, "--h1", args.h1_weights, args.h1_kwargs, args.trust_factory)
+    h2, _ = load_model_arg(args.h2, "--h2", args.h2_weights, args.h2_kwargs, args.trust_factory)
     cfg = model_config(args, meta, args.h1)
     device = select_device(cfg.train.device)
     h1, h2 = h1.to(device), h2.to(device)
     d1, d2, ids, tf = _val_pairs(args, cfg)
     pairs = PairedDataset(d1, d2, tf)
     images = [(x1.to(device), x2.to(device)) for x1, x2 in (pairs[i] for i in ids)]
-    taps = names(args.layers)
+    taps = names(args.layers) if args.layers else default_taps(h1, args.h1)
     out = claim(check_path(args.out, "--out"))
     try:
         s = write_feature_grids(h1, h2, images, taps, out, tf.denormalize, names=[d1.stem(i) for i in ids],
@@ -125,12 +147,11 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from segadapt.checkpoint import load_model
     from segadapt.data import build_source, make_transform
     from segadapt.runtime import select_device
     from segadapt.viz.reconstruct import ReconstructConfig, reconstruct_image
 
-    model, meta = load_model(check_path(args.model, "--model"))
+    model, meta = load_model_arg(args.model, "--model", args.model_weights, args.model_kwargs, args.trust_factory)
     cfg = model_config(args, meta, args.model)
     device = select_device(cfg.train.device)
     tf = make_transform(cfg.data, False, 255)
@@ -147,8 +168,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     rc = ReconstructConfig(steps=args.steps, optimizer=args.optimizer, lr=args.step_size, seed=args.seed,
                            style_weight=args.style_weight, content_weight=args.content_weight,
                            tv_weight=args.tv_weight)
-    if args.layers:
-        rc.taps = names(args.layers)
+    rc.taps = names(args.layers) if args.layers else default_taps(model, args.model)
     if args.content_layers:
         rc.content_taps = names(args.content_layers)
     out = claim(check_path(args.out, "--out"))
@@ -164,7 +184,6 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_overlays(args: argparse.Namespace) -> int:
-    from segadapt.checkpoint import load_model
     from segadapt.data import SegmentationDataset
     from segadapt.runtime import select_device
     from segadapt.viz.overlays import overlay_figure, predict
@@ -175,7 +194,10 @@ def cmd_overlays(args: argparse.Namespace) -> int:
     labels = [name.strip() for name, _, _ in named]
     if len(set(labels)) != len(labels):
         raise SegadaptError(f"--models {args.models!r}: each NAME once (a second would replace the first)")
-    loaded = {label: (path.strip(), *load_model(check_path(path.strip(), "--models")))
+    weights, kwargs = _per_name(args.model_weights, "--model-weights", labels), \
+        _per_name(args.model_kwargs, "--model-kwargs", labels)
+    loaded = {label: (path.strip(), *load_model_arg(path.strip(), "--models", weights.get(label), kwargs.get(label),
+                                                    args.trust_factory))
               for label, (_, _, path) in zip(labels, named)}
     cfg = model_config(args, loaded[labels[0]][2], loaded[labels[0]][0])
     device = select_device(cfg.train.device)
@@ -195,6 +217,29 @@ def cmd_overlays(args: argparse.Namespace) -> int:
                        out / f"overlay_{source.stem(i)}.png", title=source.stem(i))
     print(f"wrote {len(ids)} overlays to {out}")
     return 0
+
+
+def _per_name(items: list[str], flag: str, labels: list[str]) -> dict[str, str]:
+    """NAME=VALUE items of a repeatable flag, each NAME one of --models'."""
+    out: dict[str, str] = {}
+    for item in items:
+        label, sep, value = item.partition("=")
+        if not sep or label.strip() not in labels:
+            raise SegadaptError(f"{flag} {item!r}: expected NAME=VALUE with NAME one of --models' "
+                                f"({', '.join(labels)})")
+        out[label.strip()] = value
+    return out
+
+
+def default_taps(model: Any, spec: str) -> list[str]:
+    """The model's stage taps (its one-tap presets) for figure rows, or one line asking for --layers."""
+    from segadapt.models.contract import conform, preset_taps, tap_listing
+
+    taps = preset_taps(conform(model))
+    if not taps:
+        raise SegadaptError(f"{spec}: this model has no named stages; pass --layers with tap names such as "
+                            f"{tap_listing(conform(model).TAPS, 6)}")
+    return taps
 
 
 def cmd_report(args: argparse.Namespace) -> int:

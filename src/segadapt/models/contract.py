@@ -83,6 +83,30 @@ def tap_listing(taps: Sequence[str], most: int = 16) -> str:
     return f"{', '.join(short)} and {len(paths)} module paths such as {paths[0]} (see model.named_modules())"
 
 
+def preset_taps(model: SegmentationModel) -> list[str]:
+    """The taps the model's one-tap presets name, input to output (VGG: pool1..pool5, transformers models:
+    stage1..stageN, a factory model: none): the default rows of feature figures and reconstructions."""
+    single = {taps[0] for taps, _ in model.layer_presets().values() if len(taps) == 1}
+    return [t for t in model.TAPS if t in single]
+
+
+def sweep_presets(model: SegmentationModel) -> list[str]:
+    """The model's layer presets for a sweep: every name of its table but `all`, an alias of `all_inc`."""
+    table = model.layer_presets()
+    return [name for name in table if not (name == "all" and table.get("all_inc") == table[name])]
+
+
+def translation_equivariant(model: nn.Module) -> bool:
+    """Whether a crop's feature maps are a window of the whole frame's (away from the border): true for
+    convolutional networks; a model says otherwise with `translation_equivariant = False` (global attention,
+    as SegFormer's), on itself or on the module it wraps."""
+    for m in (model, getattr(model, "net", None)):
+        flag = getattr(m, "translation_equivariant", None)
+        if flag is not None:
+            return bool(flag)
+    return True
+
+
 def head_split(model: nn.Module, head: Sequence[nn.Parameter], lr: float, head_lr_mult: float) -> ParamGroups:
     """Two groups: the body at `lr` and `head` at `lr * head_lr_mult`; each group records its base_lr for
     the poly schedule. Every parameter is in exactly one group."""

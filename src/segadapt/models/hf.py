@@ -118,6 +118,8 @@ class HFSegmentation(nn.Module):
         super().__init__()
         self.net, self.layout, self.example = net, layout_of(net), tuple(example)
         self.num_classes = int(net.config.num_labels)
+        # SegFormer's attention is global: every map cell depends on the whole input (see contract.py)
+        self.translation_equivariant = net.config.model_type != "segformer"
         self.aliases = {f"stage{i + 1}": i for i in range(len(self.layout.stages))}
         self.TAPS = self._list_taps()
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,20 @@ SEGFORMER_B0: dict[str, Any] = {
     "classifier_dropout_prob": 0.1, "drop_path_rate": 0.1, "layer_norm_eps": 1e-6,
     "decoder_hidden_size": 256, "semantic_loss_ignore_index": 255,
 }
+
+
+@contextmanager
+def quiet(transformers: Any) -> Iterator[None]:
+    """transformers' own progress bars off for a block ("Loading weights", "Writing model shards"): they would
+    break segadapt's one-line errors and its progress display."""
+    logging = transformers.utils.logging
+    was = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            logging.enable_progress_bar()
 
 
 def is_hf_dir(path: str | Path) -> bool:
@@ -173,8 +188,10 @@ def load_hf_dir(path: str | Path, device: torch.device | str = "cpu") -> tuple[H
         raise CheckpointError(f"{folder}: no {WEIGHTS_FILE} beside {CONFIG_FILE}; {fix}")
     transformers = require_transformers()
     try:
-        net, info = transformers.AutoModelForSemanticSegmentation.from_pretrained(
-            folder, local_files_only=True, use_safetensors=True, trust_remote_code=False, output_loading_info=True)
+        with quiet(transformers):
+            net, info = transformers.AutoModelForSemanticSegmentation.from_pretrained(
+                folder, local_files_only=True, use_safetensors=True, trust_remote_code=False,
+                output_loading_info=True)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{folder}: transformers could not load it ({first}); re-save it with "
@@ -199,7 +216,8 @@ def save_hf_dir(model: HFSegmentation, src_dir: str | Path | None, dst_dir: str 
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
-        model.net.save_pretrained(tmp)
+        with quiet(require_transformers()):
+            model.net.save_pretrained(tmp)
         for name in (CONFIG_FILE, PREPROCESSOR_FILE):
             if src_dir is not None and (Path(src_dir) / name).is_file():
                 shutil.copyfile(Path(src_dir) / name, tmp / name)

@@ -6,7 +6,7 @@ model.safetensors), or a Python factory `package.module:function` (with a weight
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,47 @@ def rebuild(meta: Mapping[str, Any], source: str | Path, trusted_factories: Coll
         target = str(recorded.get("target", "?"))
         if target not in trusted_factories:
             raise CheckpointError(f"{source}: built by the Python factory {target}; loading it runs that code, so "
-                                  f"trust it explicitly (--factory {target})")
+                                  f"trust it explicitly (--trust-factory {target}, short --factory {target})")
         return factory.rebuild(meta, source)
     return build_model(meta["arch"], meta["num_classes"], meta["width"])
+
+
+def data_norm(meta: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:
+    """(mean, std) in 0..1 pixel units that an external H1 records (a transformers preprocessor), or None:
+    the data transform must normalise with them, whatever the preset says."""
+    mean, std = meta.get("image_mean"), meta.get("image_std")
+    if mean is None or std is None:
+        return None
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def arch_of(model: nn.Module, arch: str) -> str:
+    """The `arch` a model file records: the config's registry name when it built this model, else the
+    family ("hf", "factory"), so that a B2 or B1 of an external H1 is not labelled with the config's VGG."""
+    from segadapt.models.hf import HFSegmentation
+
+    if isinstance(model, FactoryModel):
+        return "factory"
+    if isinstance(model, HFSegmentation) and not (arch == "segformer_b0" or arch.startswith("hf:")):
+        return "hf"
+    return arch
+
+
+def save_native(model: nn.Module, run_dir: Path, source: str | Path | None = None, mean: Sequence[float] = (),
+                std: Sequence[float] = (), suffix: str = "") -> Path | None:
+    """The model also in its own family's format, beside segadapt's model file: a transformers model as
+    `run_dir/hf_model{suffix}/` (H1's config and preprocessor files copied from `source`), a factory model as
+    `run_dir/factory_weights{suffix}.safetensors` (a plain state dict its factory's module loads). None for
+    the built-in architectures, whose format is segadapt's."""
+    from segadapt.models.hf import HFSegmentation
+
+    if isinstance(model, HFSegmentation):
+        from segadapt.models.hf_dir import save_hf_dir
+
+        src = Path(source) if source and Path(source).is_dir() else None
+        return save_hf_dir(model, src, run_dir / f"hf_model{suffix}", mean, std)
+    if isinstance(model, FactoryModel):
+        from segadapt.models.factory import save_factory_weights
+
+        return save_factory_weights(model, run_dir / f"factory_weights{suffix}.safetensors")
+    return None

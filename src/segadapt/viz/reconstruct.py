@@ -387,12 +387,13 @@ def reconstruct_image(
     if isinstance(model, nn.Module):
         net = model
     else:
-        from segadapt.train import load_model  # imported late: only this path needs the training stack
+        from segadapt.models.loading import load_any  # any model form: run, model file, transformers directory
 
-        net, meta = load_model(model, device)
+        net, meta = load_any(model, device)
     data_cfg = meta.get("config", {}).get("data", {})
-    mean = list(mean if mean is not None else data_cfg.get("mean", IMAGENET_MEAN))
-    std = list(std if std is not None else data_cfg.get("std", IMAGENET_STD))
+    recorded = (meta.get("image_mean"), meta.get("image_std"))  # a transformers preprocessor's, 0..1 units
+    mean = list(mean if mean is not None else recorded[0] or data_cfg.get("mean", IMAGENET_MEAN))
+    std = list(std if std is not None else recorded[1] or data_cfg.get("std", IMAGENET_STD))
     x1 = _resize(_load_image(image, mean, std), size)
     if name is None:
         name = Path(image).stem if isinstance(image, (str, Path)) else "image"

@@ -16,10 +16,9 @@ from tqdm import tqdm
 
 from segadapt.config import RunConfig
 from segadapt.data import SegmentationDataset, SegmentationSource, make_transform, spread_indices
+from segadapt.models.contract import conform, preset_taps
 from segadapt.viz.features import write_feature_grids
 from segadapt.viz.overlays import overlay_figure, predict
-
-FEATURE_TAPS = ["pool1", "pool2", "pool3", "pool4", "pool5"]
 
 
 def write_shift_figures(
@@ -45,9 +44,10 @@ def write_shift_figures(
     summary: dict[str, Any] = {"images": [s for s, _, _ in samples]}
 
     pairs = [(a[0].to(device), b[0].to(device)) for _, a, b in samples]
-    taps = [t for t in FEATURE_TAPS if t in getattr(h1, "TAPS", FEATURE_TAPS)]
-    summary["features"] = write_feature_grids(h1, h2, pairs, taps, out / "features", tf.denormalize,
-                                              names=[f"{s}_{h2_name.replace(':', '-')}" for s, _, _ in samples])
+    taps = preset_taps(conform(h1))  # VGG: pool1..pool5; transformers: stage1..4; a factory model: none
+    if taps:
+        summary["features"] = write_feature_grids(h1, h2, pairs, taps, out / "features", tf.denormalize,
+                                                  names=[f"{s}_{h2_name.replace(':', '-')}" for s, _, _ in samples])
 
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     shown = {"H1": h1, **models}
@@ -56,11 +56,10 @@ def write_shift_figures(
         overlay_figure(tf.denormalize(x), mask.numpy(), preds, info.class_names, info.palette, info.ignore_index,
                        out / "overlays" / f"overlay_{stem}.png", title=f"{stem} (D2)")
 
-    if ex.reconstruct_steps > 0:
+    if ex.reconstruct_steps > 0 and taps:
         from segadapt.viz.reconstruct import ReconstructConfig, reconstruct_image
 
-        rc = ReconstructConfig(steps=ex.reconstruct_steps, seed=cfg.train.seed)
-        rc.taps = [t for t in rc.taps if t in taps]
+        rc = ReconstructConfig(steps=ex.reconstruct_steps, seed=cfg.train.seed, taps=taps)
         stem, (x, _), _ = samples[0]
         recon = {}
         for name, m in tqdm([("H1", h1), (h2_name, h2)], desc="reconstruct", leave=False):
