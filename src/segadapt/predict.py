@@ -47,7 +47,12 @@ if TYPE_CHECKING:
     from segadapt.predict_outputs import ImageOutputs
 
 FLOOR = 1e-3  # the weight at a tile's very edge, relative to its centre
-CHUNK_ROWS = 64  # rows of logits handled at once after blending (bounds the post-processing temporaries)
+CHUNK_PIXELS = 1 << 19  # logits handled at once after blending: bounds the post-processing temporaries
+
+
+def chunk_rows(width: int) -> int:
+    """Rows per chunk of an image `width` wide (a whole CamVid frame is one chunk)."""
+    return max(1, CHUNK_PIXELS // max(width, 1))
 TILE_SIZES = (2048, 1536, 1024, 768, 512, 384, 256, 192, 128)
 MIN_TILE = 32
 
@@ -202,7 +207,7 @@ def working_bytes(th: int, tw: int, width: int, classes: int, batch: int, act_px
     (activations, input, logits), one tile row of blended logits, and the post-processing of a chunk."""
     forward = batch * th * tw * (act_px + 12 + 8 * classes)
     band = 4 * classes * th * width
-    chunk = CHUNK_ROWS * width * (16 * classes + 64)
+    chunk = chunk_rows(width) * width * (16 * classes + 64)
     return forward + band + chunk
 
 
@@ -248,7 +253,7 @@ def _tile_batch(reader: RasterReader, y: int, xs: Sequence[int], th: int, tw: in
 
 def blend(pred: Predictor, reader: RasterReader, plan: TilePlan,
           bar: tqdm | None = None) -> Iterator[tuple[int, torch.Tensor]]:
-    """Blended logits (C x rows x width, float32) in row order, each row once, at most CHUNK_ROWS at a time."""
+    """Blended logits (C x rows x width, float32) in row order, each row once, a chunk at a time."""
     height, width, th, tw = reader.height, reader.width, plan.tile_h, plan.tile_w
     wy, wx = axis_weights(height, plan.ys, th), axis_weights(width, plan.xs, tw)
     inv_y = torch.from_numpy(1.0 / coverage(height, plan.ys, wy)).float()
@@ -265,8 +270,9 @@ def blend(pred: Predictor, reader: RasterReader, plan: TilePlan,
             if bar is not None:
                 bar.update(len(xs))
         end = plan.ys[j + 1] if j + 1 < len(plan.ys) else height  # rows before `end` get no more tiles
-        for a in range(y, end, CHUNK_ROWS):
-            b = min(a + CHUNK_ROWS, end)
+        step = chunk_rows(width)
+        for a in range(y, end, step):
+            b = min(a + step, end)
             yield a, acc[:, a - y:b - y] * (inv_y[a:b, None] * inv_x[None, :])
         keep = y + th - end
         if keep > 0:
@@ -289,7 +295,7 @@ class RowResampler:
         self.buf0 = self.next = 0
 
     def push(self, y0: int, chunk: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
-        """Input rows [y0, y0 + len) -> every output row they complete, in chunks of at most CHUNK_ROWS."""
+        """Input rows [y0, y0 + len) -> every output row they complete, a chunk at a time."""
         if self.identity:
             yield y0, chunk
             return
@@ -297,8 +303,9 @@ class RowResampler:
         buf = chunk if self.buf is None else torch.cat([self.buf, chunk], 1)
         buf0 = y0 if self.buf is None else self.buf0
         stop = self.out_h if end >= self.in_h else int(torch.searchsorted(self.i1, end))
-        for a in range(self.next, stop, CHUNK_ROWS):
-            b = min(a + CHUNK_ROWS, stop)
+        step = chunk_rows(self.out_w)
+        for a in range(self.next, stop, step):
+            b = min(a + step, stop)
             top, bottom = buf[:, self.i0[a:b] - buf0], buf[:, self.i1[a:b] - buf0]
             rows = top.lerp_(bottom, self.lam[a:b, None].expand(-1, self.in_w))
             if self.in_w != self.out_w:  # along H the scale is 1: an identity, so this resizes the width only
