@@ -1,10 +1,11 @@
 """Sliding-window inference of one image of any size, its logits blended across overlapping tiles.
 
 Scale. A model is applied at the scale it was trained at: an image decoded whole is resized (bilinear, as
-evaluation does) so its shorter side is the model's `data.base_size` (unchanged when that is 0), and the
-logits are resized back to the image's size (bilinear) before the argmax, so every output has the input's
-size. TIFFs read in windows are predicted at their stored resolution: their pixels have a ground size
-that a frame's shorter side says nothing about. `scale` overrides both (images decoded whole only).
+evaluation does) so its shorter side is the model's `data.base_size` (unchanged when that is 0); the class
+probabilities (softmax of the blended logits) are resized back to the image's size (bilinear) and the
+argmax, confidence and entropy are taken there, so every output has the input's size. TIFFs read in
+windows are predicted at their stored resolution: their pixels have a ground size that a frame's shorter
+side says nothing about. `scale` overrides both (images decoded whole only).
 
 Tiles. The (scaled) image is cut into equal tiles of `tile` pixels a side (clipped to the image), the
 fewest that overlap by at least `overlap` pixels, spread evenly from edge to edge, so they batch. Each
@@ -259,6 +260,14 @@ def blend(pred: Predictor, reader: RasterReader, plan: TilePlan,
     inv_y = torch.from_numpy(1.0 / coverage(height, plan.ys, wy)).float()
     inv_x = torch.from_numpy(1.0 / coverage(width, plan.xs, wx)).float()
     fill = np.asarray(pred.mean, np.float32) * 255.0
+    step = chunk_rows(width)
+    if plan.tiles == 1:  # the whole image at once: nothing to blend
+        logits = pred.logits(_tile_batch(reader, 0, [0], th, tw, fill))[0]
+        if bar is not None:
+            bar.update(1)
+        for a in range(0, height, step):
+            yield a, logits[:, a:a + step].contiguous()
+        return
     acc = torch.zeros(pred.num_classes, th, width)
     for j, y in enumerate(plan.ys):  # acc holds rows [y, y + th)
         for k in range(0, len(plan.xs), plan.batch):
@@ -270,7 +279,6 @@ def blend(pred: Predictor, reader: RasterReader, plan: TilePlan,
             if bar is not None:
                 bar.update(len(xs))
         end = plan.ys[j + 1] if j + 1 < len(plan.ys) else height  # rows before `end` get no more tiles
-        step = chunk_rows(width)
         for a in range(y, end, step):
             b = min(a + step, end)
             yield a, acc[:, a - y:b - y] * (inv_y[a:b, None] * inv_x[None, :])
@@ -300,6 +308,11 @@ class RowResampler:
             yield y0, chunk
             return
         end = y0 + chunk.shape[1]
+        if y0 == 0 and end == self.in_h and self.out_h * self.out_w <= CHUNK_PIXELS:  # all at once: one call
+            self.next = self.out_h
+            yield 0, F.interpolate(chunk[None], size=(self.out_h, self.out_w), mode="bilinear",
+                                   align_corners=False)[0]
+            return
         buf = chunk if self.buf is None else torch.cat([self.buf, chunk], 1)
         buf0 = y0 if self.buf is None else self.buf0
         stop = self.out_h if end >= self.in_h else int(torch.searchsorted(self.i1, end))
@@ -354,17 +367,13 @@ def choose_scale(reader: RasterReader, base_size: int, scale: float | None) -> f
     return base_scale(reader.height, reader.width, base_size) if isinstance(reader, ArrayReader) else 1.0
 
 
-def summarise(logits: torch.Tensor, entropy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Labels, max softmax probability and (optionally) entropy / ln(C) of C x h x w logits (consumed)."""
-    top, labels = logits.max(0)
-    d = logits.sub_(top)  # log-softmax up to -log(sum): d <= 0, exp(d) <= 1
-    z = d.exp()
-    s = z.sum(0)
-    conf = s.reciprocal()
+def summarise(probs: torch.Tensor, entropy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Labels, max probability and (optionally) entropy / ln(C) of C x h x w class probabilities."""
+    conf, labels = probs.max(0)
     ent = None
     if entropy:
-        c = logits.shape[0]
-        ent = (s.log() - z.mul_(d).sum(0) * conf) / math.log(c) if c > 1 else torch.zeros_like(s)
+        c = probs.shape[0]
+        ent = -(probs * probs.clamp_min(1e-30).log()).sum(0) / math.log(c) if c > 1 else torch.zeros_like(conf)
         ent.clamp_(0.0, 1.0)
     return labels, conf, ent
 
@@ -388,15 +397,16 @@ def predict_image(pred: Predictor, source: RasterReader, outputs: ImageOutputs |
     with tqdm(total=plan.tiles, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0,
               disable=not progress or plan.tiles <= plan.batch) as bar:
         for y0, chunk in blend(pred, net, plan, bar):
-            for y, rows in resampler.push(y0, chunk):
+            for y, rows in resampler.push(y0, torch.softmax(chunk, 0)):
                 _finish_rows(pred, source, outputs, stats, y, rows, entropy, overlay)
     stats.seconds = time.perf_counter() - start
     return stats
 
 
 def _finish_rows(pred: Predictor, source: RasterReader, outputs: ImageOutputs | None, stats: ImageStats, y: int,
-                 rows: torch.Tensor, entropy: bool, overlay: bool) -> None:
-    labels, conf, ent = summarise(rows, entropy)
+                 probs: torch.Tensor, entropy: bool, overlay: bool) -> None:
+    labels, conf, ent = summarise(probs, entropy)
+    rows = probs
     n, w = rows.shape[1], source.width
     rgb, valid = source.read(y, 0, n, w) if overlay else (None, source.valid(y, 0, n, w))
     lab, cf = labels.numpy(), conf.numpy()

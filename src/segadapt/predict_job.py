@@ -155,7 +155,7 @@ def run(pred: Predictor, inputs: Sequence[Path], out: Path, opts: PredictOptions
         try:
             for path in bar:
                 try:
-                    entry, kept = _one(pred, path, out, opts, settings, progress)
+                    entry, kept = predict_file(pred, path, out, opts, settings, progress)
                 except DataError as e:
                     failed.append({"input": str(path), "error": str(e)})
                     tqdm.write(f"segadapt: skipped {e}", file=sys.stderr)
@@ -173,9 +173,10 @@ def run(pred: Predictor, inputs: Sequence[Path], out: Path, opts: PredictOptions
     return Summary(images, failed, skipped, out / SUMMARY)
 
 
-def _one(pred: Predictor, path: Path, out: Path, opts: PredictOptions, settings: dict[str, Any],
-         progress: bool) -> tuple[dict[str, Any], bool]:
-    """Predict one image (or keep its earlier result); (its predictions.json entry, whether it was kept)."""
+def predict_file(pred: Predictor, path: Path, out: Path, opts: PredictOptions, settings: dict[str, Any],
+                 progress: bool = True) -> tuple[dict[str, Any], bool]:
+    """What `run` does for each image: predict it into its outputs and record it, or keep the result of an
+    earlier run; returns (its predictions.json entry, whether it was kept). `out`/.predict must exist."""
     if not path.is_file():
         raise DataError(f"{path}: not found (removed while the run went on?)")
     record_path = check_path(str(out / RECORDS / f"{path.stem}.json"), "output")
