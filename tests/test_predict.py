@@ -199,6 +199,10 @@ def test_folders_and_globs_list_each_image_once_and_refuse_stem_clashes(tmp_path
     assert predict(model_file, [tmp_path / "nothing*.png"], tmp_path / "out") == 2
     assert "matches no image files" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    assert predict(model_file, [tmp_path / "a"], tmp_path / "a") == 0  # outputs beside the images...
+    capsys.readouterr()
+    assert predict(model_file, [tmp_path / "a"], tmp_path / "a") == 0  # ...are not taken for inputs next time
+    assert "predicted 2 of 2 image(s)" in capsys.readouterr().out
 
 
 def test_outputs_summary_and_rerun_skips_finished_images(tmp_path, model_file, capsys):
@@ -274,9 +278,8 @@ def test_an_interrupted_image_leaves_no_partial_file_and_keeps_finished_ones(tmp
     out = tmp_path / "out"
     assert predict(model_file, [tmp_path / "a.png", tmp_path / "b.png"], out, "--confidence") == 130
     assert "1 of 2 images are finished" in capsys.readouterr().err
-    names = sorted(p.name for p in out.iterdir())
-    assert names == [".lock", ".predict", "a_confidence.png", "a_mask.png"] or ".lock" not in names
-    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp") or p.name.startswith("b")]
+    assert sorted(p.name for p in out.iterdir()) == [".predict", "a_confidence.png", "a_mask.png"]
+    assert [p.name for p in (out / ".predict").iterdir()] == ["a.json"]  # no temp file, nothing of b
     monkeypatch.setattr(outputs.ImageOutputs, "write", real)
     assert predict(model_file, [tmp_path / "a.png", tmp_path / "b.png"], out, "--confidence") == 0
     assert "1 already finished" in capsys.readouterr().out and (out / "b_mask.png").is_file()

@@ -220,6 +220,8 @@ def default_overlap(tile: int) -> int:
 def plan_tiles(height: int, width: int, classes: int, act_px: float, *, tile: int | None = None,
                overlap: int | None = None, batch: int = 4, memory_mb: float = 1024) -> TilePlan:
     """The tile grid for an image at the network's scale (see the module docstring for the rules)."""
+    if tile is not None and tile < MIN_TILE:
+        raise ConfigError(f"--tile {tile}: tiles must be at least {MIN_TILE} pixels a side")
     if tile is None:
         budget = memory_mb * 2**20
         if working_bytes(height, width, width, classes, 1, act_px) <= budget:
@@ -228,8 +230,6 @@ def plan_tiles(height: int, width: int, classes: int, act_px: float, *, tile: in
             fits = [t for t in TILE_SIZES if working_bytes(min(t, height), min(t, width), width, classes,
                                                            batch, act_px) <= budget]
             tile = fits[0] if fits else TILE_SIZES[-1]
-    if tile < MIN_TILE:
-        raise ConfigError(f"--tile {tile}: tiles must be at least {MIN_TILE} pixels a side")
     th, tw = min(tile, height), min(tile, width)
     tiled = th < height or tw < width
     overlap = (default_overlap(tile) if tiled else 0) if overlap is None else overlap

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,7 @@ from segadapt.predict import Predictor, predict_image
 from segadapt.predict_outputs import ImageOutputs, OutputSpec, output_paths
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
+OUTPUT_NAME = re.compile(r".+_(mask|overlay|confidence|entropy)\.(png|tif)")
 RECORDS = ".predict"
 SUMMARY = "predictions.json"
 GDAL_CACHE_MB = 128  # GDAL's block cache (its default is 5% of RAM): part of predict's memory bound
@@ -82,20 +84,24 @@ def _matches(text: str) -> list[Path]:
     return files
 
 
-def list_inputs(items: Sequence[str]) -> list[Path]:
-    """Files, folders (their images, not recursive) and globs (** recurses), each once, in the order given.
+def list_inputs(items: Sequence[str], out: Path | None = None) -> list[Path]:
+    """Files, folders (their images, not recursive) and globs (** recurses), each once, in the order given;
+    earlier outputs (<stem>_mask.png, ... in `out`, when images and outputs share a folder) are left out.
     Outputs are named by file stem, so two inputs with one stem are refused."""
     seen: dict[Path, Path] = {}
     stems: dict[str, Path] = {}
+    outputs = out.resolve() if out is not None else None
     for text in items:
         for path in _matches(text):
             key = path.resolve()
-            if key in seen:
+            if key in seen or (key.parent == outputs and OUTPUT_NAME.fullmatch(path.name)):
                 continue
             if path.stem in stems:
                 raise ConfigError(f"--images: {stems[path.stem]} and {path} share the name {path.stem!r}, and "
                                   "outputs are named by it; predict them into different --out folders")
             seen[key], stems[path.stem] = path, path
+    if not seen:
+        raise ConfigError(f"--images {' '.join(items)}: every match is an earlier output in {out}; give the images")
     return list(seen.values())
 
 

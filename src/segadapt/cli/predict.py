@@ -48,10 +48,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     bands = check_bands(numbers("--bands", args.bands, int)) if args.bands else None
     opts = PredictOptions(args.tile, args.overlap, args.batch, args.memory_mb, args.scale, bands, args.stretch,
                           OutputSpec(args.overlay, args.confidence, args.entropy)).check()
-    inputs = list_inputs(args.images)
     out = check_path(args.out, "--out")
     if out.exists() and not out.is_dir():
         raise SegadaptError(f"--out {args.out}: is a file; give a folder for the outputs")
+    inputs = list_inputs(args.images, out)
     model_path = check_path(args.model, "--model")
     model, meta = load(model_path)
     cfg = model_config(args, meta, model_path)
