@@ -198,9 +198,14 @@ class TilePlan:
     def tiles(self) -> int:
         return len(self.ys) * len(self.xs)
 
+    def overlaps(self) -> list[int | None]:
+        """The overlap neighbours actually share, down and across (None: one tile along that axis); tiles
+        are spread evenly, so it is the requested overlap or more."""
+        return [t - (s[1] - s[0]) if len(s) > 1 else None for t, s in ((self.tile_h, self.ys), (self.tile_w, self.xs))]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"tile": [self.tile_h, self.tile_w], "overlap": self.overlap, "batch": self.batch,
-                "tiles": self.tiles}
+        return {"tile": [self.tile_h, self.tile_w], "overlap": self.overlap, "overlap_actual": self.overlaps(),
+                "batch": self.batch, "tiles": self.tiles}
 
 
 def working_bytes(th: int, tw: int, width: int, classes: int, batch: int, act_px: float) -> float:
