@@ -210,6 +210,7 @@ def test_outputs_summary_and_rerun_skips_finished_images(tmp_path, model_file, c
     images.mkdir()
     Image.fromarray(scene(48, 64)).save(images / "one.png")
     Image.fromarray(scene(40, 56, 1)).save(images / "two.jpg")
+    Image.fromarray(scene(30, 44, 2)).save(images / "three.webp")
     out = tmp_path / "out"
     assert predict(model_file, [images], out, "--overlay", "--confidence", "--entropy") == 0
     summary = json.loads((out / "predictions.json").read_text())
@@ -226,10 +227,11 @@ def test_outputs_summary_and_rerun_skips_finished_images(tmp_path, model_file, c
     conf = np.array(Image.open(out / "one_confidence.png"))
     assert conf.mean() / 255 == pytest.approx(one["mean_confidence"], abs=0.01)
     assert Image.open(out / "one_overlay.png").size == (64, 48) and (out / "two_entropy.png").is_file()
+    assert Image.open(out / "three_mask.png").size == (44, 30)
     times = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
     capsys.readouterr()
     assert predict(model_file, [images], out, "--overlay", "--confidence", "--entropy") == 0
-    assert "2 already finished" in capsys.readouterr().out
+    assert "3 already finished" in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")} == times
     assert all(e["skipped"] for e in json.loads((out / "predictions.json").read_text())["images"])
     assert predict(model_file, [images], out, "--overlay", "--confidence", "--entropy", "--tile", "32") == 0
