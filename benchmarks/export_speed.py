@@ -1,9 +1,10 @@
 """Exported models against PyTorch on CamVid val: argmax agreement, max abs logit difference, images/s.
 
 Exports the model as ONNX and TorchScript with `segadapt.export.export` (each file is verified before it is
-kept), then runs every val frame (base-size resized, float RGB 0..255, batch 1) through PyTorch (the same
-normalising wrapper, eager), onnxruntime (CPU, as many threads as torch) and the reloaded TorchScript,
-interleaved frame by frame in rotating order. Writes docs/results/export_speed.json.
+kept), then runs every val frame (base-size resized, float RGB 0..255, batch 1) through PyTorch eager (the
+same normalising wrapper, NCHW as exported and channels_last as `segadapt predict` runs it), the reloaded
+TorchScript and onnxruntime (CPU, as many threads as torch), interleaved frame by frame in rotating order.
+Agreement and logit differences are against PyTorch NCHW. Writes docs/results/export_speed.json.
 
     nice python benchmarks/export_speed.py --model RUN [--images 101]
 """
@@ -11,6 +12,7 @@ interleaved frame by frame in rotating order. Writes docs/results/export_speed.j
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 import time
@@ -55,7 +57,10 @@ def main() -> int:
         session = ort.InferenceSession(str(work / "model.onnx"), options, providers=["CPUExecutionProvider"])
         scripted = torch.jit.load(str(work / "model.torchscript"))
         net = Normalised(model, mean, std).eval()
-        runners = {"pytorch": lambda x: net(x), "torchscript": lambda x: scripted(x),
+        fast = Normalised(copy.deepcopy(model).to(memory_format=torch.channels_last), mean, std).eval()
+        runners = {"pytorch": lambda x: net(x),
+                   "pytorch_channels_last": lambda x: fast(x.contiguous(memory_format=torch.channels_last)),
+                   "torchscript": lambda x: scripted(x),
                    "onnxruntime": lambda x: torch.from_numpy(session.run(["logits"], {"image": x.numpy()})[0])}
         result = compare(runners, samples_at_scale(frames, base))
     result = {"date": time.strftime("%Y-%m-%d"), "images": len(files), "frames": "CamVid val, base-size resized",

@@ -16,6 +16,7 @@ needs no extra package; checking it needs `onnx` and `onnxruntime` (the `export`
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import warnings
@@ -130,7 +131,7 @@ def export(model: nn.Module, meta: dict[str, Any], mean: Sequence[float], std: S
         raise SegadaptError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if fmt == "onnx":
         _require_onnx()
-    net = Normalised(model.cpu().to(memory_format=torch.contiguous_format).eval(), mean, std).eval()
+    net = Normalised(copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format), mean, std).eval()
     info = metadata(meta, mean, std, base_size)
     example = torch.rand(1, 3, *TRACE_SIZE, generator=torch.Generator().manual_seed(0)) * 255
     samples = samples_at_scale(images, base_size)
