@@ -122,7 +122,7 @@ def figure(pred: Predictor, image: np.ndarray, name: str, path: Path) -> None:
     colours = colorize(whole.labels, pred.palette, -1)
     overlay = (0.5 * image + 0.5 * colours).astype(np.uint8)
     shown = np.where(differ[..., None], np.array([230, 30, 30], np.uint8), (image * 0.4).astype(np.uint8))
-    fig, axes = plt.subplots(1, 4, figsize=(13, 3.2))
+    fig, axes = plt.subplots(1, 4, figsize=(13, 2.9))
     panels = [(image, name), (overlay, "predicted classes (whole frame)"),
               (whole.conf, f"confidence (mean {whole.conf.mean():.2f})"),
               (shown, f"tiled {FIGURE_TILING[0]}/{FIGURE_TILING[1]} differs: {100 * differ.mean():.2f}% of pixels")]
@@ -133,7 +133,7 @@ def figure(pred: Predictor, image: np.ndarray, name: str, path: Path) -> None:
     present = np.unique(whole.labels)
     handles = [Patch(color=np.asarray(pred.palette[c]) / 255, label=pred.class_names[c]) for c in present]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     save_figure(fig, path, dpi=110, tight=False)
 
 
