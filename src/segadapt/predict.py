@@ -106,11 +106,12 @@ class Predictor:
                    device)
 
     def normalise(self, tiles: np.ndarray) -> torch.Tensor:
-        """N x h x w x 3 RGB in 0..255 -> the network's normalised N x 3 x h x w input (NHWC in memory)."""
-        x = torch.from_numpy(tiles).to(self.device).permute(0, 3, 1, 2).float()
-        scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=self.device).view(1, 3, 1, 1)
-        shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std)], device=self.device).view(1, 3, 1, 1)
-        return x * scale + shift
+        """N x h x w x 3 RGB in 0..255 -> the network's normalised N x 3 x h x w input (NHWC in memory).
+        Normalised in numpy, where the channel is the contiguous axis (float32 `tiles` are overwritten)."""
+        x = tiles if tiles.dtype == np.float32 else tiles.astype(np.float32)
+        x *= np.asarray([1.0 / (255.0 * s) for s in self.std], np.float32)
+        x += np.asarray([-m / s for m, s in zip(self.mean, self.std)], np.float32)
+        return torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2)
 
     @torch.inference_mode()
     def logits(self, tiles: np.ndarray) -> torch.Tensor:
@@ -271,7 +272,7 @@ def blend(pred: Predictor, reader: RasterReader, plan: TilePlan,
         if bar is not None:
             bar.update(1)
         for a in range(0, height, step):
-            yield a, logits[:, a:a + step].contiguous()
+            yield a, logits[:, a:a + step]
         return
     acc = torch.zeros(pred.num_classes, th, width)
     for j, y in enumerate(plan.ys):  # acc holds rows [y, y + th)
