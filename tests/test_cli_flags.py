@@ -23,6 +23,8 @@ COMMANDS = {
     "viz reconstruct": ["viz", "reconstruct", "--model", "m", "--out", "o"],
     "viz overlays": ["viz", "overlays", "--models", "H1=a", "--out", "o"],
     "doctor": ["doctor"],
+    "predict": ["predict", "--model", "m", "--images", "i.png", "--out", "o"],
+    "export": ["export", "--model", "m", "--format", "onnx", "--out", "o.onnx"],
     "config": ["config"],
 }
 # a flag value and a different --set value of the same key, per kind of flag

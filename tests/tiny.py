@@ -26,3 +26,28 @@ def png_declaring(width: int, height: int) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(64)))
             + chunk(b"IEND", b""))
+
+
+CAMVID_CLASSES = ("sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car", "pedestrian",
+                  "bicyclist")
+
+
+def tiny_model_file(path, model=None, width: float = 0.0625, base_size: int = 0, seed: int = 0):
+    """A CamVid-classed VGGDeepLab (or `model`) saved as a segadapt model file, with the camvid preset's data
+    settings but `base_size` (0: predicted at the size stored)."""
+    import torch
+
+    from segadapt.checkpoint import save_model
+    from segadapt.config import to_dict
+    from segadapt.data.palettes import CAMVID
+    from segadapt.models import build_model
+
+    cfg = preset("camvid")
+    cfg.model.width, cfg.data.base_size = width, base_size
+    torch.manual_seed(seed)
+    model = model if model is not None else build_model("vgg16_deeplab", len(CAMVID_CLASSES), width)
+    meta = {"arch": "vgg16_deeplab", "width": width, "num_classes": len(CAMVID_CLASSES),
+            "class_names": list(CAMVID_CLASSES), "ignore_index": 11, "palette": [list(c) for c in CAMVID],
+            "dataset": "camvid", "step": 0, "config": to_dict(cfg)}
+    save_model(path, model, meta)
+    return path

@@ -246,6 +246,12 @@ def discard_partial_outputs() -> None:
                 break
 
 
+def keep_outputs(path: Path) -> None:
+    """`path` now holds finished results, each written atomically (a long job's first finished image): a
+    later failure leaves them, and the command's lock, in place until the command ends."""
+    _CLAIMS[:] = [c for c in _CLAIMS if c[0] != path]
+
+
 def forget_outputs() -> None:
     """The command succeeded: nothing to clean up, and its run directories are released."""
     from segadapt import run as runs

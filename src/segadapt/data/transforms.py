@@ -103,7 +103,7 @@ class JointTransform:
         return self.normalize(image)
 
     def _base_scale(self, h: int, w: int) -> float:
-        return self.base_size / min(h, w) if self.base_size else 1.0
+        return base_scale(h, w, self.base_size)
 
     def apply(
         self, image: np.ndarray, mask: np.ndarray | None, params: GeoParams | None
@@ -158,6 +158,22 @@ class JointTransform:
         """Back to uint8 HxWx3 for figures."""
         img = (x.detach().cpu().float() * self.std + self.mean).clamp(0, 1).mul(255).round()
         return img.byte().permute(1, 2, 0).numpy()
+
+
+def base_scale(height: int, width: int, base_size: int) -> float:
+    """The factor that brings the shorter side to `base_size` (1 when base_size is 0): the scale a model saw
+    its training and evaluation images at, so prediction applies it too."""
+    return base_size / min(height, width) if base_size else 1.0
+
+
+def resize_image(image: np.ndarray, scale: float) -> np.ndarray:
+    """An image resized as evaluation resizes it (bilinear, sizes rounded as `frame_size` rounds them)."""
+    return _resize(image, None, scale)[0]
+
+
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(height, width) after `resize_image` by `scale`."""
+    return _scaled(height, width, scale)
 
 
 def _scaled(height: int, width: int, scale: float) -> tuple[int, int]:
