@@ -1,0 +1,331 @@
+"""Registration of real pairs that are not pixel-aligned: estimate the transform taking X2 onto X1, check it,
+warp X2 into X1's frame and say which of its pixels have a source.
+
+Convention (as shifts/misalign.py): the transform W (3x3) maps X1's pixel coordinates onto X2's, X1(p) ~
+X2(W p), pixel centres at integer coordinates. Warping X2 into X1's frame samples X2 at W p for every pixel p
+of X1; p is valid when W p falls inside X2.
+
+The two images come from different domains (another camera, a photocopy), so their intensities are not
+comparable: both methods align *gradient-magnitude* images (grey, Gaussian blur, Sobel magnitude), which keep
+where the edges are and drop how bright either side is.
+- `ecc`: for small offsets. Phase correlation of the coarsest pyramid level gives the starting shift, then
+  OpenCV's ECC (enhanced correlation coefficient, invariant to gain and bias of the gradient images) refines
+  an affine (or homography) level by level up to full resolution.
+- `features`: for large offsets. SIFT keypoints on the gradient images, Lowe's ratio test, RANSAC
+  (estimateAffine2D / findHomography), then the same ECC refinement at the two finest levels for sub-pixel
+  accuracy (kept only when it agrees with the RANSAC estimate).
+Quality check (`Registration.ok`): the final ECC correlation of the gradient images at least `min_corr`, (for
+features) at least `min_inliers` RANSAC inliers, a sane linear part (scale within [1/2, 2] of the images' size
+ratio, anisotropy and shear under 10%), and at least `min_overlap` of X1 covered by X2. A pair that fails is
+flagged with the reason and never used for training.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from segadapt.errors import ConfigError
+
+METHODS = ("none", "ecc", "features")
+MODELS = ("affine", "homography")
+COARSEST = 48  # pixels of the shorter side at the coarsest ECC level
+BLUR_SIGMA = 1.5  # Gaussian blur before the gradients, at every level (noise and JPEG blocks out)
+LCN_SIGMA = 4.0  # window of the local contrast normalisation, pixels at every level
+LCN_FLOOR = 25.0  # grey levels squared added to the local variance: flat areas stay flat, not amplified noise
+
+
+@dataclass(frozen=True)
+class AlignSettings:
+    method: str = "ecc"
+    model: str = "affine"
+    image: str = "contrast"  # what is aligned: "contrast" (local contrast) or "gradient" (gradient magnitude)
+    min_corr: float = 0.3
+    min_inliers: int = 20
+    min_overlap: float = 0.5
+    iterations: int = 100  # ECC iterations per pyramid level
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS[1:]:
+            raise ConfigError(f"adapt.align = {self.method!r}: registration methods are {', '.join(METHODS[1:])}")
+        if self.model not in MODELS:
+            raise ConfigError(f"adapt.align_model = {self.model!r}: choose one of {', '.join(MODELS)}")
+        if self.image not in REPRESENTATIONS:
+            raise ConfigError(f"adapt.align_image = {self.image!r}: choose one of {', '.join(REPRESENTATIONS)}")
+
+
+@dataclass
+class Registration:
+    """One pair's estimated transform and its quality; `ok` False means: do not use this pair."""
+
+    ok: bool
+    matrix: list[list[float]]  # 3x3, X1 pixel coordinates -> X2 pixel coordinates
+    method: str
+    size1: tuple[int, int]  # (height, width) of X1: the frame X2 is warped into
+    size2: tuple[int, int]
+    reason: str = ""  # why it failed the quality check ("" when ok)
+    quality: dict[str, float] = field(default_factory=dict)  # corr, inliers, inlier_ratio, overlap
+    seconds: float = 0.0
+
+    @property
+    def transform(self) -> np.ndarray:
+        return np.asarray(self.matrix, dtype=np.float64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"motion": describe(self.transform, self.size1)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Registration:
+        return cls(bool(d["ok"]), [list(map(float, r)) for r in d["matrix"]], str(d["method"]),
+                   (int(d["size1"][0]), int(d["size1"][1])), (int(d["size2"][0]), int(d["size2"][1])),
+                   str(d.get("reason", "")), {k: float(v) for k, v in d.get("quality", {}).items()},
+                   float(d.get("seconds", 0.0)))
+
+
+# --- geometry helpers ----------------------------------------------------------------------------------
+
+def corners(height: int, width: int) -> np.ndarray:
+    return np.array([[0, 0], [width - 1, 0], [0, height - 1], [width - 1, height - 1]], dtype=np.float64)
+
+
+def apply_h(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Points (N x 2) through a 3x3 transform (affine or projective)."""
+    p = np.hstack([points, np.ones((len(points), 1))]) @ matrix.T
+    return p[:, :2] / p[:, 2:3]
+
+
+def corner_error(estimated: np.ndarray, truth: np.ndarray, height: int, width: int) -> float:
+    """Mean distance, in X2 pixels, between where the two transforms put X1's four corners."""
+    c = corners(height, width)
+    return float(np.linalg.norm(apply_h(estimated, c) - apply_h(truth, c), axis=1).mean())
+
+
+def describe(matrix: np.ndarray, size1: tuple[int, int]) -> dict[str, float]:
+    """Readable motion: where X1's centre lands (dx, dy in pixels), rotation (degrees), scale, shear."""
+    h, w = size1
+    centre = np.array([[(w - 1) / 2, (h - 1) / 2]])
+    dx, dy = (apply_h(matrix, centre) - centre)[0]
+    a = matrix[:2, :2] / matrix[2, 2]
+    sx = math.hypot(a[0, 0], a[1, 0])
+    angle = math.degrees(math.atan2(-a[1, 0], a[0, 0]))  # OpenCV's sense (getRotationMatrix2D)
+    det = float(np.linalg.det(a))
+    sy = det / sx if sx else 0.0
+    shear = float(a[0, 0] * a[0, 1] + a[1, 0] * a[1, 1]) / det if det else math.inf
+    return {"dx": float(dx), "dy": float(dy), "rotation": angle, "scale": math.sqrt(abs(det)),
+            "anisotropy": sx / sy if sy else math.inf, "shear": shear}
+
+
+def valid_mask(matrix: np.ndarray, size1: tuple[int, int], size2: tuple[int, int]) -> np.ndarray:
+    """bool HxW in X1's frame: True where W p lies inside X2 (the pixel has a source)."""
+    h, w = size1
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    m = matrix / matrix[2, 2]
+    den = m[2, 0] * xx + m[2, 1] * yy + m[2, 2]
+    x2 = (m[0, 0] * xx + m[0, 1] * yy + m[0, 2]) / den
+    y2 = (m[1, 0] * xx + m[1, 1] * yy + m[1, 2]) / den
+    return (den > 0) & (x2 >= 0) & (x2 <= size2[1] - 1) & (y2 >= 0) & (y2 <= size2[0] - 1)
+
+
+def warp_into(x2: np.ndarray, matrix: np.ndarray, size1: tuple[int, int]) -> np.ndarray:
+    """X2 resampled in X1's frame (bilinear; black where it has no source)."""
+    h, w = size1
+    return cv2.warpPerspective(x2, matrix, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+# --- representation ---------------------------------------------------------------------------------------
+
+def grey(image: np.ndarray) -> np.ndarray:
+    return (image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)).astype(np.float32)
+
+
+def gradient_image(image: np.ndarray) -> np.ndarray:
+    """float32 gradient magnitude of a blurred grey image, scaled to mean 1."""
+    g = cv2.GaussianBlur(grey(image), (0, 0), BLUR_SIGMA)
+    mag = cv2.magnitude(cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3))
+    return mag / max(float(mag.mean()), 1e-6)
+
+
+def contrast_image(image: np.ndarray) -> np.ndarray:
+    """float32 local contrast: grey minus its local mean, over its local standard deviation (LCN_SIGMA)."""
+    g = grey(image)
+    mean = cv2.GaussianBlur(g, (0, 0), LCN_SIGMA)
+    var = cv2.GaussianBlur((g - mean) ** 2, (0, 0), LCN_SIGMA)
+    return (g - mean) / np.sqrt(var + LCN_FLOOR)
+
+
+REPRESENTATIONS = {"gradient": gradient_image, "contrast": contrast_image}
+
+
+def _pyramid(image: np.ndarray, represent) -> list[np.ndarray]:
+    """The representation of the grey image at full resolution and halved until its shorter side is about
+    COARSEST pixels; computed per level, so its blur and windows keep their size in pixels."""
+    levels = [grey(image)]
+    while min(levels[-1].shape[:2]) >= 2 * COARSEST:
+        h, w = levels[-1].shape[:2]
+        levels.append(cv2.resize(levels[-1], ((w + 1) // 2, (h + 1) // 2), interpolation=cv2.INTER_AREA))
+    return [represent(g) for g in levels]
+
+
+def _rescale(matrix: np.ndarray, src1: tuple[int, int], dst1: tuple[int, int], src2: tuple[int, int],
+             dst2: tuple[int, int]) -> np.ndarray:
+    """A transform between images of sizes src1 -> src2, expressed for the same images resized to dst1 -> dst2
+    (pixel-centre convention: p_dst = s (p_src + 0.5) - 0.5)."""
+    def centre_scale(src: tuple[int, int], dst: tuple[int, int]) -> np.ndarray:
+        sy, sx = dst[0] / src[0], dst[1] / src[1]
+        return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
+
+    return centre_scale(src2, dst2) @ matrix @ np.linalg.inv(centre_scale(src1, dst1))
+
+
+def _size(a: np.ndarray) -> tuple[int, int]:
+    return int(a.shape[0]), int(a.shape[1])
+
+
+def _ecc(template: np.ndarray, moving: np.ndarray, matrix: np.ndarray, model: str,
+         iterations: int) -> tuple[np.ndarray, float] | None:
+    """One ECC refinement; None when OpenCV gives up (no convergence, singular system)."""
+    mode = cv2.MOTION_HOMOGRAPHY if model == "homography" else cv2.MOTION_AFFINE
+    warp = (matrix / matrix[2, 2]).astype(np.float32)
+    warp = warp if model == "homography" else warp[:2].copy()
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iterations, 1e-6)
+    try:
+        corr, warp = cv2.findTransformECC(template, moving, warp, mode, criteria, None, 1)
+    except cv2.error:
+        return None
+    out = np.eye(3)
+    out[: warp.shape[0]] = warp
+    return out, float(corr)
+
+
+def _correlation(template: np.ndarray, moving: np.ndarray, matrix: np.ndarray) -> float:
+    """Correlation coefficient of the two gradient images over the pixels of X1 that X2 covers."""
+    valid = valid_mask(matrix, _size(template), _size(moving))
+    warped = warp_into(moving, matrix, _size(template))
+    a, b = template[valid].astype(np.float64), warped[valid].astype(np.float64)
+    if a.size < 16:
+        return 0.0
+    a, b = a - a.mean(), b - b.mean()
+    return float((a @ b) / max(math.sqrt((a @ a) * (b @ b)), 1e-12))
+
+
+def _initial_shift(g1: np.ndarray, g2: np.ndarray) -> np.ndarray:
+    """Starting transform at the coarsest level: the size ratio, plus the phase-correlation shift of the
+    gradient images (X2 resized to X1's size first)."""
+    base = _rescale(np.eye(3), _size(g1), _size(g1), _size(g1), _size(g2))  # X1 pixel -> X2 pixel by size
+    resized = cv2.resize(g2, (g1.shape[1], g1.shape[0]), interpolation=cv2.INTER_AREA)
+    window = cv2.createHanningWindow((g1.shape[1], g1.shape[0]), cv2.CV_32F)
+    (sx, sy), _ = cv2.phaseCorrelate(g1, resized, window)
+    shift = np.array([[1, 0, sx], [0, 1, sy], [0, 0, 1.0]])
+    return base @ shift
+
+
+def _refine(p1: list[np.ndarray], p2: list[np.ndarray], matrix: np.ndarray, start: int, s: AlignSettings,
+            ) -> tuple[np.ndarray, float] | None:
+    """ECC from pyramid level `start` (matrix given at that level) down to full resolution."""
+    for level in range(start, -1, -1):
+        if level != start:
+            matrix = _rescale(matrix, _size(p1[level + 1]), _size(p1[level]), _size(p2[level + 1]),
+                              _size(p2[level]))
+        found = _ecc(p1[level], p2[level], matrix, s.model, s.iterations)
+        if found is None:
+            return None
+        matrix, corr = found
+    return matrix, corr
+
+
+def _as_u8(rep: np.ndarray) -> np.ndarray:
+    """A representation as 8-bit for the keypoint detector: 1st..99th percentile onto 0..255."""
+    lo, hi = np.percentile(rep, (1, 99))
+    return np.clip((rep - lo) * (255.0 / max(float(hi - lo), 1e-6)), 0, 255).astype(np.uint8)
+
+
+def _features(g1: np.ndarray, g2: np.ndarray, model: str) -> tuple[np.ndarray | None, int, int]:
+    """(transform, inliers, matches) from SIFT keypoints on the representations and RANSAC."""
+    as_u8 = _as_u8
+    sift = cv2.SIFT_create(nfeatures=4000)
+    k1, d1 = sift.detectAndCompute(as_u8(g1), None)
+    k2, d2 = sift.detectAndCompute(as_u8(g2), None)
+    if d1 is None or d2 is None or len(k1) < 3 or len(k2) < 3:
+        return None, 0, 0
+    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(d1, d2, k=2)
+    good = [m for m, *rest in pairs if rest and m.distance < 0.8 * rest[0].distance]
+    if len(good) < 4:
+        return None, 0, len(good)
+    a = np.float32([k1[m.queryIdx].pt for m in good])
+    b = np.float32([k2[m.trainIdx].pt for m in good])
+    if model == "homography":
+        h, mask = cv2.findHomography(a, b, cv2.RANSAC, 3.0, maxIters=5000, confidence=0.999)
+        matrix = h
+    else:
+        m, mask = cv2.estimateAffine2D(a, b, method=cv2.RANSAC, ransacReprojThreshold=3.0, maxIters=5000,
+                                       confidence=0.999, refineIters=10)
+        matrix = None if m is None else np.vstack([m, [0, 0, 1.0]])
+    if matrix is None or mask is None:
+        return None, 0, len(good)
+    return matrix.astype(np.float64), int(mask.sum()), len(good)
+
+
+def _sanity(matrix: np.ndarray, size1: tuple[int, int], size2: tuple[int, int], s: AlignSettings) -> str:
+    """'' when the linear part and the overlap are plausible, else why not."""
+    if not np.all(np.isfinite(matrix)):
+        return "non-finite transform"
+    m = describe(matrix, size1)
+    ratio = math.sqrt((size2[0] * size2[1]) / (size1[0] * size1[1]))
+    if not 0.5 <= m["scale"] / ratio <= 2.0:
+        return f"scale {m['scale']:.3f} implausible (size ratio {ratio:.3f})"
+    if abs(m["anisotropy"] - 1) > 0.1 or abs(m["shear"]) > 0.1:
+        return f"anisotropy {m['anisotropy']:.3f} or shear {m['shear']:.3f} beyond 10%"
+    overlap = float(valid_mask(matrix, size1, size2).mean())
+    if overlap < s.min_overlap:
+        return f"overlap {overlap:.2f} below {s.min_overlap}"
+    return ""
+
+
+def register(x1: np.ndarray, x2: np.ndarray, settings: AlignSettings) -> Registration:
+    """Estimate W (X1 -> X2 coordinates) for one pair of uint8 RGB images, and check it."""
+    t0 = time.perf_counter()
+    s = settings
+    size1, size2 = _size(x1), _size(x2)
+    represent = REPRESENTATIONS[s.image]
+    p1, p2 = _pyramid(x1, represent), _pyramid(x2, represent)
+    g1, g2 = p1[0], p2[0]
+    quality: dict[str, float] = {}
+    reason = ""
+    matrix: np.ndarray | None
+    if s.method == "ecc":
+        top = min(len(p1), len(p2)) - 1
+        start = _initial_shift(p1[top], p2[top])
+        found = _refine(p1, p2, start, top, s)
+        matrix = found[0] if found else None
+        if found is None:
+            reason = "ECC did not converge"
+    else:
+        matrix, inliers, matches = _features(g1, g2, s.model)
+        quality |= {"inliers": float(inliers), "matches": float(matches),
+                    "inlier_ratio": inliers / matches if matches else 0.0}
+        if matrix is None:
+            reason = f"RANSAC found no transform ({matches} matches)"
+        elif inliers < s.min_inliers:
+            reason = f"{inliers} RANSAC inliers, fewer than {s.min_inliers}"
+        else:  # sub-pixel refinement by ECC at the two finest levels, kept if it stays close
+            level = min(1, len(p1) - 1, len(p2) - 1)
+            start = _rescale(matrix, size1, _size(p1[level]), size2, _size(p2[level]))
+            found = _refine(p1, p2, start, level, s)
+            if found is not None and corner_error(found[0], matrix, *size1) < 3.0:
+                matrix = found[0]
+    if matrix is None:
+        matrix = np.eye(3)
+    else:
+        quality["corr"] = _correlation(g1, g2, matrix)
+        quality["overlap"] = float(valid_mask(matrix, size1, size2).mean())
+        reason = reason or _sanity(matrix, size1, size2, s)
+        if not reason and quality["corr"] < s.min_corr:
+            reason = f"correlation {quality['corr']:.3f} of the aligned {s.image} images below {s.min_corr}"
+    return Registration(not reason, matrix.tolist(), s.method, size1, size2, reason, quality,
+                        round(time.perf_counter() - t0, 4))
