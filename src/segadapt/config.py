@@ -110,6 +110,17 @@ class AdaptConfig:
     # computed once, stored as float16 and sliced each step instead of running H1. Augmentation is then
     # flips and stride-aligned crops only (no random scale) and shift.photometric must be 0.
     teacher_cache: str = ""
+    # pairs that are not pixel-aligned (segadapt.data.align): "none" (as before), "ecc" (small offsets) or
+    # "features" (keypoints + RANSAC, large offsets). Each pair is registered once (cached in `align_cache`,
+    # default <run>/align), X2 is warped into X1's frame and the loss is a mean over pixels with a source;
+    # pairs that fail the quality check (correlation, inliers, overlap, plausible scale/shear) are skipped.
+    align: str = "none"
+    align_model: str = "affine"  # affine | homography
+    align_image: str = "contrast"  # what is aligned: contrast (local contrast) | gradient (gradient magnitude)
+    align_cache: str = ""
+    align_min_corr: float = 0.3  # correlation of the aligned images below which a registration fails
+    align_min_inliers: int = 20  # RANSAC inliers (features) below which it fails
+    align_min_overlap: float = 0.5  # fraction of X1 that X2 must cover
 
 
 @dataclass
@@ -299,6 +310,10 @@ def _between(lo: float, hi: float) -> tuple[Any, str]:
     return (lambda v: lo <= v <= hi), f"in [{lo}, {hi}]"
 
 
+def _one_of(*choices: str) -> tuple[Any, str]:
+    return (lambda v: v in choices), f"one of {', '.join(choices)}"
+
+
 # Seeds reach numpy (no negative seeds; the legacy global generator only 32 bits) and torch (64 bits, with
 # the step and a per-rank offset added), so they are held to what every one of them accepts.
 SEED_MAX = 2**32 - 1
@@ -331,7 +346,11 @@ _LIMITS: dict[str, dict[str, tuple[Any, str]]] = {
     "ShiftConfig": {"severity": ((lambda v: 0 <= v <= 1), "in [0, 1]"), "photometric": _at_least(0), "seed": _SEED,
                     "d2_dir": _usable_path(), "pairs_csv": _usable_path()},
     "AdaptConfig": {"grad_clip": _at_least(0), "holdout": _at_least(0), "probes": _at_least(0),
-                    "h1": _usable_path(), "teacher_cache": _usable_path()},
+                    "h1": _usable_path(), "teacher_cache": _usable_path(),
+                    "align": _one_of("none", "ecc", "features"), "align_model": _one_of("affine", "homography"),
+                    "align_image": _one_of("contrast", "gradient"), "align_cache": _usable_path(),
+                    "align_min_corr": _between(-1, 1), "align_min_inliers": _at_least(3),
+                    "align_min_overlap": ((lambda v: 0 < v <= 1), "in (0, 1]")},
     "ExperimentConfig": {"iterations": _at_least(1), "finetune_lr": _positive(), "adapt_lr": _positive(),
                          "figure_images": _at_least(0), "reconstruct_steps": _at_least(0),
                          "seeds": ((lambda v: len(v) >= 1 and all(_SEED[0](x) for x in v)),

@@ -20,7 +20,7 @@ import numpy as np
 from segadapt.config import RunConfig, ShiftConfig
 from segadapt.data.base import SegmentationSource
 from segadapt.data.datasets import FileSource, build_source, make_transform, pair_by_stem
-from segadapt.data.pairs import PairedDataset, Shift, ShiftedSource, csv_pairs, image_folder
+from segadapt.data.pairs import MaskShift, PairedDataset, Shift, ShiftedSource, csv_pairs, image_folder
 from segadapt.errors import DataError, SegadaptError
 
 
@@ -33,6 +33,26 @@ def _apply_filter(name: str, severity: float, image: np.ndarray, seed: int) -> n
 def make_shift(name: str, severity: float) -> Shift:
     """A picklable (image, seed) -> image function, so DataLoader workers can run it."""
     return functools.partial(_apply_filter, name, severity)
+
+
+def _warp_labels(name: str, severity: float, fill: int, mask: np.ndarray, seed: int) -> np.ndarray:
+    from segadapt.shifts.compose import warp_labels
+
+    return warp_labels(name, mask, severity, seed, fill)
+
+
+def make_mask_shift(name: str, severity: float, fill: int) -> MaskShift | None:
+    """The labels' move for a filter that moves the image rigidly (misalign; `fill` where nothing maps), or None:
+    photometric filters keep D1's labels, as in the study."""
+    from segadapt.shifts.compose import moves_labels
+
+    return functools.partial(_warp_labels, name, severity, fill) if moves_labels(name) else None
+
+
+def filtered_source(source: SegmentationSource, shift: ShiftConfig) -> ShiftedSource:
+    """D1 through `shift.filter` on the fly, with its labels moved along when the filter moves pixels."""
+    return ShiftedSource(source, make_shift(shift.filter, shift.severity), shift.seed, shift.filter,
+                         make_mask_shift(shift.filter, shift.severity, source.info.ignore_index))
 
 
 def kind(cfg: RunConfig, split: str) -> str:
@@ -51,8 +71,7 @@ def d2_source(cfg: RunConfig, split: str, *, labelled: bool = False) -> Segmenta
         raise SegadaptError(f"shift.pairs_csv = {cfg.shift.pairs_csv}: pairs have no labels to score with; "
                             "score on a `segadapt shift` output or a filter instead")
     if not cfg.shift.d2_dir:
-        return ShiftedSource(build_source(cfg.data, split), make_shift(cfg.shift.filter, cfg.shift.severity),
-                             cfg.shift.seed, cfg.shift.filter)
+        return filtered_source(build_source(cfg.data, split), cfg.shift)
     d2_dir = Path(cfg.shift.d2_dir)
     if not d2_dir.is_dir():
         raise DataError(f"{d2_dir}: D2 image directory not found; check --d2-dir (shift.d2_dir)")
