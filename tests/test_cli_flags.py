@@ -29,7 +29,8 @@ COMMANDS = {
 VALUES = {str: ("from_flag", "from_set"), int: ("3", "5"), float: ("0.25", "0.75")}
 SPECIAL = {"layers": ("pool5", '["pool3"]'), "weights": ("0.5", "[2.0]"), "filter": ("cubism", '"ripple"'),
            "severity": ("0.9", "0.2"), "dataset": ("camvid", '"voc"'), "arch": ("pixel", '"vgg16_deeplab"'),
-           "device": ("cpu", '"auto"'), "workers": ("1", "0"), "h1": ("x", '"/elsewhere/h1"')}
+           "device": ("cpu", '"auto"'), "workers": ("1", "0"), "h1": ("x", '"/elsewhere/h1"'),
+           "align": ("ecc", '"features"')}
 
 
 def _cases():

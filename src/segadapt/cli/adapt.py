@@ -19,7 +19,7 @@ from segadapt.config import RunConfig, dumps_toml
 from segadapt.errors import SegadaptError
 from segadapt.paths import check_path
 
-D2_FLAGS = ("filter", "severity", "d2_dir", "pairs")
+D2_FLAGS = ("filter", "severity", "d2_dir", "pairs", "align")
 FLAGS = ("h1", "layers", "weights", *D2_FLAGS, *[f for f in TRAINING if f not in ("width", "arch", "init_weights")])
 
 
@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("adapt", help="adapt H1 to D2 by feature-map regression (no D2 labels)")
     config_args(p, FLAGS, helps={"h1": "source model: a training run directory or model .safetensors "
                                        "(required unless --resume)",
-                                 "filter": "make D2 on the fly with this filter: photocopy | ripple | cubism"})
+                                 "filter": "make D2 on the fly with this filter: photocopy | ripple | cubism | "
+                                           "misalign, or a composition such as photocopy+misalign"})
     p.add_argument("--out", help="output directory")
     p.add_argument("--resume", metavar="RUN", help="continue the adaptation in this directory from its last checkpoint")
     p.set_defaults(func=cmd_adapt)
