@@ -6,8 +6,11 @@ with the answer known, for testing registration (segadapt.data.align) and measur
 
 Convention: the transform A (3x3, float64) maps X1's pixel coordinates onto X2's, X2(A p) = X1(p), pixel
 centres at integer coordinates as in OpenCV. Rotation and scale are about the image centre, then the shift.
-Pixels of X2 with no source in X1 are black (`fill`); D1's labels, when moved along (`warp_mask`), get the
-ignore index there, so nothing unseen is scored.
+Pixels of X2 with no source in X1 are filled by mirroring the image at its border, as a camera pointed
+slightly elsewhere would show more scene there rather than a black band: a black fill puts a straight edge
+into X2 that no real camera makes, and that edge alone biased gradient-based registration by 1-2 px. D1's
+labels, when moved along (`warp_mask`), get the ignore index there, so the mirrored content is never scored;
+with the true transform those pixels also fall outside X1's frame, so a registered pair never trains on them.
 
 Draw (`draw_transform`, from `seed` alone, deterministic): offset magnitude uniform in [0.5, 1] x
 `max_offset` x the image diagonal in a uniformly random direction, angle uniform in [-max_angle, max_angle]
