@@ -23,6 +23,7 @@ from segadapt import checkpoint as ckpt
 from segadapt import distributed
 from segadapt.config import RunConfig, to_dict
 from segadapt.data.pairs import PairedDataset
+from segadapt.data.rasters import RasterPairs
 from segadapt.errors import CheckpointError, SegadaptError
 from segadapt.losses import feature_regression_loss, resolve_layers
 from segadapt.models.contract import SegmentationModel, check_taps, conform
@@ -73,7 +74,7 @@ def train_mode(student: nn.Module) -> None:
 def adapt(
     cfg: RunConfig,
     run_dir: Path,
-    pairs: PairedDataset,
+    pairs: PairedDataset | RasterPairs,
     *,
     teacher: nn.Module | None = None,
     h1_meta: dict[str, Any] | None = None,
@@ -113,6 +114,9 @@ def adapt(
     if cfg.adapt.align != "none":  # pairs not pixel-aligned: register each once, keep those that pass
         from segadapt.data.align_cache import register_dataset
 
+        if not isinstance(pairs, PairedDataset):
+            raise SegadaptError(f"adapt.align = {cfg.adapt.align}: mosaics are paired by their georeferencing; "
+                                f"set adapt.align = none")
         pairs, registration = register_dataset(pairs, cfg.adapt, run_dir / "align")
         if run.main:
             print(f"registration ({registration['method']}): {registration['ok']} of {registration['pairs']} pairs "

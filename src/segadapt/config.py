@@ -84,7 +84,8 @@ class TrainConfig:
 
 @dataclass
 class ShiftConfig:
-    """Where D2 comes from: a filter applied to D1 on the fly, a folder of D2 images, or a CSV of pairs."""
+    """Where D2 comes from: a filter applied to D1 on the fly, a folder of D2 images, a CSV of pairs, or a pair
+    of georeferenced mosaics (d1_raster, d2_raster)."""
 
     filter: str = "ripple"  # photocopy | ripple | cubism
     severity: float = 0.5  # 0..1, mapped onto the filter's parameters
@@ -92,6 +93,14 @@ class ShiftConfig:
     d2_dir: str = ""  # folder of D2 images matched to D1 by file stem (e.g. written by `segadapt shift`)
     pairs_csv: str = ""  # CSV with columns x1,x2 (image paths)
     photometric: float = 0.0  # independent brightness/contrast jitter of X1 and X2 (fraction)
+    # pairs by ground coordinates (segadapt.data.rasters): GeoTIFF mosaics of one area; training samples are
+    # random windows of D1's grid cut from both (D2 resampled onto it), nodata masked; the label raster (D1's
+    # labels on the ground) scores a model on D2 tiles
+    d1_raster: str = ""
+    d2_raster: str = ""
+    label_raster: str = ""
+    raster_windows: int = 1000  # windows per epoch
+    raster_min_valid: float = 0.5  # windows with fewer pixels that have data in both mosaics are drawn again
 
 
 @dataclass
@@ -344,7 +353,9 @@ _LIMITS: dict[str, dict[str, tuple[Any, str]]] = {
                     "checkpoint_every": _at_least(0), "log_every": _at_least(1), "threads": _at_least(0),
                     "time_budget_s": _at_least(0), "seed": _SEED},
     "ShiftConfig": {"severity": ((lambda v: 0 <= v <= 1), "in [0, 1]"), "photometric": _at_least(0), "seed": _SEED,
-                    "d2_dir": _usable_path(), "pairs_csv": _usable_path()},
+                    "d2_dir": _usable_path(), "pairs_csv": _usable_path(), "d1_raster": _usable_path(),
+                    "d2_raster": _usable_path(), "label_raster": _usable_path(), "raster_windows": _at_least(1),
+                    "raster_min_valid": _between(0, 1)},
     "AdaptConfig": {"grad_clip": _at_least(0), "holdout": _at_least(0), "probes": _at_least(0),
                     "h1": _usable_path(), "teacher_cache": _usable_path(),
                     "align": _one_of("none", "ecc", "features"), "align_model": _one_of("affine", "homography"),

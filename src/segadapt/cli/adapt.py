@@ -19,7 +19,7 @@ from segadapt.config import RunConfig, dumps_toml
 from segadapt.errors import SegadaptError
 from segadapt.paths import check_path
 
-D2_FLAGS = ("filter", "severity", "d2_dir", "pairs", "align")
+D2_FLAGS = ("filter", "severity", "d2_dir", "pairs", "d1_raster", "d2_raster", "label_raster", "align")
 FLAGS = ("h1", "layers", "weights", *D2_FLAGS, *[f for f in TRAINING if f not in ("width", "arch", "init_weights")])
 
 
@@ -86,6 +86,7 @@ def adapt_base(meta: dict[str, Any], h1: str) -> RunConfig:
     kept = base.adapt
     base.adapt = AdaptConfig(grad_clip=kept.grad_clip, holdout=kept.holdout, probes=kept.probes)
     base.shift.d2_dir, base.shift.pairs_csv = "", ""
+    base.shift.d1_raster, base.shift.d2_raster, base.shift.label_raster = "", "", ""
     base.train.iterations, base.train.lr = base.experiment.iterations, base.experiment.adapt_lr
     return base
 
@@ -95,6 +96,11 @@ def score_hint(cfg: RunConfig, out: Path) -> str:
     from segadapt.data import d2
 
     where = d2.kind(cfg, cfg.data.val_split)
+    if where == "raster":
+        if not cfg.shift.label_raster:
+            return "D2 has no labels here (pass --label-raster to score); compare H1 and H2 by eye"
+        return (f"segadapt evaluate --model {out} --d2-raster {cfg.shift.d2_raster} --label-raster "
+                f"{cfg.shift.label_raster} (and --d1-raster {cfg.shift.d1_raster} for D1)")
     if where == "shifted":  # a `segadapt shift` output
         if cfg.data.dataset == "synthetic":  # generated data has no root to point evaluate at
             return (f"segadapt distortion --model {out} --filter {cfg.shift.filter} --severity "

@@ -1,6 +1,8 @@
 """Where D2 comes from, decided in one place for the CLI, the sweep and the doctor.
 
 For a split, D2 is, in this order:
+0. `shift.d2_raster` (with `shift.d1_raster`): GeoTIFF mosaics paired by ground coordinates (data/rasters.py);
+   training windows only, scored on `shift.label_raster` when given;
 1. `shift.pairs_csv`: a CSV of (x1, x2) image paths; it gives D1 and D2 both, without labels;
 2. `shift.d2_dir` holding `<split>/`: a `segadapt shift` output in D1's layout, with D1's labels;
 3. `shift.d2_dir` without `<split>/`: a plain folder of unlabelled images, matched to D1 by file stem;
@@ -18,9 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from segadapt.config import RunConfig, ShiftConfig
-from segadapt.data.base import SegmentationSource
+from segadapt.data import palettes
+from segadapt.data.base import DatasetInfo, SegmentationSource
 from segadapt.data.datasets import FileSource, build_source, make_transform, pair_by_stem
 from segadapt.data.pairs import MaskShift, PairedDataset, Shift, ShiftedSource, csv_pairs, image_folder
+from segadapt.data.rasters import RasterPairs, RasterTiles
 from segadapt.errors import DataError, SegadaptError
 
 
@@ -56,7 +60,9 @@ def filtered_source(source: SegmentationSource, shift: ShiftConfig) -> ShiftedSo
 
 
 def kind(cfg: RunConfig, split: str) -> str:
-    """"pairs", "shifted", "folder" or "filter": which of the module's four cases D2 of `split` is."""
+    """"raster", "pairs", "shifted", "folder" or "filter": which of the module's cases D2 of `split` is."""
+    if cfg.shift.d2_raster:
+        return "raster"
     if cfg.shift.pairs_csv:
         return "pairs"
     if cfg.shift.d2_dir:
@@ -67,6 +73,8 @@ def kind(cfg: RunConfig, split: str) -> str:
 def d2_source(cfg: RunConfig, split: str, *, labelled: bool = False) -> SegmentationSource:
     """D2 of `split` (cases 2-4; a pairs CSV is read by `training_pairs`). `labelled`: refuse a D2 without
     labels in one line, for the callers that score on it."""
+    if cfg.shift.d2_raster:
+        return raster_tiles(cfg)
     if cfg.shift.pairs_csv:
         raise SegadaptError(f"shift.pairs_csv = {cfg.shift.pairs_csv}: pairs have no labels to score with; "
                             "score on a `segadapt shift` output or a filter instead")
@@ -96,9 +104,52 @@ def shifted_dir_source(cfg: RunConfig, d2_dir: Path, split: str) -> Segmentation
     return build_source(d2_cfg, split)
 
 
-def training_pairs(cfg: RunConfig, split: str = "") -> PairedDataset:
+def raster_info(cfg: RunConfig) -> DatasetInfo:
+    """Classes of a label raster: the folder-dataset settings (data.num_classes, class_names, ignore_index)."""
+    d = cfg.data
+    if d.num_classes <= 0 and d.dataset in ("camvid", "voc"):  # a model trained on a built-in dataset: its classes
+        from segadapt.data.datasets import CAMVID_CLASSES, VOC_CLASSES
+
+        if d.dataset == "camvid":
+            return DatasetInfo("raster", CAMVID_CLASSES, 11, palettes.CAMVID)
+        return DatasetInfo("raster", VOC_CLASSES, 255, palettes.voc(21))
+    if d.num_classes <= 0:
+        raise DataError(f"{cfg.shift.label_raster}: a label raster needs the class count; pass --dataset folder "
+                        f"--set data.num_classes=N")
+    names = tuple(d.class_names) or tuple(f"class_{i}" for i in range(d.num_classes))
+    return DatasetInfo(Path(cfg.shift.label_raster).stem or "raster", names, d.ignore_index,
+                       palettes.generic(d.num_classes))
+
+
+def raster_tiles(cfg: RunConfig, image: str = "") -> RasterTiles:
+    """D2 (or `image`) cut into crop-sized tiles on the label raster's grid, with its labels, for scoring."""
+    if not cfg.shift.label_raster:
+        raise DataError(f"{cfg.shift.d2_raster}: no label raster to score with; pass --label-raster (D1's labels "
+                        f"on the ground)")
+    return RasterTiles(Path(image or cfg.shift.d2_raster), Path(cfg.shift.label_raster), raster_info(cfg),
+                       (cfg.data.crop_size[0], cfg.data.crop_size[1]))
+
+
+def raster_pairs(cfg: RunConfig) -> RasterPairs:
+    """Training windows of the D1 and D2 mosaics at the same ground coordinates."""
+    s = cfg.shift
+    if not s.d1_raster:
+        raise DataError(f"{s.d2_raster}: a D2 mosaic pairs with a D1 mosaic; pass --d1-raster too")
+    if cfg.adapt.align != "none":
+        raise SegadaptError(f"adapt.align = {cfg.adapt.align}: mosaics are paired by their georeferencing; "
+                            f"set adapt.align = none")
+    if cfg.adapt.teacher_cache:
+        raise SegadaptError("adapt.teacher_cache: random raster windows are not windows of stored frames; "
+                            "leave the cache off with --d2-raster")
+    return RasterPairs(Path(s.d1_raster), Path(s.d2_raster), make_transform(cfg.data, True, cfg.data.ignore_index),
+                       s.raster_windows, s.photometric, s.raster_min_valid)
+
+
+def training_pairs(cfg: RunConfig, split: str = "") -> PairedDataset | RasterPairs:
     """(X1, X2) pairs of a split for adaptation, with the training transform (shared geometry)."""
     split = split or cfg.data.train_split
+    if cfg.shift.d2_raster:
+        return raster_pairs(cfg)
     if cfg.shift.pairs_csv:
         d1, d2 = csv_pairs(Path(cfg.shift.pairs_csv))
     else:
