@@ -16,7 +16,8 @@ SIFT about ten times as many RANSAC inliers.
   the starting shift, then OpenCV's ECC (enhanced correlation coefficient) refines an affine (or homography)
   level by level up to full resolution.
 - `features`: for large offsets. SIFT keypoints on the structure images at half resolution (4x faster than
-  at full, and the refinement below restores the accuracy), Lowe's ratio test, RANSAC
+  at full, and the refinement below restores the accuracy; at full resolution when half gives too few
+  inliers), Lowe's ratio test, RANSAC
   (estimateAffine2D / findHomography), then the same ECC refinement at the two finest levels for sub-pixel
   accuracy (kept only when it stays within 3 px of the RANSAC estimate).
 Quality check (`Registration.ok`): correlation of the aligned structure images at least `min_corr` (aligned
@@ -317,8 +318,11 @@ def register(x1: np.ndarray, x2: np.ndarray, settings: AlignSettings) -> Registr
         if found is None:
             reason = "ECC did not converge"
     else:
-        level = min(FEATURE_LEVEL, len(p1) - 1, len(p2) - 1)  # keypoints at half resolution: 4x faster
-        found_at, inliers, matches = _features(p1[level], p2[level], s.model)
+        # keypoints at half resolution (4x faster); at full resolution when that finds too few inliers
+        for level in sorted({min(FEATURE_LEVEL, len(p1) - 1, len(p2) - 1), 0}, reverse=True):
+            found_at, inliers, matches = _features(p1[level], p2[level], s.model)
+            if found_at is not None and inliers >= s.min_inliers:
+                break
         matrix = None if found_at is None else _rescale(found_at, _size(p1[level]), size1, _size(p2[level]), size2)
         quality |= {"inliers": float(inliers), "matches": float(matches),
                     "inlier_ratio": inliers / matches if matches else 0.0}
