@@ -58,17 +58,17 @@ BASELINES = ("B0", "B1", "B2")
 def check_experiment(cfg: RunConfig) -> None:
     """Refuse unknown filters, baselines and layer presets before H1 trains, not hours into the sweep."""
     from segadapt.shifts import FILTERS
-    from segadapt.shifts.compose import parse
+    from segadapt.shifts.compose import GEOMETRIC, parse
 
     ex = cfg.experiment
     # with shift.d2_dir the filter names only label the given D2; otherwise a filter, or a composition of
     # filters such as photocopy+misalign (shifts/compose.py checks those)
-    known_filters = ex.filters if cfg.shift.d2_dir else FILTERS
+    known_filters = ex.filters if cfg.shift.d2_dir else [*FILTERS, *GEOMETRIC]
     if not cfg.shift.d2_dir:
         for name in ex.filters:
-            if name not in FILTERS:
+            if "+" in name or "=" in name:  # a composition: checked (and explained) by its parser
                 parse(name)
-        known_filters = [*FILTERS, *(f for f in ex.filters if f not in FILTERS)]
+                known_filters.append(name)
     checks = [("experiment.filters", ex.filters, known_filters), ("experiment.baselines", ex.baselines, BASELINES),
               ("experiment.layer_presets", ex.layer_presets, LAYER_PRESETS), ("experiment.seeds", ex.seeds, None)]
     for key, values, known in checks:

@@ -81,8 +81,9 @@ def check(spec: str, severity: float, seed: int = 0) -> None:
 
 
 def moves_labels(spec: str) -> bool:
-    """Whether the spec moves pixels in a way labels must follow (a geometric part)."""
-    return any(p.name in GEOMETRIC for p in parse(spec))
+    """Whether the spec names a geometric part, whose move labels must follow (read off the names only: checking
+    the spec is apply's job, so a caller's own filter names pass through)."""
+    return any(part.partition("=")[0].strip() in GEOMETRIC for part in spec.split("+"))
 
 
 def _geometric_params(severity: float | None, seed: int, params: dict[str, Any]) -> dict[str, Any]:
