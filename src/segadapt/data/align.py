@@ -18,8 +18,9 @@ SIFT about ten times as many RANSAC inliers.
 - `features`: for large offsets. SIFT keypoints on the structure images at half resolution (4x faster than
   at full, and the refinement below restores the accuracy; at full resolution when half gives too few
   inliers), Lowe's ratio test, RANSAC
-  (estimateAffine2D / findHomography), then the same ECC refinement at the two finest levels for sub-pixel
-  accuracy (kept only when it stays within 3 px of the RANSAC estimate).
+  (estimateAffine2D / findHomography), then ECC refinement for sub-pixel accuracy, started at a quarter and at
+  half resolution; of the RANSAC estimate and the refinements (within 8 px of it), the one whose aligned
+  images correlate best is kept.
 Quality check (`Registration.ok`): correlation of the aligned structure images at least `min_corr` (aligned
 CamVid pairs under photocopy give 0.5-0.7, unrelated frames below 0.06), for features at least `min_inliers`
 RANSAC inliers, a plausible linear part (scale within [1/2, 2] of the images' size ratio, anisotropy and shear
@@ -46,6 +47,7 @@ from segadapt.errors import ConfigError
 METHODS = ("none", "ecc", "features")
 MODELS = ("affine", "homography")
 COARSEST = 48  # pixels of the shorter side at the coarsest ECC level
+REFINE_REACH = 8.0  # px: a refinement that moves the RANSAC estimate further has lost it, not improved it
 FEATURE_LEVEL = 1  # pyramid level keypoints are detected at (1: half resolution); ECC then refines at full
 BLUR_SIGMA = 1.5  # Gaussian blur before the gradients, at every level (noise and JPEG blocks out)
 LCN_SIGMA = 4.0  # window of the local contrast normalisation, pixels at every level
@@ -330,12 +332,14 @@ def register(x1: np.ndarray, x2: np.ndarray, settings: AlignSettings) -> Registr
             reason = f"RANSAC found no transform ({matches} matches)"
         elif inliers < s.min_inliers:
             reason = f"{inliers} RANSAC inliers, fewer than {s.min_inliers}"
-        else:  # sub-pixel refinement by ECC at the two finest levels, kept if it stays close
-            level = min(1, len(p1) - 1, len(p2) - 1)
-            start = _rescale(matrix, size1, _size(p1[level]), size2, _size(p2[level]))
-            found = _refine(p1, p2, start, level, s)
-            if found is not None and corner_error(found[0], matrix, *size1) < 3.0:
-                matrix = found[0]
+        else:  # sub-pixel refinement: ECC from a quarter and from half resolution, the best correlation wins
+            candidates = [matrix]
+            for level in sorted({min(lv, len(p1) - 1, len(p2) - 1) for lv in (2, 1)}):
+                start = _rescale(matrix, size1, _size(p1[level]), size2, _size(p2[level]))
+                found = _refine(p1, p2, start, level, s)
+                if found is not None and corner_error(found[0], matrix, *size1) < REFINE_REACH:
+                    candidates.append(found[0])
+            matrix = max(candidates, key=lambda m: _correlation(g1, g2, m))
     if matrix is None:
         matrix = np.eye(3)
     else:
