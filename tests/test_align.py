@@ -336,5 +336,6 @@ def test_doctor_reports_each_pairs_offset_and_quality(tmp_path):
         truth = describe(truths[Path(r["x1"]).stem], (64, 96))
         assert r["dx"] == pytest.approx(truth["dx"], abs=0.5) and r["dy"] == pytest.approx(truth["dy"], abs=0.5)
         assert {"corr", "overlap", "rotation", "scale"} <= set(r)
+        assert r["truth_corner_error"] < 1.0  # the shift's recorded truth, compared for the user
     text = report.format()
     assert "registration (ecc): 3 of 3 pairs pass" in text and text.count(" dx ") == 3

@@ -189,6 +189,8 @@ def _format_registration(rows: list[dict[str, Any]]) -> list[str]:
            f"(dx, dy: where X1's centre lands in X2, pixels)"]
     for r in rows:
         quality = ", ".join(f"{k} {r[k]:.3g}" for k in ("corr", "inliers", "overlap") if k in r)
+        if "truth_corner_error" in r:
+            quality += f", {r['truth_corner_error']:.2f} px from the recorded truth"
         verdict = "ok" if r["ok"] else f"FAILED: {r['reason']}"
         out.append(f"  {Path(r['x2']).name}: dx {r['dx']:+.2f} dy {r['dy']:+.2f} rot {r['rotation']:+.2f} deg "
                    f"scale {r['scale']:.4f}; {quality}; {verdict}")
@@ -372,7 +374,7 @@ def _check_pairs(
                 report.add("error", "pair size mismatch", f"{path2}: size {image2.shape[1]}x{image2.shape[0]} "
                            f"differs from its pair {source1.image_path(i)} ({w}x{h}); paired images must show the "
                            "same scene at the same size", path2)
-        _register(report, cfg, to_register)
+        _register(report, cfg, to_register, _truths(d2, split))
         if not limit:
             d1_stems = {source1.stem(i) for i in range(len(source1))}
             extra = [s for s in index if s not in d1_stems]
@@ -412,13 +414,24 @@ def _check_pairs_csv(report: Report, cfg: RunConfig, csv_path: str, limit: int) 
     _register(report, cfg, to_register)
 
 
-def _register(report: Report, cfg: RunConfig,
-              pairs: list[tuple[SegmentationSource, int, SegmentationSource, int]]) -> None:
+def _truths(d2: Path, split: str) -> dict[str, np.ndarray]:
+    """Ground-truth transforms a `segadapt shift` with misalign recorded for the split ({} when none)."""
+    from segadapt.shifts.write import recorded_transforms
+
+    try:
+        return recorded_transforms(d2, split) if (d2 / f".segadapt-shift-{split}.json").is_file() else {}
+    except DataError:
+        return {}
+
+
+def _register(report: Report, cfg: RunConfig, pairs: list[tuple[SegmentationSource, int, SegmentationSource, int]],
+              truths: dict[str, np.ndarray] | None = None) -> None:
     """With adapt.align set: register each pair as adapt would (same settings, same cache when
-    adapt.align_cache is set) and report its offset and quality; a failure is a warning (adapt skips it)."""
+    adapt.align_cache is set) and report its offset and quality; a failure is a warning (adapt skips it).
+    Where the D2 was made by misalign, the error against the recorded truth is reported too."""
     if cfg.adapt.align == "none" or not pairs:
         return
-    from segadapt.data.align import describe
+    from segadapt.data.align import corner_error, describe
     from segadapt.data.align_cache import register_pairs, settings_of
 
     settings = settings_of(cfg.adapt)
@@ -429,8 +442,11 @@ def _register(report: Report, cfg: RunConfig,
                              mininterval=0.5):
         reg = register_pairs(s1, s2, [(i, j)], settings, cache, progress=False)[0]
         motion = describe(reg.transform, reg.size1)
+        truth = (truths or {}).get(s1.stem(i))
         rows.append({"x1": s1.name(i), "x2": s2.name(j), "ok": reg.ok, "method": settings.method,
                      **{k: round(v, 4) for k, v in motion.items()}, **{k: round(v, 4) for k, v in reg.quality.items()},
+                     **({"truth_corner_error": round(corner_error(reg.transform, truth, *reg.size1), 4)}
+                        if truth is not None else {}),
                      "reason": reg.reason, "seconds": reg.seconds})
         if not reg.ok:
             report.add("warning", "registration failed", f"{s2.name(j)}: registration ({settings.method}) onto "
