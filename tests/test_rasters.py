@@ -156,3 +156,42 @@ def test_adapt_and_evaluate_from_the_cli_flags(mosaics, tmp_path):
     assert main(["evaluate", "--model", str(out), "--d2-raster", str(d2), "--label-raster", str(labels),
                  "--dataset", "folder", "--set", "data.num_classes=7", "--out", str(tmp_path / "e.json")]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["images"] > 0
+
+
+def test_folder_pairs_of_geotiff_tiles_align_by_their_georeference(tmp_path):
+    """Works with folder/stem pairs too: adapt.align = geo warps each D2 tile onto its D1 tile's ground."""
+    from segadapt.data.align import AlignSettings, describe
+    from segadapt.data.align_cache import register_pairs
+    from segadapt.data.pairs import PairedDataset, image_folder
+
+    for d in ("d1", "d2"):
+        (tmp_path / d).mkdir()
+    write(tmp_path / "d1" / "a.tif", UTM, from_origin(X0, Y0, 1.0, 1.0), 96, 128)
+    write(tmp_path / "d2" / "a.tif", UTM, from_origin(X0 + 6.4, Y0 - 3.2, 2.0, 2.0), 50, 64)  # other size
+    pairs = PairedDataset(image_folder(tmp_path / "d1"), image_folder(tmp_path / "d2"),
+                          JointTransform(train=True, crop_size=(96, 128), scale_range=(1.0, 1.0), hflip=False))
+    regs = register_pairs(pairs.d1, pairs.d2, pairs.pairs, AlignSettings("geo"), None)
+    assert regs[0].ok and regs[0].size2 == (50, 64)
+    motion = describe(regs[0].transform, regs[0].size1)
+    assert motion["scale"] == pytest.approx(0.5)  # 1 m pixels onto 2 m pixels
+    x1, x2, valid = pairs.registered(regs)[0]
+    inside = valid[0] > 0
+    assert not inside[:, :6].any() and inside[10:90, 10:120].all()  # D2 starts 6.4 m east of D1
+    a, b = x1[:, 8:88, 12:124], x2[:, 8:88, 12:124]
+    assert offset_px(a, b) < 0.5
+
+
+def test_geo_tiles_in_another_crs_are_fitted_and_checked(tmp_path):
+    from segadapt.data.rasters import geo_transform
+
+    write(tmp_path / "a.tif", UTM, from_origin(X0, Y0, 1.0, 1.0), 80, 100)
+    lon, lat = reproject_points(UTM, "EPSG:4326", [X0 + 5], [Y0 - 5])
+    write(tmp_path / "b.tif", "EPSG:4326", from_origin(lon[0], lat[0], 2.5e-5, 2.0e-5), 60, 60)
+    matrix, size1, size2, residual = geo_transform(tmp_path / "a.tif", tmp_path / "b.tif")
+    assert residual < 0.05 and size1 == (80, 100) and size2 == (60, 60)
+    # X1's pixel centre (20, 30) lies where the georeferencing says, in X2's pixels
+    x, y = (np.array([X0 + 20.5]), np.array([Y0 - 30.5]))
+    lon2, lat2 = reproject_points(UTM, "EPSG:4326", x.tolist(), y.tolist())
+    expected = np.array([(lon2[0] - lon[0]) / 2.5e-5 - 0.5, (lat[0] - lat2[0]) / 2.0e-5 - 0.5])
+    got = matrix @ np.array([20.0, 30.0, 1.0])
+    assert np.allclose(got[:2] / got[2], expected, atol=0.05)

@@ -119,10 +119,11 @@ class AdaptConfig:
     # computed once, stored as float16 and sliced each step instead of running H1. Augmentation is then
     # flips and stride-aligned crops only (no random scale) and shift.photometric must be 0.
     teacher_cache: str = ""
-    # pairs that are not pixel-aligned (segadapt.data.align): "none" (as before), "ecc" (small offsets) or
-    # "features" (keypoints + RANSAC, large offsets). Each pair is registered once (cached in `align_cache`,
-    # default <run>/align), X2 is warped into X1's frame and the loss is a mean over pixels with a source;
-    # pairs that fail the quality check (correlation, inliers, overlap, plausible scale/shear) are skipped.
+    # pairs that are not pixel-aligned (segadapt.data.align): "none" (as before), "ecc" (small offsets),
+    # "features" (keypoints + RANSAC, large offsets) or "geo" (GeoTIFF tiles: from their georeferencing).
+    # Each pair is registered once (cached in `align_cache`, default <run>/align), X2 is warped into X1's
+    # frame and the loss is a mean over pixels with a source; pairs that fail the quality check
+    # (correlation, inliers, overlap, plausible scale/shear) are skipped.
     align: str = "none"
     align_model: str = "affine"  # affine | homography
     align_image: str = "contrast"  # what is aligned: contrast (local contrast) | gradient (gradient magnitude)
@@ -358,7 +359,7 @@ _LIMITS: dict[str, dict[str, tuple[Any, str]]] = {
                     "raster_min_valid": _between(0, 1)},
     "AdaptConfig": {"grad_clip": _at_least(0), "holdout": _at_least(0), "probes": _at_least(0),
                     "h1": _usable_path(), "teacher_cache": _usable_path(),
-                    "align": _one_of("none", "ecc", "features"), "align_model": _one_of("affine", "homography"),
+                    "align": _one_of("none", "ecc", "features", "geo"), "align_model": _one_of("affine", "homography"),
                     "align_image": _one_of("contrast", "gradient"), "align_cache": _usable_path(),
                     "align_min_corr": _between(-1, 1), "align_min_inliers": _at_least(3),
                     "align_min_overlap": ((lambda v: 0 < v <= 1), "in (0, 1]")},

@@ -81,7 +81,7 @@ FLAGS: dict[str, Flag] = {
     "label_raster": Flag("shift.label_raster", "D1's labels as a raster on the ground (one band of class indices), "
                          "to score on"),
     "align": Flag("adapt.align", "register pairs that are not pixel-aligned: none | ecc (small offsets) | features "
-                  "(keypoints + RANSAC, large offsets)"),
+                  "(keypoints + RANSAC, large offsets) | geo (GeoTIFF tiles, by their georeferencing)"),
 }
 DATA = ("dataset", "root")
 TRAINING = (*DATA, "iterations", "batch_size", "lr", "width", "arch", "init_weights", "device", "seed", "threads",

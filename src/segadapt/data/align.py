@@ -27,6 +27,10 @@ RANSAC inliers, a plausible linear part (scale within [1/2, 2] of the images' si
 under 10%), and at least `min_overlap` of X1 covered by X2. A pair that fails is flagged with the reason and
 never used for training.
 
+- `geo`: no pixels are read: the transform comes from the two files' georeferencing (GeoTIFF tiles paired by
+  stem or in a pairs CSV), exact within one CRS; across CRSs a homography fitted to the reprojection of a
+  grid of points, refused when it departs from it by more than half a pixel.
+
 Content that no camera saw (a black fill, a scanner's margin) inside X2's frame is not masked here: its
 straight edge biased ECC by 1-2 px in a test with black-filled misalignment, which is why the misalign shift
 mirrors the image at its border instead (shifts/misalign.py).
@@ -37,6 +41,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -44,7 +49,7 @@ import numpy as np
 
 from segadapt.errors import ConfigError
 
-METHODS = ("none", "ecc", "features")
+METHODS = ("none", "ecc", "features", "geo")
 MODELS = ("affine", "homography")
 COARSEST = 48  # pixels of the shorter side at the coarsest ECC level
 REFINE_REACH = 8.0  # px: a refinement that moves the RANSAC estimate further has lost it, not improved it
@@ -65,7 +70,7 @@ class AlignSettings:
     iterations: int = 100  # ECC iterations per pyramid level
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS[1:]:
+        if self.method not in METHODS[1:]:  # "none" has no registration
             raise ConfigError(f"adapt.align = {self.method!r}: registration methods are {', '.join(METHODS[1:])}")
         if self.model not in MODELS:
             raise ConfigError(f"adapt.align_model = {self.model!r}: choose one of {', '.join(MODELS)}")
@@ -301,8 +306,27 @@ def _sanity(matrix: np.ndarray, size1: tuple[int, int], size2: tuple[int, int], 
     return ""
 
 
+def from_georeference(path1: Path, path2: Path, settings: AlignSettings) -> Registration:
+    """`geo`: the transform the two files' georeferencing implies (GeoTIFF tiles), checked for overlap and,
+    across CRSs, for how well one plane transform follows the reprojection."""
+    from segadapt.data.rasters import GEO_FIT_TOLERANCE, geo_transform
+
+    t0 = time.perf_counter()
+    matrix, size1, size2, residual = geo_transform(path1, path2)
+    overlap = float(valid_mask(matrix, size1, size2).mean())
+    reason = ""
+    if residual > GEO_FIT_TOLERANCE:
+        reason = f"reprojection departs {residual:.2f} px from a plane transform; reproject to one CRS first"
+    elif overlap < settings.min_overlap:
+        reason = f"overlap {overlap:.2f} below {settings.min_overlap}"
+    return Registration(not reason, matrix.tolist(), "geo", size1, size2, reason,
+                        {"overlap": overlap, "fit_residual": residual}, round(time.perf_counter() - t0, 4))
+
+
 def register(x1: np.ndarray, x2: np.ndarray, settings: AlignSettings) -> Registration:
-    """Estimate W (X1 -> X2 coordinates) for one pair of uint8 RGB images, and check it."""
+    """Estimate W (X1 -> X2 coordinates) for one pair of uint8 RGB images, and check it (ecc, features)."""
+    if settings.method not in ("ecc", "features"):
+        raise ValueError(f"register() estimates from pixels (ecc, features), not {settings.method!r}")
     t0 = time.perf_counter()
     s = settings
     size1, size2 = _size(x1), _size(x2)

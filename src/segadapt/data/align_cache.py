@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from segadapt.checkpoint import write_json_atomic
 from segadapt.config import AdaptConfig
-from segadapt.data.align import AlignSettings, Registration, register
+from segadapt.data.align import AlignSettings, Registration, from_georeference, register
 from segadapt.data.base import SegmentationSource
 from segadapt.data.pairs import PairedDataset
 from segadapt.errors import DataError
@@ -73,7 +73,13 @@ def register_pairs(
     for i, j in tqdm(pairs, desc=desc, dynamic_ncols=True, mininterval=1.0, disable=not progress):
         path = cache_dir / f"{pair_key(d1, i, d2, j, settings)}.json" if cache_dir is not None else None
         found = _read(path) if path is not None and path.is_file() else None
-        if found is None:
+        if found is None and settings.method == "geo":
+            p1, p2 = d1.image_path(i), d2.image_path(j)
+            if p1 is None or p2 is None:
+                raise DataError(f"{d2.name(j)}: adapt.align = geo reads the georeferencing of image files; this "
+                                f"pair has no files (generated or filtered on the fly)")
+            found = from_georeference(p1, p2, settings)
+        elif found is None:
             x1, x2 = d1.load_image(i), d2.load_image(j)
             found = registrar(x1, x2, settings)
             if path is not None:

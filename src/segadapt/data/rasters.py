@@ -219,3 +219,41 @@ class RasterTiles(SegmentationSource):
 
     def load_image(self, i: int) -> np.ndarray:
         return self.load(i)[0]
+
+
+# --- georeferenced image pairs (folder/stem pairs or a pairs CSV of GeoTIFF tiles) ---------------------------
+
+GEO_FIT_TOLERANCE = 0.5  # px: a reprojection a homography cannot follow this closely over a tile is refused
+GEO_GRID = 9  # points per side on which a reprojection is sampled for the fit
+
+
+def _centre_shift(d: float) -> np.ndarray:
+    return np.array([[1.0, 0.0, d], [0.0, 1.0, d], [0.0, 0.0, 1.0]])
+
+
+def geo_transform(path1: Path, path2: Path) -> tuple[np.ndarray, tuple[int, int], tuple[int, int], float]:
+    """The transform (3x3, X1 pixel centres -> X2's, data/align.py's convention) that the two files'
+    georeferencing implies, both sizes, and the fit residual in X2 pixels (0 for one CRS: the map is affine).
+
+    Same CRS: W = inv(T2) T1 with the half-pixel shifts between GDAL's pixel corners and OpenCV's centres.
+    Another CRS: X1's pixel centres on a grid are reprojected into X2's CRS and a homography is fitted; the
+    largest residual says how well one transform describes the tile."""
+    from rasterio.warp import transform as reproject_points
+
+    with _open(path1, "X1") as a, _open(path2, "X2") as b:
+        t1, t2 = np.array(a.transform).reshape(3, 3), np.array(b.transform).reshape(3, 3)
+        size1, size2 = (a.height, a.width), (b.height, b.width)
+        if a.crs == b.crs:
+            return _centre_shift(-0.5) @ np.linalg.inv(t2) @ t1 @ _centre_shift(0.5), size1, size2, 0.0
+        cols, rows = np.meshgrid(np.linspace(0, a.width - 1, GEO_GRID), np.linspace(0, a.height - 1, GEO_GRID))
+        p1 = np.stack([cols.ravel(), rows.ravel()], 1)
+        world = (np.hstack([p1 + 0.5, np.ones((len(p1), 1))]) @ t1.T)[:, :2]
+        xs, ys = reproject_points(a.crs, b.crs, world[:, 0].tolist(), world[:, 1].tolist())
+        p2 = (np.stack([xs, ys, np.ones(len(xs))], 1) @ np.linalg.inv(t2).T)[:, :2] - 0.5
+    h, _ = cv2.findHomography(p1.astype(np.float64), p2.astype(np.float64), 0)
+    if h is None:
+        raise DataError(f"{path2}: its georeferencing maps {path1} onto no plane transform; reproject the tiles "
+                        f"to one CRS (gdalwarp)")
+    fit = np.hstack([p1, np.ones((len(p1), 1))]) @ h.T
+    residual = float(np.linalg.norm(fit[:, :2] / fit[:, 2:3] - p2, axis=1).max())
+    return h, size1, size2, residual
