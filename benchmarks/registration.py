@@ -14,6 +14,7 @@ frame), which must all be flagged.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -125,11 +126,15 @@ def main() -> int:
     p.add_argument("--unrelated", type=int, default=20, help="unrelated pairs, which must all be flagged")
     p.add_argument("--out", type=Path)
     p.add_argument("--figure", type=Path)
+    p.add_argument("--merge", action="store_true", help="update these variants in an existing --out file, keeping "
+                   "the others (to re-measure one method after a change)")
     args = p.parse_args()
     cv2.setNumThreads(1)
     paths = frames(args.root, args.pairs)
     t0 = time.perf_counter()
     results: dict[str, Any] = {"pairs": len(paths), "load_average_start": load_average(), "runs": {}}
+    if args.merge and args.out and args.out.is_file():
+        results = json.loads(args.out.read_text()) | {"load_average_start": load_average()}
     drawn = False
     for severity in args.severities:
         spec = spec_of(severity)
@@ -149,8 +154,10 @@ def main() -> int:
                     drawn = True
             print(f"severity {severity:g}: {n + 1}/{len(paths)} pairs", end="\r", file=sys.stderr)
         print(file=sys.stderr)
-        results["runs"][spec] = {v: summarise(r) for v, r in rows.items()}
-        results["runs"][spec]["rows"] = rows
+        run = results["runs"].setdefault(spec, {"rows": {}})
+        run.update({v: summarise(r) for v, r in rows.items()})
+        run["rows"].update(rows)
+        results["runs"][spec]["measured_at_load"] = load_average()
         for v in args.variants:
             s = results["runs"][spec][v]
             e = s["corner_error_px"] or {}
@@ -165,7 +172,7 @@ def main() -> int:
         x2 = apply_filter("photocopy", read_image(paths[(a + len(paths) // 3) % len(paths)]), severity=1.0)
         for v in args.variants:
             unrelated[v] += not register(x1, x2, VARIANTS[v]).ok
-    results["unrelated"] = {"pairs": k, "flagged": unrelated}
+    results.setdefault("unrelated", {"pairs": k, "flagged": {}})["flagged"].update(unrelated)
     print(f"unrelated pairs flagged (of {k}): {unrelated}")
     results["wall_s"] = round(time.perf_counter() - t0, 1)
     results["load_average_end"] = load_average()
