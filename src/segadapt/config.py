@@ -128,7 +128,7 @@ class AdaptConfig:
     align_model: str = "affine"  # affine | homography
     align_image: str = "contrast"  # what is aligned: contrast (local contrast) | gradient (gradient magnitude)
     align_cache: str = ""
-    align_min_corr: float = 0.3  # correlation of the aligned images below which a registration fails
+    align_min_corr: float = 0.35  # correlation of the aligned images below which a registration fails
     align_min_inliers: int = 20  # RANSAC inliers (features) below which it fails
     align_min_overlap: float = 0.5  # fraction of X1 that X2 must cover
 
