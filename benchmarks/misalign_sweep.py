@@ -129,7 +129,14 @@ def main() -> int:
     p.add_argument("--iterations", type=int, default=300, help="B2 and each regression's steps")
     p.add_argument("--json", type=Path)
     p.add_argument("--figure", type=Path)
+    p.add_argument("--report-only", action="store_true", help="redo the table and figure from <out>/partial.json "
+                   "(what a stopped sweep has measured so far)")
     args = p.parse_args()
+    if args.report_only:
+        results = json.loads((args.out / "partial.json").read_text())
+        results["partial"] = True
+        report(results, args)
+        return 0
 
     cfg = base_config(args.root, args.iterations)
     device = select_device("cpu")
@@ -140,7 +147,7 @@ def main() -> int:
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = [{"severity": None, "method": "H1 on D1", "miou": score(h1, d1_val, cfg, device).miou}]
     results: dict[str, Any] = {"h1": str(args.h1), "iterations": args.iterations, "rows": rows, "offsets": {},
-                               "load_average_start": load_average()}
+                               "load_average_start": load_average(), "started": time.strftime("%Y-%m-%d %H:%M")}
     for severity in args.severities:
         spec = spec_of(severity)
         shift = materialise_d2(cfg, spec, args.out / f"d2-{spec}")
@@ -179,6 +186,12 @@ def main() -> int:
     results["load_average_end"] = load_average()
     results["environment"] = environment()
     write_json_atomic(args.out / "results.json", results)
+    report(results, args)
+    print(json.dumps({"wall_s": results["wall_s"]}))
+    return 0
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     write_text_atomic(args.out / "results.md", markdown(results))
     if args.json:
         write_json_atomic(args.json, results)
@@ -186,8 +199,6 @@ def main() -> int:
     if args.figure:
         plot(results, args.figure)
     print(markdown(results))
-    print(json.dumps({"wall_s": results["wall_s"]}))
-    return 0
 
 
 if __name__ == "__main__":
