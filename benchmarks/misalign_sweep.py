@@ -32,7 +32,7 @@ from segadapt.config import RunConfig, ShiftConfig, preset
 from segadapt.data import SegmentationDataset, build_source, make_transform
 from segadapt.data.d2 import d2_source, materialise_d2, with_shift
 from segadapt.data.pairs import PairedDataset
-from segadapt.experiment import score
+from segadapt.experiment import _scores_from, score
 from segadapt.runtime import environment, select_device
 from segadapt.shifts.write import recorded_transforms
 from segadapt.train import train
@@ -168,8 +168,7 @@ def main() -> int:
         b2.train.iterations, b2.train.lr = args.iterations, cfg.experiment.finetune_lr
         m = train(b2, here / "B2", model=copy.deepcopy(h1), train_set=SegmentationDataset(d2_train, train_tf),
                   val_set=SegmentationDataset(d2_val, eval_tf))
-        b2_model, _ = load_model(here / "B2", device)
-        add("B2", score(b2_model, d2_val, cfg, device), {"train_miou_logged": m["val"]["miou"]})
+        add("B2", _scores_from(m))  # train() scored it on D2 val already (the same data and transform)
         for method in args.methods if severity else ["none"]:
             a = copy.deepcopy(cfg)
             a.train.iterations, a.train.lr = args.iterations, cfg.experiment.adapt_lr
