@@ -339,3 +339,20 @@ def test_doctor_reports_each_pairs_offset_and_quality(tmp_path):
         assert r["truth_corner_error"] < 1.0  # the shift's recorded truth, compared for the user
     text = report.format()
     assert "registration (ecc): 3 of 3 pairs pass" in text and text.count(" dx ") == 3
+
+
+def test_registration_with_the_teacher_cache(tmp_path):
+    """Registered items keep X1's frame, so a teacher cache of D1 frames slices the right maps for them."""
+    pairs = misaligned_pairs(8, scale=(1.0, 1.0))
+    cfg = preset("synthetic")
+    cfg.adapt.layers, cfg.adapt.align, cfg.adapt.holdout, cfg.adapt.probes = ["pool3"], "ecc", 0, 0
+    cfg.adapt.teacher_cache = str(tmp_path / "cache")
+    cfg.train.iterations, cfg.train.batch_size, cfg.train.lr, cfg.train.threads = 2, 4, 0.01, 1
+    torch.manual_seed(0)
+    teacher = VGGDeepLab(7, width=0.125)
+    result = adapt(cfg, tmp_path / "run", pairs, teacher=teacher,
+                   h1_meta={"arch": "vgg16_deeplab", "width": 0.125, "num_classes": 7})
+    assert result["registration"]["ok"] == 8 and result["step"] == 2
+    view = pairs.registered(register_pairs(pairs.d1, pairs.d2, pairs.pairs, AlignSettings("ecc"), None))
+    _, x2, geometry, valid = view.aligned(8, load_x1=False)[0]
+    assert geometry.shape == (4,) and valid.shape == (1, 64, 96) and x2.shape == (3, 64, 96)
