@@ -27,15 +27,17 @@ import torch
 
 from segadapt.data.base import DatasetInfo, SegmentationSource
 from segadapt.data.transforms import JointTransform
-from segadapt.errors import DataError
+from segadapt.errors import ConfigError, DataError
 
 MAX_DRAWS = 50  # windows drawn before giving up on one with enough valid pixels
 
 
 def _open(path: Path, what: str) -> Any:
-    import rasterio
-    from rasterio.errors import RasterioIOError
-
+    try:
+        import rasterio
+        from rasterio.errors import RasterioIOError
+    except ImportError:
+        raise ConfigError(f"{path}: georeferenced rasters need rasterio: pip install 'segadapt[geo]'") from None
     if not path.is_file():
         raise DataError(f"{path}: {what} raster not found; check the path")
     try:
