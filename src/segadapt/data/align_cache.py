@@ -40,10 +40,23 @@ def settings_of(adapt: AdaptConfig) -> AlignSettings:
 def register_dataset(pairs: PairedDataset, adapt: AdaptConfig, default_cache: Path | None,
                      registrar: Register = register) -> tuple[PairedDataset, dict[str, Any]]:
     """The registered view of `pairs` (failed pairs left out) and its summary; refuses when none passed."""
+    from segadapt import distributed
+
     settings = settings_of(adapt)
     cache = Path(adapt.align_cache) if adapt.align_cache else default_cache
-    regs = register_pairs(pairs.d1, pairs.d2, pairs.pairs, settings, cache, registrar=registrar,
-                          desc=f"register pairs ({settings.method})")
+
+    def run() -> list[Registration]:
+        return register_pairs(pairs.d1, pairs.d2, pairs.pairs, settings, cache, registrar=registrar,
+                              desc=f"register pairs ({settings.method})", progress=distributed.is_main())
+
+    if distributed.active() and cache is not None:  # under torchrun rank 0 registers, the others read its cache
+        if not distributed.is_main():
+            distributed.barrier()
+        regs = run()
+        if distributed.is_main():
+            distributed.barrier()
+    else:
+        regs = run()
     stats = summary(pairs.d1, pairs.d2, pairs.pairs, regs) | {"method": settings.method,
                                                               "cache": str(cache) if cache else None}
     refuse_none_left(stats, settings.method)
