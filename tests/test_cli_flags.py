@@ -33,7 +33,8 @@ SPECIAL = {"layers": ("pool5", '["pool3"]'), "weights": ("0.5", "[2.0]"), "filte
            "severity": ("0.9", "0.2"), "dataset": ("camvid", '"voc"'), "arch": ("pixel", '"vgg16_deeplab"'),
            "device": ("cpu", '"auto"'), "workers": ("1", "0"), "h1": ("x", '"/elsewhere/h1"'),
            "norm": ("adabn", '"keep"'), "h1_kwargs": ('{"a": 1}', "'{\"b\": 2}'"),
-           "trust_factory": ("pkg.mod:fn", '["other.mod:fn"]')}
+           "trust_factory": ("pkg.mod:fn", '["other.mod:fn"]'),
+           "align": ("ecc", '"features"')}
 
 
 def _cases():

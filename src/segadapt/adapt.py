@@ -23,6 +23,7 @@ from segadapt import cache as teacher_cache
 from segadapt import checkpoint as ckpt
 from segadapt import distributed
 from segadapt.config import RunConfig, to_dict
+from segadapt.data.geopairs import RasterPairs
 from segadapt.data.pairs import PairedDataset
 from segadapt.errors import CheckpointError, SegadaptError
 from segadapt.losses import feature_regression_loss, resolve_layers
@@ -76,7 +77,7 @@ def load_h1(cfg: RunConfig, device: torch.device | str) -> tuple[nn.Module, dict
 def adapt(
     cfg: RunConfig,
     run_dir: Path,
-    pairs: PairedDataset,
+    pairs: PairedDataset | RasterPairs,
     *,
     teacher: nn.Module | None = None,
     h1_meta: dict[str, Any] | None = None,
@@ -113,6 +114,17 @@ def adapt(
     # dropping random units could not match them even with equal weights), BatchNorm as adapt.norm says
     policy = NormPolicy(student, cfg.adapt.norm, taps)
 
+    registration = None
+    if cfg.adapt.align != "none":  # pairs not pixel-aligned: register each once, keep those that pass
+        from segadapt.data.align_cache import register_dataset
+
+        if not isinstance(pairs, PairedDataset):
+            raise SegadaptError(f"adapt.align = {cfg.adapt.align}: mosaics are paired by their georeferencing; "
+                                f"set adapt.align = none")
+        pairs, registration = register_dataset(pairs, cfg.adapt, run_dir / "align")
+        if run.main:
+            print(f"registration ({registration['method']}): {registration['ok']} of {registration['pairs']} pairs "
+                  f"usable, {registration['failed']} failed the quality check and are skipped (adapt.json)")
     holdout_ids, fit_ids = split_holdout(len(pairs), cfg.adapt.holdout, tc.seed)
     probe = HoldoutProbe(pairs, holdout_ids, teacher_features, weights, tc.seed, device) if holdout_ids else None
     probe_at = probe_steps(tc.iterations, cfg.adapt.probes) if probe else set()
@@ -156,16 +168,17 @@ def adapt(
     fields = ["step", "loss", *[f"loss_{t}" for t in taps], "lr", "images_per_s", "elapsed_s"]
     fix = "lower train.lr or set adapt.grad_clip (e.g. 5)"
     with run.logging(fields, f"adapt {'+'.join(taps)}"):
-        for (x1, x2, *geometry), ids in run.batches(fit_pairs, fit_ids):
+        for (x1, x2, *rest), ids in run.batches(fit_pairs, fit_ids):
             if step >= tc.iterations:
                 break
             lr = run.set_lr(optimizer, step)
             x1, x2 = run.to_device(x1), run.to_device(x2)
+            valid = rest.pop().to(device) if pairs.with_valid else None  # registered pairs: where X2 has a source
             with autocast(device):
                 with torch.inference_mode():
-                    target = teacher_features(x1, taps) if cache is None else cache.targets(geometry[0], device)
+                    target = teacher_features(x1, taps) if cache is None else cache.targets(rest[0], device)
                 pred = student_net(x2)
-            loss, per_layer = feature_regression_loss(target, pred, weights)
+            loss, per_layer = feature_regression_loss(target, pred, weights, valid)
             loss_value = run.check_loss(loss, step + 1, ids, fix, what="regression loss")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -214,6 +227,7 @@ def adapt(
         "probes": probes,
         "selected_step": selected[0]["step"] if selected else None,
         "train_time_s": round(train_time, 2),
+        **({"registration": registration} if registration is not None else {}),
         "environment": environment(),
     }
     if run.main:

@@ -86,7 +86,8 @@ class TrainConfig:
 
 @dataclass
 class ShiftConfig:
-    """Where D2 comes from: a filter applied to D1 on the fly, a folder of D2 images, or a CSV of pairs."""
+    """Where D2 comes from: a filter applied to D1 on the fly, a folder of D2 images, a CSV of pairs, or a pair
+    of georeferenced mosaics (d1_raster, d2_raster)."""
 
     filter: str = "ripple"  # photocopy | ripple | cubism
     severity: float = 0.5  # 0..1, mapped onto the filter's parameters
@@ -94,6 +95,14 @@ class ShiftConfig:
     d2_dir: str = ""  # folder of D2 images matched to D1 by file stem (e.g. written by `segadapt shift`)
     pairs_csv: str = ""  # CSV with columns x1,x2 (image paths)
     photometric: float = 0.0  # independent brightness/contrast jitter of X1 and X2 (fraction)
+    # pairs by ground coordinates (segadapt.data.geopairs): GeoTIFF mosaics of one area; training samples are
+    # random windows of D1's grid cut from both (D2 resampled onto it), nodata masked; the label raster (D1's
+    # labels on the ground) scores a model on D2 tiles
+    d1_raster: str = ""
+    d2_raster: str = ""
+    label_raster: str = ""
+    raster_windows: int = 1000  # windows per epoch
+    raster_min_valid: float = 0.5  # windows with fewer pixels that have data in both mosaics are drawn again
 
 
 @dataclass
@@ -122,6 +131,18 @@ class AdaptConfig:
     # computed once, stored as float16 and sliced each step instead of running H1. Augmentation is then
     # flips and stride-aligned crops only (no random scale) and shift.photometric must be 0.
     teacher_cache: str = ""
+    # pairs that are not pixel-aligned (segadapt.data.align): "none" (as before), "ecc" (small offsets),
+    # "features" (keypoints + RANSAC, large offsets) or "geo" (GeoTIFF tiles: from their georeferencing).
+    # Each pair is registered once (cached in `align_cache`, default <run>/align), X2 is warped into X1's
+    # frame and the loss is a mean over pixels with a source; pairs that fail the quality check
+    # (correlation, inliers, overlap, plausible scale/shear) are skipped.
+    align: str = "none"
+    align_model: str = "affine"  # affine | homography
+    align_image: str = "contrast"  # what is aligned: contrast (local contrast) | gradient (gradient magnitude)
+    align_cache: str = ""
+    align_min_corr: float = 0.35  # correlation of the aligned images below which a registration fails
+    align_min_inliers: int = 20  # RANSAC inliers (features) below which it fails
+    align_min_overlap: float = 0.5  # fraction of X1 that X2 must cover
 
 
 @dataclass
@@ -335,6 +356,10 @@ def _between(lo: float, hi: float) -> tuple[Any, str]:
     return (lambda v: lo <= v <= hi), f"in [{lo}, {hi}]"
 
 
+def _one_of(*choices: str) -> tuple[Any, str]:
+    return (lambda v: v in choices), f"one of {', '.join(choices)}"
+
+
 # Seeds reach numpy (no negative seeds; the legacy global generator only 32 bits) and torch (64 bits, with
 # the step and a per-rank offset added), so they are held to what every one of them accepts.
 SEED_MAX = 2**32 - 1
@@ -369,10 +394,16 @@ _LIMITS: dict[str, dict[str, tuple[Any, str]]] = {
                     "checkpoint_every": _at_least(0), "log_every": _at_least(1), "threads": _at_least(0),
                     "time_budget_s": _at_least(0), "seed": _SEED},
     "ShiftConfig": {"severity": ((lambda v: 0 <= v <= 1), "in [0, 1]"), "photometric": _at_least(0), "seed": _SEED,
-                    "d2_dir": _usable_path(), "pairs_csv": _usable_path()},
+                    "d2_dir": _usable_path(), "pairs_csv": _usable_path(), "d1_raster": _usable_path(),
+                    "d2_raster": _usable_path(), "label_raster": _usable_path(), "raster_windows": _at_least(1),
+                    "raster_min_valid": _between(0, 1)},
     "AdaptConfig": {"grad_clip": _at_least(0), "holdout": _at_least(0), "probes": _at_least(0),
                     "h1": _usable_path(), "teacher_cache": _usable_path(), "h1_weights": _usable_path(),
-                    "h1_kwargs": _json_object(), "norm": _norm_mode()},
+                    "h1_kwargs": _json_object(), "norm": _norm_mode(),
+                    "align": _one_of("none", "ecc", "features", "geo"), "align_model": _one_of("affine", "homography"),
+                    "align_image": _one_of("contrast", "gradient"), "align_cache": _usable_path(),
+                    "align_min_corr": _between(-1, 1), "align_min_inliers": _at_least(3),
+                    "align_min_overlap": ((lambda v: 0 < v <= 1), "in (0, 1]")},
     "ExperimentConfig": {"iterations": _at_least(1), "finetune_lr": _positive(), "adapt_lr": _positive(),
                          "figure_images": _at_least(0), "reconstruct_steps": _at_least(0),
                          "seeds": ((lambda v: len(v) >= 1 and all(_SEED[0](x) for x in v)),

@@ -143,6 +143,7 @@ class Report:
             p = self.pairs
             out.append(f"pairs ({p['d2']}): {p['matched']} matched, {p['missing']} missing, "
                        f"{p['size_mismatch']} size mismatches, {p['unreadable']} unreadable")
+            out += _format_registration(p.get("registration") or [])
         for level in ("error", "warning", "note"):
             found = [f for f in self.findings if f.level == level]
             if not found:
@@ -176,6 +177,23 @@ def _format_split(split: str, st: SplitStats, info: DatasetInfo) -> list[str]:
     for name, n, is_class in rows:
         flag = "  <- never seen" if is_class and n == 0 and st.checked else ""
         out.append(f"  {name:<20} {n:>12,} {n / total:>8.2%}{flag}")
+    return out
+
+
+def _format_registration(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per registered pair: offset of X1's centre, rotation, scale and quality, failures marked."""
+    if not rows:
+        return []
+    failed = sum(not r["ok"] for r in rows)
+    out = [f"registration ({rows[0]['method']}): {len(rows) - failed} of {len(rows)} pairs pass, {failed} fail "
+           f"(dx, dy: where X1's centre lands in X2, pixels)"]
+    for r in rows:
+        quality = ", ".join(f"{k} {r[k]:.3g}" for k in ("corr", "inliers", "overlap") if k in r)
+        if "truth_corner_error" in r:
+            quality += f", {r['truth_corner_error']:.2f} px from the recorded truth"
+        verdict = "ok" if r["ok"] else f"FAILED: {r['reason']}"
+        out.append(f"  {Path(r['x2']).name}: dx {r['dx']:+.2f} dy {r['dy']:+.2f} rot {r['rotation']:+.2f} deg "
+                   f"scale {r['scale']:.4f}; {quality}; {verdict}")
     return out
 
 
@@ -331,6 +349,7 @@ def _check_pairs(
             continue
         index = {source2.stem(j): j for j in range(len(source2))}
         source1, sizes = d1[split]
+        to_register: list[tuple[SegmentationSource, int, SegmentationSource, int]] = []
         ids = _spread(len(source1), limit)
         for i in tqdm(ids, desc=f"doctor pairs {split}", dynamic_ncols=True, mininterval=0.5):
             stem = source1.stem(i)
@@ -347,12 +366,15 @@ def _check_pairs(
             image2, _ = _decode(report, path2)
             if image2 is None:
                 stats["unreadable"] += 1
-            elif stem in sizes and image2.shape[:2] != sizes[stem]:
+                continue
+            to_register.append((source1, i, source2, index[stem]))
+            if stem in sizes and image2.shape[:2] != sizes[stem] and cfg.adapt.align == "none":
                 stats["size_mismatch"] += 1
                 h, w = sizes[stem]
                 report.add("error", "pair size mismatch", f"{path2}: size {image2.shape[1]}x{image2.shape[0]} "
                            f"differs from its pair {source1.image_path(i)} ({w}x{h}); paired images must show the "
                            "same scene at the same size", path2)
+        _register(report, cfg, to_register, _truths(d2, split))
         if not limit:
             d1_stems = {source1.stem(i) for i in range(len(source1))}
             extra = [s for s in index if s not in d1_stems]
@@ -362,7 +384,7 @@ def _check_pairs(
                            f"{split} (e.g. {extra[0]!r}); adapt ignores them")
 
 
-def _check_pairs_csv(report: Report, csv_path: str, limit: int) -> None:
+def _check_pairs_csv(report: Report, cfg: RunConfig, csv_path: str, limit: int) -> None:
     """Every row's two files readable and of one size."""
     from segadapt.data.pairs import csv_pairs
 
@@ -373,6 +395,7 @@ def _check_pairs_csv(report: Report, csv_path: str, limit: int) -> None:
     except DataError as e:
         report.add("error", "pairs", str(e), _path_of(e))
         return
+    to_register: list[tuple[SegmentationSource, int, SegmentationSource, int]] = []
     for k in tqdm(_spread(len(one), limit), desc="doctor pairs", dynamic_ncols=True, mininterval=0.5):
         p1, p2 = one.image_path(k), two.image_path(k)
         x1, _ = _decode(report, p1)
@@ -381,11 +404,53 @@ def _check_pairs_csv(report: Report, csv_path: str, limit: int) -> None:
             stats["unreadable"] += 1
             continue
         stats["matched"] += 1
-        if x1.shape[:2] != x2.shape[:2]:
+        if cfg.adapt.align != "none":
+            to_register.append((one, k, two, k))
+        elif x1.shape[:2] != x2.shape[:2]:
             stats["size_mismatch"] += 1
             report.add("error", "pair size mismatch", f"{p2}: size {x2.shape[1]}x{x2.shape[0]} differs from its pair "
                        f"{p1} ({x1.shape[1]}x{x1.shape[0]}) (row {k + 1} of {csv_path}); paired images must be the "
-                       "same size", p2)
+                       "same size, or registered (--align ecc)", p2)
+    _register(report, cfg, to_register)
+
+
+def _truths(d2: Path, split: str) -> dict[str, np.ndarray]:
+    """Ground-truth transforms a `segadapt shift` with misalign recorded for the split ({} when none)."""
+    from segadapt.shifts.write import recorded_transforms
+
+    try:
+        return recorded_transforms(d2, split) if (d2 / f".segadapt-shift-{split}.json").is_file() else {}
+    except DataError:
+        return {}
+
+
+def _register(report: Report, cfg: RunConfig, pairs: list[tuple[SegmentationSource, int, SegmentationSource, int]],
+              truths: dict[str, np.ndarray] | None = None) -> None:
+    """With adapt.align set: register each pair as adapt would (same settings, same cache when
+    adapt.align_cache is set) and report its offset and quality; a failure is a warning (adapt skips it).
+    Where the D2 was made by misalign, the error against the recorded truth is reported too."""
+    if cfg.adapt.align == "none" or not pairs:
+        return
+    from segadapt.data.align import corner_error, describe
+    from segadapt.data.align_cache import register_pairs, settings_of
+
+    settings = settings_of(cfg.adapt)
+    cache = Path(cfg.adapt.align_cache) if cfg.adapt.align_cache else None
+    assert report.pairs is not None
+    rows = report.pairs.setdefault("registration", [])
+    for s1, i, s2, j in tqdm(pairs, desc=f"doctor register ({settings.method})", dynamic_ncols=True,
+                             mininterval=0.5):
+        reg = register_pairs(s1, s2, [(i, j)], settings, cache, progress=False)[0]
+        motion = describe(reg.transform, reg.size1)
+        truth = (truths or {}).get(s1.stem(i))
+        rows.append({"x1": s1.name(i), "x2": s2.name(j), "ok": reg.ok, "method": settings.method,
+                     **{k: round(v, 4) for k, v in motion.items()}, **{k: round(v, 4) for k, v in reg.quality.items()},
+                     **({"truth_corner_error": round(corner_error(reg.transform, truth, *reg.size1), 4)}
+                        if truth is not None else {}),
+                     "reason": reg.reason, "seconds": reg.seconds})
+        if not reg.ok:
+            report.add("warning", "registration failed", f"{s2.name(j)}: registration ({settings.method}) onto "
+                       f"{s1.name(i)} failed ({reg.reason}); adapt skips this pair", s2.name(j))
 
 
 def guess_dataset(root: Path) -> str:
@@ -419,5 +484,5 @@ def diagnose(
     if d2_dir and sources:
         _check_pairs(report, cfg, sources, d2_dir, limit)
     if pairs_csv:
-        _check_pairs_csv(report, pairs_csv, limit)
+        _check_pairs_csv(report, cfg, pairs_csv, limit)
     return report

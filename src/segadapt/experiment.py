@@ -65,10 +65,17 @@ def check_experiment(cfg: RunConfig, model: SegmentationModel | None = None) -> 
     presets (a factory's) takes tap names instead.
     """
     from segadapt.shifts import FILTERS
+    from segadapt.shifts.compose import GEOMETRIC, parse
 
     ex = cfg.experiment
-    # with shift.d2_dir the filter names only label the given D2
-    known_filters = ex.filters if cfg.shift.d2_dir else FILTERS
+    # with shift.d2_dir the filter names only label the given D2; otherwise a filter, or a composition of
+    # filters such as photocopy+misalign (shifts/compose.py checks those)
+    known_filters = ex.filters if cfg.shift.d2_dir else [*FILTERS, *GEOMETRIC]
+    if not cfg.shift.d2_dir:
+        for name in ex.filters:
+            if "+" in name or "=" in name:  # a composition: checked (and explained) by its parser
+                parse(name)
+                known_filters.append(name)
     presets = list(model.layer_presets()) if model is not None else list(LAYER_PRESETS)
     unknown_presets = [v for v in ex.layer_presets if v not in presets and (model is None or v not in model.TAPS)]
     if unknown_presets:

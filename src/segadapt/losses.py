@@ -2,6 +2,13 @@
 
 loss = sum_l w_l * mean((F1_l(X1) - F2_l(X2))^2): a per-element mean inside each layer, so layers of
 different sizes are comparable and the weights alone set their balance.
+
+With registered pairs (data/align.py) part of X1's frame has no X2 pixel behind it; a validity mask (1 = has a
+source) then makes the mean run over valid elements only. The mask reaches each tap by min-pooling over the
+tap's cells (`tap_mask`): a cell counts only when every input pixel of its footprint is valid, because a cell
+that straddles the border already mixes in the empty fill. Its receptive field reaches further (113 px for
+pool5), so cells near the border still see some fill through it; excluding whole receptive fields would drop
+most of a small crop, so the footprint is where the line is drawn.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from segadapt.errors import ConfigError
 
@@ -46,16 +54,33 @@ def resolve_layers(preset: str = "", layers: Sequence[str] = (), weights: Sequen
     return dict(zip(layers, (float(w) for w in weights)))
 
 
+def tap_mask(valid: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """A validity mask (N x 1 x H x W of 0/1) at a tap's size (h, w): 1 where the cell's whole footprint is valid
+    (area average == 1, i.e. min-pooling; adaptive pooling also covers sizes that do not divide evenly)."""
+    area = F.adaptive_avg_pool2d(valid.float(), (int(size[0]), int(size[1])))
+    return (area >= 1 - 1e-6).float()
+
+
 def feature_regression_loss(
-    target: Mapping[str, torch.Tensor], pred: Mapping[str, torch.Tensor], weights: Mapping[str, float]
+    target: Mapping[str, torch.Tensor], pred: Mapping[str, torch.Tensor], weights: Mapping[str, float],
+    valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted sum of per-layer mean squared errors; also returns each layer's unweighted error."""
+    """Weighted sum of per-layer mean squared errors; also returns each layer's unweighted error.
+
+    `valid` (N x 1 x H x W, 1 = the pixel has a source): each layer's mean runs over its valid elements only
+    (a layer with none contributes 0); None keeps the plain mean, computed exactly as without masks."""
     total = torch.zeros((), device=next(iter(pred.values())).device)
     per_layer: dict[str, float] = {}
     for name, w in weights.items():
         # written as a difference, not F.mse_loss: the target may be an inference-mode tensor, which
         # autograd cannot save, and (a - b)^2 only saves the difference
-        err = (pred[name].float() - target[name].float()).pow(2).mean()
+        diff = (pred[name].float() - target[name].float()).pow(2)
+        if valid is None:
+            err = diff.mean()
+        else:
+            m = tap_mask(valid.to(diff.device), diff.shape[-2:])
+            kept = torch.where(m > 0, diff, torch.zeros((), device=diff.device))
+            err = kept.sum() / (m.sum() * diff.shape[1]).clamp_min(1.0)
         per_layer[name] = float(err.detach())
         total = total + w * err
     return total, per_layer

@@ -43,8 +43,10 @@ class HoldoutProbe:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             items = [pairs[i] for i in ids]
-        self.x1 = torch.stack([a for a, _ in items]).to(device)
-        self.x2 = torch.stack([b for _, b in items]).to(device)
+        self.x1 = torch.stack([item[0] for item in items]).to(device)
+        self.x2 = torch.stack([item[1] for item in items]).to(device)
+        # registered pairs end with a validity mask: the held-out loss is then masked as the training loss is
+        self.valid = torch.stack([item[-1] for item in items]).to(device) if pairs.with_valid else None
         self.weights = dict(weights)
         with torch.inference_mode():
             self.target = {k: v.clone() for k, v in teacher_features(self.x1, list(self.weights)).items()}
@@ -53,7 +55,8 @@ class HoldoutProbe:
     def measure(self, student: nn.Module, student_features) -> dict[str, float]:
         with modes_restored(student):  # student.train() afterwards would undo adaptation's dropout/BN modes
             student.eval()
-            loss, _ = feature_regression_loss(self.target, student_features(self.x2, list(self.weights)), self.weights)
+            loss, _ = feature_regression_loss(self.target, student_features(self.x2, list(self.weights)), self.weights,
+                                              self.valid)
             logits = student(self.x2).float()
         p = logits.softmax(1)
         entropy = -(p * p.clamp_min(1e-12).log()).sum(1).mean() / math.log(logits.shape[1])

@@ -23,7 +23,7 @@ from segadapt.config import RunConfig, dumps_toml
 from segadapt.errors import SegadaptError
 from segadapt.paths import check_path
 
-D2_FLAGS = ("filter", "severity", "d2_dir", "pairs")
+D2_FLAGS = ("filter", "severity", "d2_dir", "pairs", "d1_raster", "d2_raster", "label_raster", "align")
 H1_FLAGS = ("h1", "h1_weights", "h1_kwargs", "trust_factory")  # H1 in any form models/loading.py reads
 FLAGS = (*H1_FLAGS, "layers", "weights", "norm", *D2_FLAGS,
          *[f for f in TRAINING if f not in ("width", "arch", "init_weights")])
@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     config_args(p, FLAGS, helps={"h1": "source model H1 (required unless --resume): a segadapt run directory or "
                                        "model .safetensors, a transformers save_pretrained directory, or a Python "
                                        "factory package.module:function (with --h1-weights, --h1-kwargs)",
-                                 "filter": "make D2 on the fly with this filter: photocopy | ripple | cubism"})
+                                 "filter": "make D2 on the fly with this filter: photocopy | ripple | cubism | "
+                                           "misalign, or a composition such as photocopy+misalign"})
     p.add_argument("--out", help="output directory")
     p.add_argument("--resume", metavar="RUN", help="continue the adaptation in this directory from its last checkpoint")
     p.set_defaults(func=cmd_adapt)
@@ -106,6 +107,7 @@ def adapt_base(meta: dict[str, Any], h1: str) -> RunConfig:
     kept = base.adapt
     base.adapt = AdaptConfig(grad_clip=kept.grad_clip, holdout=kept.holdout, probes=kept.probes)
     base.shift.d2_dir, base.shift.pairs_csv = "", ""
+    base.shift.d1_raster, base.shift.d2_raster, base.shift.label_raster = "", "", ""
     base.train.iterations, base.train.lr = base.experiment.iterations, base.experiment.adapt_lr
     return base
 
@@ -115,6 +117,11 @@ def score_hint(cfg: RunConfig, out: Path) -> str:
     from segadapt.data import d2
 
     where = d2.kind(cfg, cfg.data.val_split)
+    if where == "raster":
+        if not cfg.shift.label_raster:
+            return "D2 has no labels here (pass --label-raster to score); compare H1 and H2 by eye"
+        return (f"segadapt evaluate --model {out} --d2-raster {cfg.shift.d2_raster} --label-raster "
+                f"{cfg.shift.label_raster} (and --d1-raster {cfg.shift.d1_raster} for D1)")
     if where == "shifted":  # a `segadapt shift` output
         if cfg.data.dataset == "synthetic":  # generated data has no root to point evaluate at
             return (f"segadapt distortion --model {out} --filter {cfg.shift.filter} --severity "

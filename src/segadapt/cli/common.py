@@ -92,10 +92,17 @@ FLAGS: dict[str, Flag] = {
                    "pool1..pool5, all (= all_inc), all_inc, all_dec", convert=lambda f, t: names(t)),
     "weights": Flag("adapt.weights", "one weight per layer, comma-separated (default 1.0 each)",
                     convert=lambda f, t: numbers(f, t, float)),
-    "filter": Flag("shift.filter", "D2 made by this filter: photocopy | ripple | cubism"),
+    "filter": Flag("shift.filter", "D2 made by this filter: photocopy | ripple | cubism | misalign, or a "
+                   "composition such as photocopy+misalign (a part may carry its own severity: misalign=0.5)"),
     "severity": Flag("shift.severity", "filter severity 0..1", float),
     "d2_dir": Flag("shift.d2_dir", "D2 images: a `segadapt shift` output or a folder matched to D1 by file stem"),
     "pairs": Flag("shift.pairs_csv", "CSV with columns x1,x2 listing image pairs"),
+    "d1_raster": Flag("shift.d1_raster", "D1 mosaic (GeoTIFF): pairs by ground coordinates with --d2-raster"),
+    "d2_raster": Flag("shift.d2_raster", "D2 mosaic (GeoTIFF) of the same area, resampled onto D1's grid"),
+    "label_raster": Flag("shift.label_raster", "D1's labels as a raster on the ground (one band of class indices), "
+                         "to score on"),
+    "align": Flag("adapt.align", "register pairs that are not pixel-aligned: none | ecc (small offsets) | features "
+                  "(keypoints + RANSAC, large offsets) | geo (GeoTIFF tiles, by their georeferencing)"),
 }
 DATA = ("dataset", "root")
 TRAINING = (*DATA, "iterations", "batch_size", "lr", "width", "arch", "init_weights", "device", "seed", "threads",

@@ -14,9 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="check a dataset before training: labels, class pixels, sizes, modes, pairs")
     p.add_argument("target", nargs="?", default="",
                    help="a dataset name (synthetic, camvid, voc, folder) or its directory (layout guessed)")
-    config_args(p, (*DATA, "d2_dir", "pairs"),
+    config_args(p, (*DATA, "d2_dir", "pairs", "align"),
                 helps={"d2_dir": "also check D2 images: a `segadapt shift` output or a folder, matched by stem",
-                       "pairs": "also check a pairs CSV (columns x1,x2): readable files of equal size"})
+                       "pairs": "also check a pairs CSV (columns x1,x2): readable files of equal size",
+                       "align": "also register each pair (ecc | features) and report its offset and quality"})
     p.add_argument("--split", help="splits to check, comma-separated (default: the train and val splits)")
     p.add_argument("--limit", type=int, default=0, help="check at most N images per split, spread out (0 = all)")
     p.add_argument("--out", help="also write the report as JSON")

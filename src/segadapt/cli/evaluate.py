@@ -31,7 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", help="split to evaluate (default: the config's val split)")
     p.add_argument("--out", help="JSON output (default: <run>/eval_<dataset>_<split>.json; scored at another "
                    "--root: eval_<dataset>-<root name>_<split>.json)")
-    config_args(p, (*DATA, "device"), presets=False)
+    config_args(p, (*DATA, "device", "d1_raster", "d2_raster", "label_raster"), presets=False,
+                helps={"d2_raster": "score on this mosaic's tiles (resampled onto the label raster's grid)",
+                       "d1_raster": "score on this mosaic's tiles (when no --d2-raster)",
+                       "label_raster": "labels of the mosaic to score, on the ground (one band of class indices)"})
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -51,7 +54,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                             "segadapt distortion --model MODEL --filter F --d2-dir DIR")
     device = select_device(cfg.train.device)
     split = args.split or cfg.data.val_split
-    dataset = build_dataset(cfg.data, split, train=False)
+    if cfg.shift.label_raster:  # a mosaic cut into tiles on the label raster's grid
+        from segadapt.data import SegmentationDataset, make_transform
+        from segadapt.data.d2 import raster_tiles
+
+        tiles = raster_tiles(cfg, cfg.shift.d2_raster or cfg.shift.d1_raster)
+        dataset = SegmentationDataset(tiles, make_transform(cfg.data, False, tiles.info.ignore_index))
+        cfg.data.dataset, split = "raster", Path(tiles.paths[0]).stem
+    else:
+        dataset = build_dataset(cfg.data, split, train=False)
     same_classes(args.model, meta, cfg, dataset.info.num_classes)
     s, conf = evaluate(model.to(device), dataset, dataset.info.num_classes, dataset.info.ignore_index, device)
     result = {

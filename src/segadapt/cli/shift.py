@@ -27,7 +27,9 @@ SEED_HELP = {"seed": "the shift's seed (ripple phase, cubism tiles)"}
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("shift", help="write a shifted copy D2 of a dataset split (same stems and layout)")
     config_args(p, (*DATA, "filter", "severity", "seed", "workers"), keys=SHIFT_SEED, required=("filter",),
-                helps={**SEED_HELP, "filter": "photocopy | ripple | cubism",
+                helps={**SEED_HELP, "filter": "photocopy | ripple | cubism | misalign, or a composition such as "
+                                               "photocopy+misalign (misalign moves the labels too and records "
+                                               "each image's transform)",
                        "severity": "0..1 (default: shift.severity)",
                        "workers": "parallel processes (default 0: one per core)"})
     p.add_argument("--split", help="split to shift (default: the train split)")
@@ -41,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help=f"the model: {MODEL_FORMS}")
     model_args(p)
     config_args(p, (*DATA, "filter", "severity", "seed", "d2_dir", "device"), presets=False, keys=SHIFT_SEED,
-                required=("filter",), helps={**SEED_HELP, "filter": "photocopy | ripple | cubism",
+                required=("filter",), helps={**SEED_HELP, "filter": "photocopy | ripple | cubism | misalign | "
+                                                               "a composition such as photocopy+misalign",
                                              "d2_dir": "score this `segadapt shift` output as D2 instead of "
                                                        "filtering on the fly"})
     p.add_argument("--split", help="split to score (default: the val split)")

@@ -1,6 +1,8 @@
 """Where D2 comes from, decided in one place for the CLI, the sweep and the doctor.
 
 For a split, D2 is, in this order:
+0. `shift.d2_raster` (with `shift.d1_raster`): GeoTIFF mosaics paired by ground coordinates (data/geopairs.py);
+   training windows only, scored on `shift.label_raster` when given;
 1. `shift.pairs_csv`: a CSV of (x1, x2) image paths; it gives D1 and D2 both, without labels;
 2. `shift.d2_dir` holding `<split>/`: a `segadapt shift` output in D1's layout, with D1's labels;
 3. `shift.d2_dir` without `<split>/`: a plain folder of unlabelled images, matched to D1 by file stem;
@@ -18,9 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from segadapt.config import RunConfig, ShiftConfig
-from segadapt.data.base import SegmentationSource
+from segadapt.data import palettes
+from segadapt.data.base import DatasetInfo, SegmentationSource
 from segadapt.data.datasets import FileSource, build_source, make_transform, pair_by_stem
-from segadapt.data.pairs import PairedDataset, Shift, ShiftedSource, csv_pairs, image_folder
+from segadapt.data.geopairs import RasterPairs, RasterTiles
+from segadapt.data.pairs import MaskShift, PairedDataset, Shift, ShiftedSource, csv_pairs, image_folder
 from segadapt.errors import DataError, SegadaptError
 
 
@@ -35,8 +39,30 @@ def make_shift(name: str, severity: float) -> Shift:
     return functools.partial(_apply_filter, name, severity)
 
 
+def _warp_labels(name: str, severity: float, fill: int, mask: np.ndarray, seed: int) -> np.ndarray:
+    from segadapt.shifts.compose import warp_labels
+
+    return warp_labels(name, mask, severity, seed, fill)
+
+
+def make_mask_shift(name: str, severity: float, fill: int) -> MaskShift | None:
+    """The labels' move for a filter that moves the image rigidly (misalign; `fill` where nothing maps), or None:
+    photometric filters keep D1's labels, as in the study."""
+    from segadapt.shifts.compose import moves_labels
+
+    return functools.partial(_warp_labels, name, severity, fill) if moves_labels(name) else None
+
+
+def filtered_source(source: SegmentationSource, shift: ShiftConfig) -> ShiftedSource:
+    """D1 through `shift.filter` on the fly, with its labels moved along when the filter moves pixels."""
+    return ShiftedSource(source, make_shift(shift.filter, shift.severity), shift.seed, shift.filter,
+                         make_mask_shift(shift.filter, shift.severity, source.info.ignore_index))
+
+
 def kind(cfg: RunConfig, split: str) -> str:
-    """"pairs", "shifted", "folder" or "filter": which of the module's four cases D2 of `split` is."""
+    """"raster", "pairs", "shifted", "folder" or "filter": which of the module's cases D2 of `split` is."""
+    if cfg.shift.d2_raster:
+        return "raster"
     if cfg.shift.pairs_csv:
         return "pairs"
     if cfg.shift.d2_dir:
@@ -47,12 +73,13 @@ def kind(cfg: RunConfig, split: str) -> str:
 def d2_source(cfg: RunConfig, split: str, *, labelled: bool = False) -> SegmentationSource:
     """D2 of `split` (cases 2-4; a pairs CSV is read by `training_pairs`). `labelled`: refuse a D2 without
     labels in one line, for the callers that score on it."""
+    if cfg.shift.d2_raster:
+        return raster_tiles(cfg)
     if cfg.shift.pairs_csv:
         raise SegadaptError(f"shift.pairs_csv = {cfg.shift.pairs_csv}: pairs have no labels to score with; "
                             "score on a `segadapt shift` output or a filter instead")
     if not cfg.shift.d2_dir:
-        return ShiftedSource(build_source(cfg.data, split), make_shift(cfg.shift.filter, cfg.shift.severity),
-                             cfg.shift.seed, cfg.shift.filter)
+        return filtered_source(build_source(cfg.data, split), cfg.shift)
     d2_dir = Path(cfg.shift.d2_dir)
     if not d2_dir.is_dir():
         raise DataError(f"{d2_dir}: D2 image directory not found; check --d2-dir (shift.d2_dir)")
@@ -77,9 +104,52 @@ def shifted_dir_source(cfg: RunConfig, d2_dir: Path, split: str) -> Segmentation
     return build_source(d2_cfg, split)
 
 
-def training_pairs(cfg: RunConfig, split: str = "") -> PairedDataset:
+def raster_info(cfg: RunConfig) -> DatasetInfo:
+    """Classes of a label raster: the folder-dataset settings (data.num_classes, class_names, ignore_index)."""
+    d = cfg.data
+    if d.num_classes <= 0 and d.dataset in ("camvid", "voc"):  # a model trained on a built-in dataset: its classes
+        from segadapt.data.datasets import CAMVID_CLASSES, VOC_CLASSES
+
+        if d.dataset == "camvid":
+            return DatasetInfo("raster", CAMVID_CLASSES, 11, palettes.CAMVID)
+        return DatasetInfo("raster", VOC_CLASSES, 255, palettes.voc(21))
+    if d.num_classes <= 0:
+        raise DataError(f"{cfg.shift.label_raster}: a label raster needs the class count; pass --dataset folder "
+                        f"--set data.num_classes=N")
+    names = tuple(d.class_names) or tuple(f"class_{i}" for i in range(d.num_classes))
+    return DatasetInfo(Path(cfg.shift.label_raster).stem or "raster", names, d.ignore_index,
+                       palettes.generic(d.num_classes))
+
+
+def raster_tiles(cfg: RunConfig, image: str = "") -> RasterTiles:
+    """D2 (or `image`) cut into crop-sized tiles on the label raster's grid, with its labels, for scoring."""
+    if not cfg.shift.label_raster:
+        raise DataError(f"{cfg.shift.d2_raster}: no label raster to score with; pass --label-raster (D1's labels "
+                        f"on the ground)")
+    return RasterTiles(Path(image or cfg.shift.d2_raster), Path(cfg.shift.label_raster), raster_info(cfg),
+                       (cfg.data.crop_size[0], cfg.data.crop_size[1]))
+
+
+def raster_pairs(cfg: RunConfig) -> RasterPairs:
+    """Training windows of the D1 and D2 mosaics at the same ground coordinates."""
+    s = cfg.shift
+    if not s.d1_raster:
+        raise DataError(f"{s.d2_raster}: a D2 mosaic pairs with a D1 mosaic; pass --d1-raster too")
+    if cfg.adapt.align != "none":
+        raise SegadaptError(f"adapt.align = {cfg.adapt.align}: mosaics are paired by their georeferencing; "
+                            f"set adapt.align = none")
+    if cfg.adapt.teacher_cache:
+        raise SegadaptError("adapt.teacher_cache: random raster windows are not windows of stored frames; "
+                            "leave the cache off with --d2-raster")
+    return RasterPairs(Path(s.d1_raster), Path(s.d2_raster), make_transform(cfg.data, True, cfg.data.ignore_index),
+                       s.raster_windows, s.photometric, s.raster_min_valid)
+
+
+def training_pairs(cfg: RunConfig, split: str = "") -> PairedDataset | RasterPairs:
     """(X1, X2) pairs of a split for adaptation, with the training transform (shared geometry)."""
     split = split or cfg.data.train_split
+    if cfg.shift.d2_raster:
+        return raster_pairs(cfg)
     if cfg.shift.pairs_csv:
         d1, d2 = csv_pairs(Path(cfg.shift.pairs_csv))
     else:

@@ -6,6 +6,11 @@ a D2 label.
 
 `PairedDataset.aligned(stride)` is the view a teacher feature cache trains from: geometry restricted to
 flips and stride-aligned crops, and each item carries that geometry so the cache can slice its stored maps.
+
+`PairedDataset.registered(registrations)` is the view for pairs that are not pixel-aligned (data/align.py):
+only the pairs whose registration passed its check, X2 warped into X1's frame before the shared geometry
+(so the two may differ in size), and each item ends with a validity mask (1 where X2 had a source), cut and
+flipped with the images, for the masked regression loss.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from segadapt.data.align import Registration, valid_mask, warp_into
 from segadapt.data.base import DatasetInfo, SegmentationSource
 from segadapt.data.datasets import IMAGE_SUFFIXES, FileSource, image_files
 from segadapt.data.transforms import JointTransform
 from segadapt.errors import DataError
 
 Shift = Callable[[np.ndarray, int], np.ndarray]  # (uint8 HxWx3 image, seed) -> shifted image
+MaskShift = Callable[[np.ndarray, int], np.ndarray]  # (int labels HxW, seed) -> the labels moved with the image
 
 
 def stem_seed(stem: str, seed: int) -> int:
@@ -33,10 +40,12 @@ def stem_seed(stem: str, seed: int) -> int:
 
 
 class ShiftedSource(SegmentationSource):
-    """D2 = filter(D1), computed on the fly. Labels are D1's, unwarped, as in the study (baselines B1/B2)."""
+    """D2 = filter(D1), computed on the fly. Labels are D1's, unwarped, as in the study (baselines B1/B2), unless
+    `mask_shift` moves them along with a geometric shift (misalign: shifts/compose.py)."""
 
-    def __init__(self, source: SegmentationSource, shift: Shift, seed: int = 0, name: str = "shifted") -> None:
-        self.source, self.shift, self.seed = source, shift, seed
+    def __init__(self, source: SegmentationSource, shift: Shift, seed: int = 0, name: str = "shifted",
+                 mask_shift: MaskShift | None = None) -> None:
+        self.source, self.shift, self.seed, self.mask_shift = source, shift, seed, mask_shift
         self.info = DatasetInfo(f"{source.info.name}+{name}", source.info.class_names, source.info.ignore_index,
                                 source.info.palette)
 
@@ -46,12 +55,18 @@ class ShiftedSource(SegmentationSource):
     def stem(self, i: int) -> str:
         return self.source.stem(i)
 
+    def identity(self, i: int) -> str:
+        """The D1 image's identity and what it is filtered with (a partial's arguments, never its address)."""
+        made_with = getattr(self.shift, "args", getattr(self.shift, "__qualname__", ""))
+        return f"{self.source.identity(i)}\t{self.info.name}\t{made_with!r}\tseed={self.seed}"
+
     def load_image(self, i: int) -> np.ndarray:
         return self.shift(self.source.load_image(i), stem_seed(self.stem(i), self.seed))
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         image, mask = self.source.load(i)
-        return self.shift(image, stem_seed(self.stem(i), self.seed)), mask
+        seed = stem_seed(self.stem(i), self.seed)
+        return self.shift(image, seed), (self.mask_shift(mask, seed) if self.mask_shift is not None else mask)
 
 
 class ImageListSource(FileSource):
@@ -107,6 +122,8 @@ class PairedDataset(torch.utils.data.Dataset):
 
     with_geometry = False  # set on `aligned` views only
     load_x1 = True
+    registrations: list[Registration] | None = None  # set on `registered` views only: one per pair
+    skipped: list[tuple[tuple[int, int], Registration]] = []  # pairs a registered view left out, and why
 
     def __init__(
         self, d1: SegmentationSource, d2: SegmentationSource, transform: JointTransform, photometric: float = 0.0
@@ -144,6 +161,22 @@ class PairedDataset(torch.utils.data.Dataset):
         view.with_geometry, view.load_x1 = True, load_x1
         return view
 
+    @property
+    def with_valid(self) -> bool:
+        """Whether items end with a validity mask (registered views)."""
+        return self.registrations is not None
+
+    def registered(self, registrations: list[Registration]) -> PairedDataset:
+        """A view of the pairs whose registration passed (one Registration per pair, in order): X2 is warped
+        into X1's frame and items end with a validity mask. Failed pairs are left out (`skipped` lists them)."""
+        if len(registrations) != len(self.pairs):
+            raise ValueError(f"{len(registrations)} registrations for {len(self.pairs)} pairs")
+        view = copy.copy(self)
+        view.pairs = [p for p, r in zip(self.pairs, registrations) if r.ok]
+        view.registrations = [r for r in registrations if r.ok]
+        view.skipped = [(p, r) for p, r in zip(self.pairs, registrations) if not r.ok]
+        return view
+
     def _jitter(self, image: np.ndarray) -> np.ndarray:
         if not self.photometric:
             return image
@@ -154,22 +187,33 @@ class PairedDataset(torch.utils.data.Dataset):
         i, j = self.pairs[k]
         x1 = self.d1.load_image(i) if self.load_x1 else None
         x2 = self.d2.load_image(j)
+        valid = None
+        if self.registrations is not None:  # X2 into X1's frame, before the shared geometry
+            reg = self.registrations[k]
+            if x2.shape[:2] != tuple(reg.size2) or (x1 is not None and x1.shape[:2] != tuple(reg.size1)):
+                raise DataError(f"{self.d2.name(j)}: its pair's size changed since it was registered; delete the "
+                                f"registration cache (adapt.align_cache) and run again")
+            x2 = warp_into(x2, reg.transform, reg.size1)
+            valid = valid_mask(reg.transform, reg.size1, reg.size2)
         if x1 is not None:
             self._check_sizes(i, j, x1, x2)
         h, w = x2.shape[:2]
         params = self.transform.sample_params(h, w) if self.transform.train else None
         t1 = self.transform.apply(self._jitter(x1), None, params)[0] if x1 is not None else torch.empty(0, 0, 0)
         t2, _ = self.transform.apply(self._jitter(x2), None, params)
-        if not self.with_geometry:
-            return t1, t2
-        assert params is not None  # aligned views are training views
-        top, left = self.transform.seen_offset(params, h, w)
-        return t1, t2, torch.tensor([i, int(params.flip), top, left], dtype=torch.int64)
+        out: tuple[torch.Tensor, ...] = (t1, t2)
+        if self.with_geometry:
+            assert params is not None  # aligned views are training views
+            top, left = self.transform.seen_offset(params, h, w)
+            out += (torch.tensor([i, int(params.flip), top, left], dtype=torch.int64),)
+        if valid is not None:
+            out += (self.transform.apply_valid(valid, params),)
+        return out
 
     def _check_sizes(self, i: int, j: int, x1: np.ndarray, x2: np.ndarray) -> None:
         if x1.shape[:2] != x2.shape[:2]:
             a, b = self.d1.name(i), self.d2.name(j)
             raise DataError(
                 f"{b}: size {x2.shape[1]}x{x2.shape[0]} differs from its pair {a} ({x1.shape[1]}x{x1.shape[0]}); "
-                "paired images must show the same scene at the same size"
+                "paired images must show the same scene at the same size, or be registered (adapt.align=ecc)"
             )

@@ -145,6 +145,18 @@ class JointTransform:
                 mask = np.pad(mask, ((0, pad_h), (0, pad_w)), constant_values=self.ignore_index)
         return image, mask
 
+    def apply_valid(self, valid: np.ndarray, params: GeoParams | None) -> torch.Tensor:
+        """A validity mask (bool HxW, True where the pixel has a source) through the geometry `apply` gives the
+        image: float 1xHxW of 0/1; resized by nearest neighbour, padding is invalid."""
+        m = valid.astype(np.uint8)
+        h, w = _scaled(*m.shape[:2], self._base_scale(*m.shape[:2]) * (params.scale if params else 1.0))
+        if (h, w) != m.shape[:2]:
+            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
+        if params is not None:
+            m, _ = self._crop(m, None, params)  # pads with 0: no source
+            m = m[:, ::-1] if params.flip else m
+        return torch.from_numpy(np.ascontiguousarray(m)).float().unsqueeze(0)
+
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         img, m = self.apply(image, mask, self.sample_params() if self.train else None)
         assert m is not None

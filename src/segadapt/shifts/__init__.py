@@ -58,10 +58,15 @@ def apply_filter(
     """Filter a uint8 HxWx3 RGB image; `severity` (0..1) picks parameters, explicit `params` override them.
 
     `seed` feeds the severity mapping (ripple phase, cubism tiles); `opacity` (0..1, default 1) blends the result
-    over the input as GIMP's filter dialog does. Deterministic for a given seed.
+    over the input as GIMP's filter dialog does. Deterministic for a given seed. `name` may also be `misalign`
+    or a composition (`photocopy+misalign`, see shifts/compose.py).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if name not in FILTERS:  # misalign, or a composition such as photocopy+misalign (shifts/compose.py)
+        from segadapt.shifts import compose
+
+        return compose.apply(name, image, severity, seed, backend, **params)
     chosen, opacity = resolve_params(name, severity, seed, **params)
     if name == "ripple" and float(chosen.get("amplitude", 1.0)) == 0.0:
         return image.copy()  # severity 0 is the identity on both backends (gegl would still resample)

@@ -12,6 +12,8 @@ severities can swap order by a few percent on one image. Ranges, per filter:
   blended over the input in linear light like GIMP's filter "Opacity". Photocopy's own parameters are not a
   monotone strength knob (a small mask radius turns almost everything white), so opacity carries the severity.
 * cubism: tile_size = 4 + 12 s px (10 = GEGL's default at s = 0.5), tile_saturation 2.5, seed = `seed`.
+* misalign (not a GEGL filter; shifts/misalign.py): offsets up to 0.08 s of the image diagonal, rotations up
+  to 6 s degrees, scale within 1 +- 0.04 s, drawn by `seed` (at 480x360, s = 0.5: up to 24 px and 3 degrees).
 """
 
 from __future__ import annotations
@@ -36,7 +38,11 @@ def _cubism(severity: float, seed: int) -> dict[str, Any]:
     return {"tile_size": 4.0 + 12.0 * severity, "tile_saturation": 2.5, "seed": seed}
 
 
-_BY_FILTER = {"ripple": _ripple, "photocopy": _photocopy, "cubism": _cubism}
+def _misalign(severity: float, seed: int) -> dict[str, Any]:
+    return {"max_offset": 0.08 * severity, "max_angle": 6.0 * severity, "max_scale": 0.04 * severity, "seed": seed}
+
+
+_BY_FILTER = {"ripple": _ripple, "photocopy": _photocopy, "cubism": _cubism, "misalign": _misalign}
 
 
 def severity_params(name: str, severity: float, seed: int = 0) -> dict[str, Any]:

@@ -1,5 +1,10 @@
 """Write a shifted copy D2 of a dataset split: same file stems and layout, D1's labels copied unchanged.
 
+A filter that moves the image rigidly (misalign, alone or last in a composition such as photocopy+misalign)
+writes D1's labels moved the same way instead (nearest neighbour, the ignore index where nothing maps), and
+the marker records each image's ground-truth transform (3x3, X1 pixel coordinates -> X2's) under
+"transforms"; `recorded_transforms` reads them back.
+
 Every file is written under a temporary name and renamed, so an interrupted run leaves no half-written
 image; files already present are skipped, so re-running resumes, once checked whole (an image ends as its
 format should and decodes at its source's size; a copied label equals its original): broken ones are
@@ -86,31 +91,69 @@ def _mask_intact(path: Path, original: Path | None, size: tuple[int, int]) -> bo
         return False
 
 
-def _one(job: tuple[SegmentationSource, Path | None, Path, str, int, str, float, int, str]) -> bool:
-    """Shift image i and copy its label, keeping outputs already whole; True when one present was broken."""
+def _labels_for(source: SegmentationSource, i: int, name: str, severity: float, seed: int) -> np.ndarray:
+    """D1's labels of image i moved as the filter moves the image (geometric filters only)."""
+    from segadapt.shifts.compose import warp_labels
+
+    _, mask = source.load(i)
+    return warp_labels(name, mask, severity, stem_seed(source.stem(i), seed), source.info.ignore_index)
+
+
+def _encode_labels(path: Path, mask: np.ndarray) -> bytes:
+    dtype = np.uint8 if mask.max(initial=0) < 256 else np.uint16
+    ok, buf = cv2.imencode(path.suffix.lower() or ".png", mask.astype(dtype))
+    if not ok:
+        raise SegadaptError(f"{path}: could not encode the moved labels")
+    return buf.tobytes()
+
+
+Job = tuple[SegmentationSource, Path | None, Path, str, int, str, float, int, str]
+
+
+def _one(job: Job) -> tuple[bool, list[list[float]] | None]:
+    """Shift image i and copy (or move) its label, keeping outputs already whole; returns whether one present
+    was broken, and the image's ground-truth transform when the filter moves it rigidly."""
     source, root, out, split, i, name, severity, seed, backend = job
     from segadapt.shifts import apply_filter
+    from segadapt.shifts.compose import geometry, moves_labels
 
     img_out, mask_out = _targets(source, root, out, split, i)
+    moves = moves_labels(name)
     # a resumed run skips only what is whole: a stop mid-write leaves none (atomic), but disks and people can
     had_img, had_mask = img_out.exists(), mask_out.exists()
-    size = _source_size(source, i) if had_img or had_mask else (0, 0)
+    size = _source_size(source, i) if had_img or had_mask or moves else (0, 0)
+    truth = geometry(name, *size, severity, stem_seed(source.stem(i), seed)) if moves else None
+    moved = _labels_for(source, i, name, severity, seed) if moves else None
     img_ok = had_img and _image_intact(img_out, size)
-    mask_ok = had_mask and _mask_intact(mask_out, source.mask_path(i), size)
-    if img_ok and mask_ok:
+    if moved is not None:
+        mask_ok = had_mask and _moved_intact(mask_out, moved)
+    else:
+        mask_ok = had_mask and _mask_intact(mask_out, source.mask_path(i), size)
+    if not (img_ok and mask_ok):
+        image, mask = source.load(i)  # also validates the pair
+        if not img_ok:
+            shifted = apply_filter(name, image, severity=severity, seed=stem_seed(source.stem(i), seed),
+                                   backend=backend)
+            _write_image(img_out, shifted)
+        if not mask_ok:  # checked on its own: a run can stop between the image and its label
+            mp = source.mask_path(i)
+            with atomic_path(mask_out) as tmp:
+                if moved is not None:
+                    tmp.write_bytes(_encode_labels(mask_out, moved))
+                elif mp is not None:
+                    shutil.copyfile(mp, tmp)
+                else:  # generated data (synthetic): store the labels as an index PNG
+                    tmp.write_bytes(cv2.imencode(".png", mask.astype(np.uint8))[1].tobytes())
+    repaired = (had_img and not img_ok) or (had_mask and not mask_ok)
+    return repaired, (truth.tolist() if truth is not None else None)
+
+
+def _moved_intact(path: Path, expected: np.ndarray) -> bool:
+    """Moved labels already written must equal the move recomputed from D1's labels."""
+    try:
+        return np.array_equal(read_mask(path), expected)
+    except DataError:
         return False
-    image, mask = source.load(i)  # also validates the pair
-    if not img_ok:
-        shifted = apply_filter(name, image, severity=severity, seed=stem_seed(source.stem(i), seed), backend=backend)
-        _write_image(img_out, shifted)
-    if not mask_ok:  # checked on its own: a run can stop between the image and its label
-        mp = source.mask_path(i)
-        with atomic_path(mask_out) as tmp:
-            if mp is not None:
-                shutil.copyfile(mp, tmp)
-            else:  # generated data (synthetic): store the labels as an index PNG
-                tmp.write_bytes(cv2.imencode(".png", mask.astype(np.uint8))[1].tobytes())
-    return (had_img and not img_ok) or (had_mask and not mask_ok)
 
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -167,6 +210,16 @@ def recorded_params(out: Path, split: str) -> dict[str, Any] | None:
         raise DataError(f"{marker}: unreadable marker; delete {out} (or the marker) and run again") from None
 
 
+def recorded_transforms(out: Path, split: str) -> dict[str, np.ndarray]:
+    """stem -> ground-truth transform (3x3) that a finished `segadapt shift` with a geometric filter recorded."""
+    marker = marker_path(out, split)
+    try:
+        held = json.loads(marker.read_text())
+        return {stem: np.asarray(m, dtype=np.float64) for stem, m in held.get("transforms", {}).items()}
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        raise DataError(f"{marker}: no readable transforms ({e}); write D2 again with segadapt shift") from None
+
+
 def write_shifted(
     source: SegmentationSource,
     root: Path | None,
@@ -178,9 +231,10 @@ def write_shifted(
     backend: str = "native",
     workers: int = 0,
 ) -> dict[str, Any]:
-    from segadapt.shifts import BACKENDS, severity_params
+    from segadapt.shifts import BACKENDS
+    from segadapt.shifts.compose import check
 
-    severity_params(name, severity, seed)  # filter and severity (nan, inf) refused before anything is written
+    check(name, severity, seed)  # filter and severity (nan, inf) refused before anything is written
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     params = {"filter": name, "severity": severity, "seed": seed, "backend": backend, "split": split}
@@ -204,11 +258,14 @@ def write_shifted(
     workers = workers or os.cpu_count() or 1
     desc = f"shift {split} ({name})"
     if workers == 1:
-        repaired = sum(_one(job) for job in tqdm(jobs, desc=desc, dynamic_ncols=True))
+        done = [_one(job) for job in tqdm(jobs, desc=desc, dynamic_ncols=True)]
     else:
         with ProcessPoolExecutor(workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
-            repaired = sum(tqdm(pool.map(_one, jobs, chunksize=4), total=len(jobs), desc=desc, dynamic_ncols=True))
+            done = list(tqdm(pool.map(_one, jobs, chunksize=4), total=len(jobs), desc=desc, dynamic_ncols=True))
+    repaired = sum(r for r, _ in done)
+    transforms = {source.stem(i): t for i, (_, t) in enumerate(done) if t is not None}
     if root is not None and (root / "ImageSets").is_dir():  # VOC split lists travel with the images
         shutil.copytree(root / "ImageSets", out / "ImageSets", dirs_exist_ok=True)
-    write_json_atomic(marker, {"params": params, "images": len(jobs), "complete": True})
+    write_json_atomic(marker, {"params": params, "images": len(jobs), "complete": True,
+                               **({"transforms": transforms} if transforms else {})})
     return {"images": len(jobs), "repaired": repaired, "out": str(out), **params}
