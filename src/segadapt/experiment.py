@@ -105,7 +105,9 @@ def _stage(seed: int, shift: str, what: str) -> None:
     print(f"== seed {seed}{where}: {what}", flush=True)
 
 
-def run_experiment(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
+def run_experiment(cfg: RunConfig, out_dir: Path, search_start: dict[str, float] | None = None) -> dict[str, Any]:
+    """The sweep into `out_dir`. `search_start`: filter -> severity the first seed's search tries first (a
+    landing from an earlier sweep with the same H1; later seeds start at the previous seed's landing)."""
     ex = cfg.experiment
     check_experiment(cfg)
     device = select_device(cfg.train.device)
@@ -114,7 +116,7 @@ def run_experiment(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     selection: list[dict[str, Any]] = []
     searches: list[dict[str, Any]] = []
-    landed: dict[str, float] = {}  # filter -> the previous seed's searched severity: the next search starts there
+    landed = dict(search_start or {})  # filter -> the previous seed's searched severity: the next search starts there
 
     for seed in ex.seeds:
         base = copy.deepcopy(cfg)
