@@ -92,6 +92,17 @@ class ShiftConfig:
     filter: str = "ripple"  # photocopy | ripple | cubism
     severity: float = 0.5  # 0..1, mapped onto the filter's parameters
     seed: int = 0
+    # the severity mapping's lengths (ripple amplitude/period, cubism tiles, photocopy blur radii) are pixels of
+    # "network": the image the network sees (resized to data.base_size; factor stored short side / base_size,
+    # 1 when base_size = 0), so a severity means the same shift at every training resolution; "image": pixels of
+    # the stored image, as segadapt did before (see shifts/units.py)
+    units: str = "network"
+    # > 0: choose the severity so that H1's distortion on a fixed subset of D1's train split is this (±
+    # search_tolerance), by bisection (segadapt shift/distortion --target-distortion --model H1; severity_search.py)
+    target_distortion: float = 0.0
+    search_images: int = 100  # train images the search scores H1 on (seeded by shift.seed; never the val split)
+    search_tolerance: float = 0.03
+    search_steps: int = 10  # at most this many severities scored (ends and bisection together)
     d2_dir: str = ""  # folder of D2 images matched to D1 by file stem (e.g. written by `segadapt shift`)
     pairs_csv: str = ""  # CSV with columns x1,x2 (image paths)
     photometric: float = 0.0  # independent brightness/contrast jitter of X1 and X2 (fraction)
@@ -158,6 +169,9 @@ class ExperimentConfig:
     finetune_lr: float = 2.5e-4  # B2: H1 fine-tuned on D2 with D1's labels
     adapt_lr: float = 2.5e-4  # H2: feature regression
     baselines: list[str] = field(default_factory=lambda: ["B0", "B1", "B2"])
+    # filter -> H1 distortion to reach: after each seed's H1 trains, that filter's severity is searched on
+    # shift.search_images D1 train images (shift.search_* settings) instead of using shift.severity
+    target_distortion: dict[str, float] = field(default_factory=dict)
     # write each shifted D2 once under the sweep directory instead of filtering D1 on the fly every epoch
     materialise_d2: bool = True
     # report.html figures (first seed): feature grids, overlays and reconstructions of this many val images
@@ -235,7 +249,27 @@ def _preset_demo() -> RunConfig:
     return cfg
 
 
-PRESETS = {"voc": _preset_voc, "synthetic": _preset_synthetic, "camvid": _preset_camvid, "demo": _preset_demo}
+STUDY_DISTORTIONS = {"photocopy": 0.325, "ripple": 0.626, "cubism": 0.94}  # the study's D2 sets, H1's distortion
+
+
+def _preset_study_camvid() -> RunConfig:
+    """The study's sweep on CamVid at CPU scale: 120x160 (benchmarks/adapt_shift.py's camvid-photocopy H1),
+    the three GIMP shifts at the study's distortions of H1 (severity searched per seed), every layer preset."""
+    cfg = _preset_camvid()
+    cfg.name = "study-camvid"
+    cfg.data.base_size, cfg.data.crop_size = 120, [120, 160]
+    cfg.train.iterations, cfg.train.checkpoint_every, cfg.train.log_every = 4000, 0, 50
+    cfg.shift = ShiftConfig(units="network")
+    cfg.adapt.grad_clip = 5.0
+    cfg.experiment = ExperimentConfig(
+        filters=list(STUDY_DISTORTIONS), target_distortion=dict(STUDY_DISTORTIONS), seeds=[0, 1, 2],
+        iterations=1000, finetune_lr=0.01, adapt_lr=0.005,
+    )
+    return cfg
+
+
+PRESETS = {"voc": _preset_voc, "synthetic": _preset_synthetic, "camvid": _preset_camvid, "demo": _preset_demo,
+           "study-camvid": _preset_study_camvid}
 
 
 def preset(name: str) -> RunConfig:
@@ -262,6 +296,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_coerce(v, item_tp, f"{where}[]") for v in value]
+    if origin is dict:
+        key_tp, item_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return {_coerce(k, key_tp, f"{where} key"): _coerce(v, item_tp, f"{where}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
             try:
@@ -396,7 +435,11 @@ _LIMITS: dict[str, dict[str, tuple[Any, str]]] = {
     "ShiftConfig": {"severity": ((lambda v: 0 <= v <= 1), "in [0, 1]"), "photometric": _at_least(0), "seed": _SEED,
                     "d2_dir": _usable_path(), "pairs_csv": _usable_path(), "d1_raster": _usable_path(),
                     "d2_raster": _usable_path(), "label_raster": _usable_path(), "raster_windows": _at_least(1),
-                    "raster_min_valid": _between(0, 1)},
+                    "raster_min_valid": _between(0, 1),
+
+                    "units": ((lambda v: v in ("network", "image")), '"network" or "image"'),
+                    "target_distortion": _between(0, 1), "search_images": _at_least(1),
+                    "search_tolerance": ((lambda v: 0 < v < 1), "in (0, 1)"), "search_steps": _at_least(2)},
     "AdaptConfig": {"grad_clip": _at_least(0), "holdout": _at_least(0), "probes": _at_least(0),
                     "h1": _usable_path(), "teacher_cache": _usable_path(), "h1_weights": _usable_path(),
                     "h1_kwargs": _json_object(), "norm": _norm_mode(),
@@ -406,6 +449,8 @@ _LIMITS: dict[str, dict[str, tuple[Any, str]]] = {
                     "align_min_overlap": ((lambda v: 0 < v <= 1), "in (0, 1]")},
     "ExperimentConfig": {"iterations": _at_least(1), "finetune_lr": _positive(), "adapt_lr": _positive(),
                          "figure_images": _at_least(0), "reconstruct_steps": _at_least(0),
+                         "target_distortion": ((lambda v: all(0 < x <= 1 for x in v.values())),
+                                               "a table of filter = distortion, each in (0, 1]"),
                          "seeds": ((lambda v: len(v) >= 1 and all(_SEED[0](x) for x in v)),
                                    f"a list of at least one seed, each {_SEED[1]}")},
 }
@@ -459,6 +504,11 @@ def _toml_value(v: Any) -> str:
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
+def _toml_key(k: str) -> str:
+    """A bare key where TOML allows one, else quoted (table keys such as filter names may hold '+')."""
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else _toml_value(k)
+
+
 def dumps_toml(cfg: Any) -> str:
     """TOML text for a dataclass tree (scalars first, then one table per nested dataclass)."""
     lines: list[str] = []
@@ -467,9 +517,9 @@ def dumps_toml(cfg: Any) -> str:
         tables = {k: v for k, v in d.items() if isinstance(v, dict)}
         for k, v in d.items():
             if not isinstance(v, dict):
-                lines.append(f"{k} = {_toml_value(v)}")
+                lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
         for k, v in tables.items():
-            name = f"{prefix}{k}"
+            name = f"{prefix}{_toml_key(k)}"
             lines.append("")
             lines.append(f"[{name}]")
             emit(v, name + ".")

@@ -2,6 +2,9 @@
 
 Protocol (one metric code, crop and ignore index for all):
 - H1: trained on D1 with labels (train.iterations), or reused from adapt.h1.
+- Severity (filters in experiment.target_distortion): searched per seed, after that seed's H1, so that H1's
+  distortion on shift.search_images D1 *train* images is the target (severity_search.py; the first seed's
+  landing starts the next seed's search); D2 is then made at that severity. Other filters use shift.severity.
 - B0: H1 evaluated on D2.
 - B1: a fresh model trained on D2 images with D1's labels, with H1's budget (it starts from scratch as H1 did).
 - B2: H1 fine-tuned on D2 images with D1's labels, experiment.iterations steps.
@@ -100,6 +103,13 @@ def check_experiment(cfg: RunConfig, model: SegmentationModel | None = None) -> 
             check_name(v, key)
     if not ex.filters:
         raise ConfigError("experiment.filters is empty; name at least one shift, e.g. [\"ripple\"]")
+    stray = [f for f in ex.target_distortion if f not in ex.filters]
+    if stray:
+        raise ConfigError(f"experiment.target_distortion: {', '.join(map(repr, stray))} not in experiment.filters "
+                          f"({', '.join(ex.filters)}); a target names a filter the sweep runs")
+    if ex.target_distortion and (cfg.shift.d2_dir or cfg.shift.pairs_csv):
+        raise ConfigError("experiment.target_distortion searches a filter's severity, but shift.d2_dir / "
+                          "shift.pairs_csv give D2 as it is; drop one or the other")
     if cfg.shift.d2_dir:
         if len(ex.filters) != 1:
             raise ConfigError(f"shift.d2_dir = {cfg.shift.d2_dir} is one D2; name it with one experiment.filters "
@@ -155,9 +165,11 @@ def fresh_of(h1_meta: dict[str, Any], source: str, trusted: list[str], seed: int
     return rebuild(h1_meta, source, trusted)
 
 
-def run_experiment(cfg: RunConfig, out_dir: Path,
-                   h1: tuple[torch.nn.Module, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The sweep into `out_dir`; `h1` (model, metadata): an H1 the caller has loaded (else adapt.h1, else trained)."""
+def run_experiment(cfg: RunConfig, out_dir: Path, h1: tuple[torch.nn.Module, dict[str, Any]] | None = None,
+                   search_start: dict[str, float] | None = None) -> dict[str, Any]:
+    """The sweep into `out_dir`; `h1` (model, metadata): an H1 the caller has loaded (else adapt.h1, else trained).
+    `search_start`: filter -> severity the first seed's search tries first (a landing from an earlier sweep with
+    the same H1; later seeds start at the previous seed's landing)."""
     device = select_device(cfg.train.device)
     cfg, reused, arch_model = sweep_h1(cfg, device, h1)
     ex = cfg.experiment
@@ -169,6 +181,8 @@ def run_experiment(cfg: RunConfig, out_dir: Path,
     ckpt.write_text_atomic(out_dir / "config.toml", dumps_toml(cfg))
     rows: list[dict[str, Any]] = []
     selection: list[dict[str, Any]] = []
+    searches: list[dict[str, Any]] = []
+    landed = dict(search_start or {})  # filter -> the previous seed's searched severity: the next search starts there
 
     for seed in ex.seeds:
         base = copy.deepcopy(cfg)
@@ -191,8 +205,16 @@ def run_experiment(cfg: RunConfig, out_dir: Path,
         for name in ex.filters:
             shift_dir = seed_dir / name
             shift = dataclasses.replace(cfg.shift, filter=name)
+            d2_name = f"d2-{name}"
+            if name in ex.target_distortion:
+                found = _search(h1, with_shift(base, shift), device, seed, name, ex.target_distortion[name],
+                                landed.get(name))
+                searches.append(found)
+                landed[name] = found["severity"]
+                shift = dataclasses.replace(shift, severity=found["severity"])
+                d2_name = f"d2-{name}-severity{found['severity']:.4f}"  # seeds landing alike share one D2
             if ex.materialise_d2 and not shift.d2_dir:
-                shift = materialise_d2(cfg, name, out_dir / f"d2-{name}")
+                shift = materialise_d2(with_shift(cfg, shift), name, out_dir / d2_name)
             d2_train = d2_source(with_shift(cfg, shift), cfg.data.train_split, labelled=True)
             d2_val = d2_source(with_shift(cfg, shift), cfg.data.val_split, labelled=True)
             train_tf = make_transform(cfg.data, True, d1_train.info.ignore_index)
@@ -202,6 +224,10 @@ def run_experiment(cfg: RunConfig, out_dir: Path,
             if "B0" in ex.baselines:
                 _stage(seed, name, "B0: H1 scored on D2")
                 rows.append(_row(seed, name, "B0", score(h1, d2_val, cfg, device)))
+                if name in ex.target_distortion:  # the distortion the search aimed at, as the val split shows it
+                    h1_row, b0_row = next(r for r in rows if r["seed"] == seed and r["method"] == "H1"), rows[-1]
+                    searches[-1]["val_distortion"] = finite_or_none(distortion(
+                        h1_row["mean_acc"], h1_row["miou"], b0_row["mean_acc"], b0_row["miou"]))
             if "B1" in ex.baselines:
                 _stage(seed, name, "B1: trained from scratch on D2 with D1's labels")
                 fresh = fresh_of(h1_meta, cfg.adapt.h1, trusted, seed) if reused is not None else None
@@ -237,6 +263,7 @@ def run_experiment(cfg: RunConfig, out_dir: Path,
                          trusted)
 
     results = summarise(rows, ex.filters)
+    results["severity_search"] = searches
     results["selection"] = selection
     results["selection_across_presets"] = across_presets(selection)
     results["environment"] = environment()
@@ -245,6 +272,20 @@ def run_experiment(cfg: RunConfig, out_dir: Path,
 
     results["report"] = str(write_report(out_dir))
     return results
+
+
+def _search(h1: torch.nn.Module, cfg: RunConfig, device: torch.device, seed: int, name: str, target: float,
+            start: float | None) -> dict[str, Any]:
+    """One seed's severity search for filter `name` (cfg.shift.search_* settings); a target the filter cannot
+    reach is one line here and in the results, and the sweep goes on at the closest severity."""
+    from segadapt.severity_search import search_for
+
+    sh = cfg.shift
+    _stage(seed, name, f"severity search: H1's distortion {target:g} ± {sh.search_tolerance:g} on "
+                       f"{sh.search_images} {cfg.data.train_split} images ({sh.units} units)")
+    result = search_for(h1, cfg, device, name, target, start=start)
+    print(f"   {'landed' if result.reached else 'not reached'}: {result.message}", flush=True)
+    return {"seed": seed, "shift": name, **result.to_dict()}
 
 
 def _figures(
@@ -353,6 +394,7 @@ def markdown(results: dict[str, Any], figures: list[str]) -> str:
         lines += [f"## Shift: {s}", ""]
         if results["distortion"].get(s) is not None:
             lines += [f"Distortion of H1: {results['distortion'][s]:.3f}", ""]
+        lines += _search_markdown(results, s)
         lines += ["| method | mean accuracy | mIoU | pixel accuracy |", "| --- | --- | --- | --- |"]
         for e in results["summary"]:
             if e["shift"] == s:
@@ -363,6 +405,24 @@ def markdown(results: dict[str, Any], figures: list[str]) -> str:
     lines += _selection_markdown(results)
     lines += [f"![{f}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
+
+
+def _search_markdown(results: dict[str, Any], shift: str) -> list[str]:
+    found = [r for r in results.get("severity_search") or [] if r["shift"] == shift]
+    if not found:
+        return []
+    first = found[0]
+    lines = [f"Severity searched for H1's distortion {first['target']:g} ± {first['tolerance']:g} on "
+             f"{first['info'].get('images')} {first['info'].get('split')} images "
+             f"({first['info'].get('units')} units):", "",
+             "| seed | severity | distortion (search images) | distortion (val) | reached | note |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in found:
+        val = r.get("val_distortion")
+        lines.append(f"| {r['seed']} | {r['severity']:.4f} | {r['distortion']:.3f} | "
+                     f"{'n/a' if val is None else f'{val:.3f}'} | {'yes' if r['reached'] else 'no'} | "
+                     f"{'' if r['reached'] else r['message']} |")
+    return lines + [""]
 
 
 def _selection_markdown(results: dict[str, Any]) -> list[str]:

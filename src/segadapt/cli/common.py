@@ -95,6 +95,8 @@ FLAGS: dict[str, Flag] = {
     "filter": Flag("shift.filter", "D2 made by this filter: photocopy | ripple | cubism | misalign, or a "
                    "composition such as photocopy+misalign (a part may carry its own severity: misalign=0.5)"),
     "severity": Flag("shift.severity", "filter severity 0..1", float),
+    "target_distortion": Flag("shift.target_distortion", "search the severity at which --model's distortion is "
+                              "this (on D1 train images, ± shift.search_tolerance)", float),
     "d2_dir": Flag("shift.d2_dir", "D2 images: a `segadapt shift` output or a folder matched to D1 by file stem"),
     "pairs": Flag("shift.pairs_csv", "CSV with columns x1,x2 listing image pairs"),
     "d1_raster": Flag("shift.d1_raster", "D1 mosaic (GeoTIFF): pairs by ground coordinates with --d2-raster"),
@@ -116,7 +118,7 @@ def config_args(p: argparse.ArgumentParser, flags: Sequence[str], *, presets: bo
     command (`segadapt shift --seed` is the shift's seed, not the training seed)."""
     g = p.add_argument_group("configuration (later ones win: preset < --config < flags < --set)")
     if presets:
-        g.add_argument("--preset", help="start from a preset: voc (the study), synthetic, camvid, demo")
+        g.add_argument("--preset", help="start from a preset: voc (the study), synthetic, camvid, demo, study-camvid")
     g.add_argument("--config", help="TOML file with any of the [model], [data], [train], [shift], [adapt], "
                                     "[experiment] tables")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set train.lr=0.01")

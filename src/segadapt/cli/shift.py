@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from segadapt.cli.common import (
     DATA,
@@ -17,8 +18,12 @@ from segadapt.cli.common import (
     resolve_config,
     same_classes,
 )
-from segadapt.config import ShiftConfig
+from segadapt.config import RunConfig
+from segadapt.errors import SegadaptError
 from segadapt.paths import check_path
+
+if TYPE_CHECKING:
+    from segadapt.severity_search import SearchResult
 
 SHIFT_SEED = {"seed": "shift.seed"}  # here --seed is the shift's (ripple phase, cubism tiles): nothing trains
 SEED_HELP = {"seed": "the shift's seed (ripple phase, cubism tiles)"}
@@ -26,12 +31,16 @@ SEED_HELP = {"seed": "the shift's seed (ripple phase, cubism tiles)"}
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("shift", help="write a shifted copy D2 of a dataset split (same stems and layout)")
-    config_args(p, (*DATA, "filter", "severity", "seed", "workers"), keys=SHIFT_SEED, required=("filter",),
+    config_args(p, (*DATA, "filter", "severity", "seed", "target_distortion", "workers", "device"),
+                keys=SHIFT_SEED, required=("filter",),
                 helps={**SEED_HELP, "filter": "photocopy | ripple | cubism | misalign, or a composition such as "
                                                "photocopy+misalign (misalign moves the labels too and records "
                                                "each image's transform)",
                        "severity": "0..1 (default: shift.severity)",
                        "workers": "parallel processes (default 0: one per core)"})
+    p.add_argument("--model", help="with --target-distortion: the model (H1) whose distortion is aimed at; its "
+                   f"data settings (base size) are used; {MODEL_FORMS}")
+    model_args(p)
     p.add_argument("--split", help="split to shift (default: the train split)")
     p.add_argument("--backend", default="native", choices=["native", "gegl"], help="native, or the gegl command")
     p.add_argument("--raster", metavar="TIF", help="shift this GeoTIFF instead of a dataset split, in strips of "
@@ -42,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("distortion", help="the study's distortion of a shift: D1 vs D2 accuracy and mIoU of a model")
     p.add_argument("--model", required=True, help=f"the model: {MODEL_FORMS}")
     model_args(p)
-    config_args(p, (*DATA, "filter", "severity", "seed", "d2_dir", "device"), presets=False, keys=SHIFT_SEED,
+    config_args(p, (*DATA, "filter", "severity", "seed", "target_distortion", "d2_dir", "device"),
+                presets=False, keys=SHIFT_SEED,
                 required=("filter",), helps={**SEED_HELP, "filter": "photocopy | ripple | cubism | misalign | "
                                                                "a composition such as photocopy+misalign",
                                              "d2_dir": "score this `segadapt shift` output as D2 instead of "
@@ -59,31 +69,65 @@ def cmd_shift(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(args)
     if args.raster:
-        return _shift_raster(args, cfg.shift)
+        return _shift_raster(args, cfg)
     check_workers(cfg.data.num_workers, "--workers")
     split = args.split or cfg.data.train_split
+    extra = {}
+    if cfg.shift.target_distortion > 0 or args.model:
+        cfg, found = _searched(args)
+        extra = {"search": found.to_dict()}
     source = build_source(cfg.data, split)
     root = Path(cfg.data.root) if cfg.data.root and cfg.data.dataset != "synthetic" else None
     out = claim(check_path(args.out, "--out"))
     s = cfg.shift
-    r = write_shifted(source, root, out, split, s.filter, s.severity, s.seed, args.backend, cfg.data.num_workers)
-    print(f"wrote {r['images']} shifted images ({s.filter}, severity {s.severity}) to {args.out}")
+    r = write_shifted(source, root, out, split, s.filter, s.severity, s.seed, args.backend, cfg.data.num_workers,
+                      units=s.units, base_size=cfg.data.base_size, extra=extra)
+    print(f"wrote {r['images']} shifted images ({s.filter}, severity {s.severity:g}, {s.units} units, length "
+          f"factor {r['scale']}) to {args.out}")
     if r.get("repaired"):
         print(f"rewrote {r['repaired']} broken file(s) left by an earlier run")
     return 0
 
 
-def _shift_raster(args: argparse.Namespace, s: ShiftConfig) -> int:
+def _searched(args: argparse.Namespace) -> tuple[RunConfig, SearchResult]:
+    """--target-distortion D --model H1: the model's data settings under the flags, at the severity where the
+    model's distortion on D1 train images is D (severity_search.py); where it landed, printed in one line."""
+    from segadapt.data import build_source
+    from segadapt.runtime import select_device
+    from segadapt.severity_search import search_for
+
+    if not args.model:
+        raise SegadaptError("--target-distortion: give the model whose distortion it is with --model RUN")
+    if args.severity is not None:
+        raise SegadaptError("--severity and --target-distortion both choose the severity; give one")
+    model, meta = load_model_arg(args.model, "--model", args.model_weights, args.model_kwargs, args.trust_factory)
+    cfg = model_config(args, meta, args.model)
+    target = cfg.shift.target_distortion
+    if target <= 0:
+        raise SegadaptError("--model is for --target-distortion D (the distortion to aim at); give it, or drop --model")
+    same_classes(args.model, meta, cfg, build_source(cfg.data, cfg.data.train_split).info.num_classes)
+    device = select_device(cfg.train.device)
+    found = search_for(model.to(device), cfg, device, cfg.shift.filter, target)
+    print(f"severity search ({cfg.shift.filter}, {found.info['images']} {found.info['split']} images): "
+          f"{'landed' if found.reached else 'NOT reached'}: {found.message}")
+    cfg.shift.severity = found.severity
+    return cfg, found
+
+
+def _shift_raster(args: argparse.Namespace, cfg: RunConfig) -> int:
     """One GeoTIFF of any size through the native filter, strip by strip (shifts/raster.py)."""
-    from segadapt.errors import SegadaptError
     from segadapt.shifts.raster import shift_raster
 
+    s = cfg.shift
     if args.backend != "native":
         raise SegadaptError("--raster runs the native filters only; drop --backend gegl")
+    if s.target_distortion > 0 or args.model:
+        raise SegadaptError("--target-distortion searches on a dataset's train split; with --raster give --severity")
     out = check_path(args.out, "--out")
     if out.is_dir():
         raise SegadaptError(f"--out {args.out}: is a folder; with --raster give the path of the .tif to write")
-    r = shift_raster(check_path(args.raster, "--raster"), out, s.filter, s.severity, s.seed)
+    r = shift_raster(check_path(args.raster, "--raster"), out, s.filter, s.severity, s.seed, units=s.units,
+                     base_size=cfg.data.base_size)
     width, height = r["size"]
     print(f"wrote {out} ({s.filter}, severity {s.severity}; {width}x{height} in {r['strips']} strips, CRS and "
           f"transform of {args.raster})")
@@ -95,10 +139,11 @@ def cmd_distortion(args: argparse.Namespace) -> int:
     from segadapt.checkpoint import write_json_atomic
     from segadapt.data import build_source
     from segadapt.data.d2 import d2_source, same_shift
-    from segadapt.experiment import score
+    from segadapt.experiment import json_safe, score
     from segadapt.metrics import distortion
     from segadapt.runtime import select_device
     from segadapt.selection import finite_or_none
+    from segadapt.severity_search import search_for
 
     json_out(args.out)
     model, meta = load_model_arg(args.model, "--model", args.model_weights, args.model_kwargs, args.trust_factory)
@@ -106,6 +151,14 @@ def cmd_distortion(args: argparse.Namespace) -> int:
     device = select_device(cfg.train.device)
     model = model.to(device)
     split = args.split or cfg.data.val_split
+    found = None
+    if cfg.shift.target_distortion > 0:  # the severity is searched on train images, then scored on `split`
+        if cfg.shift.d2_dir or args.severity is not None:
+            raise SegadaptError("--target-distortion searches the severity; drop --severity / --d2-dir")
+        found = search_for(model, cfg, device, cfg.shift.filter, cfg.shift.target_distortion)
+        print(f"severity search ({found.info['images']} {found.info['split']} images): "
+              f"{'landed' if found.reached else 'NOT reached'}: {found.message}")
+        cfg.shift.severity = found.severity
     same_shift(cfg, split)
     d1 = build_source(cfg.data, split)
     same_classes(args.model, meta, cfg, d1.info.num_classes)
@@ -115,7 +168,8 @@ def cmd_distortion(args: argparse.Namespace) -> int:
     sh = cfg.shift
     result = {"model": str(args.model), "filter": sh.filter, "severity": sh.severity, "split": split,
               "d1": {"mean_acc": s1.mean_acc, "miou": s1.miou}, "d2": {"mean_acc": s2.mean_acc, "miou": s2.miou},
-              "distortion": finite_or_none(d)}
+              "units": sh.units, "distortion": finite_or_none(d),
+              **({"search": json_safe(found.to_dict())} if found else {})}
     print(f"D1 ({cfg.data.dataset}/{split}): mean acc {s1.mean_acc:.4f}  mIoU {s1.miou:.4f}")
     print(f"D2 ({sh.filter}, severity {sh.severity}): mean acc {s2.mean_acc:.4f}  mIoU {s2.miou:.4f}")
     print(f"distortion = 0.5*(|acc1-acc2|/acc1 + |mIoU1-mIoU2|/mIoU1) = {d:.4f}")

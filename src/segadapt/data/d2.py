@@ -28,14 +28,23 @@ from segadapt.data.pairs import MaskShift, PairedDataset, Shift, ShiftedSource, 
 from segadapt.errors import DataError, SegadaptError
 
 
-def _apply_filter(name: str, severity: float, image: np.ndarray, seed: int) -> np.ndarray:
+def _apply_filter(name: str, severity: float, image: np.ndarray, seed: int, base_size: int = 0) -> np.ndarray:
+    """`base_size` > 0: the severity's lengths are network pixels at that base size (shifts/units.py)."""
     from segadapt.shifts import apply_filter
+    from segadapt.shifts.units import length_scale
 
-    return apply_filter(name, image, severity=severity, seed=seed)
+    scale = length_scale(*image.shape[:2], base_size) if base_size else 1.0
+    return apply_filter(name, image, severity=severity, seed=seed, scale=scale)
 
 
-def make_shift(name: str, severity: float) -> Shift:
-    """A picklable (image, seed) -> image function, so DataLoader workers can run it."""
+def make_shift(name: str, severity: float, base_size: int = 0, units: str = "network") -> Shift:
+    """A picklable (image, seed) -> image function, so DataLoader workers can run it. In network units with
+    base_size > 0 each image's lengths are scaled by its own factor; otherwise the severity's lengths are used
+    as they are (factor 1)."""
+    from segadapt.shifts.units import check_units
+
+    if check_units(units) == "network" and base_size > 0:
+        return functools.partial(_apply_filter, name, severity, base_size=base_size)
     return functools.partial(_apply_filter, name, severity)
 
 
@@ -53,10 +62,24 @@ def make_mask_shift(name: str, severity: float, fill: int) -> MaskShift | None:
     return functools.partial(_warp_labels, name, severity, fill) if moves_labels(name) else None
 
 
-def filtered_source(source: SegmentationSource, shift: ShiftConfig) -> ShiftedSource:
-    """D1 through `shift.filter` on the fly, with its labels moved along when the filter moves pixels."""
-    return ShiftedSource(source, make_shift(shift.filter, shift.severity), shift.seed, shift.filter,
-                         make_mask_shift(shift.filter, shift.severity, source.info.ignore_index))
+def cfg_shift(cfg: RunConfig, severity: float | None = None) -> Shift:
+    """The on-the-fly D2 filter of `cfg` (its filter, units and base size) at `severity` (default shift.severity)."""
+    from segadapt.shifts.units import check_units
+
+    s = cfg.shift
+    severity = s.severity if severity is None else severity
+    if check_units(s.units) == "network" and cfg.data.base_size > 0:
+        return make_shift(s.filter, severity, cfg.data.base_size, s.units)
+    return make_shift(s.filter, severity)  # factor 1 in either unit
+
+
+def filtered_source(source: SegmentationSource, cfg: RunConfig, severity: float | None = None) -> ShiftedSource:
+    """D1 through `cfg.shift.filter` on the fly (at `severity`, default shift.severity, in cfg's units), with
+    its labels moved along when the filter moves pixels."""
+    s = cfg.shift
+    severity = s.severity if severity is None else severity
+    return ShiftedSource(source, cfg_shift(cfg, severity), s.seed, s.filter,
+                         make_mask_shift(s.filter, severity, source.info.ignore_index))
 
 
 def kind(cfg: RunConfig, split: str) -> str:
@@ -79,7 +102,7 @@ def d2_source(cfg: RunConfig, split: str, *, labelled: bool = False) -> Segmenta
         raise SegadaptError(f"shift.pairs_csv = {cfg.shift.pairs_csv}: pairs have no labels to score with; "
                             "score on a `segadapt shift` output or a filter instead")
     if not cfg.shift.d2_dir:
-        return filtered_source(build_source(cfg.data, split), cfg.shift)
+        return filtered_source(build_source(cfg.data, split), cfg)
     d2_dir = Path(cfg.shift.d2_dir)
     if not d2_dir.is_dir():
         raise DataError(f"{d2_dir}: D2 image directory not found; check --d2-dir (shift.d2_dir)")
@@ -171,7 +194,8 @@ def materialise_d2(cfg: RunConfig, filter_name: str, out: Path) -> ShiftConfig:
     root = Path(cfg.data.root) if cfg.data.root and cfg.data.dataset != "synthetic" else None
     for split in dict.fromkeys((cfg.data.train_split, cfg.data.val_split)):
         source = build_source(cfg.data, split)
-        write_shifted(source, root, out, split, filter_name, cfg.shift.severity, cfg.shift.seed)
+        write_shifted(source, root, out, split, filter_name, cfg.shift.severity, cfg.shift.seed,
+                      units=cfg.shift.units, base_size=cfg.data.base_size)
     return dataclasses.replace(cfg.shift, filter=filter_name, d2_dir=str(out))
 
 

@@ -35,12 +35,13 @@ def blend(original: np.ndarray, filtered: np.ndarray, opacity: float) -> np.ndar
 
 
 def resolve_params(
-    name: str, severity: float | None = None, seed: int = 0, **params: Any
+    name: str, severity: float | None = None, seed: int = 0, scale: float = 1.0, **params: Any
 ) -> tuple[dict[str, Any], float]:
-    """The filter's keyword arguments (severity's choice, explicit `params` overriding) and the opacity to blend at."""
+    """The filter's keyword arguments (severity's choice, explicit `params` overriding) and the opacity to blend at.
+    `scale` multiplies the lengths severity chooses (shifts/units.py); explicit `params` are stored-image pixels."""
     if name not in FILTERS:
         raise ConfigError(f"unknown filter {name!r}; choose one of {', '.join(FILTERS)}")
-    chosen = severity_params(name, severity, seed) if severity is not None else {}
+    chosen = severity_params(name, severity, seed, scale) if severity is not None else {}
     if name == "cubism" and severity is None:
         chosen["seed"] = seed
     chosen.update({_ALIASES.get(k, k): v for k, v in params.items()})
@@ -53,21 +54,26 @@ def apply_filter(
     severity: float | None = None,
     seed: int = 0,
     backend: str = "native",
+    scale: float = 1.0,
     **params: Any,
 ) -> np.ndarray:
     """Filter a uint8 HxWx3 RGB image; `severity` (0..1) picks parameters, explicit `params` override them.
 
     `seed` feeds the severity mapping (ripple phase, cubism tiles); `opacity` (0..1, default 1) blends the result
-    over the input as GIMP's filter dialog does. Deterministic for a given seed. `name` may also be `misalign`
-    or a composition (`photocopy+misalign`, see shifts/compose.py).
+    over the input as GIMP's filter dialog does; `scale` multiplies the severity's lengths (network units,
+    shifts/units.py). Deterministic for a given seed. `name` may also be `misalign` or a composition
+    (`photocopy+misalign`, see shifts/compose.py).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if name not in FILTERS:  # misalign, or a composition such as photocopy+misalign (shifts/compose.py)
         from segadapt.shifts import compose
 
-        return compose.apply(name, image, severity, seed, backend, **params)
-    chosen, opacity = resolve_params(name, severity, seed, **params)
+        return compose.apply(name, image, severity, seed, backend, scale, **params)
+    chosen, opacity = resolve_params(name, severity, seed, scale, **params)
+    if backend == "gegl" and "detail_radius" in chosen:
+        raise ConfigError("photocopy's detail_radius (network units at a length scale other than 1) has no GEGL "
+                          "property; use the native backend, or shift.units = \"image\"")
     if name == "ripple" and float(chosen.get("amplitude", 1.0)) == 0.0:
         return image.copy()  # severity 0 is the identity on both backends (gegl would still resample)
     if backend == "gegl":  # the native filter checks the values on a 2x2 image: gegl takes bad ones silently

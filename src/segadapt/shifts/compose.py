@@ -93,9 +93,10 @@ def _geometric_params(severity: float | None, seed: int, params: dict[str, Any])
     return chosen | params
 
 
-def apply(spec: str, image: np.ndarray, severity: float | None, seed: int, backend: str,
+def apply(spec: str, image: np.ndarray, severity: float | None, seed: int, backend: str, scale: float = 1.0,
           **params: Any) -> np.ndarray:
-    """The image through every part of the spec (see apply_filter); `params` only for a single filter."""
+    """The image through every part of the spec (see apply_filter); `params` only for a single filter. `scale`
+    (network units) reaches the photometric parts; misalign's moves are fractions of the image already."""
     from segadapt.shifts import apply_filter
 
     parts = resolve(spec, severity)
@@ -106,7 +107,7 @@ def apply(spec: str, image: np.ndarray, severity: float | None, seed: int, backe
         if name in GEOMETRIC:  # native only: gegl has no such filter
             out = GEOMETRIC[name](out, **_geometric_params(s, seed, params))
         else:
-            out = apply_filter(name, out, severity=s, seed=seed, backend=backend, **params)
+            out = apply_filter(name, out, severity=s, seed=seed, backend=backend, scale=scale, **params)
     return out
 
 

@@ -52,9 +52,22 @@ def _radius_to_sigma(radius: float) -> float:
     return math.sqrt(-(radius * radius) / (2.0 * math.log(1.0 / 255.0)))
 
 
-def blur_sigmas(mask_radius: float = 10.0, sharpness: float = 0.5) -> tuple[float, float]:
-    """GEGL's std_devs of the detail blur (d1, from `sharpness`) and the surround blur (d2, from `mask_radius`)."""
-    return _radius_to_sigma(max(1.0, 10.0 * (1.0 - sharpness)) + 1.0), _radius_to_sigma(abs(mask_radius) + 1.0)
+def blur_sigmas(
+    mask_radius: float = 10.0, sharpness: float = 0.5, detail_radius: float | None = None
+) -> tuple[float, float]:
+    """GEGL's std_devs of the detail blur (d1, from `sharpness`) and the surround blur (d2, from `mask_radius`).
+
+    `detail_radius` (segadapt's, not GEGL's) replaces the radius GEGL derives from sharpness, max(1, 10 (1 -
+    sharpness)) + 1, which spans only [2, 11] px: the severity mapping in network units scales it (shifts/units.py).
+    """
+    radius = max(1.0, 10.0 * (1.0 - sharpness)) + 1.0 if detail_radius is None else detail_radius
+    return _radius_to_sigma(radius), _radius_to_sigma(abs(mask_radius) + 1.0)
+
+
+def check_detail_radius(detail_radius: float | None) -> float | None:
+    if detail_radius is None:
+        return None
+    return _check_range("detail_radius", detail_radius, 1.0, 1000.0)
 
 
 def _iir_coefficients(sigma: float) -> tuple[np.ndarray, np.ndarray]:
@@ -322,7 +335,13 @@ def encode_grey(d1: np.ndarray, ratio: np.ndarray, ramp_down: float, ramp_up: fl
 
 
 def photocopy(
-    image: np.ndarray, mask_radius: float = 10.0, sharpness: float = 0.5, black: float = 0.2, white: float = 0.2
+    image: np.ndarray,
+    mask_radius: float = 10.0,
+    sharpness: float = 0.5,
+    black: float = 0.2,
+    white: float = 0.2,
+    *,
+    detail_radius: float | None = None,
 ) -> np.ndarray:
     """Simulate a photocopier (GEGL `gegl:photocopy`): grey ink on white paper, edges darkened.
 
@@ -334,13 +353,15 @@ def photocopy(
             becomes pure black) from > 0 (ink keeps a scaled luminance).
         white: GEGL `white` ("Percent white"), quantile of ink ratios setting how fast paper fades to white;
             default 0.2, range [0, 1].
+        detail_radius: not GEGL's: the detail blur's radius in px, overriding the one sharpness sets (see
+            `blur_sigmas`); None (default) keeps GEGL's.
 
     Returns:
         uint8 HxWx3 sRGB with equal channels (GEGL's output is grey "Y float").
     """
     _check_image(image)
     mask_radius, sharpness, black, white = check_params(mask_radius, sharpness, black, white)
-    sigma_detail, sigma_mask = blur_sigmas(mask_radius, sharpness)
+    sigma_detail, sigma_mask = blur_sigmas(mask_radius, sharpness, check_detail_radius(detail_radius))
     y = luminance(image)
     d1 = gaussian_blur(y, sigma_detail)
     ratio = blur_ratio(d1, gaussian_blur(y, sigma_mask))

@@ -40,6 +40,7 @@ from segadapt.shifts.photocopy import (
     blur_ratio,
     blur_reach,
     blur_sigmas,
+    check_detail_radius,
     encode_grey,
     gaussian_blur,
     ink_histogram,
@@ -147,10 +148,11 @@ def _photocopy(
 ) -> Callable[[Strip], np.ndarray]:
     names = ("mask_radius", "sharpness", "black", "white")
     values = photocopy_params(*(params.pop(k, d) for k, d in zip(names, (10.0, 0.5, 0.2, 0.2))))
+    detail_radius = check_detail_radius(params.pop("detail_radius", None))
     if params:
         raise ConfigError(f"photocopy has no parameter(s) {sorted(params)}")
     mask_radius, sharpness, black, white = values
-    sigmas = blur_sigmas(mask_radius, sharpness)
+    sigmas = blur_sigmas(mask_radius, sharpness, detail_radius)
     halo = max(blur_reach(s) for s in sigmas)
 
     def planes(strip: Strip) -> tuple[np.ndarray, np.ndarray]:
@@ -182,22 +184,30 @@ def shift_raster(
     seed: int = 0,
     strip_rows: int | None = None,
     progress: bool = True,
+    units: str = "network",
+    base_size: int = 0,
     **params: Any,
 ) -> dict[str, Any]:
     """Write `filter` (photocopy, ripple, cubism) of the GeoTIFF `src_path` to `dst_path`, strip by strip.
 
     `severity`, `seed` and `params` mean what they mean for `apply_filter` (including `opacity`); the result
     equals `apply_filter` on the whole image (photocopy: see the module doc). `strip_rows` sets the rows per
-    strip (default: about 4M pixels); `progress` shows a bar over strips. Returns a summary of what was written.
+    strip (default: about 4M pixels); `progress` shows a bar over strips. `units`/`base_size`: the severity's
+    lengths in network pixels (factor: the raster's shorter side / base_size) or as given (shifts/units.py).
+    Returns a summary of what was written.
     """
+    from segadapt.shifts.units import check_units
+
     rasterio = _rasterio()
     src_path, dst_path = Path(src_path), Path(dst_path)
     if src_path.resolve() == dst_path.resolve():
         raise ConfigError(f"{dst_path}: is the source itself; write the shifted raster to another path")
-    chosen, opacity = resolve_params(filter, severity, seed, **params)
+    check_units(units)
+    resolve_params(filter, severity, seed, **params)  # bad parameters refused before the raster is opened
     # GDAL's block cache defaults to 5% of the machine's memory and fills as strips are read and written
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-        return _shift(rasterio, src_path, dst_path, filter, severity, seed, strip_rows, progress, chosen, opacity)
+        return _shift(rasterio, src_path, dst_path, filter, severity, seed, strip_rows, progress,
+                      (units, base_size), params)
 
 
 def _shift(
@@ -209,9 +219,11 @@ def _shift(
     seed: int,
     strip_rows: int | None,
     progress: bool,
-    chosen: dict[str, Any],
-    opacity: float,
+    lengths: tuple[str, int],
+    params: dict[str, Any],
 ) -> dict[str, Any]:
+    from segadapt.shifts.units import length_scale
+
     try:
         dataset = rasterio.open(src_path)
     except rasterio.errors.RasterioIOError as e:
@@ -219,6 +231,8 @@ def _shift(
     with dataset:
         _check_source(src_path, dataset)
         reader = _Reader(dataset)
+        scale = length_scale(reader.height, reader.width, lengths[1], lengths[0])
+        chosen, opacity = resolve_params(filter, severity, seed, scale, **params)
         strips = _strips(reader.height, reader.width, strip_rows)
         passes = 1 if filter == "ripple" else 2
         with tqdm(total=passes * len(strips), desc=f"shift {src_path.name} ({filter})", disable=not progress,
@@ -243,7 +257,7 @@ def _shift(
                     bar.update(1)
     return {"src": str(src_path), "dst": str(dst_path), "filter": filter, "severity": severity, "seed": seed,
             "size": [reader.width, reader.height], "strips": len(strips), **{k: _plain(v) for k, v in chosen.items()},
-            "opacity": opacity}
+            "opacity": opacity, "units": lengths[0], "base_size": lengths[1], "scale": scale}
 
 
 def _rendered(render: Callable[[Strip], np.ndarray], strips: list[Strip]) -> Iterator[tuple[Strip, np.ndarray]]:

@@ -9,7 +9,9 @@ Every file is written under a temporary name and renamed, so an interrupted run 
 image; files already present are skipped, so re-running resumes, once checked whole (an image ends as its
 format should and decodes at its source's size; a copied label equals its original): broken ones are
 rewritten. A `.segadapt-shift-<split>.json` marker records the parameters before the first image (and
-`complete` at the end), so a re-run with other parameters is refused even after an interrupted run.
+`complete` at the end), so a re-run with other parameters is refused even after an interrupted run. The
+parameters include the units of the severity's lengths and the base size they refer to; the finished marker adds
+the length factor (stored pixels per network pixel) each image was filtered at.
 """
 
 from __future__ import annotations
@@ -107,15 +109,17 @@ def _encode_labels(path: Path, mask: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-Job = tuple[SegmentationSource, Path | None, Path, str, int, str, float, int, str]
+Job = tuple[SegmentationSource, Path | None, Path, str, int, str, float, int, str, int]
 
 
 def _one(job: Job) -> tuple[bool, list[list[float]] | None]:
     """Shift image i and copy (or move) its label, keeping outputs already whole; returns whether one present
-    was broken, and the image's ground-truth transform when the filter moves it rigidly."""
-    source, root, out, split, i, name, severity, seed, backend = job
+    was broken, and the image's ground-truth transform when the filter moves it rigidly. `base_size` > 0: the
+    severity's lengths are network pixels (shifts/units.py)."""
+    source, root, out, split, i, name, severity, seed, backend, base_size = job
     from segadapt.shifts import apply_filter
     from segadapt.shifts.compose import geometry, moves_labels
+    from segadapt.shifts.units import length_scale
 
     img_out, mask_out = _targets(source, root, out, split, i)
     moves = moves_labels(name)
@@ -132,8 +136,9 @@ def _one(job: Job) -> tuple[bool, list[list[float]] | None]:
     if not (img_ok and mask_ok):
         image, mask = source.load(i)  # also validates the pair
         if not img_ok:
+            scale = length_scale(*image.shape[:2], base_size) if base_size else 1.0
             shifted = apply_filter(name, image, severity=severity, seed=stem_seed(source.stem(i), seed),
-                                   backend=backend)
+                                   backend=backend, scale=scale)
             _write_image(img_out, shifted)
         if not mask_ok:  # checked on its own: a run can stop between the image and its label
             mp = source.mask_path(i)
@@ -199,6 +204,29 @@ def marker_path(out: Path, split: str) -> Path:
     return out / f".segadapt-shift-{split}.json"
 
 
+def _length_rule(params: dict[str, Any]) -> tuple[str, int]:
+    """How a marker's lengths were measured, as one comparable value: factor 1 whichever the units (image units,
+    or base_size 0), else network pixels at its base size. Markers from before `units` existed: image units."""
+    units, base_size = params.get("units", "image"), int(params.get("base_size", 0) or 0)
+    return ("network", base_size) if units == "network" and base_size > 0 else ("image", 0)
+
+
+def _same_params(held: dict[str, Any], params: dict[str, Any]) -> bool:
+    keys = {"units", "base_size"}
+    plain = {k: v for k, v in held.items() if k not in keys} == {k: v for k, v in params.items() if k not in keys}
+    return plain and _length_rule(held) == _length_rule(params)
+
+
+def _scales(source: SegmentationSource, base_size: int, units: str) -> float | list[float]:
+    """The length factor(s) of a split (one per image size): one number when every image shares it."""
+    from segadapt.shifts.units import length_scale
+
+    if units == "image" or base_size <= 0:
+        return 1.0
+    found = sorted({round(length_scale(*_source_size(source, i), base_size, units), 6) for i in range(len(source))})
+    return found[0] if len(found) == 1 else [found[0], found[-1]]
+
+
 def recorded_params(out: Path, split: str) -> dict[str, Any] | None:
     """The parameters a `segadapt shift` run recorded for `split` under `out`; None when it recorded none."""
     marker = marker_path(out, split)
@@ -230,18 +258,28 @@ def write_shifted(
     seed: int = 0,
     backend: str = "native",
     workers: int = 0,
+    *,
+    units: str = "network",
+    base_size: int = 0,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Write D2 of `split` under `out`. `units`/`base_size`: in network units with base_size > 0 the severity's
+    lengths are pixels of the image resized to that shorter side (shifts/units.py); the marker records both and
+    the factor(s) used. `extra` is recorded in the finished marker too (e.g. the severity search's result)."""
     from segadapt.shifts import BACKENDS
     from segadapt.shifts.compose import check
+    from segadapt.shifts.units import check_units
 
     check(name, severity, seed)  # filter and severity (nan, inf) refused before anything is written
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    params = {"filter": name, "severity": severity, "seed": seed, "backend": backend, "split": split}
+    check_units(units)
+    params = {"filter": name, "severity": severity, "seed": seed, "backend": backend, "split": split,
+              "units": units, "base_size": base_size}
     marker = marker_path(out, split)
     held = recorded_params(out, split)
     if held is not None:
-        if held != params:
+        if not _same_params(held, params):
             raise DataError(f"{marker}: {out} already holds D2 (complete or partly written) made with other "
                             f"parameters {held}; choose another --out")
     else:
@@ -254,7 +292,9 @@ def write_shifted(
                             f"choose an empty --out")
         # written before any image, so a run stopped half-way is still known by its parameters
         write_json_atomic(marker, {"params": params, "complete": False})
-    jobs = [(source, root, out, split, i, name, severity, seed, backend) for i in range(len(source))]
+    scale = _scales(source, base_size, units)
+    rule_base = _length_rule(params)[1]  # 0: factor 1
+    jobs = [(source, root, out, split, i, name, severity, seed, backend, rule_base) for i in range(len(source))]
     workers = workers or os.cpu_count() or 1
     desc = f"shift {split} ({name})"
     if workers == 1:
@@ -266,6 +306,6 @@ def write_shifted(
     transforms = {source.stem(i): t for i, (_, t) in enumerate(done) if t is not None}
     if root is not None and (root / "ImageSets").is_dir():  # VOC split lists travel with the images
         shutil.copytree(root / "ImageSets", out / "ImageSets", dirs_exist_ok=True)
-    write_json_atomic(marker, {"params": params, "images": len(jobs), "complete": True,
-                               **({"transforms": transforms} if transforms else {})})
-    return {"images": len(jobs), "repaired": repaired, "out": str(out), **params}
+    write_json_atomic(marker, {"params": held or params, "scale": scale, **(extra or {}), "images": len(jobs),
+                               "complete": True, **({"transforms": transforms} if transforms else {})})
+    return {"images": len(jobs), "repaired": repaired, "out": str(out), **params, "scale": scale}
