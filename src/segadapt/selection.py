@@ -46,7 +46,8 @@ class HoldoutProbe:
         self.x1 = torch.stack([item[0] for item in items]).to(device)
         self.x2 = torch.stack([item[1] for item in items]).to(device)
         # registered pairs end with a validity mask: the held-out loss is then masked as the training loss is
-        self.valid = torch.stack([item[-1] for item in items]).to(device) if pairs.with_valid else None
+        masked = getattr(pairs, "with_valid", False)  # a plain list of (x1, x2) pairs has no masks
+        self.valid = torch.stack([item[-1] for item in items]).to(device) if masked else None
         self.weights = dict(weights)
         with torch.inference_mode():
             self.target = {k: v.clone() for k, v in teacher_features(self.x1, list(self.weights)).items()}

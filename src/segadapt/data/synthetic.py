@@ -9,6 +9,7 @@ ground, road converging to a vanishing point, people on the pavement).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from functools import lru_cache
 
 import cv2
@@ -60,8 +61,6 @@ class SyntheticScenes(SegmentationSource):
         self.n, self.size, self.seed, self.split = n, (int(size[0]), int(size[1])), seed, split
         self.split_id = SPLIT_IDS.get(split, sum(split.encode()) + 3)
         self.info = DatasetInfo("synthetic", CLASSES, 255, PALETTE)
-        # Rendering takes ~2.5 ms; epochs revisit samples, so keep them (about 50 KB each at 96x128).
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return self.n
@@ -75,12 +74,33 @@ class SyntheticScenes(SegmentationSource):
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= i < self.n:
             raise IndexError(i)
-        if i not in self._cache:
-            rng = np.random.default_rng([self.seed, self.split_id, i])
-            image, label = render_scene(rng, *self.size)
-            self._cache[i] = (image, label.astype(np.uint8))
-        image, label = self._cache[i]
+        image, label = _rendered(self.seed, self.split_id, i, self.size)
         return image.copy(), label.astype(np.int64)
+
+
+# Rendering takes a few ms and every loop of a sweep (H1, the baselines, each regression, each score) builds its
+# own source over the same scenes: one process-wide store of rendered scenes, bounded in bytes, serves them all.
+# A scene is a pure function of its key, so what is served never depends on what was rendered before.
+_RENDERED: OrderedDict[tuple[int, int, int, tuple[int, int]], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+_RENDERED_BUDGET = 256 << 20  # bytes of images and labels kept (about 10,000 scenes at 64x96)
+_rendered_bytes = 0
+
+
+def _rendered(seed: int, split_id: int, i: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    global _rendered_bytes
+    key = (seed, split_id, i, size)
+    hit = _RENDERED.get(key)
+    if hit is not None:
+        _RENDERED.move_to_end(key)
+        return hit
+    image, label = render_scene(np.random.default_rng([seed, split_id, i]), *size)
+    scene = (image, label.astype(np.uint8))
+    _RENDERED[key] = scene
+    _rendered_bytes += image.nbytes + scene[1].nbytes
+    while _rendered_bytes > _RENDERED_BUDGET and len(_RENDERED) > 1:
+        _, (old_image, old_label) = _RENDERED.popitem(last=False)
+        _rendered_bytes -= old_image.nbytes + old_label.nbytes
+    return scene
 
 
 # --- rendering -----------------------------------------------------------------------------------------
