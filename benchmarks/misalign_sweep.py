@@ -90,7 +90,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.set_xticklabels([f"{s:g}\n({results['offsets'].get(str(s), {}).get('mean_px', 0):.0f} px)" for s in sev])
     ax.set_xlabel("misalign severity (mean offset of the frame centre at 480x360)")
     ax.set_ylabel("mIoU on D2 val")
-    ax.set_title("CamVid, photocopy + misalign: pool5 regression with and without registration")
+    ax.set_title("CamVid, photocopy + misalign: pool5 regression with and without registration", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
