@@ -119,119 +119,239 @@ def _tile_geometry(
     return corners, source
 
 
-def _scan_spans(corners: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-tile supersampled scanline spans [lo, hi) and each tile's integer bounding box (x0, y0, x1, y1)."""
-    n = corners.shape[0]
-    x0, y0 = corners[:, :, 0].min(1), corners[:, :, 1].min(1)
-    x1, y1 = corners[:, :, 0].max(1), corners[:, :, 1].max(1)
-    rows = int((y1 - y0).max()) * _SUPERSAMPLE
-    sub_y = (y0 * _SUPERSAMPLE)[:, None] + np.arange(rows)[None, :]  # (T, R) absolute subrow
-    lo = np.broadcast_to((x1 * _SUPERSAMPLE)[:, None], (n, rows)).astype(np.float64).copy()
-    hi = np.broadcast_to((x0 * _SUPERSAMPLE)[:, None], (n, rows)).astype(np.float64).copy()
-    pts = corners * _SUPERSAMPLE
-    for k in range(4):
-        a, b = pts[:, k - 1], pts[:, k]
-        swap = a[:, 1] > b[:, 1]
-        top = np.where(swap[:, None], b, a)
-        bot = np.where(swap[:, None], a, b)
-        dy = bot[:, 1] - top[:, 1]
-        step = np.where(dy > 0, (bot[:, 0] - top[:, 0]) / np.maximum(dy, 1), 0.0)
-        # The C loop accumulates x += step row by row; a sequential cumsum reproduces its rounding exactly.
-        rel = sub_y - top[:, 1][:, None]
-        start = top[:, 0] + 0.5 * step
-        xs = np.cumsum(np.where(rel == 0, start[:, None], np.where(rel > 0, step[:, None], 0.0)), axis=1)
-        on_edge = (rel >= 0) & (sub_y < bot[:, 1][:, None])
-        xs = np.trunc(xs)  # the C code stores span ends in ints
-        lo = np.where(on_edge, np.minimum(lo, xs), lo)
-        hi = np.where(on_edge, np.maximum(hi, xs), hi)
-    hi = np.maximum(hi, lo)  # empty rows cover nothing
-    return lo, hi, np.stack([x0, y0, x1, y1], 1)
+def _edges(corners: np.ndarray, origin: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each tile's edges as GEGL walks them, (edge, tile) arrays in subpixels: first subrow (relative to subrow 0
+    of pixel row `origin`), number of subrows, x at the first subrow and x step per subrow."""
+    pts = corners.astype(np.int64).transpose(1, 2, 0) * _SUPERSAMPLE  # (corner, x/y, tile)
+    prev = pts[[3, 0, 1, 2]]  # edge k runs from corner k - 1 to corner k
+    swap = (prev[:, 1] > pts[:, 1])[:, None]
+    top, bot = np.where(swap, pts, prev), np.where(swap, prev, pts)
+    dy = bot[:, 1] - top[:, 1]
+    step = np.where(dy > 0, (bot[:, 0] - top[:, 0]) / np.maximum(dy, 1), 0.0)
+    return top[:, 1] - _SUPERSAMPLE * origin, dy, top[:, 0] + 0.5 * step, step
 
 
-def _coverage(lo: np.ndarray, hi: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """Fraction (T, H, W) of each box pixel covered by its tile's spans, 4x4 supersampled (GEGL's val).
+def _spans(corners: np.ndarray, origin: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Supersampled scanline spans [lo, hi) (rows, T) of each tile, from subrow 0 of pixel row `origin` (T,), which
+    must not be below the tile's top; subrows the tile misses come out empty (lo == hi).
 
-    A subrow span [lo, hi) covers min(4, max(0, hi - 4c)) - min(4, max(0, lo - 4c)) subpixels of pixel column c:
-    as a function of c that is a step of 4 falling to hi % 4 at c = hi // 4 (and the same for lo, subtracted),
-    so each span adds four entries to a difference array over columns, and one cumulative sum per pixel row
-    gives the counts, instead of clipping every subrow against every column.
+    GEGL walks each edge from its top subrow adding the slope once per subrow, stores the running x in an int and
+    keeps each subrow's min and max over the edges crossing it. A tile's outline falls from its top corner to its
+    bottom corner on both sides (opposite corners are negatives of each other before the truncations, which keep
+    order), so two edges cross each subrow, one per side. Each side's x is walked subrow by subrow for all tiles
+    at once, switching to the side's next edge (its own start and step, as GEGL walks it) on the pixel row where
+    that edge begins: the same additions in the same order, so the same rounding. Truncation is applied after the
+    min and max (it is monotone, so it commutes with them).
     """
-    n, rows = lo.shape
-    cols = int((box[:, 2] - box[:, 0]).max())
-    width = cols + 2
-    left = (box[:, 0] * _SUPERSAMPLE)[:, None]
-    lo_rel = np.clip(lo - left, 0, _SUPERSAMPLE * cols).astype(np.int64)
-    hi_rel = np.clip(hi - left, 0, _SUPERSAMPLE * cols).astype(np.int64)
-    pixel_row = (np.arange(n)[:, None] * (rows // _SUPERSAMPLE) + np.arange(rows)[None, :] // _SUPERSAMPLE) * width
-    index, weight = [], []
-    for v, sign in ((hi_rel, 1), (lo_rel, -1)):
-        q, r = np.divmod(v, _SUPERSAMPLE)
-        index += [pixel_row + q, pixel_row + q + 1]
-        weight += [sign * (r - _SUPERSAMPLE), -sign * r]
-    diff = np.bincount(np.concatenate([i.ravel() for i in index]), np.concatenate([w.ravel() for w in weight]),
-                       minlength=n * (rows // _SUPERSAMPLE) * width)
-    cov = np.cumsum(diff.reshape(n, rows // _SUPERSAMPLE, width), axis=2)[:, :, :cols]
-    return cov.astype(np.float32) * np.float32(1.0 / _SUPERSAMPLE**2)
+    n = len(corners)
+    offset, dy, start, step = _edges(corners, origin)
+    y = corners[:, :, 1].T
+    first, last = y.argmin(0), y.argmax(0)
+    # edge k joins corners k - 1 and k: the edges from the top corner forwards to the bottom one form side 1
+    forward = (np.arange(4)[:, None] - first - 1) % 4 < (last - first) % 4
+    slot = forward * n + np.arange(n)
+    live = (dy > 0) & (offset < rows)
+    bottom = _SUPERSAMPLE * (y.max(0) - origin)  # both sides stop (at equal x, an empty span) below the tile
+    stop = bottom < rows
+    at = np.concatenate([offset[live], bottom[stop], bottom[stop]])
+    order = np.argsort(at, kind="stable")
+    at = at[order]
+    where = np.concatenate([slot[live], np.nonzero(stop)[0], n + np.nonzero(stop)[0]])[order]
+    x_at = np.concatenate([start[live], np.zeros(2 * stop.sum())])[order]
+    step_at = np.concatenate([step[live], np.zeros(2 * stop.sum())])[order]
+    bounds = np.searchsorted(at, np.arange(0, rows + 1, _SUPERSAMPLE)).tolist()
+    xs = np.zeros((rows, 2 * n))
+    walk = np.zeros(2 * n)
+    for p in range(rows // _SUPERSAMPLE):
+        r = _SUPERSAMPLE * p
+        if r:
+            np.add(xs[r - 1], walk, out=xs[r])
+        a, b = bounds[p], bounds[p + 1]
+        if b > a:
+            xs[r, where[a:b]] = x_at[a:b]
+            walk[where[a:b]] = step_at[a:b]
+        for k in range(r + 1, r + _SUPERSAMPLE):
+            np.add(xs[k - 1], walk, out=xs[k])
+    lo = np.minimum(xs[:, :n], xs[:, n:])
+    hi = np.maximum(xs[:, :n], xs[:, n:])
+    return np.trunc(lo, out=lo), np.trunc(hi, out=hi)
 
 
-def _alpha(corners: np.ndarray, box: np.ndarray, cov: np.ndarray) -> np.ndarray:
-    """Per-pixel blend weight (T, H, W): coverage times GEGL's 0.2..1 ramp along each tile's first edge."""
+def _window_spans(corners: np.ndarray, wy: np.ndarray, wx: np.ndarray, wh: int, ww: int, gap: int) -> np.ndarray:
+    """Span-table rows (T, 8, wh) giving each tile's coverage of its window (top-left wy, wx; wh x ww): for each
+    pixel row, its four subrows' span ends `hi` and then `lo + gap`, relative to the window and clipped to it.
+
+    A tile whose top the canvas cuts off has edges starting above its window; their walk starts at the tile's top.
+    Clipping to the window changes no coverage inside it, and subrows the tile misses become empty (lo == hi).
+    """
+    n, sub = len(corners), _SUPERSAMPLE * wh
+    y0 = corners[:, :, 1].min(1)
+    cut = np.nonzero(y0 < wy)[0]
+    if len(cut):
+        lo, hi = np.empty((sub, n)), np.empty((sub, n))
+        whole = np.nonzero(y0 >= wy)[0]
+        lo[:, whole], hi[:, whole] = _spans(corners[whole], wy[whole], sub)
+        shift = _SUPERSAMPLE * (wy[cut] - y0[cut])
+        lo_cut, hi_cut = _spans(corners[cut], y0[cut], sub + int(shift.max()))
+        rows = shift[None, :] + np.arange(sub)[:, None]
+        lo[:, cut] = np.take_along_axis(lo_cut, rows, 0)
+        hi[:, cut] = np.take_along_axis(hi_cut, rows, 0)
+    else:
+        lo, hi = _spans(corners, wy, sub)
+    left = _SUPERSAMPLE * wx
+    for v in (lo, hi):
+        v -= left
+        np.clip(v, 0, _SUPERSAMPLE * ww, out=v)
+    np.maximum(hi, lo, out=hi)
+    index = np.empty((n, 2 * _SUPERSAMPLE, wh), np.intp)
+    index[:, :_SUPERSAMPLE] = hi.reshape(wh, _SUPERSAMPLE, n).transpose(2, 1, 0)
+    index[:, _SUPERSAMPLE:] = lo.reshape(wh, _SUPERSAMPLE, n).transpose(2, 1, 0)
+    index[:, _SUPERSAMPLE:] += gap
+    return index
+
+
+_TABLE_LIMIT = 1 << 20  # span-table bytes kept as an array; wider windows read a strided view instead
+
+
+def _span_table(cols: int) -> tuple[np.ndarray, int]:
+    """Table of int8 rows F[v] = clip(v - 4c, 0, 4) over pixel columns c < cols (subpixels of column c left of
+    subpixel v) for v in 0..4 cols, and -F[v] at row v + the returned offset.
+
+    A span [lo, hi) covers F[hi] - F[lo] subpixels of each column, so a pixel row's coverage is eight rows summed.
+    Every entry depends on v - 4c only: the table is a strided view of two short lines, copied when small.
+    """
+    reach = _SUPERSAMPLE * (cols - 1)  # F[v, c] = line[v - 4c + reach]
+    line = np.clip(np.arange(-reach, _SUPERSAMPLE * cols + 1), 0, _SUPERSAMPLE).astype(np.int8)
+    gap = len(line)  # -F starts past the end of F's line, so the two never share memory
+    both = np.concatenate([line, -line])
+    table = np.lib.stride_tricks.as_strided(
+        both[reach:], shape=(gap + _SUPERSAMPLE * cols + 1, cols), strides=(1, -_SUPERSAMPLE), writeable=False
+    )
+    return (table.copy() if table.size <= _TABLE_LIMIT else table), gap
+
+
+def _ramp_terms(corners: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per tile: the first corner (x, y) and the first edge divided by its squared length (x, y), so that the ramp
+    at (px, py) relative to the corner is px kx + py ky; zero terms for a degenerate edge, whose ramp is 1."""
     first = corners[:, 0].astype(np.float64)
     edge = corners[:, 1] - corners[:, 0]
     length = np.hypot(edge[:, 0], edge[:, 1])
     safe = np.where(length > 0, length, 1.0)
-    # Ramp = projection on the unit edge direction divided by the edge length (1 when the edge is degenerate).
     kx = np.where(length > 0, edge[:, 0] / safe / safe, 0.0)
     ky = np.where(length > 0, edge[:, 1] / safe / safe, 0.0)
-    _, rows, cols = cov.shape
-    px = box[:, 0:1] + np.arange(cols)[None, :] - first[:, 0:1]  # pixel x relative to the first corner
-    py = box[:, 1:2] + np.arange(rows)[None, :] + 0.75 - first[:, 1:2]  # GEGL uses the last subrow's y
-    ramp = (py * ky[:, None])[:, :, None] + (px * kx[:, None])[:, None, :]
-    np.clip(ramp, 0.2, 1.0, out=ramp)
-    if not (length > 0).all():
-        ramp[length <= 0] = 1.0
-    cov *= ramp.astype(np.float32)
-    return cov
+    return first[:, 0], first[:, 1], kx, ky, length <= 0
 
 
-def _draw(canvas: np.ndarray, corners: np.ndarray, colours: np.ndarray, chunk: int = 512) -> None:
-    """Blend every tile over `canvas` (H, W, 3 linear) in drawing order; weights are computed per chunk.
+def _window_alpha(
+    index: np.ndarray, ramp: tuple[np.ndarray, ...], wy: np.ndarray, wx: np.ndarray, ww: int, lines: np.ndarray
+) -> np.ndarray:
+    """Blend weight (T, wh, ww) of each tile over its window (top-left wy, wx): GEGL's 4x4 coverage of the pixel
+    (`index` from `_window_spans` into the span table `lines`) times the tile's 0.2..1 ramp along its first edge
+    (`ramp` from `_ramp_terms`), with GEGL's rounding."""
+    n, wh = index.shape[0], index.shape[2]
+    parts = np.take(lines, index, axis=0) if lines.flags.c_contiguous else lines[index]  # (T, 8, wh, ww)
+    parts = parts[:, :4] + parts[:, 4:]
+    parts = parts[:, :2] + parts[:, 2:]
+    count = parts[:, 0] + parts[:, 1]  # subpixels covered, 0..16
+    fx, fy, kx, ky, flat = ramp
+    px = wx[:, None] + np.arange(ww)[None, :] - fx[:, None]  # pixel relative to the first corner
+    py = wy[:, None] + np.arange(wh)[None, :] + 0.75 - fy[:, None]  # GEGL uses the last subrow's y
+    # GEGL: alpha = float32(coverage / 16) * float32(clip(ramp, 0.2, 1)). Dividing by 16 is exact (and commutes
+    # with rounding to float32), and clipping after the rounding gives the same values (rounding is monotone), so
+    # the ramp is summed pre-divided, rounded, clipped and multiplied by the subpixel count, one pass each.
+    scale = 1.0 / _SUPERSAMPLE**2
+    alpha = np.empty((n, wh, ww), np.float32)
+    np.add((py * (ky * scale)[:, None])[:, :, None], (px * (kx * scale)[:, None])[:, None, :], out=alpha,
+           casting="same_kind")
+    np.clip(alpha, np.float32(0.2) * np.float32(scale), np.float32(scale), out=alpha)
+    if flat.any():
+        alpha[flat] = scale
+    alpha *= count
+    return alpha
+
+
+def _waves(wy: np.ndarray, wx: np.ndarray, wh: int, ww: int) -> np.ndarray:
+    """Wave of each tile (drawing order kept): tiles of one wave have disjoint wh x ww windows, and a tile's wave
+    is above that of every earlier tile whose window it meets, so blending wave by wave keeps GEGL's order.
+
+    Windows are binned in cells of their own size (each meets at most 2 x 2 cells); sharing a cell stands in for
+    meeting, which is conservative and one max over four cells per tile.
+    """
+    cy0, cy1 = wy // wh, (wy + wh - 1) // wh
+    cx0, cx1 = wx // ww, (wx + ww - 1) // ww
+    ncols = int(cx1.max()) + 1
+    cells = np.stack([cy0 * ncols + cx0, cy0 * ncols + cx1, cy1 * ncols + cx0, cy1 * ncols + cx1], 1)
+    level = [0] * (int(cells.max()) + 1)
+    waves = []
+    for a, b, c, d in cells.tolist():
+        v = max(level[a], level[b], level[c], level[d]) + 1
+        level[a] = level[b] = level[c] = level[d] = v
+        waves.append(v)
+    return np.asarray(waves, dtype=np.int64)
+
+
+_SPAN_ROWS = 1 << 18  # tile subrows whose spans are walked at a time
+_ALPHA_PIXELS = 1 << 16  # window pixels whose weights are computed at a time
+_BLEND_PIXELS = 1 << 14  # window pixels blended at a time (small enough to stay in cache)
+
+
+def _draw(canvas: np.ndarray, corners: np.ndarray, colours: np.ndarray) -> None:
+    """Blend every tile over `canvas` (H, W, 3 linear float32, C-contiguous) as GEGL does, in drawing order.
 
     `canvas` may be a window of the image: `corners` are then relative to its top-left pixel, and tiles outside
-    it are skipped. The blend is canvas - alpha (canvas - colour) in float32, one OpenCV call per step on the
-    tile's box (the same arithmetic numpy would do, several times faster on small boxes).
+    it are skipped. Each tile is blended as canvas - alpha (canvas - colour) in float32 over a window of one size
+    for all tiles (inside the canvas, covering the tile's visible box; alpha is 0 beyond the tile, which leaves
+    those pixels as they are). Tiles whose windows are disjoint commute, so tiles are grouped into waves and each
+    wave is blended a batch at a time with a handful of numpy calls instead of a Python loop over tiles.
     """
     height, width = canvas.shape[:2]
-    box_all = np.stack([corners[:, :, 0].min(1), corners[:, :, 1].min(1), corners[:, :, 0].max(1),
-                        corners[:, :, 1].max(1)], 1)
-    visible = (box_all[:, 0] < width) & (box_all[:, 2] > 0) & (box_all[:, 1] < height) & (box_all[:, 3] > 0)
-    keep = np.nonzero(visible & (box_all[:, 2] > box_all[:, 0]) & (box_all[:, 3] > box_all[:, 1]))[0]
-    scratch = np.empty((1, 1, 3), np.float32)
-    for start in range(0, len(keep), chunk):
-        ids = keep[start : start + chunk]
-        part = corners[ids]
-        lo, hi, box = _scan_spans(part)
-        alpha = _alpha(part, box, _coverage(lo, hi, box))
-        alpha3 = np.repeat(alpha[..., None], 3, axis=3)
-        clipped = np.stack(
-            [
-                np.maximum(box[:, 0], 0),
-                np.maximum(box[:, 1], 0),
-                np.minimum(box[:, 2], width),
-                np.minimum(box[:, 3], height),
-            ],
-            1,
-        )
-        offsets = (clipped[:, :2] - box[:, :2]).tolist()
-        cols = [tuple(float(v) for v in c) for c in colours[ids]]
-        for t, (x0, y0, x1, y1) in enumerate(clipped.tolist()):
-            ox, oy = offsets[t]
-            region = canvas[y0:y1, x0:x1]
-            if scratch.shape != region.shape:
-                scratch = np.empty(region.shape, np.float32)
-            cv2.subtract(region, cols[t], dst=scratch)
-            cv2.multiply(scratch, alpha3[t, oy : oy + y1 - y0, ox : ox + x1 - x0], dst=scratch)
-            cv2.subtract(region, scratch, dst=region)
+    x0, y0 = corners[:, :, 0].min(1), corners[:, :, 1].min(1)
+    x1, y1 = corners[:, :, 0].max(1), corners[:, :, 1].max(1)
+    keep = np.nonzero((x0 < width) & (x1 > 0) & (y0 < height) & (y1 > 0) & (x1 > x0) & (y1 > y0))[0]
+    if not len(keep):
+        return
+    corners, colours = corners[keep], colours[keep]
+    cx0, cy0 = np.maximum(x0[keep], 0), np.maximum(y0[keep], 0)
+    wh = int((np.minimum(y1[keep], height) - cy0).max())
+    ww = int((np.minimum(x1[keep], width) - cx0).max())
+    wy, wx = np.minimum(cy0, height - wh).astype(np.intp), np.minimum(cx0, width - ww).astype(np.intp)
+    waves = _waves(wy, wx, wh, ww)
+    order = np.argsort(waves, kind="stable")
+    ramp = _ramp_terms(corners)
+    # batches: runs of one wave, a few tiles each; chunks: whole batches, weights computed together; blocks: whole
+    # chunks, spans walked together
+    per_blend = max(1, _BLEND_PIXELS // (wh * ww))
+    per_alpha = max(1, _ALPHA_PIXELS // (wh * ww))
+    per_span = max(per_alpha, _SPAN_ROWS // (_SUPERSAMPLE * wh))
+    cuts = (np.flatnonzero(np.diff(waves[order])) + 1).tolist()
+    runs = zip([0, *cuts], [*cuts, len(order)])
+    batches = [(c, min(c + per_blend, b)) for a, b in runs for c in range(a, b, per_blend)]
+    s0, s1, s2 = canvas.strides
+    windows = np.lib.stride_tricks.as_strided(
+        canvas, shape=(height - wh + 1, width - ww + 1, wh, 3 * ww), strides=(s0, s1, s0, s2)
+    )
+    scratch = np.empty((per_blend, wh, 3 * ww), np.float32)
+    lines, gap = _span_table(ww)
+    block = chunk = (0, 0)
+    for c, d in batches:
+        if d > chunk[1]:
+            if d > block[1]:
+                block = (c, c + per_span)
+                ids = order[block[0] : block[1]]
+                index = _window_spans(corners[ids], wy[ids], wx[ids], wh, ww, gap)
+            chunk = (c, min(c + per_alpha, block[1]))
+            ids = order[chunk[0] : chunk[1]]
+            alpha = _window_alpha(index[chunk[0] - block[0] : chunk[1] - block[0]], tuple(r[ids] for r in ramp),
+                                  wy[ids], wx[ids], ww, lines)
+            alpha3 = cv2.merge([alpha.reshape(-1, ww)] * 3).reshape(len(ids), wh, 3 * ww)
+            colour3 = np.broadcast_to(colours[ids][:, None, :], (len(ids), ww, 3)).reshape(len(ids), 1, 3 * ww)
+        ids = order[c:d]
+        ys, xs = wy[ids], wx[ids]
+        region = windows[ys, xs]
+        diff = np.subtract(region, colour3[c - chunk[0] : d - chunk[0]], out=scratch[: d - c])
+        diff *= alpha3[c - chunk[0] : d - chunk[0]]
+        region -= diff
+        windows[ys, xs] = region
 
 
 def check_params(
