@@ -122,7 +122,7 @@ def _tile_geometry(
 def _edges(corners: np.ndarray, origin: np.ndarray) -> tuple[np.ndarray, ...]:
     """Each tile's edges as GEGL walks them, (edge, tile) arrays in subpixels: first subrow (relative to subrow 0
     of pixel row `origin`), number of subrows, x at the first subrow and x step per subrow."""
-    pts = corners.astype(np.int64).transpose(1, 2, 0) * _SUPERSAMPLE  # (corner, x/y, tile)
+    pts = np.ascontiguousarray(corners.transpose(1, 2, 0), dtype=np.int64) * _SUPERSAMPLE  # (corner, x/y, tile)
     prev = pts[[3, 0, 1, 2]]  # edge k runs from corner k - 1 to corner k
     swap = (prev[:, 1] > pts[:, 1])[:, None]
     top, bot = np.where(swap, pts, prev), np.where(swap, prev, pts)
@@ -180,6 +180,7 @@ def _spans(corners: np.ndarray, origin: np.ndarray, rows: int) -> tuple[np.ndarr
 def _window_spans(corners: np.ndarray, wy: np.ndarray, wx: np.ndarray, wh: int, ww: int, gap: int) -> np.ndarray:
     """Span-table rows (T, 8, wh) giving each tile's coverage of its window (top-left wy, wx; wh x ww): for each
     pixel row, its four subrows' span ends `hi` and then `lo + gap`, relative to the window and clipped to it.
+    The first rows of this are the same for a smaller window at the same top-left.
 
     A tile whose top the canvas cuts off has edges starting above its window; their walk starts at the tile's top.
     Clipping to the window changes no coverage inside it, and subrows the tile misses become empty (lo == hi).
@@ -203,10 +204,11 @@ def _window_spans(corners: np.ndarray, wy: np.ndarray, wx: np.ndarray, wh: int, 
         v -= left
         np.clip(v, 0, _SUPERSAMPLE * ww, out=v)
     np.maximum(hi, lo, out=hi)
-    index = np.empty((n, 2 * _SUPERSAMPLE, wh), np.intp)
-    index[:, :_SUPERSAMPLE] = hi.reshape(wh, _SUPERSAMPLE, n).transpose(2, 1, 0)
-    index[:, _SUPERSAMPLE:] = lo.reshape(wh, _SUPERSAMPLE, n).transpose(2, 1, 0)
-    index[:, _SUPERSAMPLE:] += gap
+    lo += gap
+    kind = np.int16 if gap + _SUPERSAMPLE * ww <= np.iinfo(np.int16).max else np.intp
+    index = np.empty((n, 2 * _SUPERSAMPLE, wh), kind)
+    index[:, :_SUPERSAMPLE] = hi.astype(kind).reshape(wh, _SUPERSAMPLE, n).transpose(2, 1, 0)
+    index[:, _SUPERSAMPLE:] = lo.astype(kind).reshape(wh, _SUPERSAMPLE, n).transpose(2, 1, 0)
     return index
 
 
@@ -271,8 +273,9 @@ def _window_alpha(
 
 
 def _waves(wy: np.ndarray, wx: np.ndarray, wh: int, ww: int) -> np.ndarray:
-    """Wave of each tile (drawing order kept): tiles of one wave have disjoint wh x ww windows, and a tile's wave
-    is above that of every earlier tile whose window it meets, so blending wave by wave keeps GEGL's order.
+    """Wave of each tile (drawing order kept): tiles of one wave have disjoint wh x ww windows (top-left wy, wx),
+    and a tile's wave is above that of every earlier tile whose window it meets, so blending wave by wave (any
+    order within a wave, any smaller windows at the same top-left) keeps GEGL's order.
 
     Windows are binned in cells of their own size (each meets at most 2 x 2 cells); sharing a cell stands in for
     meeting, which is conservative and one max over four cells per tile.
@@ -291,18 +294,48 @@ def _waves(wy: np.ndarray, wx: np.ndarray, wh: int, ww: int) -> np.ndarray:
 
 
 _SPAN_ROWS = 1 << 18  # tile subrows whose spans are walked at a time
-_ALPHA_PIXELS = 1 << 16  # window pixels whose weights are computed at a time
+_ALPHA_PIXELS = 1 << 15  # window pixels whose weights are computed at a time
 _BLEND_PIXELS = 1 << 14  # window pixels blended at a time (small enough to stay in cache)
 
 
+def _chunks(order: np.ndarray, waves: np.ndarray, hs: np.ndarray, ws: np.ndarray, per_span: int) -> list[tuple]:
+    """Split the tiles (`order`, wave by wave) into chunks whose weights are computed together over one window
+    size (the largest visible box among them), each split into batches of one wave blended together; chunks do
+    not cross the blocks of `per_span` tiles whose spans are walked together. Returns (start, end, window height,
+    window width, batches)."""
+    heights, widths, levels = hs[order].tolist(), ws[order].tolist(), waves[order].tolist()
+    chunks = []
+    for block in range(0, len(order), per_span):
+        end = min(len(order), block + per_span)
+        start, h, w = block, heights[block], widths[block]
+        for i in range(block + 1, end + 1):
+            if i < end:
+                nh, nw = max(h, heights[i]), max(w, widths[i])
+                if (i - start + 1) * nh * nw <= _ALPHA_PIXELS:
+                    h, w = nh, nw
+                    continue
+            per_blend = max(1, _BLEND_PIXELS // (h * w))
+            batches, a = [], start
+            for b in range(start + 1, i + 1):
+                if b == i or levels[b] != levels[a] or b - a == per_blend:
+                    batches.append((a, b))
+                    a = b
+            chunks.append((start, i, h, w, batches))
+            if i < end:
+                start, h, w = i, heights[i], widths[i]
+    return chunks
+
+
 def _draw(canvas: np.ndarray, corners: np.ndarray, colours: np.ndarray) -> None:
-    """Blend every tile over `canvas` (H, W, 3 linear float32, C-contiguous) as GEGL does, in drawing order.
+    """Blend every tile over `canvas` (H, W, 3 linear float32) as GEGL does, in drawing order.
 
     `canvas` may be a window of the image: `corners` are then relative to its top-left pixel, and tiles outside
-    it are skipped. Each tile is blended as canvas - alpha (canvas - colour) in float32 over a window of one size
-    for all tiles (inside the canvas, covering the tile's visible box; alpha is 0 beyond the tile, which leaves
-    those pixels as they are). Tiles whose windows are disjoint commute, so tiles are grouped into waves and each
-    wave is blended a batch at a time with a handful of numpy calls instead of a Python loop over tiles.
+    it are skipped. Each tile is blended as canvas - alpha (canvas - colour) in float32 over a window from the
+    top-left of its visible box (alpha is 0 beyond the tile, which leaves those pixels as they are; the canvas
+    gets a margin for windows reaching past its edge). Tiles whose largest windows are disjoint commute, so tiles
+    are grouped into waves, and a wave's tiles are blended a batch at a time with a handful of numpy calls
+    instead of a Python loop over tiles. Within a wave tiles go by size (up and down in turn), so that a chunk
+    of consecutive tiles shares a window size close to each one's.
     """
     height, width = canvas.shape[:2]
     x0, y0 = corners[:, :, 0].min(1), corners[:, :, 1].min(1)
@@ -311,47 +344,46 @@ def _draw(canvas: np.ndarray, corners: np.ndarray, colours: np.ndarray) -> None:
     if not len(keep):
         return
     corners, colours = corners[keep], colours[keep]
-    cx0, cy0 = np.maximum(x0[keep], 0), np.maximum(y0[keep], 0)
-    wh = int((np.minimum(y1[keep], height) - cy0).max())
-    ww = int((np.minimum(x1[keep], width) - cx0).max())
-    wy, wx = np.minimum(cy0, height - wh).astype(np.intp), np.minimum(cx0, width - ww).astype(np.intp)
-    waves = _waves(wy, wx, wh, ww)
-    order = np.argsort(waves, kind="stable")
+    top, left = np.maximum(y0[keep], 0).astype(np.intp), np.maximum(x0[keep], 0).astype(np.intp)
+    hs, ws = np.minimum(y1[keep], height) - top, np.minimum(x1[keep], width) - left
+    wh, ww = int(hs.max()), int(ws.max())
+    waves = _waves(top, left, wh, ww)
+    size = np.maximum(hs, ws) * (wh * ww + 1) + hs * ws
+    order = np.lexsort((np.where(waves % 2, -size, size), waves))
     ramp = _ramp_terms(corners)
-    # batches: runs of one wave, a few tiles each; chunks: whole batches, weights computed together; blocks: whole
-    # chunks, spans walked together
-    per_blend = max(1, _BLEND_PIXELS // (wh * ww))
-    per_alpha = max(1, _ALPHA_PIXELS // (wh * ww))
-    per_span = max(per_alpha, _SPAN_ROWS // (_SUPERSAMPLE * wh))
-    cuts = (np.flatnonzero(np.diff(waves[order])) + 1).tolist()
-    runs = zip([0, *cuts], [*cuts, len(order)])
-    batches = [(c, min(c + per_blend, b)) for a, b in runs for c in range(a, b, per_blend)]
-    s0, s1, s2 = canvas.strides
-    windows = np.lib.stride_tricks.as_strided(
-        canvas, shape=(height - wh + 1, width - ww + 1, wh, 3 * ww), strides=(s0, s1, s0, s2)
-    )
-    scratch = np.empty((per_blend, wh, 3 * ww), np.float32)
+    plane = np.zeros((height + wh - 1, width + ww - 1, 3), np.float32)
+    plane[:height, :width] = canvas
     lines, gap = _span_table(ww)
-    block = chunk = (0, 0)
-    for c, d in batches:
-        if d > chunk[1]:
-            if d > block[1]:
-                block = (c, c + per_span)
-                ids = order[block[0] : block[1]]
-                index = _window_spans(corners[ids], wy[ids], wx[ids], wh, ww, gap)
-            chunk = (c, min(c + per_alpha, block[1]))
-            ids = order[chunk[0] : chunk[1]]
-            alpha = _window_alpha(index[chunk[0] - block[0] : chunk[1] - block[0]], tuple(r[ids] for r in ramp),
-                                  wy[ids], wx[ids], ww, lines)
-            alpha3 = cv2.merge([alpha.reshape(-1, ww)] * 3).reshape(len(ids), wh, 3 * ww)
-            colour3 = np.broadcast_to(colours[ids][:, None, :], (len(ids), ww, 3)).reshape(len(ids), 1, 3 * ww)
-        ids = order[c:d]
-        ys, xs = wy[ids], wx[ids]
-        region = windows[ys, xs]
-        diff = np.subtract(region, colour3[c - chunk[0] : d - chunk[0]], out=scratch[: d - c])
-        diff *= alpha3[c - chunk[0] : d - chunk[0]]
-        region -= diff
-        windows[ys, xs] = region
+    tables: dict[int, np.ndarray] = {}
+    views: dict[tuple[int, int], np.ndarray] = {}
+    per_span = max(1, _SPAN_ROWS // (_SUPERSAMPLE * wh))
+    for start, end, h, w, batches in _chunks(order, waves, hs, ws, per_span):
+        if start % per_span == 0:
+            ids = order[start : start + per_span]
+            index = _window_spans(corners[ids], top[ids], left[ids], wh, ww, gap)
+        if w not in tables:  # the table for narrower windows: its first columns (kept if small, else a view)
+            table = lines[:, :w]
+            cached = sum(t.nbytes for t in tables.values() if t.flags.c_contiguous)
+            tables[w] = table.copy() if cached + table.size <= _TABLE_LIMIT else table
+        if (h, w) not in views:
+            s0, s1, s2 = plane.strides
+            views[h, w] = np.lib.stride_tricks.as_strided(
+                plane, shape=(height, width, h, 3 * w), strides=(s0, s1, s0, s2)
+            )
+        ids = order[start:end]
+        part = index[start % per_span : end - start + start % per_span, :, :h]
+        alpha = _window_alpha(part, tuple(r[ids] for r in ramp), top[ids], left[ids], w, tables[w])
+        alpha3 = cv2.merge([alpha.reshape(-1, w)] * 3).reshape(len(ids), h, 3 * w)
+        colour3 = np.broadcast_to(colours[ids][:, None, :], (len(ids), w, 3)).reshape(len(ids), 1, 3 * w)
+        windows = views[h, w]
+        for a, b in batches:
+            ys, xs = top[order[a:b]], left[order[a:b]]
+            region = windows[ys, xs]
+            diff = np.subtract(region, colour3[a - start : b - start])
+            diff *= alpha3[a - start : b - start]
+            region -= diff
+            windows[ys, xs] = region
+    canvas[...] = plane[:height, :width]
 
 
 def check_params(
