@@ -67,11 +67,12 @@ def _shuffled_order(count: int, rng: GRand) -> np.ndarray:
     # memory stays flat for millions of tiles)
     carry: list[int] = []
     while need:
-        picks = carry + [w % count for w in rng.words(min(need, _BLOCK)).tolist() if w <= top]
+        words = rng.words(min(need, _BLOCK))
+        picks = carry + (words[words <= top] % count).tolist()
         need -= len(picks) - len(carry)
         pairs = len(picks) // 2 * 2
-        for i in range(0, pairs, 2):
-            a, b = picks[i], picks[i + 1]
+        it = iter(picks[:pairs])
+        for a, b in zip(it, it):  # consecutive picks, two at a time
             order[a], order[b] = order[b], order[a]
         carry = picks[pairs:]
     return np.asarray(order, dtype=np.int64)
