@@ -327,23 +327,25 @@ def _chunks(order: np.ndarray, waves: np.ndarray, hs: np.ndarray, ws: np.ndarray
     return chunks
 
 
-def _draw(canvas: np.ndarray, corners: np.ndarray, colours: np.ndarray) -> None:
-    """Blend every tile over `canvas` (H, W, 3 linear float32) as GEGL does, in drawing order.
+def _draw(corners: np.ndarray, colours: np.ndarray, height: int, width: int, background: np.ndarray) -> np.ndarray:
+    """A (height, width, 3) linear float32 canvas of `background` with every tile blended over it as GEGL does,
+    in drawing order.
 
-    `canvas` may be a window of the image: `corners` are then relative to its top-left pixel, and tiles outside
+    The canvas may be a window of the image: `corners` are then relative to its top-left pixel, and tiles outside
     it are skipped. Each tile is blended as canvas - alpha (canvas - colour) in float32 over a window from the
     top-left of its visible box (alpha is 0 beyond the tile, which leaves those pixels as they are; the canvas
-    gets a margin for windows reaching past its edge). Tiles whose largest windows are disjoint commute, so tiles
-    are grouped into waves, and a wave's tiles are blended a batch at a time with a handful of numpy calls
-    instead of a Python loop over tiles. Within a wave tiles go by size (up and down in turn), so that a chunk
-    of consecutive tiles shares a window size close to each one's.
+    has a margin for windows reaching past its edge, and the result is a view of it). Tiles whose largest
+    windows are disjoint commute, so tiles are grouped into waves, and a wave's tiles are blended a batch at a
+    time with a handful of numpy calls instead of a Python loop over tiles. Within a wave tiles go by size (up
+    and down in turn), so that a chunk of consecutive tiles shares a window size close to each one's.
     """
-    height, width = canvas.shape[:2]
     x0, y0 = corners[:, :, 0].min(1), corners[:, :, 1].min(1)
     x1, y1 = corners[:, :, 0].max(1), corners[:, :, 1].max(1)
     keep = np.nonzero((x0 < width) & (x1 > 0) & (y0 < height) & (y1 > 0) & (x1 > x0) & (y1 > y0))[0]
     if not len(keep):
-        return
+        canvas = np.empty((height, width, 3), np.float32)
+        canvas[:] = background
+        return canvas
     corners, colours = corners[keep], colours[keep]
     top, left = np.maximum(y0[keep], 0).astype(np.intp), np.maximum(x0[keep], 0).astype(np.intp)
     hs, ws = np.minimum(y1[keep], height) - top, np.minimum(x1[keep], width) - left
@@ -352,8 +354,8 @@ def _draw(canvas: np.ndarray, corners: np.ndarray, colours: np.ndarray) -> None:
     size = np.maximum(hs, ws) * (wh * ww + 1) + hs * ws
     order = np.lexsort((np.where(waves % 2, -size, size), waves))
     ramp = _ramp_terms(corners)
-    plane = np.zeros((height + wh - 1, width + ww - 1, 3), np.float32)
-    plane[:height, :width] = canvas
+    plane = np.empty((height + wh - 1, width + ww - 1, 3), np.float32)
+    plane[:] = background
     lines, gap = _span_table(ww)
     tables: dict[int, np.ndarray] = {}
     views: dict[tuple[int, int], np.ndarray] = {}
@@ -384,7 +386,7 @@ def _draw(canvas: np.ndarray, corners: np.ndarray, colours: np.ndarray) -> None:
             diff *= alpha3[a - start : b - start]
             region -= diff
             windows[ys, xs] = region
-    canvas[...] = plane[:height, :width]
+    return plane[:height, :width]
 
 
 def check_params(
@@ -456,7 +458,4 @@ def cubism_rows(
     part[:, :, 1] -= rows[0]
     # Only colour is blended: GEGL's straight-alpha blend never lets the alpha channel feed back into colour, and
     # the alpha it would output is dropped anyway.
-    canvas = np.empty((rows[1] - rows[0], width, 3), dtype=np.float32)
-    canvas[:] = np.asarray(bg_color, np.float32)[:3]
-    _draw(canvas, part, colours[ids])
-    return linear_to_srgb(canvas)
+    return linear_to_srgb(_draw(part, colours[ids], rows[1] - rows[0], width, np.asarray(bg_color, np.float32)[:3]))
