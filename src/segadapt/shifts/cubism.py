@@ -295,8 +295,8 @@ def _waves(wy: np.ndarray, wx: np.ndarray, wh: int, ww: int) -> np.ndarray:
 
 
 _SPAN_ROWS = 1 << 18  # tile subrows whose spans are walked at a time
-_ALPHA_PIXELS = 1 << 15  # window pixels whose weights are computed at a time
-_BLEND_PIXELS = 1 << 14  # window pixels blended at a time (small enough to stay in cache)
+_ALPHA_PIXELS = 1 << 16  # window pixels whose weights are computed at a time
+_BLEND_PIXELS = 1 << 13  # window pixels blended at a time (small enough to stay in cache)
 
 
 def _chunks(order: np.ndarray, waves: np.ndarray, hs: np.ndarray, ws: np.ndarray, per_span: int) -> list[tuple]:
