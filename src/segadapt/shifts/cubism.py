@@ -148,6 +148,9 @@ def _spans(corners: np.ndarray, origin: np.ndarray, rows: int) -> tuple[np.ndarr
     offset, dy, start, step = _edges(corners, origin)
     y = corners[:, :, 1].T
     first, last = y.argmin(0), y.argmax(0)
+    rolled = np.take_along_axis(y, (first + np.arange(4)[:, None]) % 4, 0)  # corner y from the top corner on
+    if ((rolled[2] < rolled[1]) & (rolled[3] > rolled[2])).any():  # a fall then a rise: not one edge per side
+        raise AssertionError("a cubism tile's outline is not monotone in y")
     # edge k joins corners k - 1 and k: the edges from the top corner forwards to the bottom one form side 1
     forward = (np.arange(4)[:, None] - first - 1) % 4 < (last - first) % 4
     slot = forward * n + np.arange(n)
