@@ -197,10 +197,13 @@ def _window_spans(corners: np.ndarray, wy: np.ndarray, wx: np.ndarray, wh: int, 
         whole = np.nonzero(y0 >= wy)[0]
         lo[:, whole], hi[:, whole] = _spans(corners[whole], wy[whole], sub)
         shift = _SUPERSAMPLE * (wy[cut] - y0[cut])
-        lo_cut, hi_cut = _spans(corners[cut], y0[cut], sub + int(shift.max()))
-        rows = shift[None, :] + np.arange(sub)[:, None]
-        lo[:, cut] = np.take_along_axis(lo_cut, rows, 0)
-        hi[:, cut] = np.take_along_axis(hi_cut, rows, 0)
+        per = max(1, _SPAN_ROWS // (sub + int(shift.max())))  # their walks are longer: fewer at a time
+        for g in range(0, len(cut), per):
+            part, moved = cut[g : g + per], shift[g : g + per]
+            lo_cut, hi_cut = _spans(corners[part], y0[part], sub + int(moved.max()))
+            rows = moved[None, :] + np.arange(sub)[:, None]
+            lo[:, part] = np.take_along_axis(lo_cut, rows, 0)
+            hi[:, part] = np.take_along_axis(hi_cut, rows, 0)
     else:
         lo, hi = _spans(corners, wy, sub)
     left = _SUPERSAMPLE * wx
