@@ -67,11 +67,12 @@ def _shuffled_order(count: int, rng: GRand) -> np.ndarray:
     # memory stays flat for millions of tiles)
     carry: list[int] = []
     while need:
-        picks = carry + [w % count for w in rng.words(min(need, _BLOCK)).tolist() if w <= top]
+        words = rng.words(min(need, _BLOCK))
+        picks = carry + (words[words <= top] % count).tolist()
         need -= len(picks) - len(carry)
         pairs = len(picks) // 2 * 2
-        for i in range(0, pairs, 2):
-            a, b = picks[i], picks[i + 1]
+        it = iter(picks[:pairs])
+        for a, b in zip(it, it):  # consecutive picks, two at a time
             order[a], order[b] = order[b], order[a]
         carry = picks[pairs:]
     return np.asarray(order, dtype=np.int64)
@@ -119,119 +120,279 @@ def _tile_geometry(
     return corners, source
 
 
-def _scan_spans(corners: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-tile supersampled scanline spans [lo, hi) and each tile's integer bounding box (x0, y0, x1, y1)."""
-    n = corners.shape[0]
-    x0, y0 = corners[:, :, 0].min(1), corners[:, :, 1].min(1)
-    x1, y1 = corners[:, :, 0].max(1), corners[:, :, 1].max(1)
-    rows = int((y1 - y0).max()) * _SUPERSAMPLE
-    sub_y = (y0 * _SUPERSAMPLE)[:, None] + np.arange(rows)[None, :]  # (T, R) absolute subrow
-    lo = np.broadcast_to((x1 * _SUPERSAMPLE)[:, None], (n, rows)).astype(np.float64).copy()
-    hi = np.broadcast_to((x0 * _SUPERSAMPLE)[:, None], (n, rows)).astype(np.float64).copy()
-    pts = corners * _SUPERSAMPLE
-    for k in range(4):
-        a, b = pts[:, k - 1], pts[:, k]
-        swap = a[:, 1] > b[:, 1]
-        top = np.where(swap[:, None], b, a)
-        bot = np.where(swap[:, None], a, b)
-        dy = bot[:, 1] - top[:, 1]
-        step = np.where(dy > 0, (bot[:, 0] - top[:, 0]) / np.maximum(dy, 1), 0.0)
-        # The C loop accumulates x += step row by row; a sequential cumsum reproduces its rounding exactly.
-        rel = sub_y - top[:, 1][:, None]
-        start = top[:, 0] + 0.5 * step
-        xs = np.cumsum(np.where(rel == 0, start[:, None], np.where(rel > 0, step[:, None], 0.0)), axis=1)
-        on_edge = (rel >= 0) & (sub_y < bot[:, 1][:, None])
-        xs = np.trunc(xs)  # the C code stores span ends in ints
-        lo = np.where(on_edge, np.minimum(lo, xs), lo)
-        hi = np.where(on_edge, np.maximum(hi, xs), hi)
-    hi = np.maximum(hi, lo)  # empty rows cover nothing
-    return lo, hi, np.stack([x0, y0, x1, y1], 1)
+def _edges(corners: np.ndarray, origin: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each tile's edges as GEGL walks them, (edge, tile) arrays in subpixels: first subrow (relative to subrow 0
+    of pixel row `origin`), number of subrows, x at the first subrow and x step per subrow."""
+    pts = np.ascontiguousarray(corners.transpose(1, 2, 0), dtype=np.int64) * _SUPERSAMPLE  # (corner, x/y, tile)
+    prev = pts[[3, 0, 1, 2]]  # edge k runs from corner k - 1 to corner k
+    swap = (prev[:, 1] > pts[:, 1])[:, None]
+    top, bot = np.where(swap, pts, prev), np.where(swap, prev, pts)
+    dy = bot[:, 1] - top[:, 1]
+    step = np.where(dy > 0, (bot[:, 0] - top[:, 0]) / np.maximum(dy, 1), 0.0)
+    return top[:, 1] - _SUPERSAMPLE * origin, dy, top[:, 0] + 0.5 * step, step
 
 
-def _coverage(lo: np.ndarray, hi: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """Fraction (T, H, W) of each box pixel covered by its tile's spans, 4x4 supersampled (GEGL's val).
+def _spans(corners: np.ndarray, origin: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Supersampled scanline spans [lo, hi) (rows, T) of each tile, from subrow 0 of pixel row `origin` (T,), which
+    must not be below the tile's top; subrows the tile misses come out empty (lo == hi).
 
-    A subrow span [lo, hi) covers min(4, max(0, hi - 4c)) - min(4, max(0, lo - 4c)) subpixels of pixel column c:
-    as a function of c that is a step of 4 falling to hi % 4 at c = hi // 4 (and the same for lo, subtracted),
-    so each span adds four entries to a difference array over columns, and one cumulative sum per pixel row
-    gives the counts, instead of clipping every subrow against every column.
+    GEGL walks each edge from its top subrow adding the slope once per subrow, stores the running x in an int and
+    keeps each subrow's min and max over the edges crossing it. A tile's outline falls from its top corner to its
+    bottom corner on both sides (opposite corners are negatives of each other before the truncations, which keep
+    order), so two edges cross each subrow, one per side. Each side's x is walked subrow by subrow for all tiles
+    at once, switching to the side's next edge (its own start and step, as GEGL walks it) on the pixel row where
+    that edge begins: the same additions in the same order, so the same rounding. Truncation is applied after the
+    min and max (it is monotone, so it commutes with them).
     """
-    n, rows = lo.shape
-    cols = int((box[:, 2] - box[:, 0]).max())
-    width = cols + 2
-    left = (box[:, 0] * _SUPERSAMPLE)[:, None]
-    lo_rel = np.clip(lo - left, 0, _SUPERSAMPLE * cols).astype(np.int64)
-    hi_rel = np.clip(hi - left, 0, _SUPERSAMPLE * cols).astype(np.int64)
-    pixel_row = (np.arange(n)[:, None] * (rows // _SUPERSAMPLE) + np.arange(rows)[None, :] // _SUPERSAMPLE) * width
-    index, weight = [], []
-    for v, sign in ((hi_rel, 1), (lo_rel, -1)):
-        q, r = np.divmod(v, _SUPERSAMPLE)
-        index += [pixel_row + q, pixel_row + q + 1]
-        weight += [sign * (r - _SUPERSAMPLE), -sign * r]
-    diff = np.bincount(np.concatenate([i.ravel() for i in index]), np.concatenate([w.ravel() for w in weight]),
-                       minlength=n * (rows // _SUPERSAMPLE) * width)
-    cov = np.cumsum(diff.reshape(n, rows // _SUPERSAMPLE, width), axis=2)[:, :, :cols]
-    return cov.astype(np.float32) * np.float32(1.0 / _SUPERSAMPLE**2)
+    n = len(corners)
+    offset, dy, start, step = _edges(corners, origin)
+    y = corners[:, :, 1].T
+    first, last = y.argmin(0), y.argmax(0)
+    rolled = np.take_along_axis(y, (first + np.arange(4)[:, None]) % 4, 0)  # corner y from the top corner on
+    if ((rolled[2] < rolled[1]) & (rolled[3] > rolled[2])).any():  # a fall then a rise: not one edge per side
+        raise AssertionError("a cubism tile's outline is not monotone in y")
+    # edge k joins corners k - 1 and k: the edges from the top corner forwards to the bottom one form side 1
+    forward = (np.arange(4)[:, None] - first - 1) % 4 < (last - first) % 4
+    slot = forward * n + np.arange(n)
+    live = (dy > 0) & (offset < rows)
+    bottom = _SUPERSAMPLE * (y.max(0) - origin)  # both sides stop (at equal x, an empty span) below the tile
+    stop = bottom < rows
+    at = np.concatenate([offset[live], bottom[stop], bottom[stop]])
+    order = np.argsort(at, kind="stable")
+    at = at[order]
+    where = np.concatenate([slot[live], np.nonzero(stop)[0], n + np.nonzero(stop)[0]])[order]
+    x_at = np.concatenate([start[live], np.zeros(2 * stop.sum())])[order]
+    step_at = np.concatenate([step[live], np.zeros(2 * stop.sum())])[order]
+    bounds = np.searchsorted(at, np.arange(0, rows + 1, _SUPERSAMPLE)).tolist()
+    xs = np.zeros((rows, 2 * n))
+    walk = np.zeros(2 * n)
+    for p in range(rows // _SUPERSAMPLE):
+        r = _SUPERSAMPLE * p
+        if r:
+            np.add(xs[r - 1], walk, out=xs[r])
+        a, b = bounds[p], bounds[p + 1]
+        if b > a:
+            xs[r, where[a:b]] = x_at[a:b]
+            walk[where[a:b]] = step_at[a:b]
+        for k in range(r + 1, r + _SUPERSAMPLE):
+            np.add(xs[k - 1], walk, out=xs[k])
+    lo = np.minimum(xs[:, :n], xs[:, n:])
+    hi = np.maximum(xs[:, :n], xs[:, n:])
+    return np.trunc(lo, out=lo), np.trunc(hi, out=hi)
 
 
-def _alpha(corners: np.ndarray, box: np.ndarray, cov: np.ndarray) -> np.ndarray:
-    """Per-pixel blend weight (T, H, W): coverage times GEGL's 0.2..1 ramp along each tile's first edge."""
+def _window_spans(corners: np.ndarray, wy: np.ndarray, wx: np.ndarray, wh: int, ww: int, gap: int) -> np.ndarray:
+    """Span-table rows (T, 8, wh) giving each tile's coverage of its window (top-left wy, wx; wh x ww): for each
+    pixel row, its four subrows' span ends `hi` and then `lo + gap`, relative to the window and clipped to it.
+    The first rows of this are the same for a smaller window at the same top-left.
+
+    A tile whose top the canvas cuts off has edges starting above its window; their walk starts at the tile's top.
+    Clipping to the window changes no coverage inside it, and subrows the tile misses become empty (lo == hi).
+    """
+    n, sub = len(corners), _SUPERSAMPLE * wh
+    y0 = corners[:, :, 1].min(1)
+    cut = np.nonzero(y0 < wy)[0]
+    if len(cut):
+        lo, hi = np.empty((sub, n)), np.empty((sub, n))
+        whole = np.nonzero(y0 >= wy)[0]
+        lo[:, whole], hi[:, whole] = _spans(corners[whole], wy[whole], sub)
+        shift = _SUPERSAMPLE * (wy[cut] - y0[cut])
+        per = max(1, _SPAN_ROWS // (sub + int(shift.max())))  # their walks are longer: fewer at a time
+        for g in range(0, len(cut), per):
+            part, moved = cut[g : g + per], shift[g : g + per]
+            lo_cut, hi_cut = _spans(corners[part], y0[part], sub + int(moved.max()))
+            rows = moved[None, :] + np.arange(sub)[:, None]
+            lo[:, part] = np.take_along_axis(lo_cut, rows, 0)
+            hi[:, part] = np.take_along_axis(hi_cut, rows, 0)
+    else:
+        lo, hi = _spans(corners, wy, sub)
+    left = _SUPERSAMPLE * wx
+    for v in (lo, hi):
+        v -= left
+        np.clip(v, 0, _SUPERSAMPLE * ww, out=v)
+    np.maximum(hi, lo, out=hi)
+    lo += gap
+    kind = np.int16 if gap + _SUPERSAMPLE * ww <= np.iinfo(np.int16).max else np.intp
+    index = np.empty((n, 2 * _SUPERSAMPLE, wh), kind)
+    index[:, :_SUPERSAMPLE] = hi.astype(kind).reshape(wh, _SUPERSAMPLE, n).transpose(2, 1, 0)
+    index[:, _SUPERSAMPLE:] = lo.astype(kind).reshape(wh, _SUPERSAMPLE, n).transpose(2, 1, 0)
+    return index
+
+
+_TABLE_LIMIT = 1 << 20  # span-table bytes kept as an array; wider windows read a strided view instead
+
+
+def _span_table(cols: int) -> tuple[np.ndarray, int]:
+    """Table of int8 rows F[v] = clip(v - 4c, 0, 4) over pixel columns c < cols (subpixels of column c left of
+    subpixel v) for v in 0..4 cols, and -F[v] at row v + the returned offset.
+
+    A span [lo, hi) covers F[hi] - F[lo] subpixels of each column, so a pixel row's coverage is eight rows summed.
+    Every entry depends on v - 4c only: the table is a strided view of two short lines, copied when small.
+    """
+    reach = _SUPERSAMPLE * (cols - 1)  # F[v, c] = line[v - 4c + reach]
+    line = np.clip(np.arange(-reach, _SUPERSAMPLE * cols + 1), 0, _SUPERSAMPLE).astype(np.int8)
+    gap = len(line)  # -F starts past the end of F's line, so the two never share memory
+    both = np.concatenate([line, -line])
+    table = np.lib.stride_tricks.as_strided(
+        both[reach:], shape=(gap + _SUPERSAMPLE * cols + 1, cols), strides=(1, -_SUPERSAMPLE), writeable=False
+    )
+    return (table.copy() if table.size <= _TABLE_LIMIT else table), gap
+
+
+def _ramp_terms(corners: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per tile: the first corner (x, y) and the first edge divided by its squared length (x, y), so that the ramp
+    at (px, py) relative to the corner is px kx + py ky; zero terms for a degenerate edge, whose ramp is 1."""
     first = corners[:, 0].astype(np.float64)
     edge = corners[:, 1] - corners[:, 0]
     length = np.hypot(edge[:, 0], edge[:, 1])
     safe = np.where(length > 0, length, 1.0)
-    # Ramp = projection on the unit edge direction divided by the edge length (1 when the edge is degenerate).
     kx = np.where(length > 0, edge[:, 0] / safe / safe, 0.0)
     ky = np.where(length > 0, edge[:, 1] / safe / safe, 0.0)
-    _, rows, cols = cov.shape
-    px = box[:, 0:1] + np.arange(cols)[None, :] - first[:, 0:1]  # pixel x relative to the first corner
-    py = box[:, 1:2] + np.arange(rows)[None, :] + 0.75 - first[:, 1:2]  # GEGL uses the last subrow's y
-    ramp = (py * ky[:, None])[:, :, None] + (px * kx[:, None])[:, None, :]
-    np.clip(ramp, 0.2, 1.0, out=ramp)
-    if not (length > 0).all():
-        ramp[length <= 0] = 1.0
-    cov *= ramp.astype(np.float32)
-    return cov
+    return first[:, 0], first[:, 1], kx, ky, length <= 0
 
 
-def _draw(canvas: np.ndarray, corners: np.ndarray, colours: np.ndarray, chunk: int = 512) -> None:
-    """Blend every tile over `canvas` (H, W, 3 linear) in drawing order; weights are computed per chunk.
+def _window_alpha(
+    index: np.ndarray, ramp: tuple[np.ndarray, ...], wy: np.ndarray, wx: np.ndarray, ww: int, lines: np.ndarray
+) -> np.ndarray:
+    """Blend weight (T, wh, ww) of each tile over its window (top-left wy, wx): GEGL's 4x4 coverage of the pixel
+    (`index` from `_window_spans` into the span table `lines`) times the tile's 0.2..1 ramp along its first edge
+    (`ramp` from `_ramp_terms`), with GEGL's rounding."""
+    n, wh = index.shape[0], index.shape[2]
+    parts = np.take(lines, index, axis=0) if lines.flags.c_contiguous else lines[index]  # (T, 8, wh, ww)
+    parts = parts[:, :4] + parts[:, 4:]
+    parts = parts[:, :2] + parts[:, 2:]
+    count = parts[:, 0] + parts[:, 1]  # subpixels covered, 0..16
+    fx, fy, kx, ky, flat = ramp
+    px = wx[:, None] + np.arange(ww)[None, :] - fx[:, None]  # pixel relative to the first corner
+    py = wy[:, None] + np.arange(wh)[None, :] + 0.75 - fy[:, None]  # GEGL uses the last subrow's y
+    # GEGL: alpha = float32(coverage / 16) * float32(clip(ramp, 0.2, 1)). Dividing by 16 is exact (and commutes
+    # with rounding to float32), and clipping after the rounding gives the same values (rounding is monotone), so
+    # the ramp is summed pre-divided, rounded, clipped and multiplied by the subpixel count, one pass each.
+    scale = 1.0 / _SUPERSAMPLE**2
+    alpha = np.empty((n, wh, ww), np.float32)
+    np.add((py * (ky * scale)[:, None])[:, :, None], (px * (kx * scale)[:, None])[:, None, :], out=alpha,
+           casting="same_kind")
+    np.clip(alpha, np.float32(0.2) * np.float32(scale), np.float32(scale), out=alpha)
+    if flat.any():
+        alpha[flat] = scale
+    alpha *= count
+    return alpha
 
-    `canvas` may be a window of the image: `corners` are then relative to its top-left pixel, and tiles outside
-    it are skipped. The blend is canvas - alpha (canvas - colour) in float32, one OpenCV call per step on the
-    tile's box (the same arithmetic numpy would do, several times faster on small boxes).
+
+def _waves(wy: np.ndarray, wx: np.ndarray, wh: int, ww: int) -> np.ndarray:
+    """Wave of each tile (drawing order kept): tiles of one wave have disjoint wh x ww windows (top-left wy, wx),
+    and a tile's wave is above that of every earlier tile whose window it meets, so blending wave by wave (any
+    order within a wave, any smaller windows at the same top-left) keeps GEGL's order.
+
+    Windows are binned in cells of their own size (each meets at most 2 x 2 cells); sharing a cell stands in for
+    meeting, which is conservative and one max over four cells per tile.
     """
-    height, width = canvas.shape[:2]
-    box_all = np.stack([corners[:, :, 0].min(1), corners[:, :, 1].min(1), corners[:, :, 0].max(1),
-                        corners[:, :, 1].max(1)], 1)
-    visible = (box_all[:, 0] < width) & (box_all[:, 2] > 0) & (box_all[:, 1] < height) & (box_all[:, 3] > 0)
-    keep = np.nonzero(visible & (box_all[:, 2] > box_all[:, 0]) & (box_all[:, 3] > box_all[:, 1]))[0]
-    scratch = np.empty((1, 1, 3), np.float32)
-    for start in range(0, len(keep), chunk):
-        ids = keep[start : start + chunk]
-        part = corners[ids]
-        lo, hi, box = _scan_spans(part)
-        alpha = _alpha(part, box, _coverage(lo, hi, box))
-        alpha3 = np.repeat(alpha[..., None], 3, axis=3)
-        clipped = np.stack(
-            [
-                np.maximum(box[:, 0], 0),
-                np.maximum(box[:, 1], 0),
-                np.minimum(box[:, 2], width),
-                np.minimum(box[:, 3], height),
-            ],
-            1,
-        )
-        offsets = (clipped[:, :2] - box[:, :2]).tolist()
-        cols = [tuple(float(v) for v in c) for c in colours[ids]]
-        for t, (x0, y0, x1, y1) in enumerate(clipped.tolist()):
-            ox, oy = offsets[t]
-            region = canvas[y0:y1, x0:x1]
-            if scratch.shape != region.shape:
-                scratch = np.empty(region.shape, np.float32)
-            cv2.subtract(region, cols[t], dst=scratch)
-            cv2.multiply(scratch, alpha3[t, oy : oy + y1 - y0, ox : ox + x1 - x0], dst=scratch)
-            cv2.subtract(region, scratch, dst=region)
+    cy0, cy1 = wy // wh, (wy + wh - 1) // wh
+    cx0, cx1 = wx // ww, (wx + ww - 1) // ww
+    ncols = int(cx1.max()) + 1
+    cells = np.stack([cy0 * ncols + cx0, cy0 * ncols + cx1, cy1 * ncols + cx0, cy1 * ncols + cx1], 1)
+    level = [0] * (int(cells.max()) + 1)
+    waves = []
+    for a, b, c, d in cells.tolist():
+        v = max(level[a], level[b], level[c], level[d]) + 1
+        level[a] = level[b] = level[c] = level[d] = v
+        waves.append(v)
+    return np.asarray(waves, dtype=np.int64)
+
+
+_SPAN_ROWS = 1 << 18  # tile subrows whose spans are walked at a time
+_ALPHA_PIXELS = 1 << 16  # window pixels whose weights are computed at a time
+_BLEND_PIXELS = 1 << 13  # window pixels blended at a time (small enough to stay in cache)
+
+
+def _chunks(order: np.ndarray, waves: np.ndarray, hs: np.ndarray, ws: np.ndarray, per_span: int) -> list[tuple]:
+    """Split the tiles (`order`, wave by wave) into chunks whose weights are computed together over one window
+    size (the largest visible box among them), each split into batches of one wave blended together; chunks do
+    not cross the blocks of `per_span` tiles whose spans are walked together. Returns (start, end, window height,
+    window width, batches)."""
+    heights, widths, levels = hs[order].tolist(), ws[order].tolist(), waves[order].tolist()
+    chunks = []
+    for block in range(0, len(order), per_span):
+        end = min(len(order), block + per_span)
+        start, h, w = block, heights[block], widths[block]
+        for i in range(block + 1, end + 1):
+            if i < end:
+                nh, nw = max(h, heights[i]), max(w, widths[i])
+                if (i - start + 1) * nh * nw <= _ALPHA_PIXELS:
+                    h, w = nh, nw
+                    continue
+            per_blend = max(1, _BLEND_PIXELS // (h * w))
+            batches, a = [], start
+            for b in range(start + 1, i + 1):
+                if b == i or levels[b] != levels[a] or b - a == per_blend:
+                    batches.append((a, b))
+                    a = b
+            chunks.append((start, i, h, w, batches))
+            if i < end:
+                start, h, w = i, heights[i], widths[i]
+    return chunks
+
+
+def _draw(corners: np.ndarray, colours: np.ndarray, height: int, width: int, background: np.ndarray) -> np.ndarray:
+    """A (height, width, 3) linear float32 canvas of `background` with every tile blended over it as GEGL does,
+    in drawing order.
+
+    The canvas may be a window of the image: `corners` are then relative to its top-left pixel, and tiles outside
+    it are skipped. Each tile is blended as canvas - alpha (canvas - colour) in float32 over a window from the
+    top-left of its visible box (alpha is 0 beyond the tile, which leaves those pixels as they are; the canvas
+    has a margin for windows reaching past its edge, and the result is a view of it). Tiles whose largest
+    windows are disjoint commute, so tiles are grouped into waves, and a wave's tiles are blended a batch at a
+    time with a handful of numpy calls instead of a Python loop over tiles. Within a wave tiles go by size (up
+    and down in turn), so that a chunk of consecutive tiles shares a window size close to each one's.
+    """
+    x0, y0 = corners[:, :, 0].min(1), corners[:, :, 1].min(1)
+    x1, y1 = corners[:, :, 0].max(1), corners[:, :, 1].max(1)
+    keep = np.nonzero((x0 < width) & (x1 > 0) & (y0 < height) & (y1 > 0) & (x1 > x0) & (y1 > y0))[0]
+    if not len(keep):
+        canvas = np.empty((height, width, 3), np.float32)
+        canvas[:] = background
+        return canvas
+    corners, colours = corners[keep], colours[keep]
+    top, left = np.maximum(y0[keep], 0).astype(np.intp), np.maximum(x0[keep], 0).astype(np.intp)
+    hs, ws = np.minimum(y1[keep], height) - top, np.minimum(x1[keep], width) - left
+    wh, ww = int(hs.max()), int(ws.max())
+    waves = _waves(top, left, wh, ww)
+    size = np.maximum(hs, ws) * (wh * ww + 1) + hs * ws
+    order = np.lexsort((np.where(waves % 2, -size, size), waves))
+    ramp = _ramp_terms(corners)
+    plane = np.empty((height + wh - 1, width + ww - 1, 3), np.float32)
+    plane[:] = background
+    lines, gap = _span_table(ww)
+    tables: dict[int, np.ndarray] = {}
+    views: dict[tuple[int, int], np.ndarray] = {}
+    per_span = max(1, _SPAN_ROWS // (_SUPERSAMPLE * wh))
+    for start, end, h, w, batches in _chunks(order, waves, hs, ws, per_span):
+        if start % per_span == 0:
+            ids = order[start : start + per_span]
+            index = _window_spans(corners[ids], top[ids], left[ids], wh, ww, gap)
+        if w not in tables:  # the table for narrower windows: its first columns (kept if small, else a view)
+            table = lines[:, :w]
+            cached = sum(t.nbytes for t in tables.values() if t.flags.c_contiguous)
+            tables[w] = table.copy() if cached + table.size <= _TABLE_LIMIT else table
+        if (h, w) not in views:
+            s0, s1, s2 = plane.strides
+            views[h, w] = np.lib.stride_tricks.as_strided(
+                plane, shape=(height, width, h, 3 * w), strides=(s0, s1, s0, s2)
+            )
+        ids = order[start:end]
+        part = index[start % per_span : end - start + start % per_span, :, :h]
+        alpha = _window_alpha(part, tuple(r[ids] for r in ramp), top[ids], left[ids], w, tables[w])
+        alpha3 = cv2.merge([alpha.reshape(-1, w)] * 3).reshape(len(ids), h, 3 * w)
+        colour3 = np.broadcast_to(colours[ids][:, None, :], (len(ids), w, 3)).reshape(len(ids), 1, 3 * w)
+        windows = views[h, w]
+        for a, b in batches:
+            ys, xs = top[order[a:b]], left[order[a:b]]
+            region = windows[ys, xs]
+            diff = np.subtract(region, colour3[a - start : b - start])
+            diff *= alpha3[a - start : b - start]
+            region -= diff
+            windows[ys, xs] = region
+    return plane[:height, :width]
 
 
 def check_params(
@@ -303,7 +464,4 @@ def cubism_rows(
     part[:, :, 1] -= rows[0]
     # Only colour is blended: GEGL's straight-alpha blend never lets the alpha channel feed back into colour, and
     # the alpha it would output is dropped anyway.
-    canvas = np.empty((rows[1] - rows[0], width, 3), dtype=np.float32)
-    canvas[:] = np.asarray(bg_color, np.float32)[:3]
-    _draw(canvas, part, colours[ids])
-    return linear_to_srgb(canvas)
+    return linear_to_srgb(_draw(part, colours[ids], rows[1] - rows[0], width, np.asarray(bg_color, np.float32)[:3]))
