@@ -85,6 +85,8 @@ def test_bad_arguments_are_one_line_errors():
         ripple(img, abyss_policy="mirror")
     with pytest.raises(ValueError, match="uint8"):
         cubism(img.astype(np.float32))
+    with pytest.raises(ValueError, match="finite"):
+        cubism(img, bg_color=(0.0, 0.0, float("inf"), 1.0))
 
 
 def test_srgb_round_trip():

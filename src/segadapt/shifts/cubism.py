@@ -404,8 +404,8 @@ def check_params(
         raise ValueError("tile_size must be > 0 (GEGL divides by it)")
     tile_saturation = _check_range("tile_saturation", tile_saturation, 0.0, 10.0)
     bg = np.asarray(bg_color, dtype=np.float32)
-    if bg.shape != (4,):
-        raise ValueError(f"bg_color must be 4 floats (linear RGBA), got {bg_color!r}")
+    if bg.shape != (4,) or not np.isfinite(bg).all():
+        raise ValueError(f"bg_color must be 4 finite floats (linear RGBA), got {bg_color!r}")
     return tile_size, tile_saturation, bg
 
 
