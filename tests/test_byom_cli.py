@@ -136,6 +136,27 @@ def test_every_command_runs_on_an_hf_h1(hf_dirs, adapted, factory_weights, tmp_p
     assert r["steps"] == 1 and r["size"] == [32, 48]
 
 
+def test_an_adapted_hf_model_predicts_and_exports(adapted, tmp_path):
+    """Deploying H2: the adapted SegFormer's model file goes through predict and both exports."""
+    from PIL import Image
+
+    from segadapt.data.synthetic import SyntheticScenes
+
+    run = adapted["segformer"]
+    image, _ = SyntheticScenes(1, (32, 48), split="val").load(0)
+    Image.fromarray(image).save(tmp_path / "scene.png")
+    assert main(["predict", "--model", str(run), "--images", str(tmp_path / "scene.png"),
+                 "--out", str(tmp_path / "pred")]) == 0
+    mask = Image.open(tmp_path / "pred" / "scene_mask.png")
+    assert mask.size == (48, 32) and mask.mode == "P"
+    for fmt, name in (("torchscript", "h2.pt"), ("onnx", "h2.onnx")):
+        if fmt == "onnx":
+            pytest.importorskip("onnxruntime", reason="ONNX export needs the export extra")
+        assert main(["export", "--model", str(run), "--format", fmt, "--out", str(tmp_path / name),
+                     "--samples", str(tmp_path / "scene.png")]) == 0
+        assert json.loads((tmp_path / f"{name}.json").read_text())["verification"]["agreement"] >= 0.999
+
+
 def test_the_sweep_runs_on_an_hf_h1_with_b1_of_its_architecture(hf_dirs, tmp_path, capsys):
     from segadapt.experiment import sweep_h1
     from segadapt.models.hf_dir import load_hf_dir
