@@ -15,7 +15,7 @@ from segadapt import checkpoint as ckpt
 from segadapt.cli import main
 from segadapt.config import DataConfig, from_dict, preset, read_toml
 from segadapt.data import build_source, make_transform
-from tiny_hf import SEGFORMER, UPERNET, SmallCNN, hf_net
+from tiny_hf import SEGFORMER, UPERNET, SmallCNN, hf_net, trained_looking_cnn
 
 transformers = pytest.importorskip("transformers", reason="HF models need transformers (pip install 'segadapt[hf]')")
 
@@ -59,12 +59,7 @@ def adapted(hf_dirs, tmp_path_factory):
 def factory_weights(tmp_path_factory):
     """SmallCNN(7 classes, width 6) with BatchNorm statistics unlike a fresh one's, as .safetensors and .pth."""
     folder = tmp_path_factory.mktemp("factory")
-    torch.manual_seed(0)
-    net = SmallCNN(CLASSES, 6)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
+    net = trained_looking_cnn(CLASSES, 6)
     save_file(net.state_dict(), str(folder / "h1.safetensors"))
     torch.save(net.state_dict(), folder / "h1.pth")
     return {"safetensors": folder / "h1.safetensors", "pth": folder / "h1.pth"}

@@ -20,7 +20,7 @@ from segadapt.models.factory import (
     save_factory_weights,
 )
 from segadapt.models.loading import load_any, rebuild_meta
-from tiny_hf import NUM_CLASSES, SmallCNN, small_cnn
+from tiny_hf import NUM_CLASSES, SmallCNN, trained_looking_cnn
 
 X = (2, 3, 32, 48)
 
@@ -28,12 +28,7 @@ X = (2, 3, 32, 48)
 @pytest.fixture
 def weights(tmp_path):
     """A trained-looking SmallCNN(width=6) saved as a plain safetensors state dict, and the module itself."""
-    torch.manual_seed(0)
-    net = small_cnn(NUM_CLASSES, 6)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
+    net = trained_looking_cnn(NUM_CLASSES, 6)
     save_file(net.state_dict(), str(tmp_path / "h1.safetensors"))
     return tmp_path / "h1.safetensors", net.eval()
 

@@ -49,6 +49,18 @@ def small_cnn(classes: int = NUM_CLASSES, width: int = 8) -> SmallCNN:
     return SmallCNN(classes, width)
 
 
+def trained_looking_cnn(classes: int = NUM_CLASSES, width: int = 8) -> SmallCNN:
+    """A SmallCNN (seed 0) whose BatchNorm running statistics differ from a fresh one's, so a test can tell
+    whether they were kept or re-estimated."""
+    torch.manual_seed(0)
+    net = SmallCNN(classes, width)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return net
+
+
 def dict_cnn(classes: int = NUM_CLASSES, width: int = 8) -> SmallCNN:
     """A factory returning a module whose output is torchvision's {"out": ..., "aux": ...}."""
     return SmallCNN(classes, width, as_dict=True)
