@@ -20,6 +20,14 @@ CAMVID_CLASSES = ("sky", "building", "pole", "road", "pavement", "tree", "sign_s
 CAMVID_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 
 
+def camvid_val_files(root: Path, count: int) -> list[Path]:
+    """The first `count` CamVid val frames under `root`, in name order; exits with one line when there are none."""
+    files = sorted((root / "val" / "images").glob("*.jpg"))[:count]
+    if not files:
+        raise SystemExit(f"no CamVid val frames under {root}; pass --root")
+    return files
+
+
 def camvid_model(path: Path, width: float = 0.25, seed: int = 0) -> Path:
     """A fresh VGGDeepLab with the camvid preset's data settings (base size 240), saved as a model file."""
     cfg = preset("camvid")

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from _measure import load_average
-from _models import CAMVID_ROOT, camvid_model
+from _models import CAMVID_ROOT, camvid_model, camvid_val_files
 from segadapt.checkpoint import write_json_atomic
 from segadapt.data.base import read_image
 from segadapt.export import Normalised, export, samples_at_scale
@@ -40,9 +40,7 @@ def main() -> int:
     args = p.parse_args()
     import onnxruntime as ort
 
-    files = sorted((args.root / "val" / "images").glob("*.jpg"))[: args.images]
-    if not files:
-        raise SystemExit(f"no CamVid val frames under {args.root}; pass --root")
+    files = camvid_val_files(args.root, args.images)
     frames = [read_image(f) for f in files]
     with tempfile.TemporaryDirectory(prefix="segadapt-export-") as tmp:
         work = Path(tmp)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from _measure import load_average
-from _models import CAMVID_ROOT, camvid_model
+from _models import CAMVID_ROOT, camvid_model, camvid_val_files
 from segadapt.checkpoint import write_json_atomic
 from segadapt.config import DataConfig, from_dict
 from segadapt.data.base import read_image
@@ -44,9 +44,7 @@ def main() -> int:
     p.add_argument("--root", type=Path, default=CAMVID_ROOT)
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "predict_overhead.json")
     args = p.parse_args()
-    files = sorted((args.root / "val" / "images").glob("*.jpg"))[: args.images]
-    if not files:
-        raise SystemExit(f"no CamVid val frames under {args.root}; pass --root")
+    files = camvid_val_files(args.root, args.images)
     with tempfile.TemporaryDirectory(prefix="segadapt-overhead-") as tmp:
         work = Path(tmp)
         model_path = args.model or camvid_model(work / "model.safetensors")
