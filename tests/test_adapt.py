@@ -189,3 +189,12 @@ def test_student_regresses_without_dropout(tmp_path, h1):
                          lambda image, seed: image), JointTransform(train=True, crop_size=(32, 48)))
     result = adapt(cfg, tmp_path, same, teacher=teacher, h1_meta=meta)
     assert result["final_loss"] < 1e-6
+
+
+def test_a_seed_gives_the_same_h2_as_before_the_model_contract(tmp_path, h1):
+    """The step losses of a tiny pool3 regression, recorded at 724524b (before the run object and the model
+    contract): the augmentation stream, and so every published H2 number, must not move with a refactor."""
+    teacher, meta = h1
+    adapt(tiny_cfg(["pool3"], iterations=3), tmp_path, make_pairs(), teacher=teacher, h1_meta=meta)
+    losses = [float(r["loss"]) for r in csv.DictReader((tmp_path / "log.csv").open())]
+    assert losses == pytest.approx([2.17854, 1.20033, 1.44212], rel=1e-4)

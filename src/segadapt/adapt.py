@@ -129,6 +129,9 @@ def adapt(
     probe = HoldoutProbe(pairs, holdout_ids, teacher_features, weights, tc.seed, device) if holdout_ids else None
     probe_at = probe_steps(tc.iterations, cfg.adapt.probes) if probe else set()
     trainable = conform(student).parameters_up_to(taps)
+    # one augmented pair drawn here, as adapt() always has (before the model contract it fed the parameter
+    # probe): the loop's augmentation stream starts where it did, so a seed gives the same H2 as before
+    pairs[0]
     train_ids = {id(p) for p in trainable}
     for p in student.parameters():
         p.requires_grad_(id(p) in train_ids)
