@@ -41,6 +41,19 @@ def interleaved_times(steps: Mapping[str, Step], repeats: int) -> dict[str, list
     return times
 
 
+def matmul_peak(n: int, repeats: int) -> float:
+    """Best fp32 GFLOP/s of an n x n by n x n torch.mm (after one warm-up product)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty(n, n)
+    torch.mm(a, b, out=out)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
 def step_arguments(p: argparse.ArgumentParser, width: float, batch: int, repeats: int) -> None:
     """The options every step benchmark takes: model width, input size, batch, threads, repeats, --quick, --out."""
     p.add_argument("--width", type=float, default=width)

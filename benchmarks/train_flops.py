@@ -17,13 +17,20 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from _measure import count_flops, finish, interleaved_times, load_average, step_arguments, use_threads
+from _measure import (
+    count_flops,
+    finish,
+    interleaved_times,
+    load_average,
+    matmul_peak,
+    step_arguments,
+    use_threads,
+)
 from segadapt.models import VGGDeepLab
 
 CONFIGS = [  # (name, memory format, oneDNN enabled)
@@ -32,19 +39,6 @@ CONFIGS = [  # (name, memory format, oneDNN enabled)
     ("contiguous-no_mkldnn", torch.contiguous_format, False),
     ("channels_last-no_mkldnn", torch.channels_last, False),
 ]
-
-
-def matmul_peak(n: int, repeats: int) -> float:
-    """Best fp32 GFLOP/s of an n x n by n x n torch.mm (after one warm-up product)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    out = torch.empty(n, n)
-    torch.mm(a, b, out=out)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.mm(a, b, out=out)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
 
 
 def make_step(fmt: torch.memory_format, mkldnn: bool, args: argparse.Namespace) -> Callable[[], None]:
