@@ -6,9 +6,9 @@ Runs `segadapt demo` once in a child process (GNU time: wall seconds and peak re
 folder deleted afterwards, and reads each run's own training time from the files it wrote (H1, B1, B2 and every
 regression); the rest (scene rendering, D2 written, scoring, figures, report, start-up) is what remains of the
 wall time. The machine's fp32 matmul peak is measured before and after: a wall time alone says as much about
-the host as about the code (the same demo took 4 min 18 s beside a 197 GFLOP/s peak and over 8 min beside a
-66 GFLOP/s one), so the two are reported together, with the 1-minute load average. The sha256 of results.md
-lets two runs (two commits, two machines) check that they printed the same table.
+the host as about the code (the same demo, same table, took 4 min 18 s on a host whose peak measured 197 GFLOP/s
+and 12 min 38 s on one measuring 55-65), so the two are reported together, with the 1-minute load average.
+The sha256 of results.md lets two runs (two commits, two machines) check that they printed the same table.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from segadapt.runtime import environment
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 STUDY = "study-camvid"
+MIN_GAP = 0.01  # B2 - B0 (mIoU) below which a recovery ratio divides noise by noise and is not reported
 
 
 def study_config(args: argparse.Namespace) -> RunConfig:
@@ -91,7 +92,7 @@ def study_summary(results: dict[str, Any], filters: list[str], first_seeds: list
         per_seed = {}
         for seed in sorted({r["seed"] for r in rows if r["shift"] == f}):
             m = {r["method"]: r["miou"] for r in rows if r["shift"] == f and r["seed"] == seed}
-            if {"B0", "B2", "H2:pool5"} <= m.keys() and m["B2"] != m["B0"]:
+            if {"B0", "B2", "H2:pool5"} <= m.keys() and m["B2"] - m["B0"] >= MIN_GAP:
                 per_seed[seed] = (m["H2:pool5"] - m["B0"]) / (m["B2"] - m["B0"])
         methods = {k[1]: {"miou": e["miou"], "miou_std": e["miou_std"], "mean_acc": e["mean_acc"],
                           "mean_acc_std": e["mean_acc_std"], "seeds": e["seeds"]}
@@ -99,7 +100,8 @@ def study_summary(results: dict[str, Any], filters: list[str], first_seeds: list
         h2 = {m: v for m, v in methods.items() if m.startswith("H2:")}
         full = max((v["seeds"] for v in h2.values()), default=0)
         b0, b2, pool5 = (methods.get(m, {}).get("miou") for m in ("B0", "B2", "H2:pool5"))
-        recovery = (pool5 - b0) / (b2 - b0) if None not in (b0, b2, pool5) and b2 != b0 else None
+        gap = b2 - b0 if None not in (b0, b2) else None
+        recovery = (pool5 - b0) / gap if pool5 is not None and gap is not None and gap >= MIN_GAP else None
         rec_mean, rec_std = _mean_std(list(per_seed.values()))
         # the best preset: mean mIoU over the seeds that ran every preset (the first round's)
         h2_first = {m: statistics.fmean(r["miou"] for r in rows if r["shift"] == f and r["method"] == m
@@ -115,6 +117,8 @@ def study_summary(results: dict[str, Any], filters: list[str], first_seeds: list
             "distortion_val_of_means": results["distortion"].get(f),
             "methods": methods,
             "recovery_of_means": recovery,
+            "recovery_note": None if recovery is not None or gap is None else
+            f"B2 is {100 * gap:.1f} mIoU points above B0 (under {100 * MIN_GAP:.0f}): nothing to recover, no ratio",
             "recovery_per_seed": per_seed,
             "recovery_mean_std": [rec_mean, rec_std],
             "best_preset": best,
@@ -164,7 +168,7 @@ def study_markdown(summary: dict[str, Any], meta: dict[str, Any], sweep_md: str)
         rec = s["recovery_of_means"]
         rm, rsd = s["recovery_mean_std"]
         lines.append(f"| {f} | {ms(m.get('B0'))} | {ms(m.get('B2'))} | {ms(m.get('H2:pool5'))} | "
-                     f"{'n/a' if rec is None else f'{rec:.2f}'} | "
+                     f"{s['recovery_note'] or 'n/a' if rec is None else f'{rec:.2f}'} | "
                      f"{'n/a' if not math.isfinite(rm) else f'{rm:.2f} ± {rsd:.2f}'} | "
                      f"{_best(s)} |")
     lines += ["", "Recovery: the share of B2's gain over B0 (fine-tuning with labels) that H2:pool5 gets without "
@@ -173,6 +177,15 @@ def study_markdown(summary: dict[str, Any], meta: dict[str, Any], sweep_md: str)
     body = sweep_md.split("\n", 1)[1] if sweep_md.startswith("# ") else sweep_md
     return "\n".join(lines) + "\n" + body.replace("(methods.png)", "(../figures/study-camvid-methods.png)") \
         .replace("(layers.png)", "(../figures/study-camvid-layers.png)")
+
+
+def _h1_text(run: Path) -> str:
+    """The shared H1 as a reader can judge it (its steps and D1 val mIoU), not as a path on the machine that ran it."""
+    try:
+        m = json.loads((run / "metrics.json").read_text())
+        return f"one H1 shared by all seeds ({m['step']} steps, D1 val mIoU {m['val']['miou']:.3f})"
+    except (OSError, KeyError, TypeError, ValueError):
+        return f"one H1 shared by all seeds ({run.name})"
 
 
 def main() -> int:
@@ -233,7 +246,7 @@ def main() -> int:
     meta = {
         "setup": (f"CamVid {cfg.data.crop_size[0]}x{cfg.data.crop_size[1]} (base size {cfg.data.base_size}), "
                   f"width {cfg.model.width} VGG-DeepLab from scratch, H1 "
-                  f"{'shared by all seeds: ' + args.h1 if args.h1 else f'{args.h1_iterations} steps per seed'}; "
+                  f"{_h1_text(Path(args.h1)) if args.h1 else f'{args.h1_iterations} steps per seed'}; "
                   f"seeds {args.seeds}; presets {args.presets} on the first {len(rounds(args)[0][1])} seed(s), "
                   f"pool5 on all; baselines {args.baselines}; B2 and regressions {args.iterations} steps "
                   f"(lr {cfg.experiment.finetune_lr} / {cfg.experiment.adapt_lr}); severity searched on "

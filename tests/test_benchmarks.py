@@ -1,12 +1,15 @@
-"""The regression-step benchmark compares like with like: every variant makes the same student update."""
+"""Benchmarks compare like with like: every regression-step variant makes the same student update, and the
+study sweep claims no recovery ratio where B2 gained nothing over B0."""
 
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import regression_step  # noqa: E402
+import study_sweep  # noqa: E402
 
 
 def _update(student: torch.nn.Module, before: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -29,3 +32,19 @@ def test_regression_step_variants_make_the_same_update(tmp_path):
     for name, tol in tolerance.items():
         err = (updates[name] - ref).norm() / ref.norm()
         assert err < tol, f"{name} makes a different update than naive (relative error {err:.2e})"
+
+
+def test_study_recovery_is_not_a_ratio_of_noise():
+    """(H2 - B0) / (B2 - B0) only where B2 beats B0 by a point or more; otherwise a note says why not."""
+    def results(b2: float) -> dict:
+        rows = [{"seed": 0, "shift": "ripple", "method": m, "miou": v, "mean_acc": v}
+                for m, v in (("B0", 0.20), ("B2", b2), ("H2:pool5", 0.21))]
+        summary = [{"shift": "ripple", "method": r["method"], "miou": r["miou"], "miou_std": 0.0,
+                    "mean_acc": r["mean_acc"], "mean_acc_std": 0.0, "seeds": 1} for r in rows]
+        return {"rows": rows, "summary": summary, "severity_search": [], "distortion": {}}
+
+    big = study_sweep.study_summary(results(0.24), ["ripple"], [0])["ripple"]
+    assert big["recovery_of_means"] == pytest.approx(0.25) and big["recovery_note"] is None
+    small = study_sweep.study_summary(results(0.204), ["ripple"], [0])["ripple"]
+    assert small["recovery_of_means"] is None and small["recovery_per_seed"] == {}
+    assert "nothing to recover" in small["recovery_note"]
