@@ -183,9 +183,9 @@ def _h1_text(run: Path) -> str:
     """The shared H1 as a reader can judge it (its steps and D1 val mIoU), not as a path on the machine that ran it."""
     try:
         m = json.loads((run / "metrics.json").read_text())
-        return f"one H1 shared by all seeds ({m['step']} steps, D1 val mIoU {m['val']['miou']:.3f})"
+        return f"shared by all seeds ({m['step']} steps, D1 val mIoU {m['val']['miou']:.3f})"
     except (OSError, KeyError, TypeError, ValueError):
-        return f"one H1 shared by all seeds ({run.name})"
+        return f"shared by all seeds ({run.name})"
 
 
 def main() -> int:
@@ -219,12 +219,14 @@ def main() -> int:
     write_text_atomic(out / "config.toml", dumps_toml(cfg))
     t0 = time.perf_counter()
     parts: list[dict[str, Any]] = []
+    resumed: list[str] = []
     start: dict[str, float] = {}
     first: Path | None = None
     for name, seeds, presets in rounds(args):
         rdir = out / name
         if (rdir / "results.json").is_file():  # a finished round is kept: the benchmark resumes by round
             res = _finite(json.loads((rdir / "results.json").read_text()))
+            resumed.append(name)
         else:
             c = study_config(args)
             c.experiment.seeds, c.experiment.layer_presets = seeds, presets
@@ -253,7 +255,8 @@ def main() -> int:
                   f"{args.search_images} train images, ± {cfg.shift.search_tolerance}; shift units "
                   f"{cfg.shift.units}; {args.probes} selection probes"),
         "args": vars(args),
-        "wall_s": round(time.perf_counter() - t0, 1),
+        "wall_s": round(time.perf_counter() - t0, 1),  # this invocation: rounds read back cost nothing here
+        "rounds_read_back": resumed,
     }
     report = {**meta, "shifts": summary, "environment": results["environment"]}
     write_json_atomic(out / f"{STUDY}.json", json_safe(report))
