@@ -34,7 +34,8 @@ from segadapt.checkpoint import write_json_atomic  # noqa: E402
 from segadapt.config import RunConfig, ShiftConfig, preset  # noqa: E402
 from segadapt.data import SegmentationDataset, make_transform  # noqa: E402
 from segadapt.data.d2 import d2_source, materialise_d2  # noqa: E402
-from segadapt.experiment import run_experiment, score  # noqa: E402
+from segadapt.evaluate import score  # noqa: E402
+from segadapt.experiment import run_experiment  # noqa: E402
 from segadapt.models.factory import load_factory  # noqa: E402
 from segadapt.models.modes import has_running_stats  # noqa: E402
 from segadapt.train import train  # noqa: E402

@@ -7,6 +7,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from segadapt import distributed
+from segadapt.config import RunConfig
+from segadapt.data import SegmentationDataset, SegmentationSource, make_transform
 from segadapt.metrics import Scores, confusion_matrix, scores
 from segadapt.models.modes import modes_restored
 
@@ -61,3 +63,10 @@ def evaluate(
 ) -> tuple[Scores, torch.Tensor]:
     conf = confusion(model, dataset, num_classes, ignore_index, device, batch_size, num_workers, desc, shard)
     return scores(conf), conf
+
+
+def score(model: torch.nn.Module, source: SegmentationSource, cfg: RunConfig, device: torch.device) -> Scores:
+    """`model` on a whole labelled source, through the config's evaluation transform (no augmentation)."""
+    ds = SegmentationDataset(source, make_transform(cfg.data, False, source.info.ignore_index))
+    s, _ = evaluate(model, ds, source.info.num_classes, source.info.ignore_index, device, desc="score")
+    return s

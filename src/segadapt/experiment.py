@@ -34,7 +34,7 @@ from segadapt.data import SegmentationDataset, SegmentationSource, build_source,
 from segadapt.data.d2 import d2_source, materialise_d2, with_shift
 from segadapt.data.pairs import PairedDataset
 from segadapt.errors import ConfigError, DataError
-from segadapt.evaluate import evaluate
+from segadapt.evaluate import score
 from segadapt.losses import LAYER_PRESETS
 from segadapt.metrics import Scores, distortion
 from segadapt.models import build_model
@@ -46,12 +46,6 @@ from segadapt.selection import agreement, finite_or_none, spearman
 from segadapt.train import train
 
 METRICS = ("mean_acc", "miou", "pixel_acc")
-
-
-def score(model: torch.nn.Module, source: SegmentationSource, cfg: RunConfig, device: torch.device) -> Scores:
-    ds = SegmentationDataset(source, make_transform(cfg.data, False, source.info.ignore_index))
-    s, _ = evaluate(model, ds, source.info.num_classes, source.info.ignore_index, device, desc="score")
-    return s
 
 
 def _row(seed: int, shift: str, method: str, s: Scores) -> dict[str, Any]:

@@ -202,7 +202,7 @@ def h1_measure(
     shift.search_images images of the train split; and what was scored (split, images, clean scores)."""
     from segadapt.data import build_source
     from segadapt.data.d2 import filtered_source, with_shift
-    from segadapt.experiment import score
+    from segadapt.evaluate import score
     from segadapt.metrics import distortion
 
     split = cfg.data.train_split

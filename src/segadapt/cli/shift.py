@@ -139,7 +139,8 @@ def cmd_distortion(args: argparse.Namespace) -> int:
     from segadapt.checkpoint import write_json_atomic
     from segadapt.data import build_source
     from segadapt.data.d2 import d2_source, same_shift
-    from segadapt.experiment import json_safe, score
+    from segadapt.evaluate import score
+    from segadapt.experiment import json_safe
     from segadapt.metrics import distortion
     from segadapt.runtime import select_device
     from segadapt.selection import finite_or_none
