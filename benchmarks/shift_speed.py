@@ -6,14 +6,18 @@ For each size (a CamVid frame upscaled with cv2.resize, written as a PNG) and fi
   process's peak resident memory (interpreter and libraries included);
 * gegl: the CLI on the same PNG, as the gegl backend runs it (process start, PNG decode, filter, crop, PNG
   encode), and a `gegl:nop` run on the same PNG, which costs the same start and I/O; GEGL's compute is
-  CLI - nop (photocopy writes a 16-bit grey PNG, cheaper than nop's 8-bit RGB, so this slightly favours GEGL);
+  CLI - nop (photocopy writes a 16-bit grey PNG, cheaper than nop's 16-bit RGB, so this slightly favours GEGL);
   peak resident memory of the CLI process;
 * gegl, twice: the same CLI run with the filter chained twice (`-- gegl:<filter> gegl:<filter>`). The second
   application is one more filter's compute and nothing else (same process, same input decode, same output
   format), so GEGL's compute is also CLI(2 filters) - CLI(1 filter), which needs no nop whose output format
-  differs (photocopy writes a 16-bit grey PNG, cheaper to encode than nop's 8-bit RGB: CLI - nop then
+  differs (photocopy writes a 16-bit grey PNG, cheaper to encode than nop's 16-bit RGB: CLI - nop then
   undercounts photocopy, down to nothing at 1920x1080);
-* ratios: CLI / native, (CLI - nop) / native and (CLI twice - CLI) / native, from medians; the kinds of run are
+* gegl, matched: a near-free op whose output PNG has the filter's own format (photocopy: `gegl:gray`, 16-bit
+  grey; ripple and cubism: `gegl:opacity value=1`, 16-bit RGBA; nop writes 16-bit RGB), so CLI - matched
+  removes start, decode and the same encode, and leaves the filter with its format conversions;
+* ratios: CLI / native, (CLI - nop), (CLI - matched) and (CLI twice - CLI) over native, from medians; the kinds
+  of run are
   interleaved so a machine that gets busier or quieter affects all alike. Where a difference is within the
   spread of the runs it subtracts (small frames: GEGL's compute is lost in its start-up), its ratio is null
   rather than a ratio of noise.
@@ -53,6 +57,7 @@ SIZES = {"480x360": (480, 360), "1920x1080": (1920, 1080), "7680x4320": (7680, 4
 REPEATS = {"480x360": 5, "1920x1080": 3, "7680x4320": 1}
 FILTERS = ("photocopy", "ripple", "cubism")
 GEGL_DEFAULTS: dict[str, dict[str, Any]] = {"photocopy": {}, "ripple": {}, "cubism": {"seed": 0}}
+MATCHED = {"photocopy": ["gegl:gray"], "ripple": ["gegl:opacity", "value=1.0"], "cubism": ["gegl:opacity", "value=1.0"]}
 
 
 def child_native(name: str, png: str, repeat: int) -> None:
@@ -95,7 +100,12 @@ def _ratio(value: float | None) -> str:
 
 
 def gegl_cmd(png: Path, out: Path, op: str, width: int, height: int, times: int = 1) -> list[str]:
-    ops = (cli_args(op, GEGL_DEFAULTS[op]) if op != "nop" else ["gegl:nop"]) * times
+    if op == "nop":
+        ops = ["gegl:nop"]
+    elif op.startswith("matched:"):
+        ops = MATCHED[op.split(":", 1)[1]]
+    else:
+        ops = cli_args(op, GEGL_DEFAULTS[op]) * times
     crop = ["gegl:crop", "x=0", "y=0", f"width={width}", f"height={height}"]
     return [shutil.which("gegl") or "gegl", str(png), "-o", str(out), "--", *ops, *crop]
 
@@ -116,7 +126,8 @@ def bench_size(
         native_mb = gegl_mb = 0.0
         cli: list[float] = []
         twice: list[float] = []
-        for _ in range(repeat):  # interleaved: native, gegl, gegl twice, nop
+        matched: list[float] = []
+        for _ in range(repeat):  # interleaved: native, gegl, gegl twice, matched, nop
             _, mb, text = run_measured([*me, "--child", name, str(png), "1"])
             native += json.loads(text)["times"]
             native_mb = max(native_mb, mb)
@@ -125,6 +136,7 @@ def bench_size(
                 cli.append(wall)
                 gegl_mb = max(gegl_mb, mb)
                 twice.append(run_measured(gegl_cmd(png, out, name, width, height, times=2))[0])
+                matched.append(run_measured(gegl_cmd(png, out, f"matched:{name}", width, height))[0])
                 wall, mb, _ = run_measured(gegl_cmd(png, out, "nop", width, height))
                 nop.append(wall)
                 nop_mb = max(nop_mb, mb)
@@ -139,15 +151,21 @@ def bench_size(
             resolved = compute > noise
             chained = statistics.median(twice) - t_cli  # one more application of the filter, nothing else
             chain_noise = max(cli) - min(cli) if len(cli) > 1 else 0.0
+            t_matched = statistics.median(matched)
+            matched_noise = max(matched) - min(matched) if len(matched) > 1 else 0.0
             row.update({"gegl_cli_s": t_cli, "gegl_cli_runs_s": cli, "gegl_nop_s": t_nop, "gegl_nop_runs_s": nop,
                         "gegl_compute_s": compute, "gegl_nop_spread_s": noise, "vs_cli": t_cli / t_native,
                         "vs_compute": compute / t_native if resolved else None,
                         "gegl_twice_runs_s": twice, "gegl_compute_chained_s": chained,
-                        "gegl_cli_spread_s": chain_noise,
+                        "gegl_cli_spread_s": chain_noise, "gegl_matched_op": " ".join(MATCHED[name]),
+                        "gegl_matched_runs_s": matched, "gegl_compute_matched_s": t_cli - t_matched,
+                        "vs_compute_matched": (t_cli - t_matched) / t_native if t_cli - t_matched > matched_noise
+                        else None,
                         "vs_compute_chained": chained / t_native if chained > chain_noise else None,
                         "gegl_peak_mb": round(gegl_mb, 1), "gegl_nop_peak_mb": round(nop_mb, 1)})
         rows.append(row)
         ratio = (f"{row['vs_cli']:6.2f}x CLI {_ratio(row.get('vs_compute'))} compute (nop) "
+                 f"{_ratio(row.get('vs_compute_matched'))} (matched) "
                  f"{_ratio(row.get('vs_compute_chained'))} (chained)") if have_gegl else ""
         gegl_txt = f"gegl {row['gegl_cli_s']:7.3f} s (nop {row['gegl_nop_s']:.3f})" if have_gegl else ""
         print(f"{label:>10} {name:<10} native {t_native:7.3f} s {native_mb:7.0f} MB  {gegl_txt}  {ratio}",
