@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from segadapt.adapt import adapt
-from segadapt.checkpoint import load_model
 from segadapt.config import preset
 from segadapt.data import JointTransform
 from segadapt.data.pairs import PairedDataset, ShiftedSource
@@ -15,6 +14,7 @@ from segadapt.data.synthetic import SyntheticScenes
 from segadapt.errors import CheckpointError, ConfigError, DataError, SegadaptError
 from segadapt.losses import W_INC, resolve_layers
 from segadapt.models import VGGDeepLab
+from segadapt.models.loading import load_model
 
 
 def darken(image: np.ndarray, seed: int) -> np.ndarray:

@@ -15,6 +15,7 @@ from segadapt import checkpoint as ckpt
 from segadapt.cli import main
 from segadapt.config import DataConfig, from_dict, preset, read_toml
 from segadapt.data import build_source, make_transform
+from segadapt.models.loading import load_model
 from tiny_hf import SEGFORMER, UPERNET, SmallCNN, hf_net, trained_looking_cnn
 
 transformers = pytest.importorskip("transformers", reason="HF models need transformers (pip install 'segadapt[hf]')")
@@ -87,7 +88,7 @@ def test_adapting_an_hf_directory_writes_a_from_pretrained_model_with_h1s_head(f
     back = transformers.AutoModelForSemanticSegmentation.from_pretrained(run / "hf_model", local_files_only=True)
     assert main(["evaluate", "--model", str(run)]) == 0
     assert f"wrote {run / 'eval_synthetic_val.json'}" in capsys.readouterr().out
-    used, meta = ckpt.load_model(run)  # what evaluate scored
+    used, meta = load_model(run)  # what evaluate scored
     assert meta["arch"] == "hf" and meta["image_mean"] == pytest.approx([0.4, 0.5, 0.6])
     x = _val_images(run)
     with torch.no_grad():
@@ -219,7 +220,7 @@ def test_a_factory_h1_adapts_and_comes_back_as_a_state_dict(factory, weights, fa
     assert main(["evaluate", "--model", str(run)]) == 2  # a model file alone never makes segadapt run code
     assert f"--trust-factory {spec}" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(run), "--trust-factory", spec]) == 0
-    used, _ = ckpt.load_model(run, trusted_factories=[spec])
+    used, _ = load_model(run, trusted_factories=[spec])
     x = torch.randn(2, 3, 32, 48)
     with torch.no_grad():
         out = fresh(x)

@@ -13,7 +13,7 @@ from segadapt import checkpoint as ckpt
 from segadapt.errors import ConfigError
 from segadapt.models import ARCHS, NEEDS_TRANSFORMERS, HookedModel, SegmentationModel, build_model
 from segadapt.models.contract import check_taps, deepest
-from segadapt.models.loading import rebuild_meta
+from segadapt.models.loading import load_model, rebuild_meta
 from tiny_hf import SEGFORMER, UPERNET
 
 NUM_CLASSES = 3
@@ -144,7 +144,7 @@ def test_registry_models_round_trip_through_a_model_file(arch, tmp_path):
     torch.manual_seed(0)
     m = _registry(arch)().eval()
     ckpt.save_model(tmp_path / ckpt.MODEL_FILE, m, {"arch": arch, "num_classes": NUM_CLASSES, "width": 0.125})
-    back, meta = ckpt.load_model(tmp_path)
+    back, meta = load_model(tmp_path)
     x = torch.randn(X)
     assert meta["arch"] == arch and torch.equal(back(x), m(x))
 
@@ -156,6 +156,6 @@ def test_wrapped_models_round_trip_through_a_model_file(name, tmp_path):
     m = MODELS[name]().eval()
     meta = {"arch": name, "num_classes": NUM_CLASSES, "width": 1.0, **rebuild_meta(m)}
     ckpt.save_model(tmp_path / ckpt.MODEL_FILE, m, meta)
-    back, _ = ckpt.load_model(tmp_path, trusted_factories=["tiny_hf:small_cnn"])
+    back, _ = load_model(tmp_path, trusted_factories=["tiny_hf:small_cnn"])
     x = torch.randn(X)
     assert type(back) is type(m) and torch.equal(back(x), m(x))

@@ -19,7 +19,7 @@ from segadapt.models.factory import (
     parse_kwargs,
     save_factory_weights,
 )
-from segadapt.models.loading import load_any, rebuild_meta
+from segadapt.models.loading import load_any, load_model, rebuild_meta
 from tiny_hf import NUM_CLASSES, SmallCNN, trained_looking_cnn
 
 X = (2, 3, 32, 48)
@@ -131,9 +131,9 @@ def test_a_model_file_names_its_factory_but_runs_it_only_when_trusted(weights, t
     model, meta = load_factory("tiny_hf:small_cnn", weights[0], {"width": 6})
     ckpt.save_model(tmp_path / ckpt.MODEL_FILE, model, {**meta, "step": 5})
     with pytest.raises(CheckpointError, match="--factory tiny_hf:small_cnn") as e:
-        ckpt.load_model(tmp_path)
+        load_model(tmp_path)
     assert "runs that code" in str(e.value)
-    back, back_meta = ckpt.load_model(tmp_path, trusted_factories=["tiny_hf:small_cnn"])
+    back, back_meta = load_model(tmp_path, trusted_factories=["tiny_hf:small_cnn"])
     x = torch.randn(X)
     assert isinstance(back, FactoryModel) and torch.equal(back(x), model(x)) and back_meta["step"] == 5
     assert rebuild_meta(model)["factory"] == meta["factory"]

@@ -16,6 +16,7 @@ from segadapt.models import build_model
 from segadapt.models.contract import check_taps
 from segadapt.models.hf import HFSegmentation, stage_weights
 from segadapt.models.hf_dir import is_hf_dir, load_hf_dir, save_hf_dir, segformer_b0
+from segadapt.models.loading import load_model
 from segadapt.models.modes import set_norm_mode
 from tiny_hf import NUM_CLASSES, SEGFORMER, UPERNET, hf_net
 
@@ -144,7 +145,7 @@ def test_a_segadapt_model_file_of_an_hf_h1_rebuilds_without_the_directory(saved,
     _, folder, _ = saved
     meta = load_hf_dir(folder)[1]
     ckpt.save_model(tmp_path / ckpt.MODEL_FILE, h1, {**meta, "step": 3})
-    back, back_meta = ckpt.load_model(tmp_path)
+    back, back_meta = load_model(tmp_path)
     x = torch.randn(X)
     assert isinstance(back, HFSegmentation) and back_meta["step"] == 3
     assert all(torch.equal(v, h1.state_dict()[k]) for k, v in back.state_dict().items())
@@ -269,7 +270,7 @@ def test_adapt_runs_end_to_end_on_an_hf_h1(saved, tmp_path):
     cfg.train.iterations, cfg.train.batch_size, cfg.train.lr, cfg.train.threads = 4, 4, 0.01, 1
     before = {k: v.clone() for k, v in h1.state_dict().items()}
     adapt(cfg, tmp_path, pairs, teacher=h1, h1_meta=meta)
-    h2, h2_meta = ckpt.load_model(tmp_path)
+    h2, h2_meta = load_model(tmp_path)
     after = h2.state_dict()
     heads = tuple(f"net.{h}." for h in h1.layout.head)
     assert isinstance(h2, HFSegmentation) and h2_meta["image_mean"] == meta["image_mean"]

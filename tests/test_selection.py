@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from segadapt.adapt import adapt
-from segadapt.checkpoint import load_model
 from segadapt.config import preset
 from segadapt.data import JointTransform
 from segadapt.data.pairs import PairedDataset, ShiftedSource
 from segadapt.data.synthetic import SyntheticScenes
 from segadapt.models import VGGDeepLab
+from segadapt.models.loading import load_model
 from segadapt.selection import agreement, probe_steps, spearman, split_holdout
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from segadapt import checkpoint as ckpt
-from segadapt.checkpoint import load_model
 from segadapt.data.sampler import EpochSampler
+from segadapt.models.loading import load_model
 from segadapt.run import poly_lr
 from segadapt.train import train
 from tiny import tiny_train_config

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -158,22 +158,6 @@ def load_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise CheckpointError(f"{p}: a resume point, not a model; pass the run directory (or its {MODEL_FILE}), "
                               f"or continue the run with segadapt {command} --resume")
     return tensors, meta
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu",
-               trusted_factories: Collection[str] = ()) -> tuple[Any, dict[str, Any]]:
-    """Rebuild a model from a segadapt model file (or run directory) and its metadata, in eval mode.
-
-    Built-in architectures come from the registry, transformers models from the recorded config; a model
-    made by a Python factory is rebuilt only if that factory is in `trusted_factories` (it runs code).
-    """
-    from segadapt.models.loading import rebuild
-
-    p = resolve_model_path(path)  # errors name the file, not the run directory holding it
-    tensors, meta = load_model_file(p)
-    model = rebuild(meta, p, trusted_factories)
-    load_weights(model, tensors, p)
-    return model.to(device).eval(), meta
 
 
 def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path | str) -> None:

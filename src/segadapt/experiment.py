@@ -28,7 +28,6 @@ import torch
 
 from segadapt import checkpoint as ckpt
 from segadapt.adapt import adapt, load_h1
-from segadapt.checkpoint import load_model
 from segadapt.config import ExperimentConfig, RunConfig, dumps_toml
 from segadapt.data import SegmentationDataset, SegmentationSource, build_source, make_transform
 from segadapt.data.d2 import d2_source, materialise_d2, with_shift
@@ -39,7 +38,7 @@ from segadapt.losses import LAYER_PRESETS
 from segadapt.metrics import Scores, distortion
 from segadapt.models import build_model
 from segadapt.models.contract import SegmentationModel, conform, sweep_presets, tap_listing
-from segadapt.models.loading import data_norm, rebuild
+from segadapt.models.loading import data_norm, load_model, rebuild
 from segadapt.paths import check_name, remove_tree
 from segadapt.runtime import environment, select_device
 from segadapt.selection import agreement, finite_or_none, spearman

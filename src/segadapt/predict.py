@@ -62,7 +62,7 @@ MIN_TILE = 32
 
 def load(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """The one place predict and export load a model: every format segadapt can load goes through here."""
-    from segadapt.checkpoint import load_model
+    from segadapt.models.loading import load_model
 
     return load_model(path, device)
 

@@ -7,7 +7,7 @@ are module paths. The spec (function, kwargs, weights sha256) is recorded so an 
 and the adapted weights are written as a plain state dict the factory's module loads with load_state_dict.
 
 Calling a factory runs its code: segadapt only calls one the user named (on the command line, or trusted
-when a model file names it; see checkpoint.load_model), never one a file alone asks for.
+when a model file names it; see models.loading.load_model), never one a file alone asks for.
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def load_factory(target: str, weights: str | Path | None = None, kwargs: str | M
 
 
 def factory_meta(model: FactoryModel) -> dict[str, Any]:
-    """Model-file metadata that rebuilds `model` (given the factory is trusted; see checkpoint.load_model)."""
+    """Model-file metadata that rebuilds `model` (given the factory is trusted; see models.loading.load_model)."""
     return {"arch": "factory", "width": 1.0, "num_classes": model.num_classes, "factory": model.spec.to_meta(),
             "factory_head": model.head}
 

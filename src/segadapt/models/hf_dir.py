@@ -158,7 +158,7 @@ def _three(value: Any, path: Path) -> list[float]:
 
 
 def hf_meta(model: HFSegmentation, source: str | Path | None = None) -> dict[str, Any]:
-    """Model-file metadata that rebuilds `model` with no directory at hand (checkpoint.load_model)."""
+    """Model-file metadata that rebuilds `model` with no directory at hand (models.loading.load_model)."""
     config = model.net.config
     labels = {int(k): str(v) for k, v in (config.id2label or {}).items()}
     ignore = getattr(config, "semantic_loss_ignore_index", getattr(config, "loss_ignore_index", 255))

@@ -21,13 +21,27 @@ H1_FORMS = ("a segadapt run directory or model.safetensors, a transformers model
             "model.safetensors), or a Python factory package.module:function")
 
 
+def load_model(path: str | Path, device: torch.device | str = "cpu",
+               trusted_factories: Collection[str] = ()) -> tuple[Any, dict[str, Any]]:
+    """Rebuild a model from a segadapt model file (or run directory) and its metadata, in eval mode.
+
+    Built-in architectures come from the registry, transformers models from the recorded config; a model
+    made by a Python factory is rebuilt only if that factory is in `trusted_factories` (it runs code).
+    """
+    p = ckpt.resolve_model_path(path)  # errors name the file, not the run directory holding it
+    tensors, meta = ckpt.load_model_file(p)
+    model = rebuild(meta, p, trusted_factories)
+    ckpt.load_weights(model, tensors, p)
+    return model.to(device).eval(), meta
+
+
 def load_any(spec: str | Path, device: torch.device | str = "cpu", weights: str | Path | None = None,
              kwargs: str | Mapping[str, Any] | None = None,
              trusted_factories: Collection[str] = ()) -> tuple[nn.Module, dict[str, Any]]:
     """H1 (eval mode) and its metadata from any supported spec.
 
     `weights` and `kwargs` belong to a factory spec. `trusted_factories`: factories a segadapt model file may
-    name and have called (see checkpoint.load_model); the factory given as `spec` itself is trusted.
+    name and have called (see load_model); the factory given as `spec` itself is trusted.
     """
     text = str(spec)
     path = Path(text)
@@ -46,7 +60,7 @@ def load_any(spec: str | Path, device: torch.device | str = "cpu", weights: str 
     if path.is_dir() and not (path / ckpt.MODEL_FILE).is_file():
         raise CheckpointError(f"{path}: neither a run directory (no {ckpt.MODEL_FILE}) nor a transformers model "
                               f"directory (no config.json); pass {H1_FORMS}")
-    return ckpt.load_model(path, device, trusted_factories=trusted_factories)
+    return load_model(path, device, trusted_factories=trusted_factories)
 
 
 def rebuild_meta(model: nn.Module) -> dict[str, Any]:
