@@ -95,6 +95,18 @@ def frame(width: int, height: int, images: Path) -> np.ndarray:
     return cv2.resize(cv2.imread(str(paths[0]), cv2.IMREAD_COLOR), (width, height), interpolation=cv2.INTER_CUBIC)
 
 
+def _difference(runs: list[float], subtracted: list[float]) -> tuple[float, float]:
+    """Median of `runs` minus median of `subtracted`, and the spread of `subtracted` (0 from a single run)."""
+    spread = max(subtracted) - min(subtracted) if len(subtracted) > 1 else 0.0
+    return statistics.median(runs) - statistics.median(subtracted), spread
+
+
+def _over(compute: float, noise: float, native: float) -> float | None:
+    """GEGL's compute over native's time; None where the compute is within the noise of what was subtracted
+    (a difference of noise is not a compute time, so no ratio is claimed)."""
+    return compute / native if compute > noise else None
+
+
 def _ratio(value: float | None) -> str:
     return "  n/a " if value is None else f"{value:6.2f}x"
 
@@ -145,23 +157,17 @@ def bench_size(
                                "native_peak_mb": round(native_mb, 1)}
         if have_gegl:
             t_cli, t_nop = statistics.median(cli), statistics.median(nop)
-            compute = t_cli - t_nop
-            # below the spread of the nop runs, CLI - nop is noise, not GEGL's compute: no ratio is claimed
-            noise = max(nop) - min(nop) if len(nop) > 1 else 0.0
-            resolved = compute > noise
-            chained = statistics.median(twice) - t_cli  # one more application of the filter, nothing else
-            chain_noise = max(cli) - min(cli) if len(cli) > 1 else 0.0
-            t_matched = statistics.median(matched)
-            matched_noise = max(matched) - min(matched) if len(matched) > 1 else 0.0
+            compute, noise = _difference(cli, nop)
+            chained, chain_noise = _difference(twice, cli)  # one more application of the filter, nothing else
+            matched_compute, matched_noise = _difference(cli, matched)
             row.update({"gegl_cli_s": t_cli, "gegl_cli_runs_s": cli, "gegl_nop_s": t_nop, "gegl_nop_runs_s": nop,
                         "gegl_compute_s": compute, "gegl_nop_spread_s": noise, "vs_cli": t_cli / t_native,
-                        "vs_compute": compute / t_native if resolved else None,
+                        "vs_compute": _over(compute, noise, t_native),
                         "gegl_twice_runs_s": twice, "gegl_compute_chained_s": chained,
                         "gegl_cli_spread_s": chain_noise, "gegl_matched_op": " ".join(MATCHED[name]),
-                        "gegl_matched_runs_s": matched, "gegl_compute_matched_s": t_cli - t_matched,
-                        "vs_compute_matched": (t_cli - t_matched) / t_native if t_cli - t_matched > matched_noise
-                        else None,
-                        "vs_compute_chained": chained / t_native if chained > chain_noise else None,
+                        "gegl_matched_runs_s": matched, "gegl_compute_matched_s": matched_compute,
+                        "vs_compute_matched": _over(matched_compute, matched_noise, t_native),
+                        "vs_compute_chained": _over(chained, chain_noise, t_native),
                         "gegl_peak_mb": round(gegl_mb, 1), "gegl_nop_peak_mb": round(nop_mb, 1)})
         rows.append(row)
         ratio = (f"{row['vs_cli']:6.2f}x CLI {_ratio(row.get('vs_compute'))} compute (nop) "
