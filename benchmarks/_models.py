@@ -17,7 +17,6 @@ from segadapt.models import build_model
 
 CAMVID_CLASSES = ("sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car", "pedestrian",
                   "bicyclist")
-CAMVID_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 
 
 def camvid_val_files(root: Path, count: int) -> list[Path]:

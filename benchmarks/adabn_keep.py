@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from _paths import CAMVID_ROOT
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bn_cnn, the factory
 
 from segadapt.checkpoint import write_json_atomic  # noqa: E402
@@ -40,7 +42,6 @@ from segadapt.models.factory import load_factory  # noqa: E402
 from segadapt.models.modes import has_running_stats  # noqa: E402
 from segadapt.train import train  # noqa: E402
 
-CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 FACTORY = "bn_cnn:build"
 KWARGS = {"classes": 11, "width": 16}
 
@@ -79,7 +80,7 @@ def adabn_alone(h1: torch.nn.Module, cfg: RunConfig, device: torch.device) -> to
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
-    p.add_argument("--root", default=str(CAMVID), help="CamVid root")
+    p.add_argument("--root", default=str(CAMVID_ROOT), help="CamVid root")
     p.add_argument("--h1-iterations", type=int, default=2000)
     p.add_argument("--iterations", type=int, default=500, help="B2 and regression budget")
     args = p.parse_args()

@@ -21,11 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _paths import CAMVID_ROOT, recorded
 from segadapt.checkpoint import write_json_atomic
 from segadapt.config import RunConfig, ShiftConfig, preset
 from segadapt.experiment import run_experiment
-
-CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 
 
 def synthetic_ripple(args: argparse.Namespace) -> RunConfig:
@@ -106,7 +105,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("setup", choices=sorted(SETUPS))
     p.add_argument("--out", required=True)
-    p.add_argument("--root", default=str(CAMVID), help="CamVid root (camvid-photocopy)")
+    p.add_argument("--root", default=str(CAMVID_ROOT), help="CamVid root (camvid-photocopy)")
     p.add_argument("--h1", default="", help="reuse a trained H1 (run directory) instead of training one")
     p.add_argument("--iterations", type=int, default=0, help="B2 and regression budget (default per setup)")
     p.add_argument("--seeds", type=int, nargs="*", default=None)
@@ -127,7 +126,7 @@ def main() -> int:
         "distortion": results["distortion"].get(shift),
         **verdict(results, shift, HEADLINE.get(args.setup, "pool5")),
         "seeds": cfg.experiment.seeds,
-        "h1_iterations": cfg.train.iterations if not args.h1 else f"reused {args.h1}",
+        "h1_iterations": cfg.train.iterations if not args.h1 else f"reused {recorded(args.h1)}",
         "adapt_iterations": cfg.experiment.iterations,
         "wall_s": round(time.perf_counter() - t0, 1),
         "environment": results["environment"],

@@ -31,12 +31,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from _measure import finish, load_average
+from _paths import CAMVID_ROOT
 from segadapt.config import RunConfig, preset
 from segadapt.data import build_dataset
 from segadapt.data.sampler import EpochSampler
 from segadapt.models import build_model
-
-CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 
 
 def make_loader(dataset: Dataset, batch: int, workers: int) -> DataLoader:
@@ -105,7 +104,7 @@ def main() -> int:
     p.add_argument("--batches", type=int, default=20, help="timed batches per loader measurement")
     p.add_argument("--steps", type=int, default=10, help="timed training steps per measurement")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--camvid", type=Path, default=CAMVID, help="CamVid root (skipped when absent)")
+    p.add_argument("--camvid", type=Path, default=CAMVID_ROOT, help="CamVid root (skipped when absent)")
     p.add_argument("--quick", action="store_true", help="tiny sanity run: few batches, no CamVid model")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args()

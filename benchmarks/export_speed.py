@@ -21,14 +21,13 @@ from pathlib import Path
 import torch
 
 from _measure import load_average
-from _models import CAMVID_ROOT, camvid_model, camvid_val_files
+from _models import camvid_model, camvid_val_files
+from _paths import CAMVID_ROOT, REPO, recorded
 from segadapt.checkpoint import write_json_atomic
 from segadapt.data.base import read_image
 from segadapt.export import Normalised, export, samples_at_scale
 from segadapt.predict import load
 from segadapt.runtime import environment
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
@@ -36,7 +35,7 @@ def main() -> int:
     p.add_argument("--model", type=Path, help="model file or run (default: a fresh width-0.25 VGG-DeepLab)")
     p.add_argument("--images", type=int, default=101, help="CamVid val frames (101 = all)")
     p.add_argument("--root", type=Path, default=CAMVID_ROOT)
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "export_speed.json")
+    p.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "export_speed.json")
     args = p.parse_args()
     import onnxruntime as ort
 
@@ -62,7 +61,7 @@ def main() -> int:
                    "onnxruntime": lambda x: torch.from_numpy(session.run(["logits"], {"image": x.numpy()})[0])}
         result = compare(runners, samples_at_scale(frames, base))
     result = {"date": time.strftime("%Y-%m-%d"), "images": len(files), "frames": "CamVid val, base-size resized",
-              "model": str(args.model) if args.model else "fresh width-0.25 VGG-DeepLab", **result,
+              "model": recorded(args.model) if args.model else "fresh width-0.25 VGG-DeepLab", **result,
               "verification": {f: r["verification"] for f, r in reports.items()},
               "threads": torch.get_num_threads(), "load_average": load_average(), "environment": environment()}
     write_json_atomic(args.out, result)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from _measure import load_average
+from _paths import CAMVID_ROOT
 from segadapt.adapt import adapt
 from segadapt.checkpoint import write_json_atomic, write_text_atomic
 from segadapt.config import RunConfig, ShiftConfig, preset
@@ -39,8 +40,6 @@ from segadapt.models.loading import load_model
 from segadapt.runtime import environment, select_device
 from segadapt.shifts.write import recorded_transforms
 from segadapt.train import train
-
-CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 
 
 def base_config(root: str, iterations: int) -> RunConfig:
@@ -125,7 +124,7 @@ def markdown(results: dict[str, Any]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--h1", required=True, help="H1 run directory (trained on CamVid at 120x160)")
-    p.add_argument("--root", default=str(CAMVID))
+    p.add_argument("--root", default=str(CAMVID_ROOT))
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--severities", type=float, nargs="+", default=[0.0, 0.5, 1.0])
     p.add_argument("--methods", nargs="+", default=["none", "ecc", "features"])

@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from _measure import load_average
-from _models import CAMVID_ROOT, camvid_model
+from _models import camvid_model
+from _paths import CAMVID_ROOT, REPO, recorded
 from segadapt.checkpoint import write_json_atomic
 from segadapt.runtime import environment
 
-ROOT = Path(__file__).resolve().parents[1]
 LIMIT_MB = 2048
 STRIP = 512
 
@@ -91,7 +91,7 @@ def main() -> int:
     p.add_argument("--flags", default="", help="extra predict flags, e.g. '--tile 512 --memory-mb 768'")
     p.add_argument("--workdir", type=Path, help="folder for the raster and outputs (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the raster and outputs")
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "predict_large.json")
+    p.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "predict_large.json")
     args = p.parse_args()
     if not Path("/usr/bin/time").is_file():
         print("needs GNU time at /usr/bin/time: apt-get install -y time", file=sys.stderr)
@@ -117,7 +117,7 @@ def main() -> int:
             return code
         measured = parse_time_v(text)
         result = {"date": time.strftime("%Y-%m-%d"), "size": [args.size, args.size], "bands": 3, "dtype": "uint8",
-                  "model": str(args.model) if args.model else "fresh width-0.25 VGG-DeepLab (weights do not "
+                  "model": recorded(args.model) if args.model else "fresh width-0.25 VGG-DeepLab (weights do not "
                   "change speed or memory)", "flags": args.flags, "raster_written_s": round(written, 1),
                   **measured, "limit_mb": LIMIT_MB, "under_limit": measured["peak_rss_mb"] < LIMIT_MB,
                   "cores": os.cpu_count(), "load_average_before": load_before, "load_average_after": load_average(),

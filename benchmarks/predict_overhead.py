@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from _measure import load_average
-from _models import CAMVID_ROOT, camvid_model, camvid_val_files
+from _models import camvid_model, camvid_val_files
+from _paths import CAMVID_ROOT, REPO, recorded
 from segadapt.checkpoint import write_json_atomic
 from segadapt.config import DataConfig, from_dict
 from segadapt.data.base import read_image
@@ -33,8 +34,6 @@ from segadapt.predict import Predictor, load
 from segadapt.predict_job import RECORDS, PredictOptions, predict_file
 from segadapt.runtime import environment
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,7 +41,7 @@ def main() -> int:
                    "does not depend on the weights)")
     p.add_argument("--images", type=int, default=101, help="CamVid val frames (101 = all)")
     p.add_argument("--root", type=Path, default=CAMVID_ROOT)
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "predict_overhead.json")
+    p.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "predict_overhead.json")
     args = p.parse_args()
     files = camvid_val_files(args.root, args.images)
     with tempfile.TemporaryDirectory(prefix="segadapt-overhead-") as tmp:
@@ -77,7 +76,7 @@ def main() -> int:
     rate = {k: len(v) / sum(v) for k, v in times.items()}
     result = {"date": time.strftime("%Y-%m-%d"), "images": len(files), "frame": "CamVid val 480x360 JPEG",
               "network_size": entry["network_size"], "tiles_per_image": entry["tiles"],
-              "model": str(args.model) if args.model else "fresh width-0.25 VGG-DeepLab",
+              "model": recorded(args.model) if args.model else "fresh width-0.25 VGG-DeepLab",
               "bare_images_per_s": round(rate["bare"], 3), "predict_images_per_s": round(rate["predict"], 3),
               "overhead": round(1 - rate["predict"] / rate["bare"], 4),
               "median_s": {k: round(float(np.median(v)), 4) for k, v in times.items()},

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from _measure import load_average
-from _models import CAMVID_ROOT
+from _paths import CAMVID_ROOT, REPO, recorded
 from segadapt.checkpoint import write_json_atomic
 from segadapt.config import DataConfig, from_dict
 from segadapt.data.base import read_image, spread_indices
@@ -29,7 +29,6 @@ from segadapt.data.rasters import ArrayReader
 from segadapt.predict import Predictor, load, predict_image
 from segadapt.runtime import environment
 
-ROOT = Path(__file__).resolve().parents[1]
 FRAME_TILINGS = [(304, 152), (288, 144), (256, 128), (256, 64), (224, 112), (192, 96)]
 MOSAIC_TILINGS = [(512, 256), (512, 128), (448, 224), (384, 192), (384, 96), (256, 128)]
 FIGURE_TILING = (256, 128)
@@ -75,8 +74,8 @@ def main() -> int:
     p.add_argument("--model", type=Path, required=True, help="a trained model file or run (masks are shown)")
     p.add_argument("--images", type=int, default=10, help="val frames to compare on (spread over the split)")
     p.add_argument("--root", type=Path, default=CAMVID_ROOT)
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "predict_tiling.json")
-    p.add_argument("--figure", type=Path, default=ROOT / "docs" / "figures" / "predict-camvid.png")
+    p.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "predict_tiling.json")
+    p.add_argument("--figure", type=Path, default=REPO / "docs" / "figures" / "predict-camvid.png")
     args = p.parse_args()
     files = sorted((args.root / "val" / "images").glob("*.jpg"))
     if not files:
@@ -92,7 +91,7 @@ def main() -> int:
                          [frames[i + 2][..., None], frames[i + 3][..., None]]]).reshape(2 * h, 2 * w, 3)
                for i in range(0, len(frames) - 3, 4)]
     t = time.perf_counter()
-    result = {"date": time.strftime("%Y-%m-%d"), "model": str(args.model), "frames": [f.name for f in picked],
+    result = {"date": time.strftime("%Y-%m-%d"), "model": recorded(args.model), "frames": [f.name for f in picked],
               "frame_network_size": [round(h * scale), round(w * scale)],
               "frame": agreements(pred, frames, FRAME_TILINGS, scale),
               "mosaic_network_size": [round(2 * h * scale), round(2 * w * scale)],

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from _measure import load_average
+from _paths import CAMVID_ROOT
 from segadapt.checkpoint import write_json_atomic
 from segadapt.data.align import (
     AlignSettings,
@@ -42,7 +43,6 @@ from segadapt.runtime import environment
 from segadapt.shifts import apply_filter
 from segadapt.shifts.compose import geometry
 
-CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 VARIANTS = {  # name -> settings; "ecc-gradient" is the representation the module chose against
     "ecc": AlignSettings("ecc"),
     "features": AlignSettings("features"),
@@ -119,7 +119,7 @@ def figure(path: Path, x1: np.ndarray, x2: np.ndarray, truth: np.ndarray, estima
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", type=Path, default=CAMVID)
+    p.add_argument("--root", type=Path, default=CAMVID_ROOT)
     p.add_argument("--pairs", type=int, default=100)
     p.add_argument("--severities", type=float, nargs="+", default=[0.5, 1.0])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))

@@ -48,11 +48,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from _paths import CAMVID_ROOT, REPO  # light, as _process
 from _process import run_measured  # light: no torch in this script's children
 from segadapt.shifts.gegl import cli_args  # light: the native child must not pull in torch (its memory counts)
 
-ROOT = Path(__file__).resolve().parents[1]
-CAMVID_IMAGES = ROOT.parent / "shared" / "data" / "camvid" / "train" / "images"
+CAMVID_IMAGES = CAMVID_ROOT / "train" / "images"
 SIZES = {"480x360": (480, 360), "1920x1080": (1920, 1080), "7680x4320": (7680, 4320)}
 REPEATS = {"480x360": 5, "1920x1080": 3, "7680x4320": 1}
 FILTERS = ("photocopy", "ripple", "cubism")
@@ -240,7 +240,7 @@ def main() -> int:
     if args.child_raster:
         child_raster(*args.child_raster)
         return 0
-    default_out = ROOT / "docs" / "results" / ("shift_raster.json" if args.raster else "shift_speed.json")
+    default_out = REPO / "docs" / "results" / ("shift_raster.json" if args.raster else "shift_speed.json")
     out = args.out or (None if args.quick else default_out)
     before = machine()
     with tempfile.TemporaryDirectory(prefix="segadapt-shift-bench-") as tmp:

@@ -30,13 +30,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _paths import CAMVID_ROOT, recorded
 from segadapt.checkpoint import write_json_atomic, write_text_atomic
 from segadapt.config import STUDY_DISTORTIONS, RunConfig, dumps_toml, preset
 from segadapt.experiment import METRICS, across_presets, json_safe, run_experiment, summarise, write_results
 from segadapt.runtime import environment
 
-CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 STUDY = "study-camvid"
+PATH_ARGS = ("out", "root", "h1", "docs")  # recorded relative to the repository or ../shared
 MIN_GAP = 0.01  # B2 - B0 (mIoU) below which a recovery ratio divides noise by noise and is not reported
 
 
@@ -191,7 +192,7 @@ def _h1_text(run: Path) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
-    p.add_argument("--root", default=str(CAMVID), help="CamVid root")
+    p.add_argument("--root", default=str(CAMVID_ROOT), help="CamVid root")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--filters", nargs="+", default=list(STUDY_DISTORTIONS), choices=list(STUDY_DISTORTIONS))
     p.add_argument("--presets", nargs="+", default=["pool1", "pool2", "pool3", "pool4", "pool5", "all_inc", "all_dec"])
@@ -254,7 +255,7 @@ def main() -> int:
                   f"(lr {cfg.experiment.finetune_lr} / {cfg.experiment.adapt_lr}); severity searched on "
                   f"{args.search_images} train images, ± {cfg.shift.search_tolerance}; shift units "
                   f"{cfg.shift.units}; {args.probes} selection probes"),
-        "args": vars(args),
+        "args": {k: recorded(v) if k in PATH_ARGS and v else v for k, v in vars(args).items()},
         "wall_s": round(time.perf_counter() - t0, 1),  # this invocation: rounds read back cost nothing here
         "rounds_read_back": resumed,
     }

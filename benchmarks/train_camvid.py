@@ -12,16 +12,15 @@ import json
 import sys
 from pathlib import Path
 
+from _paths import CAMVID_ROOT
 from segadapt.checkpoint import write_json_atomic
 from segadapt.config import preset
 from segadapt.train import train
 
-CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
-
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", default=str(CAMVID))
+    p.add_argument("--root", default=str(CAMVID_ROOT))
     p.add_argument("--iterations", type=int, default=600, help="fixed budget of SGD steps (batch 8)")
     p.add_argument("--budget", type=float, default=0.0, help="optional wall-clock cap in seconds (0 = none)")
     p.add_argument("--lr", type=float, default=None)

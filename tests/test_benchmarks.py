@@ -1,6 +1,7 @@
 """Benchmarks compare like with like: every regression-step variant makes the same student update, and the
-study sweep claims no recovery ratio where B2 gained nothing over B0."""
+study sweep claims no recovery ratio where B2 gained nothing over B0; results name no machine's paths."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import regression_step  # noqa: E402
 import study_sweep  # noqa: E402
+from _paths import REPO, SHARED, recorded  # noqa: E402
 
 
 def _update(student: torch.nn.Module, before: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -48,3 +50,12 @@ def test_study_recovery_is_not_a_ratio_of_noise():
     small = study_sweep.study_summary(results(0.204), ["ripple"], [0])["ripple"]
     assert small["recovery_of_means"] is None and small["recovery_per_seed"] == {}
     assert "nothing to recover" in small["recovery_note"]
+
+
+def test_results_name_paths_relative_to_the_repository_or_shared(tmp_path):
+    assert recorded(REPO / "docs" / "results") == "docs/results"
+    assert recorded(SHARED / "data" / "camvid") == "../shared/data/camvid"
+    assert recorded(tmp_path / "run" / "model.safetensors") == "model.safetensors"  # elsewhere: the name alone
+    for f in sorted((REPO / "docs" / "results").glob("*.json")):
+        absolute = re.findall(r'"(/[A-Za-z][^"]*)"', f.read_text())
+        assert not absolute, f"{f.name} records machine paths {absolute[:3]}"
