@@ -23,6 +23,7 @@ def tiny(monkeypatch):
     cfg.data.synthetic_train, cfg.data.synthetic_val = 16, 4
     cfg.train.iterations, cfg.train.batch_size, cfg.train.threads = 4, 4, 1
     cfg.experiment.filters = ["dark"]
+    cfg.experiment.baselines = ["B0", "B1", "B2"]  # the demo leaves B1 out for time; the sweep runs all three
     cfg.experiment.layer_presets = ["pool2", "all_inc"]
     cfg.experiment.iterations = 3
     cfg.experiment.materialise_d2 = False  # the stand-in filter lives in this process only
@@ -131,3 +132,11 @@ def test_scores_of_zero_stay_zero_and_nan_is_written_as_null(tmp_path):
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["rows"][1]["miou"] is None and written["distortion"]["dark"] is None
     assert "| B0 | n/a | n/a | n/a |" in (tmp_path / "results.md").read_text()
+
+
+def test_the_table_legend_names_only_the_baselines_that_ran():
+    from segadapt.viz.report import method_legend
+
+    legend = method_legend({"H1", "B0", "B2", "H2:pool5"})
+    assert "B0: H1 on D2." in legend and "B2: H1 fine-tuned" in legend and "B1" not in legend
+    assert "H2:<layers>" in legend

@@ -43,6 +43,7 @@ from segadapt.paths import check_name, remove_tree
 from segadapt.runtime import environment, select_device
 from segadapt.selection import agreement, finite_or_none, spearman
 from segadapt.train import train
+from segadapt.viz.report import BASELINE_MEANINGS, method_legend
 
 METRICS = ("mean_acc", "miou", "pixel_acc")
 
@@ -51,7 +52,7 @@ def _row(seed: int, shift: str, method: str, s: Scores) -> dict[str, Any]:
     return {"seed": seed, "shift": shift, "method": method, **{m: getattr(s, m) for m in METRICS}}
 
 
-BASELINES = ("B0", "B1", "B2")
+BASELINES = tuple(BASELINE_MEANINGS)  # B0, B1, B2
 
 
 def check_experiment(cfg: RunConfig, model: SegmentationModel | None = None) -> None:
@@ -393,8 +394,7 @@ def markdown(results: dict[str, Any], figures: list[str]) -> str:
             if e["shift"] == s:
                 lines.append(f"| {e['method']} | {fmt(e, 'mean_acc')} | {fmt(e, 'miou')} | {fmt(e, 'pixel_acc')} |")
         lines.append("")
-    lines += ["B0: H1 on D2. B1: trained from scratch on D2 with D1 labels. B2: H1 fine-tuned on D2 with D1 labels.",
-              "H2:<layers>: H1 adapted by feature regression on those layers, without D2 labels.", ""]
+    lines += [method_legend({e["method"] for e in results["summary"]}), ""]
     lines += _selection_markdown(results)
     lines += [f"![{f}]({f})" for f in figures]
     return "\n".join(lines) + "\n"

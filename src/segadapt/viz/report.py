@@ -9,11 +9,21 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from segadapt.checkpoint import write_text_atomic
 from segadapt.errors import SegadaptError
+
+BASELINE_MEANINGS = {"B0": "H1 on D2", "B1": "trained from scratch on D2 with D1 labels",
+                     "B2": "H1 fine-tuned on D2 with D1 labels"}
+
+
+def method_legend(methods: Collection[str]) -> str:
+    """The results table's footnote (results.md and report.html): the baselines that ran, then the H2 rows."""
+    said = [f"{b}: {meaning}." for b, meaning in BASELINE_MEANINGS.items() if b in methods]
+    return " ".join([*said, "H2:<layers>: H1 adapted by feature regression on those layers, without D2 labels."])
 
 SECTIONS = (
     ("features", ("*.png",), "Feature maps before and after adaptation",
@@ -183,9 +193,8 @@ def write_report(sweep_dir: Path) -> Path:
                      + "</table><p>0.5·(|acc1 − acc2|/acc1 + |mIoU1 − mIoU2|/mIoU1), H1 on D1 against H1 on D2.</p>")
     for s in shifts:
         parts += [f"<h2>Results: {html.escape(s)}</h2>", _results_table(results, s)]
-    parts.append("<p>B0: H1 on D2. B1: trained from scratch on D2 with D1 labels. B2: H1 fine-tuned on D2 with "
-                 "D1 labels. H2:&lt;layers&gt;: H1 adapted by feature regression on those layers, without D2 "
-                 "labels. Scored on D2's val split.</p>")
+    parts.append(f"<p>{html.escape(method_legend({e['method'] for e in results['summary']}))} "
+                 "Scored on D2's val split.</p>")
     for name, caption in (("methods.png", "(a) methods against baselines per shift"),
                           ("layers.png", "(b) performance against the transferred feature map")):
         if (sweep_dir / name).is_file():
