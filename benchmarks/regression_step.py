@@ -36,7 +36,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from _measure import Step, count_flops, finish, interleaved_times, load_average, step_arguments, use_threads
+from _measure import (
+    Step,
+    count_flops,
+    finish,
+    interleaved_times,
+    load_average,
+    matmul_peak,
+    step_arguments,
+    use_threads,
+)
 from segadapt import cache as teacher_cache
 from segadapt.data import JointTransform
 from segadapt.data.pairs import PairedDataset, ShiftedSource
@@ -175,16 +184,27 @@ def main() -> int:
         "flop_ratio_naive_over_cached": round(flops["naive"] / flops["cached"], 3),
         "flop_ratio_detached_over_segadapt": round(flops["detached"] / flops["segadapt"], 3),
     }
+    # the same ratios round by round (the variants of one round ran back to back): their range is the spread
+    # a single figure hides
+    pairs = {"segadapt_over_naive": ("naive", "segadapt"), "early_exit_over_naive": ("naive", "early"),
+             "segadapt_over_detached": ("detached", "segadapt"), "early_exit_over_detached": ("detached", "early"),
+             "cached_over_naive": ("naive", "cached")}
+    spread = {k: [round(min(r := [a / b for a, b in zip(times[num], times[den])]), 3), round(max(r), 3)]
+              for k, (num, den) in pairs.items()}
     load = load_average()
+    peak = matmul_peak(2048, 3)
     result = {
         "config": {"width": args.width, "size": [h, w], "batch": args.batch, "tap": args.tap, "threads": threads,
                    "warmup": args.warmup, "repeats": args.repeats},
         "variants": variants,
         "ratios": ratios,
+        "ratio_range_over_rounds": spread,
+        "matmul_peak_gflop_per_s": round(peak, 1),
         "target_segadapt_over_naive": 1.6,
         "cache_build_s": round(build_s, 2),
         "environment": {"torch": torch.__version__, "cpu_count": os.cpu_count(), "load_avg_1min": load,
-                        "machine": platform.machine(), "processor": platform.processor()},
+                        "machine": platform.machine(), "processor": platform.processor(),
+                        "cpu_capability": torch.backends.cpu.get_cpu_capability()},
     }
     print(f"regression step at {args.tap}: width {args.width}, {h}x{w}, batch {args.batch}, {threads} threads, "
           f"median of {args.repeats} (1-min load average {load})")
@@ -196,6 +216,8 @@ def main() -> int:
           f"against a naive loop that detaches the teacher: segadapt {ratios['segadapt_over_detached']:.2f}x "
           f"(FLOP ratio {ratios['flop_ratio_detached_over_segadapt']:.2f}), "
           f"early {ratios['early_exit_over_detached']:.2f}x")
+    print("range over rounds: " + ", ".join(f"{k} {lo:.2f}-{hi:.2f}" for k, (lo, hi) in spread.items())
+          + f"; fp32 matmul peak {peak:.0f} GFLOP/s")
     print(f"segadapt/naive {ratios['segadapt_over_naive']:.2f}x (target 1.6; FLOP ratio "
           f"{ratios['flop_ratio_naive_over_segadapt']:.2f}), cached/naive {ratios['cached_over_naive']:.2f}x "
           f"(FLOP ratio {ratios['flop_ratio_naive_over_cached']:.2f}); cache built in {build_s:.1f}s")

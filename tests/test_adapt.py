@@ -198,3 +198,26 @@ def test_a_seed_gives_the_same_h2_as_before_the_model_contract(tmp_path, h1):
     adapt(tiny_cfg(["pool3"], iterations=3), tmp_path, make_pairs(), teacher=teacher, h1_meta=meta)
     losses = [float(r["loss"]) for r in csv.DictReader((tmp_path / "log.csv").open())]
     assert losses == pytest.approx([2.17854, 1.20033, 1.44212], rel=1e-4)
+
+
+def test_auto_layout_in_adapt_is_recorded_and_adapts_as_the_layout_it_picked(tmp_path, h1):
+    """channels_last = "auto" is timed on a copy of H1 (H1 itself is left as given) and written into the run's
+    config; the adaptation then equals one given that layout from the start."""
+    from segadapt import checkpoint as ckpt
+    from segadapt.config import load_toml
+
+    teacher, meta = h1
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    cfg = tiny_cfg(["pool3"], iterations=3)
+    cfg.train.channels_last = "auto"
+    adapt(cfg, tmp_path / "auto", make_pairs(), teacher=teacher, h1_meta=meta)
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert all(p.grad is None for p in teacher.parameters())
+    picked = load_toml(tmp_path / "auto" / "config.toml").train.channels_last
+    assert isinstance(picked, bool)
+    fixed = tiny_cfg(["pool3"], iterations=3)
+    fixed.train.channels_last = picked
+    adapt(fixed, tmp_path / "fixed", make_pairs(), teacher=teacher, h1_meta=meta)
+    wa, _ = ckpt.load_model_file(tmp_path / "auto")
+    wb, _ = ckpt.load_model_file(tmp_path / "fixed")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

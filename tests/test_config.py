@@ -68,6 +68,7 @@ def test_int_is_accepted_for_float_and_override_parsing():
     (["--lr", "-0.1"], r"train\.lr: -0\.1 .* > 0"),
     (["--set", "data.crop_size=[0,5]"], r"data\.crop_size"),
     (["--set", "experiment.seeds=[]"], r"experiment\.seeds"),
+    (["--set", "train.channels_last=fast"], r"train\.channels_last: 'fast' .* true, false or \"auto\""),
 ])
 def test_values_a_run_cannot_use_are_refused_up_front(flags, match):
     args = build_parser().parse_args(["train", "--preset", "synthetic", *flags])
@@ -126,3 +127,9 @@ def test_the_largest_accepted_values_still_pass():
     cfg = merge(RunConfig(), {"model": {"width": 4}, "train": {"seed": 2**32 - 1, "batch_size": 65536},
                               "data": {"num_workers": 256}, "experiment": {"seeds": [0, 2**32 - 1]}})
     assert cfg.model.width == 4.0 and cfg.train.seed == 2**32 - 1
+
+
+def test_channels_last_takes_true_false_or_auto():
+    for raw, value in (("true", True), ("false", False), ("auto", "auto")):
+        args = build_parser().parse_args(["train", "--preset", "synthetic", "--set", f"train.channels_last={raw}"])
+        assert resolve_config(args).train.channels_last == value

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from segadapt import checkpoint as ckpt
+from segadapt.config import load_toml
 from segadapt.data.sampler import EpochSampler
 from segadapt.models.loading import load_model
 from segadapt.run import poly_lr
@@ -42,6 +43,23 @@ def test_run_directory_contents(tmp_path):
     assert meta["class_names"][0] == "sky" and meta["step"] == 6
     assert model(torch.zeros(1, 3, 32, 48)).shape == (1, 7, 32, 48)
     assert m["val"] == metrics["val"]
+
+
+def test_auto_layout_is_recorded_and_trains_as_the_layout_it_picked(tmp_path, capsys):
+    """channels_last = "auto" times both layouts, writes its pick into the run's config, and the timing
+    leaves nothing behind: the run equals one given that layout from the start."""
+    cfg = tiny_config()
+    cfg.train.channels_last = "auto"
+    train(cfg, tmp_path / "auto")
+    assert "memory layout:" in capsys.readouterr().out
+    picked = load_toml(tmp_path / "auto" / "config.toml").train.channels_last
+    assert isinstance(picked, bool)
+    fixed = tiny_config()
+    fixed.train.channels_last = picked
+    train(fixed, tmp_path / "fixed")
+    wa, _ = ckpt.load_model_file(tmp_path / "auto")
+    wb, _ = ckpt.load_model_file(tmp_path / "fixed")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_resume_ends_with_identical_weights(tmp_path):

@@ -79,7 +79,11 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch default
     deterministic: bool = False
-    channels_last: bool = True  # NHWC convolutions: measured ~20% faster on CPU for this VGG
+    # NHWC convolutions (oneDNN). Measured faster for every net on one 2-core host (fp32 matmul peak 197
+    # GFLOP/s) and for narrow nets (the demo's) on another (AVX2, 71 GFLOP/s), but 18% slower there for the
+    # width-1.0 VGG's regression step (benchmarks/regression_step.py). "auto": time a step in each layout
+    # first and keep the faster; the choice is written back here, so config.toml and a resume hold it.
+    channels_last: bool | str = True
     time_budget_s: float = 0.0  # stop early after this many seconds (0 = no limit); for CPU benchmarks
     tensorboard: bool = False  # also write TensorBoard event files under <run>/tensorboard (segadapt[tensorboard])
 
@@ -437,7 +441,8 @@ _LIMITS: dict[str, dict[str, tuple[Any, str]]] = {
                     "head_lr_mult": _positive(), "momentum": ((lambda v: 0 <= v < 1), "in [0, 1)"),
                     "weight_decay": _at_least(0), "poly_power": _at_least(0), "eval_every": _at_least(0),
                     "checkpoint_every": _at_least(0), "log_every": _at_least(1), "threads": _at_least(0),
-                    "time_budget_s": _at_least(0), "seed": _SEED},
+                    "time_budget_s": _at_least(0), "seed": _SEED,
+                    "channels_last": ((lambda v: isinstance(v, bool) or v == "auto"), 'true, false or "auto"')},
     "ShiftConfig": {"severity": ((lambda v: 0 <= v <= 1), "in [0, 1]"), "photometric": _at_least(0), "seed": _SEED,
                     "d2_dir": _usable_path(), "pairs_csv": _usable_path(), "d1_raster": _usable_path(),
                     "d2_raster": _usable_path(), "label_raster": _usable_path(), "raster_windows": _at_least(1),

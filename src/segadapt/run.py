@@ -43,6 +43,7 @@ from segadapt.config import RunConfig, dumps_toml, load_toml, to_dict
 from segadapt.data.sampler import EpochSampler, batches
 from segadapt.errors import CheckpointError, ConfigError, Interrupted, SegadaptError
 from segadapt.guards import describe_batch, global_loss, grads_finite, nonfinite_error, refuse_nonfinite
+from segadapt.models.modes import modes_restored
 from segadapt.runtime import InterruptFlag, autocast_dtype, check_batch, check_workers, select_device, setup
 
 RUN_FILE = "run.json"
@@ -233,6 +234,32 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
+def faster_layout(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device, repeats: int = 2
+                  ) -> tuple[bool, dict[str, float]]:
+    """Whether NHWC beats NCHW for a forward and backward pass of `model` on a random batch of `shape`
+    (best of `repeats` after one warm-up each), and the seconds of each. Which layout oneDNN runs faster
+    depends on the CPU and the layer widths, so it is measured rather than assumed. The model is timed in
+    eval mode (no BatchNorm statistics move, no dropout draws from the RNG a run checkpoints) and left NCHW
+    with its gradients cleared, its weights untouched."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
+    seconds: dict[str, float] = {}
+    with modes_restored(model):
+        model.eval()
+        for name, fmt in (("channels_last", torch.channels_last), ("contiguous", torch.contiguous_format)):
+            model.to(memory_format=fmt)
+            xi = x.contiguous(memory_format=fmt)
+            times = []
+            for _ in range(1 + repeats):
+                t = time.perf_counter()
+                model(xi).float().sum().backward()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times.append(time.perf_counter() - t)
+            seconds[name] = min(times[1:])
+    model.zero_grad(set_to_none=True)
+    return seconds["channels_last"] <= seconds["contiguous"], seconds
+
+
 def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """DistributedDataParallel under torchrun (gradients averaged during backward), the module itself otherwise."""
     if not distributed.active():
@@ -325,7 +352,7 @@ class Run:
         self.device = select_device(tc.device)
         self.world, self.rank, self.main = distributed.world_size(), distributed.rank(), distributed.is_main()
         self.per_rank = rank_batch_size(tc.batch_size, self.world)
-        self.memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+        self.memory_format = torch.contiguous_format if tc.channels_last is False else torch.channels_last
         check_workers(cfg.data.num_workers)  # bounds against this machine, before anything is written
         check_batch(self.per_rank, cfg.data.crop_size, 2 if kind == "adapt" else 1)
         if tc.tensorboard and self.main:
@@ -396,6 +423,21 @@ class Run:
         if indices is not None:
             names = ([indices[i] for i in b] for b in names)
         return zip(loader, names)
+
+    def settle_layout(self, model: torch.nn.Module) -> None:
+        """Resolve train.channels_last = "auto" for `model` at this run's batch and crop size (see
+        `faster_layout`) and write the choice into the config; every rank of a torchrun takes NHWC, since
+        they must agree and a timing each would not."""
+        tc = self.cfg.train
+        if tc.channels_last == "auto":
+            if self.world > 1:
+                tc.channels_last = True
+            else:
+                shape = (self.per_rank, 3, *self.cfg.data.crop_size)
+                tc.channels_last, seconds = faster_layout(model, shape, self.device)
+                print(f"memory layout: {'NHWC (channels_last)' if tc.channels_last else 'NCHW'}, a step took "
+                      f"{seconds['channels_last']:.3g} s NHWC vs {seconds['contiguous']:.3g} s NCHW", flush=True)
+        self.memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         """An image batch on the run's device, in the run's memory format (NHWC: faster with oneDNN)."""

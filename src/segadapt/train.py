@@ -94,6 +94,7 @@ def train(
     # model and optimizer
     # a given model may arrive frozen (adapt freezes its teacher H1); supervised training updates everything
     model = (model or create_model(cfg, info.num_classes)).to(device).requires_grad_(True)
+    run.settle_layout(model)  # train.channels_last = "auto": timed here
     model = model.to(memory_format=run.memory_format)
     groups = conform(model).param_groups(tc.lr, tc.head_lr_mult)  # the model names its head
     optimizer = torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
