@@ -104,9 +104,10 @@ def adapt(
     taps = list(weights)
     check_taps(conform(teacher), taps)
     teacher = teacher.to(device).eval().requires_grad_(False)
-    # NHWC convolutions, as in train(): faster with oneDNN (benchmarks/regression_step.py). The caller's
-    # teacher is not converted in place; a copy in the new layout is used instead.
-    if tc.channels_last == "auto":  # timed on a copy: the teacher takes no gradients
+    # NHWC convolutions as train.channels_last says, as in train() ("auto": timed on a copy, since the
+    # teacher takes no gradients). The caller's teacher is not converted in place; a copy in the new layout
+    # is used instead.
+    if tc.channels_last == "auto":
         run.settle_layout(copy.deepcopy(teacher).requires_grad_(True))
     if tc.channels_last:
         teacher = copy.deepcopy(teacher).to(memory_format=run.memory_format)
