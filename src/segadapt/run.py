@@ -352,7 +352,6 @@ class Run:
         self.device = select_device(tc.device)
         self.world, self.rank, self.main = distributed.world_size(), distributed.rank(), distributed.is_main()
         self.per_rank = rank_batch_size(tc.batch_size, self.world)
-        self.memory_format = torch.contiguous_format if tc.channels_last is False else torch.channels_last
         check_workers(cfg.data.num_workers)  # bounds against this machine, before anything is written
         check_batch(self.per_rank, cfg.data.crop_size, 2 if kind == "adapt" else 1)
         if tc.tensorboard and self.main:
@@ -437,10 +436,14 @@ class Run:
                 tc.channels_last, seconds = faster_layout(model, shape, self.device)
                 print(f"memory layout: {'NHWC (channels_last)' if tc.channels_last else 'NCHW'}, a step took "
                       f"{seconds['channels_last']:.3g} s NHWC vs {seconds['contiguous']:.3g} s NCHW", flush=True)
-        self.memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The layout train.channels_last names (NHWC while "auto" is not yet settled)."""
+        return torch.contiguous_format if self.cfg.train.channels_last is False else torch.channels_last
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
-        """An image batch on the run's device, in the run's memory format (NHWC: faster with oneDNN)."""
+        """An image batch on the run's device, in the run's memory format."""
         return x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
 
     # the loop around the step
