@@ -1,7 +1,11 @@
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 
 from segadapt.cli import build_parser, resolve_config
-from segadapt.config import RunConfig, dumps_toml, load_toml, merge, parse_override, preset
+from segadapt.config import RunConfig, dumps_toml, load_toml, merge, parse_override, preset, to_dict, tomllib
 from segadapt.errors import ConfigError
 
 
@@ -15,6 +19,39 @@ def test_toml_round_trip(tmp_path):
     cfg = preset("camvid")
     cfg.data.class_names = ['a "quoted" name', "b"]
     path = tmp_path / "c.toml"
+    path.write_text(dumps_toml(cfg))
+    assert load_toml(path) == cfg
+
+
+# Every control character TOML forbids raw, plus the two it escapes by hand and text beyond ASCII.
+_AWKWARD = "".join(map(chr, range(0x20))) + '\x7f "quoted" back\\slash é 雪'
+
+
+def _every_string_field(node: Any) -> Iterator[tuple[Any, str, Any]]:
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _every_string_field(value)
+        elif isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            yield node, f.name, value
+
+
+def test_every_string_key_round_trips_every_control_character():
+    """A pretty-printed --h1-kwargs (newlines, carriage returns) once made config.toml unreadable on --resume."""
+    cfg = RunConfig()
+    fields = list(_every_string_field(cfg))
+    assert len(fields) > 20  # the walk reaches the nested tables
+    for node, name, value in fields:
+        setattr(node, name, [_AWKWARD, "b"] if isinstance(value, list) else _AWKWARD)
+    text = dumps_toml(cfg)
+    assert not any(ord(c) < 0x20 and c != "\n" for c in text)  # a raw control character is invalid TOML
+    assert tomllib.loads(text) == to_dict(cfg)
+
+
+def test_pretty_printed_kwargs_survive_the_saved_config(tmp_path):
+    cfg = preset("camvid")
+    cfg.adapt.h1_kwargs = '{\r\n  "width": 0.25,\n\t"num_classes": 11\n}'
+    path = tmp_path / "config.toml"
     path.write_text(dumps_toml(cfg))
     assert load_toml(path) == cfg
 
