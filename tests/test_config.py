@@ -106,6 +106,8 @@ def test_int_is_accepted_for_float_and_override_parsing():
     (["--set", "data.crop_size=[0,5]"], r"data\.crop_size"),
     (["--set", "experiment.seeds=[]"], r"experiment\.seeds"),
     (["--set", "train.channels_last=fast"], r"train\.channels_last: 'fast' .* true, false or \"auto\""),
+    (["--set", "train.threads=99999999999"], r"train\.threads: 99999999999 is out of range"),
+    (["--set", "data.base_size=100000000"], r"data\.base_size: 100000000 is out of range"),
 ])
 def test_values_a_run_cannot_use_are_refused_up_front(flags, match):
     args = build_parser().parse_args(["train", "--preset", "synthetic", *flags])

@@ -339,3 +339,24 @@ def test_adapt_with_bad_pairs_fails_cleanly(h1, kind, data):
                             "--out", str(tmp / "h2")])
         assert_one_error(code, err, str(bad))
         assert not (tmp / "h2").exists()
+
+
+@pytest.mark.parametrize("error", [TypeError("complex values"), IndexError("list index out of range"),
+                                   RuntimeError("Kernel size can't be greater than actual input size"),
+                                   KeyError("frame_maps")])
+def test_an_unforeseen_error_is_one_line_and_leaves_no_partial_output(tmp_path, monkeypatch, error):
+    """Whatever reaches the top level after the command claimed its folder (an unchecked input, a bug) is
+    cleaned up like a known error: one line naming the class, exit 1, the claimed run directory gone."""
+    import segadapt.train
+
+    write_dataset(tmp_path / "data")
+
+    def fails(cfg, run_dir, **kwargs):
+        (run_dir / "half_written.txt").write_text("partial")
+        raise error
+
+    monkeypatch.setattr(segadapt.train, "train", fails)
+    code, _, err = run(["train", "--root", str(tmp_path / "data"), *TINY, "--out", str(tmp_path / "run")])
+    line = assert_one_error(code, err, type(error).__name__)
+    assert code == 1 and "--debug" in line
+    assert not (tmp_path / "run").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["data"]

@@ -416,10 +416,14 @@ _SEED = ((lambda v: 0 <= v <= SEED_MAX), f"a whole number in [0, {SEED_MAX}]")
 # Against typos of extra zeros; limits that depend on the machine (memory, cores) are not decided here:
 # width multiplies every channel count, so 4 is already 16x the study's VGG-16 (about 330M parameters);
 # no segmentation recipe uses a batch near 65536; a DataLoader worker is a process holding its own copy of
-# the dataset, and 256 of them is beyond any machine segadapt targets.
+# the dataset, and 256 of them is beyond any machine segadapt targets; a shorter side of 32768 px is already
+# 1 Gpx for a square image (100000000 once asked for a 72 TB resize); torch's thread count is a C int and no
+# CPU segadapt targets has 4096 cores.
 MAX_WIDTH = 4.0
 MAX_BATCH = 2**16
 MAX_WORKERS = 256
+MAX_BASE_SIZE = 2**15
+MAX_THREADS = 4096
 
 
 # keys holding paths: normalised when read (see segadapt.paths)
@@ -433,14 +437,14 @@ _LIMITS: dict[str, dict[str, tuple[Any, str]]] = {
                     "num_classes": _at_least(0), "init_weights": _usable_path()},
     "DataConfig": {"root": _usable_path(), "mean": ((lambda v: len(v) == 3), "three numbers, one per RGB channel"),
                    "std": ((lambda v: len(v) == 3 and min(v) > 0), "three numbers > 0, one per RGB channel"),
-                   "base_size": _at_least(0), "num_workers": _between(0, MAX_WORKERS), "synthetic_seed": _SEED,
-                   "synthetic_train": _at_least(1),
+                   "base_size": _between(0, MAX_BASE_SIZE), "num_workers": _between(0, MAX_WORKERS),
+                   "synthetic_seed": _SEED, "synthetic_train": _at_least(1),
                    "synthetic_val": _at_least(1), "crop_size": ((lambda v: len(v) == 2 and min(v) >= 1),
                                                                 "[height, width], both >= 1")},
     "TrainConfig": {"iterations": _at_least(1), "batch_size": _between(1, MAX_BATCH), "lr": _positive(),
                     "head_lr_mult": _positive(), "momentum": ((lambda v: 0 <= v < 1), "in [0, 1)"),
                     "weight_decay": _at_least(0), "poly_power": _at_least(0), "eval_every": _at_least(0),
-                    "checkpoint_every": _at_least(0), "log_every": _at_least(1), "threads": _at_least(0),
+                    "checkpoint_every": _at_least(0), "log_every": _at_least(1), "threads": _between(0, MAX_THREADS),
                     "time_budget_s": _at_least(0), "seed": _SEED,
                     "channels_last": ((lambda v: isinstance(v, bool) or v == "auto"), 'true, false or "auto"')},
     "ShiftConfig": {"severity": ((lambda v: 0 <= v <= 1), "in [0, 1]"), "photometric": _at_least(0), "seed": _SEED,

@@ -56,6 +56,28 @@ def _report(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def _failure(e: BaseException) -> tuple[str, int]:
+    """The one line and exit code for an error that ended a command. Anything unforeseen (an input no check
+    knew about, or a bug) is still one line, exit 1, after the same clean-up: a traceback helps only with
+    --debug, and a half-written output folder helps nobody."""
+    if isinstance(e, Interrupted):  # Ctrl-C, turned into a resume point or a clean stop: the shell's SIGINT code
+        return f"segadapt: error: {_one_line(e)}", 130
+    if isinstance(e, KeyboardInterrupt):
+        return "segadapt: interrupted", 130
+    if isinstance(e, SegadaptError):
+        return f"segadapt: error: {_one_line(e)}", 2
+    if isinstance(e, OSError):
+        return f"segadapt: error: {_os_error(e)}", 2
+    if isinstance(e, ValueError) and "null byte" in str(e):  # os functions refuse a NUL no check caught
+        return "segadapt: error: a path given contains a NUL byte; give a plain path", 2
+    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "memory" in str(e).lower()):
+        # torch reports a failed allocation as a RuntimeError
+        return ("segadapt: error: out of memory; lower train.batch_size, data.crop_size or model.width "
+                f"({_one_line(e)[:160]})"), 2
+    return (f"segadapt: error: unexpected {type(e).__name__}: {_one_line(e)[:200]} (an input segadapt does not "
+            "check, or a bug; rerun with --debug for the traceback and report it)"), 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 reports; errors still reach stderr
@@ -64,45 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
         forget_outputs()
         return code
-    except Interrupted as e:  # Ctrl-C, turned into a resume point or a clean stop: the shell's SIGINT code
+    except (Exception, KeyboardInterrupt) as e:  # SystemExit passes: argparse and --help exit on their own
         discard_partial_outputs()
-        if args.debug:
+        if args.debug and not isinstance(e, KeyboardInterrupt):
             raise
-        _report(f"segadapt: error: {_one_line(e)}")
-        return 130
-    except SegadaptError as e:
-        discard_partial_outputs()
-        if args.debug:
-            raise
-        _report(f"segadapt: error: {_one_line(e)}")
-        return 2
-    except OSError as e:
-        discard_partial_outputs()
-        if args.debug:
-            raise
-        _report(f"segadapt: error: {_os_error(e)}")
-        return 2
-    except ValueError as e:  # os functions refuse a path with a NUL byte that no check caught
-        if "null byte" not in str(e):
-            raise
-        discard_partial_outputs()
-        if args.debug:
-            raise
-        _report("segadapt: error: a path given contains a NUL byte; give a plain path")
-        return 2
-    except (MemoryError, RuntimeError) as e:  # torch reports a failed allocation as a RuntimeError
-        if not isinstance(e, MemoryError) and "memory" not in str(e).lower():
-            raise
-        discard_partial_outputs()
-        if args.debug:
-            raise
-        _report("segadapt: error: out of memory; lower train.batch_size, data.crop_size or model.width "
-                f"({_one_line(e)[:160]})")
-        return 2
-    except KeyboardInterrupt:
-        discard_partial_outputs()
-        _report("segadapt: interrupted")
-        return 130
+        message, code = _failure(e)
+        _report(message)
+        return code
     finally:
         from segadapt.run import release_all
 
