@@ -171,6 +171,35 @@ def test_a_cache_path_that_is_a_file_or_bad_metadata_is_one_line(tmp_path, teach
         prepare(tmp_path / "c", make_pairs(), teacher, teacher.features, ["pool5"], CPU)
 
 
+def test_one_damaged_frame_of_sixteen_is_named_when_the_cache_opens(tmp_path, teacher):
+    """The live comparison samples 4 frames; the per-frame checksums catch a damaged one among the others."""
+    pairs = make_pairs(n=16, size=(32, 32), crop=(32, 32))
+    cache, _ = prepare(tmp_path, pairs, teacher, teacher.features, ["pool3", "pool5"], CPU)
+    live_checked = {round(k * 15 / 3) for k in range(4)}
+    victim = next(i for i in range(16) if i not in live_checked)
+    offset = cache.layout.offsets["pool3"][victim] * 2  # float16: two bytes a value
+    with (tmp_path / "pool3.f16").open("r+b") as f:
+        f.seek(offset + 10)
+        f.write(b"\x7b\x3c")
+    with pytest.raises(SegadaptError, match=f"damaged \\(pool3 of {pairs.d1.stem(victim)} differs") as e:
+        prepare(tmp_path, pairs, teacher, teacher.features, ["pool3", "pool5"], CPU)
+    assert "\n" not in str(e.value) and f"delete {tmp_path}" in str(e.value)
+
+
+@pytest.mark.parametrize("damage", [lambda m: m["frame_maps"].clear(),
+                                    lambda m: m["frame_maps"]["32x32"].update(pool5="x"),
+                                    lambda m: m["checksums"]["pool5"].pop()])
+def test_damaged_cache_metadata_is_one_line(tmp_path, teacher, damage):
+    pairs = make_pairs(n=3, size=(32, 32), crop=(32, 32))
+    prepare(tmp_path, pairs, teacher, teacher.features, ["pool5"], CPU)
+    meta = json.loads((tmp_path / META_FILE).read_text())
+    damage(meta)
+    (tmp_path / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(SegadaptError, match="damaged teacher cache metadata") as e:
+        prepare(tmp_path, pairs, teacher, teacher.features, ["pool5"], CPU)
+    assert "\n" not in str(e.value) and str(tmp_path / META_FILE) in str(e.value)
+
+
 def test_a_file_source_is_identified_by_path_size_and_mtime(tmp_path):
     from segadapt.data.datasets import FileSource
 

@@ -18,8 +18,10 @@ contract's `translation_equivariant`) unless every frame is the crop.
 
 Layout of the cache directory: `cache.json` (metadata, written last: its presence marks a complete cache)
 and one flat float16 file per tap, `<tap>.f16`, holding each image's maps back to back, read memory-mapped.
-Opening checks the metadata against the run (teacher weights' hash, taps, transform, dataset) and compares
-cached maps with the live teacher's on a few images; a mismatch is refused, never silently reused.
+Opening checks the metadata against the run (teacher weights' hash, taps, transform, dataset), every frame's
+stored bytes against the CRC-32 written when it was built (a damaged file would otherwise pass the live
+comparison, which samples a few frames, and later pass as a loss that will not fall), and compares cached maps
+with the live teacher's on a few images; a mismatch is refused, never silently reused.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import zlib
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -44,7 +47,7 @@ from segadapt.errors import ConfigError, SegadaptError
 from segadapt.models.contract import translation_equivariant
 from segadapt.models.taps import Features
 
-FORMAT = 1
+FORMAT = 2  # 2: a CRC-32 per frame and tap
 META_FILE = "cache.json"
 DTYPE = np.float16
 COSINE_MIN = 0.999
@@ -153,12 +156,22 @@ class TeacherCache:
     def __len__(self) -> int:
         return len(self.meta["frames"])
 
+    def damaged(self) -> tuple[int, str] | None:
+        """The first (image, tap) whose stored bytes differ from the CRC-32 recorded at build time, if any."""
+        for t in self.taps:
+            for i in range(len(self)):
+                if frame_crc(self.entry_bytes(t, i)) != self.meta["checksums"][t][i]:
+                    return i, t
+        return None
+
+    def entry_bytes(self, tap: str, index: int) -> np.ndarray:
+        """Image `index`'s maps at `tap`, every view, as they lie in the file."""
+        start, stop = self.layout.offsets[tap][index], self.layout.offsets[tap][index + 1]
+        return self.maps[tap][start:stop]
+
     def entry(self, tap: str, index: int, flip: bool = False) -> np.ndarray:
         """The stored (C, h, w) float16 maps of one image's frame (mirrored frame if `flip`)."""
-        start = self.layout.offsets[tap][index]
-        shape = self.layout.shapes[tap][index]
-        block = self.maps[tap][start : start + math.prod(shape)].reshape(shape)
-        return block[1 if flip else 0]
+        return self.entry_bytes(tap, index).reshape(self.layout.shapes[tap][index])[1 if flip else 0]
 
     def targets(self, geometry: torch.Tensor, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """Float32 teacher maps for a batch of aligned crops; geometry rows are [index, flip, top, left]."""
@@ -184,6 +197,11 @@ class TeacherCache:
                 crops.append(window)
             out[t] = torch.from_numpy(np.stack(crops)).to(device).float()
         return out
+
+
+def frame_crc(maps: np.ndarray) -> int:
+    """CRC-32 of one image's stored maps: a cheap check against damage (every frame is checked at each open)."""
+    return zlib.crc32(np.ascontiguousarray(maps).view(np.uint8))
 
 
 def _describe(pairs: PairedDataset, teacher: nn.Module, taps: Sequence[str], strides: dict[str, int],
@@ -238,6 +256,7 @@ def build(directory: Path, pairs: PairedDataset, features: Features, meta: dict[
     taps, views, d1 = list(meta["taps"]), 2 if meta["flips"] else 1, pairs.d1
     frames: list[list[int]] = []
     frame_maps: dict[str, dict[str, list[int]]] = {}
+    checksums: dict[str, list[int]] = {t: [] for t in taps}
     with ExitStack() as stack:
         tmp = {t: stack.enter_context(ckpt.atomic_path(directory / f"{t}.f16")) for t in taps}
         files = {t: stack.enter_context(tmp[t].open("wb")) for t in taps}
@@ -252,7 +271,9 @@ def build(directory: Path, pairs: PairedDataset, features: Features, meta: dict[
                 if not np.isfinite(m).all():
                     raise SegadaptError(f"teacher features at {t} exceed the float16 range; they cannot be cached")
                 m = m.reshape(views, len(batch), *m.shape[1:]).swapaxes(0, 1)  # image-major: [image][view]
-                files[t].write(np.ascontiguousarray(m).tobytes())
+                m = np.ascontiguousarray(m)
+                files[t].write(m.tobytes())
+                checksums[t].extend(frame_crc(image) for image in m)
                 frame_maps.setdefault(f"{x.shape[-2]}x{x.shape[-1]}", {})[t] = list(m.shape[2:])
             batch.clear()
 
@@ -264,7 +285,8 @@ def build(directory: Path, pairs: PairedDataset, features: Features, meta: dict[
             frames.append(list(frame.shape[1:]))
         if batch:
             flush()
-    ckpt.write_json_atomic(directory / META_FILE, {**meta, "frames": frames, "frame_maps": frame_maps})
+    ckpt.write_json_atomic(directory / META_FILE,
+                           {**meta, "frames": frames, "frame_maps": frame_maps, "checksums": checksums})
 
 
 def verify(cache: TeacherCache, pairs: PairedDataset, features: Features, device: torch.device,
@@ -319,7 +341,15 @@ def open_or_build(directory: Path, pairs: PairedDataset, teacher: nn.Module, fea
             f"{directory}: teacher cache is stale ({problem}); delete {directory} so that the next run rebuilds it, "
             "or point adapt.teacher_cache at another directory"
         )
-    cache = TeacherCache(directory, found)
+    try:  # the fields the checks above do not compare: a hand-edited or damaged file fails here, not mid-run
+        cache = TeacherCache(directory, found)
+        bad = cache.damaged()
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise SegadaptError(f"{meta_path}: damaged teacher cache metadata ({type(e).__name__}: {e}); "
+                            f"delete {directory} to rebuild it") from None
+    if bad is not None:
+        raise SegadaptError(f"{directory}: teacher cache is damaged ({bad[1]} of {pairs.d1.stem(bad[0])} differs from "
+                            f"its checksum); delete {directory} so that the next run rebuilds it")
     verify(cache, pairs, features, device)
     return cache
 
