@@ -6,11 +6,21 @@ Light on purpose (no torch): shift_speed.py imports it in the children whose mem
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-CAMVID_ROOT = SHARED / "data" / "camvid"
+# The CamVid sample lies in ../shared beside a checkout; SEGADAPT_CAMVID names another place (a clone elsewhere,
+# a copy on faster disk). Tests read it from here too.
+CAMVID_ENV = "SEGADAPT_CAMVID"
+
+
+def camvid_root() -> Path:
+    return Path(os.environ.get(CAMVID_ENV) or SHARED / "data" / "camvid")
+
+
+CAMVID_ROOT = camvid_root()
 
 
 def recorded(path: str | Path) -> str:

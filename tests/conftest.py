@@ -1,17 +1,21 @@
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import _paths  # noqa: E402  (where the CamVid sample lies: one rule for tests and benchmarks)
 
 
 @pytest.fixture(scope="session")
 def camvid_root() -> Path:
-    if not (CAMVID / "train" / "images").is_dir():
-        pytest.skip(f"CamVid sample not found at {CAMVID} (the shared data folder beside the repo)")
-    return CAMVID
+    root = _paths.camvid_root()
+    if not (root / "train" / "images").is_dir():
+        pytest.skip(f"CamVid sample not found at {root} (the shared data folder beside the repo; "
+                    f"set {_paths.CAMVID_ENV} to its place)")
+    return root
 
 
 @pytest.fixture

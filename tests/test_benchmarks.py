@@ -1,7 +1,9 @@
 """Benchmarks compare like with like: every regression-step variant makes the same student update, and the
 study sweep claims no recovery ratio where B2 gained nothing over B0; results name no machine's paths."""
 
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -59,3 +61,21 @@ def test_results_name_paths_relative_to_the_repository_or_shared(tmp_path):
     for f in sorted((REPO / "docs" / "results").glob("*.json")):
         absolute = re.findall(r'"(/[A-Za-z][^"]*)"', f.read_text())
         assert not absolute, f"{f.name} records machine paths {absolute[:3]}"
+
+
+def test_the_camvid_sample_is_found_where_the_environment_says(tmp_path, monkeypatch):
+    import _paths
+
+    monkeypatch.delenv(_paths.CAMVID_ENV, raising=False)
+    assert _paths.camvid_root() == SHARED / "data" / "camvid"
+    monkeypatch.setenv(_paths.CAMVID_ENV, str(tmp_path))
+    assert _paths.camvid_root() == tmp_path
+
+
+def test_tests_read_the_camvid_sample_from_the_environment(tmp_path):
+    """A sample elsewhere is used by the tests (here an empty folder, so the CamVid tests skip naming it)."""
+    env = {**os.environ, "SEGADAPT_CAMVID": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-rs", "-p", "no:cacheprovider",
+                          str(REPO / "tests" / "test_data.py"), "-k", "camvid_loads"],
+                         capture_output=True, text=True, env=env, cwd=REPO).stdout
+    assert "SKIPPED [1] tests/test_data.py" in out and f"CamVid sample not found at {tmp_path}" in out
