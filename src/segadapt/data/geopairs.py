@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 import torch
 
+from segadapt.chatter import hushed
 from segadapt.data.base import DatasetInfo, SegmentationSource
 from segadapt.data.rasters import rasterio_or_none
 from segadapt.data.transforms import JointTransform
@@ -42,7 +43,8 @@ def _open(path: Path, what: str) -> Any:
     if not path.is_file():
         raise DataError(f"{path}: {what} raster not found; check the path")
     try:
-        ds = rasterio.open(path)
+        with hushed():  # NotGeoreferencedWarning: the check below says it in one line
+            ds = rasterio.open(path)
     except RasterioIOError as e:
         raise DataError(f"{path}: not a raster GDAL can read ({e}); give a GeoTIFF") from None
     if ds.crs is None or ds.transform.is_identity:
