@@ -5,6 +5,7 @@ Let through, that text lands on the terminal before segadapt's one-line error or
 so the line the user needs is no longer one line. Every call into a chatty library runs inside `hushed()`;
 `segadapt --debug` (`show(True)`) lets the text through as the library wrote it. transformers' own progress
 bars are off inside `hushed()` either way: they would garble segadapt's progress display.
+The block swaps sys.stdout and sys.stderr, so it wraps single library calls, never segadapt's own output.
 """
 
 from __future__ import annotations
@@ -24,10 +25,6 @@ def show(on: bool) -> None:
     """Let library chatter through (the CLI's --debug) or hold it back (the default)."""
     global _shown
     _shown = on
-
-
-def shown() -> bool:
-    return _shown
 
 
 @contextlib.contextmanager
