@@ -239,3 +239,18 @@ def test_image_declaring_gigapixels_is_one_finding_not_a_traceback(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr and "error" not in r.stderr.lower(), r.stderr[-2000:]
     [line] = [line for line in r.stdout.splitlines() if "s0.png" in line]
     assert "image too large to decode (its header declares over" in line and "cut it into tiles" in line
+
+
+def test_pairs_none_of_which_registers_are_unusable(tmp_path, capsys):
+    """With --align, D2 images that register onto none of their D1 images fail the check (adapt would refuse
+    them all), instead of four warnings and "OK"."""
+    write_dataset(tmp_path / "d1", size=(48, 64))
+    d2 = tmp_path / "d2"
+    d2.mkdir()
+    for k in range(4):
+        Image.new("RGB", (64, 48), (90, 90, 90)).save(d2 / f"s{k}.png")  # flat grey: nothing to register on
+    code = main(["doctor", "--root", str(tmp_path / "d1"), *FOLDER, "--split", "train", "--d2-dir", str(d2),
+                 "--align", "ecc", "--out", str(tmp_path / "report.json")])
+    text = capsys.readouterr().out
+    assert code == 1 and "pairs unusable" in text and "failed on every pair" in text and ": OK" not in text
+    assert json.loads((tmp_path / "report.json").read_text())["ok"] is False

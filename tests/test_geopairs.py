@@ -31,7 +31,7 @@ def ground(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def write(path: Path, crs: str, transform, height: int, width: int, nodata_box: tuple[int, int, int, int] | None = None,
-          to_utm=None) -> None:
+          to_utm=None, nodata: int | None = 0) -> None:
     """Sample `ground` at the pixel centres of a grid (coordinates mapped to UTM by `to_utm` when given)."""
     rows, cols = np.mgrid[0:height, 0:width]
     xs, ys = transform @ (cols + 0.5, rows + 0.5)
@@ -42,7 +42,7 @@ def write(path: Path, crs: str, transform, height: int, width: int, nodata_box: 
         r0, r1, c0, c1 = nodata_box
         data[:, r0:r1, c0:c1] = 0
     with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=3, dtype="uint8", crs=crs,
-                       transform=transform, nodata=0) as ds:
+                       transform=transform, nodata=nodata) as ds:
         ds.write(data)
 
 
@@ -112,8 +112,8 @@ def test_nodata_is_masked_and_windows_without_data_refused(mosaics, tmp_path):
     assert not valid[:4].any() and not valid[:, :7].any()
     far = tmp_path / "far.tif"
     write(far, UTM, from_origin(X0 + 10_000, Y0, 2.0, 2.0), 50, 50)
-    with pytest.raises(DataError, match="cover the same area"):
-        RasterPairs(d1, far, pairs.transform, windows=1)[0]
+    with pytest.raises(DataError, match="covers 0.0% of the ground"):
+        RasterPairs(d1, far, pairs.transform, windows=1)
     (tmp_path / "plain.tif").write_bytes(b"not a tiff")
     with pytest.raises(DataError, match="GeoTIFF"):
         RasterPairs(d1, tmp_path / "plain.tif", pairs.transform)
@@ -128,10 +128,10 @@ def test_raster_tiles_carry_labels_on_the_ground(mosaics, tmp_path):
                        transform=from_origin(X0, Y0, 1.0, 1.0)) as ds:
         ds.write(labels[None])
     tiles = RasterTiles(d2, lab, DatasetInfo("r", ("a", "b"), 255, ((0, 0, 0), (255, 255, 255))), (50, 65))
-    assert len(tiles) == 16
+    assert len(tiles) == 15 and (0, 0) not in tiles.tiles  # D2's edge and its nodata hole cover that whole tile
     image, y = tiles.load(0)
-    assert image.shape == (50, 65, 3) and (y == 255).any()  # D2's missing corner is ignored, not scored
-    _, y = tiles.load(10)  # rows 100-149, columns 130-194: all class 1, all inside D2
+    assert image.shape == (50, 65, 3) and (y == 255).any()  # D2's missing edge is ignored, not scored
+    _, y = tiles.load(tiles.tiles.index((100, 130)))  # rows 100-149, columns 130-194: all class 1, all inside D2
     assert set(np.unique(y)) == {1}
 
 
@@ -152,10 +152,15 @@ def test_adapt_and_evaluate_from_the_cli_flags(mosaics, tmp_path):
                  "--out", str(out), "--set", "train.batch_size=2", "--set", "shift.raster_windows=12",
                  "--set", "adapt.holdout=2", "--set", "adapt.probes=1"]) == 0
     saved = (out / "config.toml").read_text()
-    assert str(d2) in saved and json.loads((out / "adapt.json").read_text())["step"] == 2
+    result = json.loads((out / "adapt.json").read_text())
+    assert str(d2) in saved and result["step"] == 2
+    # D2 covers D1 but for 7.3 m on the west, 4.6 m on the north, the rest of the south and its 60x50 m hole
+    share = (250 * 190 - 60 * 50) / (260 * 200)
+    assert result["raster_coverage"] == pytest.approx(share, abs=0.002)
     assert main(["evaluate", "--model", str(out), "--d2-raster", str(d2), "--label-raster", str(labels),
                  "--dataset", "folder", "--set", "data.num_classes=7", "--out", str(tmp_path / "e.json")]) == 0
-    assert json.loads((tmp_path / "e.json").read_text())["images"] > 0
+    scored = json.loads((tmp_path / "e.json").read_text())
+    assert scored["images"] > 0 and scored["raster_coverage"] == pytest.approx(share, abs=0.002)
 
 
 def test_folder_pairs_of_geotiff_tiles_align_by_their_georeference(tmp_path):
@@ -195,3 +200,66 @@ def test_geo_tiles_in_another_crs_are_fitted_and_checked(tmp_path):
     expected = np.array([(lon2[0] - lon[0]) / 2.5e-5 - 0.5, (lat[0] - lat2[0]) / 2.0e-5 - 0.5])
     got = matrix @ np.array([20.0, 30.0, 1.0])
     assert np.allclose(got[:2] / got[2], expected, atol=0.05)
+
+
+def labels_on(path: Path, height: int = 200, width: int = 260) -> Path:
+    """A one-band label raster on D1's grid (classes 0..6)."""
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=1, dtype="uint8", crs=UTM,
+                       transform=from_origin(X0, Y0, 1.0, 1.0)) as ds:
+        ds.write((np.arange(height * width).reshape(1, height, width) % 7).astype(np.uint8))
+    return path
+
+
+def test_ground_outside_d2_is_invalid_whatever_d2_declares(tmp_path):
+    """A D2 declaring no nodata covers D1's east half: the west half is no data (not black pixels), for
+    training windows and for scored tiles alike, and the coverage says one half."""
+    d1, d2 = tmp_path / "d1.tif", tmp_path / "d2.tif"
+    write(d1, UTM, from_origin(X0, Y0, 1.0, 1.0), 200, 260)
+    write(d2, UTM, from_origin(X0 + 130, Y0, 2.0, 2.0), 100, 65, nodata=None)
+    pairs = RasterPairs(d1, d2, JointTransform(train=True, crop_size=(32, 32), scale_range=(1.0, 1.0)), windows=8)
+    assert pairs.coverage == pytest.approx(0.5, abs=0.005)
+    _, _, valid = pairs.read(50, 110, 32, 40)  # columns 110..149: D2 starts at column 130
+    assert not valid[:, :20].any() and valid[:, 20:].all()
+    assert pairs.region[1] >= 129  # windows are drawn around the overlap
+    torch.manual_seed(0)
+    assert all(float(pairs[k][2].mean()) >= 0.5 for k in range(8))
+    tiles = RasterTiles(d2, labels_on(tmp_path / "labels.tif"), DatasetInfo("r", tuple("abcdefg"), 255,
+                        tuple((k, k, k) for k in range(7))), (50, 65))
+    assert tiles.coverage == pytest.approx(0.5, abs=0.005)
+    assert tiles.tiles and all(c >= 130 for _, c in tiles.tiles)  # the west tiles have no image: not scored
+
+
+def test_mosaics_without_overlap_are_refused_in_one_line(tmp_path, capsys):
+    from segadapt.cli import main
+    from tiny import tiny_model_file
+
+    d1, far = tmp_path / "d1.tif", tmp_path / "far.tif"
+    write(d1, UTM, from_origin(X0, Y0, 1.0, 1.0), 200, 260)
+    write(far, UTM, from_origin(X0 + 10_000, Y0, 2.0, 2.0), 100, 130, nodata=None)  # 10 km east, no nodata
+    h1 = tiny_model_file(tmp_path / "h1.safetensors")
+    labels = labels_on(tmp_path / "labels.tif")
+    out = tmp_path / "h2"
+    capsys.readouterr()
+    assert main(["adapt", "--h1", str(h1), "--d1-raster", str(d1), "--d2-raster", str(far), "--iterations", "1",
+                 "--out", str(out), "--set", "data.crop_size=[32,32]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(far) in err[0] and str(d1) in err[0] and "0.0%" in err[0]
+    assert not out.exists()
+    assert main(["evaluate", "--model", str(h1), "--d2-raster", str(far), "--label-raster", str(labels),
+                 "--set", "data.crop_size=[32,32]", "--out", str(tmp_path / "e.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(far) in err[0] and str(labels) in err[0] and "0.0%" in err[0]
+    assert not (tmp_path / "e.json").exists()
+
+
+def test_a_crs_without_transformation_to_d1s_is_one_line(mosaics, tmp_path):
+    from segadapt.data.geopairs import geo_transform
+
+    d1, _ = mosaics
+    mars = tmp_path / "mars.tif"
+    write(mars, "+proj=longlat +a=3396190 +b=3376200 +no_defs +type=crs", from_origin(0, 0, 1e-4, 1e-4), 50, 50)
+    for attempt in (lambda: RasterPairs(d1, mars, JointTransform(train=True, crop_size=(32, 32))),
+                    lambda: geo_transform(d1, mars)):
+        with pytest.raises(DataError, match="no transformation") as e:
+            attempt()
+        assert str(mars) in str(e.value) and str(d1) in str(e.value) and "\n" not in str(e.value)

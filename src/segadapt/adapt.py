@@ -128,6 +128,9 @@ def adapt(
         if run.main:
             print(f"registration ({registration['method']}): {registration['ok']} of {registration['pairs']} pairs "
                   f"usable, {registration['failed']} failed the quality check and are skipped (adapt.json)")
+    if isinstance(pairs, RasterPairs) and run.main and pairs.coverage < 0.995:
+        print(f"{pairs.paths[1]} covers {pairs.coverage:.1%} of the ground of {pairs.paths[0]}: windows are drawn "
+              f"around the overlap, pixels without both mosaics are left out of the loss (raster_coverage)")
     holdout_ids, fit_ids = split_holdout(len(pairs), cfg.adapt.holdout, tc.seed)
     probe = HoldoutProbe(pairs, holdout_ids, teacher_features, weights, tc.seed, device) if holdout_ids else None
     probe_at = probe_steps(tc.iterations, cfg.adapt.probes) if probe else set()
@@ -234,6 +237,7 @@ def adapt(
         "selected_step": selected[0]["step"] if selected else None,
         "train_time_s": round(train_time, 2),
         **({"registration": registration} if registration is not None else {}),
+        **({"raster_coverage": round(pairs.coverage, 4)} if isinstance(pairs, RasterPairs) else {}),
         "environment": environment(),
     }
     if run.main:

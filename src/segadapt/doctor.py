@@ -427,17 +427,19 @@ def _truths(d2: Path, split: str) -> dict[str, np.ndarray]:
 def _register(report: Report, cfg: RunConfig, pairs: list[tuple[SegmentationSource, int, SegmentationSource, int]],
               truths: dict[str, np.ndarray] | None = None) -> None:
     """With adapt.align set: register each pair as adapt would (same settings, same cache when
-    adapt.align_cache is set) and report its offset and quality; a failure is a warning (adapt skips it).
+    adapt.align_cache is set) and report its offset and quality; a failure is a warning (adapt skips it), a
+    failure of every pair checked an error (adapt refuses such pairs: nothing would be left to train on).
     Where the D2 was made by misalign, the error against the recorded truth is reported too."""
     if cfg.adapt.align == "none" or not pairs:
         return
     from segadapt.data.align import corner_error, describe
-    from segadapt.data.align_cache import register_pairs, settings_of
+    from segadapt.data.align_cache import refuse_none_left, register_pairs, settings_of
 
     settings = settings_of(cfg.adapt)
     cache = Path(cfg.adapt.align_cache) if cfg.adapt.align_cache else None
     assert report.pairs is not None
     rows = report.pairs.setdefault("registration", [])
+    failures: list[dict[str, str]] = []
     for s1, i, s2, j in tqdm(pairs, desc=f"doctor register ({settings.method})", dynamic_ncols=True,
                              mininterval=0.5):
         reg = register_pairs(s1, s2, [(i, j)], settings, cache, progress=False)[0]
@@ -449,8 +451,14 @@ def _register(report: Report, cfg: RunConfig, pairs: list[tuple[SegmentationSour
                         if truth is not None else {}),
                      "reason": reg.reason, "seconds": reg.seconds})
         if not reg.ok:
+            failures.append({"x2": s2.name(j), "reason": reg.reason})
             report.add("warning", "registration failed", f"{s2.name(j)}: registration ({settings.method}) onto "
                        f"{s1.name(i)} failed ({reg.reason}); adapt skips this pair", s2.name(j))
+    try:  # adapt's own refusal, in its words
+        refuse_none_left({"ok": len(pairs) - len(failures), "failures": failures}, settings.method)
+    except DataError as e:
+        report.add("error", "pairs unusable", f"{e} (all {len(pairs)} pairs checked)",
+                   failures[0]["x2"])
 
 
 def guess_dataset(root: Path) -> str:

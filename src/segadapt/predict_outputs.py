@@ -16,7 +16,6 @@ blocks of rows as inference finishes them, so memory is bounded by those rows, n
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from segadapt.chatter import hushed
 from segadapt.checkpoint import atomic_path
 from segadapt.data.rasters import GeoInfo
 from segadapt.paths import check_path
@@ -100,8 +100,7 @@ class TiffWriter:
             profile.update(crs=geo.crs, transform=geo.transform)
         if nodata is not None:
             profile["nodata"] = nodata
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with hushed():  # NotGeoreferencedWarning for a plain TIFF's output
             self.ds = rasterio.open(path, "w", **profile)
         if colormap:
             self.ds.write_colormap(1, colormap)

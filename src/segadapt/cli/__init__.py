@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from segadapt import __version__
+from segadapt import __version__, chatter
 from segadapt.cli import adapt, config, doctor, evaluate, experiment, export, predict, shift, train, viz
 from segadapt.cli.common import discard_partial_outputs, forget_outputs, resolve_config
 from segadapt.errors import Interrupted, SegadaptError
@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="segadapt", description="Adapt a trained segmentation network to a new image domain without labels, "
         "by regressing feature maps.")
     parser.add_argument("--version", action="version", version=f"segadapt {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks, and what libraries print or "
+                        "warn (held back otherwise)")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.register(sub)
@@ -80,6 +81,7 @@ def _failure(e: BaseException) -> tuple[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    chatter.show(args.debug)
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 reports; errors still reach stderr
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
     try:

@@ -54,6 +54,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                             "segadapt distortion --model MODEL --filter F --d2-dir DIR")
     device = select_device(cfg.train.device)
     split = args.split or cfg.data.val_split
+    coverage: float | None = None  # of the labelled ground by the scored mosaic
     if cfg.shift.label_raster:  # a mosaic cut into tiles on the label raster's grid
         from segadapt.data import SegmentationDataset, make_transform
         from segadapt.data.d2 import raster_tiles
@@ -61,6 +62,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         tiles = raster_tiles(cfg, cfg.shift.d2_raster or cfg.shift.d1_raster)
         dataset = SegmentationDataset(tiles, make_transform(cfg.data, False, tiles.info.ignore_index))
         cfg.data.dataset, split = "raster", Path(tiles.paths[0]).stem
+        coverage = tiles.coverage
     else:
         dataset = build_dataset(cfg.data, split, train=False)
     same_classes(args.model, meta, cfg, dataset.info.num_classes)
@@ -71,6 +73,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "root": cfg.data.root,
         "split": split,
         "images": len(dataset),
+        **({"raster_coverage": round(coverage, 4)} if coverage is not None else {}),
         **s.to_dict(),
         "class_names": list(dataset.info.class_names),
         "confusion": conf.tolist(),
@@ -83,6 +86,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     where = f" at {cfg.data.root}" if cfg.data.root else ""
     print(f"{cfg.data.dataset}/{split}{where}: mIoU {s.miou:.4f}  mean acc {s.mean_acc:.4f}  "
           f"pixel acc {s.pixel_acc:.4f}")
+    if coverage is not None and coverage < 0.995:
+        print(f"  scored where {cfg.shift.d2_raster or cfg.shift.d1_raster} has data: {coverage:.1%} of the ground "
+              f"of {cfg.shift.label_raster} (raster_coverage)")
     for name, iou in zip(dataset.info.class_names, s.class_iou):
         print(f"  {name:<14} IoU {iou:.4f}")
     print(f"wrote {out}")

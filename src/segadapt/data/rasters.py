@@ -19,7 +19,6 @@ which pixels hold data. Two readers share it:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from segadapt.chatter import hushed
 from segadapt.data.base import read_image
 from segadapt.errors import ConfigError, DataError
 
@@ -156,8 +156,7 @@ class GeoTiffReader:
             raise DataError(f"{path}: reading TIFF windows needs rasterio; {GEO_HINT}")
         self.path = path
         try:
-            with warnings.catch_warnings():  # a plain TIFF has no georeferencing: nothing to warn about
-                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with hushed():  # e.g. NotGeoreferencedWarning: a plain TIFF is fine here
                 self.ds = rasterio.open(path)
         except rasterio.errors.RasterioError as e:
             raise DataError(f"{path}: unreadable or corrupt TIFF ({_first_line(e)}); re-export it or remove "

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from segadapt.chatter import hushed
 from segadapt.errors import CheckpointError, ConfigError
 from segadapt.models.contract import HookedModel
 from segadapt.models.pretrained import read_state_dict
@@ -84,7 +85,8 @@ def resolve(target: str) -> Any:
         raise ConfigError(f"factory {target!r}: expected package.module:function (dotted module, a colon, a name)")
     module_name, func_name = target.split(":")
     try:
-        module = importlib.import_module(module_name)
+        with hushed():  # what the user's module prints or warns on import: shown under --debug
+            module = importlib.import_module(module_name)
     except ImportError as e:
         raise ConfigError(f"factory {target}: cannot import {module_name} ({e}); install it or add its folder to "
                           "PYTHONPATH") from None
@@ -98,7 +100,8 @@ def call_factory(target: str, kwargs: Mapping[str, Any]) -> nn.Module:
     """The module the factory returns; its errors come back as one line naming the call."""
     func = resolve(target)
     try:
-        net = func(**kwargs)
+        with hushed():  # e.g. a transformers load report from a factory wrapping from_pretrained
+            net = func(**kwargs)
     except Exception as e:
         raise ConfigError(f"factory {target}(**{json.dumps(dict(kwargs))}) failed: {type(e).__name__}: {e}") from e
     if not isinstance(net, nn.Module):

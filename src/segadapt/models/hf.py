@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segadapt.chatter import hushed
 from segadapt.errors import ConfigError
 from segadapt.losses import W_INC, LayerPresets
 from segadapt.models.contract import ParamGroups, as_list, check_taps, head_split
@@ -31,7 +32,8 @@ SUPPORTED = "SegFormer (model_type segformer) and UperNet with a ConvNeXt backbo
 def require_transformers() -> Any:
     """The transformers module, or one line saying how to install it."""
     try:
-        import transformers
+        with hushed():
+            import transformers
     except ImportError:
         raise ConfigError(f"Hugging Face models need the transformers package: {INSTALL_HINT}") from None
     return transformers

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from segadapt.chatter import hushed
 from segadapt.config import IMAGENET_MEAN, IMAGENET_STD
 from segadapt.errors import CheckpointError, ConfigError
 from segadapt.models.hf import SUPPORTED, HFSegmentation, require_transformers
@@ -35,20 +35,6 @@ SEGFORMER_B0: dict[str, Any] = {
     "classifier_dropout_prob": 0.1, "drop_path_rate": 0.1, "layer_norm_eps": 1e-6,
     "decoder_hidden_size": 256, "semantic_loss_ignore_index": 255,
 }
-
-
-@contextmanager
-def quiet(transformers: Any) -> Iterator[None]:
-    """transformers' own progress bars off for a block ("Loading weights", "Writing model shards"): they would
-    break segadapt's one-line errors and its progress display."""
-    logging = transformers.utils.logging
-    was = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            logging.enable_progress_bar()
 
 
 def is_hf_dir(path: str | Path) -> bool:
@@ -92,7 +78,8 @@ def config_from_dict(raw: Mapping[str, Any], source: str | Path) -> Any:
     check_supported(raw, source)
     transformers = require_transformers()
     try:
-        return transformers.AutoConfig.for_model(**dict(raw))
+        with hushed():
+            return transformers.AutoConfig.for_model(**dict(raw))
     except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{source}: config not accepted by transformers {transformers.__version__} "
                               f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); re-save it") from None
@@ -104,7 +91,9 @@ def build_from_config(raw: Mapping[str, Any], source: str | Path, num_classes: i
     config = config_from_dict(raw, source)
     if num_classes and num_classes != config.num_labels:
         config.num_labels = num_classes
-    net = require_transformers().AutoModelForSemanticSegmentation.from_config(config)
+    transformers = require_transformers()
+    with hushed():
+        net = transformers.AutoModelForSemanticSegmentation.from_config(config)
     return HFSegmentation(net)
 
 
@@ -188,7 +177,7 @@ def load_hf_dir(path: str | Path, device: torch.device | str = "cpu") -> tuple[H
         raise CheckpointError(f"{folder}: no {WEIGHTS_FILE} beside {CONFIG_FILE}; {fix}")
     transformers = require_transformers()
     try:
-        with quiet(transformers):
+        with hushed():  # its load report table and progress bar: the checks below say what matters in one line
             net, info = transformers.AutoModelForSemanticSegmentation.from_pretrained(
                 folder, local_files_only=True, use_safetensors=True, trust_remote_code=False,
                 output_loading_info=True)
@@ -214,9 +203,10 @@ def save_hf_dir(model: HFSegmentation, src_dir: str | Path | None, dst_dir: str 
     """
     dst = Path(dst_dir)
     dst.parent.mkdir(parents=True, exist_ok=True)
+    require_transformers()  # imported first, so hushed() finds its progress bars to turn off
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
-        with quiet(require_transformers()):
+        with hushed():
             model.net.save_pretrained(tmp)
         for name in (CONFIG_FILE, PREPROCESSOR_FILE):
             if src_dir is not None and (Path(src_dir) / name).is_file():

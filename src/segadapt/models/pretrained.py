@@ -8,12 +8,12 @@ and classifier.3 is fc7 (4096 x 4096). DeepLab-LargeFOV shrinks fc6/fc7 to 1024 
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
+from segadapt.chatter import hushed
 from segadapt.checkpoint import check_finite
 from segadapt.errors import CheckpointError
 from segadapt.models.vgg_deeplab import VGG_BLOCKS, VGGDeepLab
@@ -53,8 +53,7 @@ def read_state_dict(path: str | Path, what: str = "VGG-16 weights",
     try:
         # torch's weights-only unpickler warns about any pickle protocol but 2 (plain pickle.dump files) before
         # it refuses them; what the user needs is the one line below, so nothing torch.load warns reaches them
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with hushed():
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         if "weights only" in str(e).lower() or "weights_only" in str(e):  # torch refused to unpickle an object

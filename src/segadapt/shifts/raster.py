@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from segadapt.chatter import hushed
 from segadapt.checkpoint import atomic_path
 from segadapt.errors import ConfigError, DataError, SegadaptError
 from segadapt.shifts import blend, resolve_params
@@ -225,7 +226,8 @@ def _shift(
     from segadapt.shifts.units import length_scale
 
     try:
-        dataset = rasterio.open(src_path)
+        with hushed():
+            dataset = rasterio.open(src_path)
     except rasterio.errors.RasterioIOError as e:
         raise DataError(f"{src_path}: not a readable raster ({str(e).splitlines()[0]}); check the path") from None
     with dataset:
