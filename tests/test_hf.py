@@ -239,6 +239,29 @@ def test_unsupported_model_types_are_refused_in_one_line(tmp_path):
         load_hf_dir(tmp_path)
 
 
+@pytest.mark.parametrize(("change", "cause"), [
+    ({"depths": [1, 1]}, "IndexError"),  # shorter than num_encoder_blocks
+    ({"num_attention_heads": [0, 2, 2, 4]}, "ZeroDivisionError"),
+    ({"hidden_sizes": "8,16,24,32"}, "hidden_sizes"),  # a string where a list belongs
+])
+def test_a_config_transformers_cannot_build_is_one_line_from_the_cli(tmp_path, capsys, change, cause):
+    """transformers checks configs only in part; what it raises while building is the file's fault, whatever
+    its class: one line, exit 2, nothing written."""
+    from segadapt.cli import main
+
+    _save(SEGFORMER, tmp_path / "hf")
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**SEGFORMER, **change}))
+    with pytest.raises(CheckpointError, match=cause) as e:
+        load_hf_dir(tmp_path / "hf")
+    assert str(tmp_path / "hf") in str(e.value) and "\n" not in str(e.value)
+    capsys.readouterr()
+    code = main(["evaluate", "--model", str(tmp_path / "hf"), "--dataset", "synthetic", "--set",
+                 "data.synthetic_val=1", "--out", str(tmp_path / "e.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and err.count("segadapt: error:") == 1 and cause in err
+    assert not (tmp_path / "e.json").exists()
+
+
 def test_pickled_or_partial_weights_are_refused(tmp_path):
     _save(SEGFORMER, tmp_path)
     sd = load_file(str(tmp_path / "model.safetensors"))

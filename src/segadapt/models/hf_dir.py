@@ -7,10 +7,11 @@ backbone are refused. `preprocessor_config.json`, when present, gives the normal
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,16 +74,27 @@ def check_supported(raw: Mapping[str, Any], source: str | Path) -> None:
                               "(wrap other networks with a Python factory: package.module:function)")
 
 
+@contextlib.contextmanager
+def _blamed_on(source: str | Path, version: str) -> Iterator[None]:
+    """transformers checks a config's fields only in part: a `depths` shorter than `num_encoder_blocks` is an
+    IndexError and 0 attention heads a ZeroDivisionError while the model is built. Whatever building or loading
+    from a user's files raises is those files' fault, so it is one line naming them."""
+    try:
+        with hushed():
+            yield
+    except Exception as e:  # noqa: BLE001 (any class: see above)
+        first = " ".join(str(e).split())  # its validation errors put the field on one line, the reason on the next
+        raise CheckpointError(f"{source}: transformers {version} cannot build a model from it ({type(e).__name__}"
+                              f"{': ' + first[:160] if first else ''}); fix it or re-save the model with "
+                              "save_pretrained") from None
+
+
 def config_from_dict(raw: Mapping[str, Any], source: str | Path) -> Any:
     """A transformers config object from a config.json dict (nested backbone configs included)."""
     check_supported(raw, source)
     transformers = require_transformers()
-    try:
-        with hushed():
-            return transformers.AutoConfig.for_model(**dict(raw))
-    except (TypeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{source}: config not accepted by transformers {transformers.__version__} "
-                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); re-save it") from None
+    with _blamed_on(source, transformers.__version__):
+        return transformers.AutoConfig.for_model(**dict(raw))
 
 
 def build_from_config(raw: Mapping[str, Any], source: str | Path, num_classes: int = 0) -> HFSegmentation:
@@ -92,7 +104,7 @@ def build_from_config(raw: Mapping[str, Any], source: str | Path, num_classes: i
     if num_classes and num_classes != config.num_labels:
         config.num_labels = num_classes
     transformers = require_transformers()
-    with hushed():
+    with _blamed_on(source, transformers.__version__):
         net = transformers.AutoModelForSemanticSegmentation.from_config(config)
     return HFSegmentation(net)
 
@@ -176,15 +188,10 @@ def load_hf_dir(path: str | Path, device: torch.device | str = "cpu") -> tuple[H
                "save_pretrained (safetensors)") if pickled else "pass the directory save_pretrained wrote"
         raise CheckpointError(f"{folder}: no {WEIGHTS_FILE} beside {CONFIG_FILE}; {fix}")
     transformers = require_transformers()
-    try:
-        with hushed():  # its load report table and progress bar: the checks below say what matters in one line
-            net, info = transformers.AutoModelForSemanticSegmentation.from_pretrained(
-                folder, local_files_only=True, use_safetensors=True, trust_remote_code=False,
-                output_loading_info=True)
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{folder}: transformers could not load it ({first}); re-save it with "
-                              "save_pretrained") from None
+    with _blamed_on(folder, transformers.__version__):  # its load report: the checks below say what matters
+        net, info = transformers.AutoModelForSemanticSegmentation.from_pretrained(
+            folder, local_files_only=True, use_safetensors=True, trust_remote_code=False,
+            output_loading_info=True)
     bad = sorted(info.get("missing_keys", ())) + sorted(str(k) for k in info.get("mismatched_keys", ()))
     if bad:  # transformers would fill these with random numbers: never adapt a partly random H1
         raise CheckpointError(f"{folder / WEIGHTS_FILE}: weights missing or of the wrong shape for {CONFIG_FILE} "
