@@ -26,6 +26,7 @@ from segadapt.predict import (
     predict_image,
 )
 from tiny import CAMVID_CLASSES, tiny_model_file
+from tiny_hf import hf_model_file
 
 NORM = SimpleNamespace(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), base_size=0)
 
@@ -360,3 +361,124 @@ def test_bands_are_chosen_or_asked_for(tmp_path, model_file, capsys):
     assert "has 2 bands; choose which to use with --bands" in capsys.readouterr().err
     assert predict(model_file, [two], tmp_path / "out", "--bands", "2") == 0
     assert predict(model_file, [two], tmp_path / "out2", "--bands", "1,2") == 2
+
+
+# --- what predict may replace, and failures that stay one image's ----------------------------------------
+
+def test_a_users_file_named_like_an_output_is_never_replaced(tmp_path, model_file, capsys):
+    """Images and outputs in one folder: a ground-truth scene_mask.png beside scene.png is the user's (no
+    record of predict's says it wrote it), so predicting scene.png is refused naming it, the file is left
+    as it was, and the other images are predicted; predict's own outputs are not taken for inputs later."""
+    from segadapt.predict_job import list_inputs
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(scene(24, 32)).save(folder / "scene.png")
+    Image.fromarray(scene(24, 32, 1)).save(folder / "other.png")
+    truth = np.zeros((24, 32), np.uint8)
+    truth[:, 16:] = 3
+    Image.fromarray(truth).save(folder / "scene_mask.png")
+    before = (folder / "scene_mask.png").read_bytes()
+    assert predict(model_file, [folder], folder) == 1
+    err = capsys.readouterr().err
+    assert f"{folder / 'scene_mask.png'}: exists and was not written by segadapt predict" in err
+    assert "Traceback" not in err
+    assert (folder / "scene_mask.png").read_bytes() == before  # the user's file, untouched
+    assert (folder / "other_mask.png").is_file() and (folder / "scene_mask_mask.png").is_file()
+    failed = json.loads((folder / "predictions.json").read_text())["failed"]
+    assert [Path(f["input"]).name for f in failed] == ["scene.png"]
+    # the outputs predict wrote are no inputs on a re-run; the user's file named like one still is
+    assert [p.name for p in list_inputs([str(folder)], folder)] == ["other.png", "scene.png", "scene_mask.png"]
+    assert predict(model_file, [folder], folder) == 1
+    assert "2 already finished" in capsys.readouterr().out
+    # an output predict wrote and the user then changed is theirs: not replaced by a run with other settings
+    Image.fromarray(truth).save(folder / "other_mask.png")
+    changed = (folder / "other_mask.png").read_bytes()
+    assert predict(model_file, [folder / "other.png"], folder, "--tile", "32") == 1
+    assert "other_mask.png: exists and was not written by segadapt predict" in capsys.readouterr().err
+    assert (folder / "other_mask.png").read_bytes() == changed
+
+
+def test_a_predictions_json_predict_did_not_write_is_refused_before_any_output(tmp_path, model_file, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(scene(24, 32)).save(folder / "a.png")
+    (folder / "predictions.json").write_text('{"mine": true}\n')
+    assert predict(model_file, [folder], folder) == 2
+    assert "predictions.json: exists and was not written by segadapt predict" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "predictions.json"]
+    assert (folder / "predictions.json").read_text() == '{"mine": true}\n'
+    (folder / "predictions.json").unlink()
+    assert predict(model_file, [folder], folder) == 0
+    assert predict(model_file, [folder], folder, "--confidence") == 0  # its own summary it replaces
+
+
+def test_outputs_are_recorded_by_hash_before_they_are_in_place(tmp_path, model_file, monkeypatch):
+    """A run killed after the record but before the renames still owns whatever is at each name."""
+    import segadapt.predict_outputs as outputs
+
+    Image.fromarray(scene(24, 32)).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    assert predict(model_file, [tmp_path / "a.png"], out) == 0
+    first = (out / "a_mask.png").read_bytes()
+
+    class Killed(BaseException):
+        pass
+
+    real = outputs.ImageOutputs.__exit__
+
+    def exit_after_record(self, kind, e, tb):
+        self.files.__exit__(kind, e, tb)
+        self.before_rename({k: outputs.sha256_file(p) for k, p in self.temp_paths.items()})
+        self.temps.__exit__(Killed, Killed(), None)  # the temp files go, the renames never happen
+        raise Killed
+
+    monkeypatch.setattr(outputs.ImageOutputs, "__exit__", exit_after_record)
+    with pytest.raises(Killed):
+        predict(model_file, [tmp_path / "a.png"], out, "--tile", "32")
+    assert (out / "a_mask.png").read_bytes() == first
+    monkeypatch.setattr(outputs.ImageOutputs, "__exit__", real)
+    assert predict(model_file, [tmp_path / "a.png"], out, "--tile", "32") == 0  # still predict's file: replaced
+
+
+@pytest.fixture(scope="module")
+def segformer_file(tmp_path_factory):
+    """A tiny SegFormer: its first kernel is 8x8 at stride 4."""
+    return hf_model_file(tmp_path_factory.mktemp("segformer"))
+
+
+def test_every_failure_of_one_image_is_one_line_and_the_run_goes_on(tmp_path, segformer_file, capsys):
+    """Images too small for the network's kernels and a complex-valued TIFF: each is one line naming it,
+    the other images are predicted, predictions.json lists the failures, exit 1."""
+    rasterio = pytest.importorskip("rasterio")
+    Image.fromarray(scene(1, 1)).save(tmp_path / "dot.png")
+    Image.fromarray(scene(2, 300)).save(tmp_path / "strip.png")
+    Image.fromarray(scene(32, 40)).save(tmp_path / "good.png")
+    rng = np.random.default_rng(0)
+    with rasterio.open(tmp_path / "complex.tif", "w", driver="GTiff", height=8, width=8, count=3,
+                       dtype="complex64") as ds:
+        ds.write((rng.random((3, 8, 8)) + 1j * rng.random((3, 8, 8))).astype(np.complex64))
+    images = [tmp_path / n for n in ("dot.png", "complex.tif", "strip.png", "good.png")]
+    out = tmp_path / "out"
+    assert predict(segformer_file, images, out) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for name in ("dot.png", "complex.tif", "strip.png"):
+        lines = [ln for ln in err.splitlines() if f"{tmp_path / name}: could not be predicted" in ln]
+        assert len(lines) == 2, name  # as it happens, and in the list at the end
+    assert (out / "good_mask.png").is_file() and not list(out.glob("dot*")) and not list(out.glob("strip*"))
+    summary = json.loads((out / "predictions.json").read_text())
+    assert sorted(Path(f["input"]).name for f in summary["failed"]) == ["complex.tif", "dot.png", "strip.png"]
+    assert [Path(e["input"]).name for e in summary["images"]] == ["good.png"]
+
+
+def test_a_name_too_long_for_its_outputs_is_that_images_failure(tmp_path, model_file, capsys):
+    long = tmp_path / ("n" * 249 + ".png")  # a valid name; `<stem>_confidence.png` would be 264 bytes
+    Image.fromarray(scene(20, 24)).save(long)
+    Image.fromarray(scene(20, 24)).save(tmp_path / "short.png")
+    out = tmp_path / "out"
+    assert predict(model_file, [long, tmp_path / "short.png"], out, "--confidence") == 1
+    err = capsys.readouterr().err
+    assert f"{long}: its name is too long for its outputs" in err and "rename the file" in err
+    assert "Traceback" not in err and (out / "short_confidence.png").is_file()
+    assert [Path(f["input"]) for f in json.loads((out / "predictions.json").read_text())["failed"]] == [long]

@@ -68,3 +68,38 @@ def dict_cnn(classes: int = NUM_CLASSES, width: int = 8) -> SmallCNN:
 
 def not_a_module() -> int:
     return 3
+
+
+def _data_config(base_size: int) -> dict:
+    from segadapt.config import preset, to_dict
+
+    cfg = preset("synthetic")
+    cfg.data.base_size = base_size
+    return to_dict(cfg)
+
+
+def hf_model_file(folder, raw: dict = SEGFORMER, base_size: int = 0, seed: int = 0):
+    """A random transformers model of `raw` as a segadapt model file in `folder` (as `train --arch hf:DIR`
+    writes it; the synthetic preset's data settings, predicted at `base_size`); returns the folder."""
+    from segadapt.checkpoint import MODEL_FILE, save_model
+    from segadapt.models.hf_dir import build_from_config, hf_meta
+
+    torch.manual_seed(seed)
+    model = build_from_config(raw, "tiny_hf")
+    save_model(folder / MODEL_FILE, model, {**hf_meta(model), "config": _data_config(base_size)})
+    return folder
+
+
+def factory_model_file(folder, base_size: int = 0):
+    """An adapted factory model as `adapt` writes it: a segadapt model file in `folder` naming the factory
+    tiny_hf:small_cnn (width 6), so loading it needs --trust-factory tiny_hf:small_cnn; returns the folder."""
+    from safetensors.torch import save_file
+
+    from segadapt.checkpoint import MODEL_FILE, save_model
+    from segadapt.models.factory import load_factory
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(trained_looking_cnn(NUM_CLASSES, 6).state_dict(), str(folder / "h1.safetensors"))
+    model, meta = load_factory("tiny_hf:small_cnn", folder / "h1.safetensors", {"width": 6})
+    save_model(folder / MODEL_FILE, model, {**meta, "config": _data_config(base_size)})
+    return folder

@@ -1,17 +1,19 @@
 """`segadapt predict` over many images: the inputs listed, each image predicted into its outputs, finished
-images skipped on a re-run, unreadable ones listed at the end, and a `predictions.json` summary.
+images skipped on a re-run, failed ones listed at the end, and a `predictions.json` summary.
 
-An image is finished when its record `.predict/<stem>.json` exists (written after all its outputs, each
-atomically) and says it was predicted from the same input file (size, modification time) with the same
-weights and settings, and its outputs are all there. Anything else is predicted again, so a run stopped by
-Ctrl-C (which leaves no partial file) or with other settings continues where it is.
+An image is finished when its record `.predict/<stem>.json` (predict_records) says it was predicted from
+the same input file (size, modification time) with the same weights and settings, and its outputs are the
+files predict wrote. Anything else is predicted again, so a run stopped by Ctrl-C (which leaves no partial
+file) or with other settings continues where it is. A file predict did not write is never replaced.
+
+Whatever goes wrong with one image (it does not decode, has a pixel type the stretch cannot handle, is
+smaller than the network's kernels, has a name too long for its outputs, ...) is one line naming it; the
+run goes on, and the failures are listed in predictions.json and at the end (exit 1).
 """
 
 from __future__ import annotations
 
 import glob
-import json
-import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,16 +24,28 @@ from tqdm import tqdm
 
 from segadapt.checkpoint import write_json_atomic
 from segadapt.data.rasters import GeoTiffReader, open_raster, rasterio_or_none
-from segadapt.errors import ConfigError, DataError, Interrupted
+from segadapt.errors import ConfigError, DataError, Interrupted, SegadaptError
 from segadapt.paths import check_path
 from segadapt.predict import Predictor, predict_image
-from segadapt.predict_outputs import ImageOutputs, OutputSpec, output_paths
+from segadapt.predict_outputs import ImageOutputs, OutputSpec, output_names
+from segadapt.predict_records import (
+    RECORDS,
+    check_summary,
+    finished,
+    identity,
+    owned,
+    read_record,
+    record_path,
+    recorded_names,
+    with_files,
+    write_summary,
+)
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
-OUTPUT_NAME = re.compile(r".+_(mask|overlay|confidence|entropy)\.(png|tif)")
-RECORDS = ".predict"
 SUMMARY = "predictions.json"
 GDAL_CACHE_MB = 128  # GDAL's block cache (its default is 5% of RAM): part of predict's memory bound
+NAME_MAX = 255  # bytes in one path component (ext4, APFS, NTFS alike)
+TEMP_EXTRA = len("..") + 8 + len(".tmp")  # atomic_path writes NAME first as .NAME.<8 random characters>.tmp
 
 
 @dataclass(frozen=True)
@@ -86,15 +100,17 @@ def _matches(text: str) -> list[Path]:
 
 def list_inputs(items: Sequence[str], out: Path | None = None) -> list[Path]:
     """Files, folders (their images, not recursive) and globs (** recurses), each once, in the order given;
-    earlier outputs (<stem>_mask.png, ... in `out`, when images and outputs share a folder) are left out.
+    earlier outputs (the files predict's records in `out` say it wrote, when images and outputs share a
+    folder) are left out, and nothing else: a user's own `x_mask.png` is an image like any other.
     Outputs are named by file stem, so two inputs with one stem are refused."""
     seen: dict[Path, Path] = {}
     stems: dict[str, Path] = {}
     outputs = out.resolve() if out is not None else None
+    earlier = recorded_names(out) if out is not None else set()
     for text in items:
         for path in _matches(text):
             key = path.resolve()
-            if key in seen or (key.parent == outputs and OUTPUT_NAME.fullmatch(path.name)):
+            if key in seen or (key.parent == outputs and path.name in earlier):
                 continue
             if path.stem in stems:
                 raise ConfigError(f"--images: {stems[path.stem]} and {path} share the name {path.stem!r}, and "
@@ -105,25 +121,6 @@ def list_inputs(items: Sequence[str], out: Path | None = None) -> list[Path]:
     return list(seen.values())
 
 
-def _identity(path: Path) -> dict[str, Any]:
-    st = path.stat()
-    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _finished(record_path: Path, out: Path, identity: dict[str, Any], settings: dict[str, Any]) -> dict | None:
-    """The record of an image already predicted with these settings from this file, else None."""
-    try:
-        record = json.loads(record_path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("identity") != identity or record.get("settings") != settings:
-        return None
-    outputs = record.get("outputs")
-    if not isinstance(outputs, dict) or not all((out / str(name)).is_file() for name in outputs.values()):
-        return None
-    return record
-
-
 def _remove_stale_temps(out: Path, names: set[str]) -> None:
     """Temp files a killed run left (atomic_path names them .<name>.<random>.tmp)."""
     for d in (out, out / RECORDS):
@@ -131,6 +128,28 @@ def _remove_stale_temps(out: Path, names: set[str]) -> None:
             for p in d.iterdir():
                 if p.name.endswith(".tmp") and any(p.name.startswith(f".{n}.") for n in names):
                     p.unlink(missing_ok=True)
+
+
+def _check_name_lengths(path: Path, names: Sequence[str]) -> None:
+    """Each output name, and the temp name it is written under first, must fit one path component: an input
+    whose name is too long for its outputs is that image's failure, named, not the run's."""
+    longest = max(names, key=lambda n: len(n.encode()))
+    if len(longest.encode()) + TEMP_EXTRA > NAME_MAX:
+        fit = len(path.stem.encode()) - (len(longest.encode()) + TEMP_EXTRA - NAME_MAX)
+        raise DataError(f"{path}: its name is too long for its outputs ({longest!r} is {len(longest.encode())} "
+                        f"bytes; with its temporary name at most {NAME_MAX - TEMP_EXTRA} fit); rename the file "
+                        f"to a stem of at most {max(fit, 0)} bytes")
+
+
+def failure_line(path: Path, e: BaseException) -> str:
+    """One line naming the image, whatever failed: a SegadaptError says its own (and names the file); anything
+    else (an image too small for the network's kernels, a pixel type the stretch cannot handle, ...) is
+    named by its class and its first words."""
+    text = " ".join(str(e).split())
+    if isinstance(e, SegadaptError):
+        return text if str(path) in text else f"{path}: {text}"
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return f"{path}: could not be predicted ({type(e).__name__}{': ' + text if text else ''})"
 
 
 @dataclass
@@ -152,6 +171,7 @@ def run(pred: Predictor, inputs: Sequence[Path], out: Path, opts: PredictOptions
     if rasterio is None and any(p.suffix.lower() in (".tif", ".tiff") for p in inputs):
         print("segadapt: note: rasterio is not installed, so TIFFs are decoded whole and written as PNG without "
               "georeferencing; pip install 'segadapt[geo]'", file=sys.stderr)
+    replaced = check_summary(out / SUMMARY)
     images: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
     skipped = 0
@@ -162,9 +182,10 @@ def run(pred: Predictor, inputs: Sequence[Path], out: Path, opts: PredictOptions
             for path in bar:
                 try:
                     entry, kept = predict_file(pred, path, out, opts, settings, progress)
-                except DataError as e:
-                    failed.append({"input": str(path), "error": str(e)})
-                    tqdm.write(f"segadapt: skipped {e}", file=sys.stderr)
+                except Exception as e:  # whatever fails in one image is that image's failure (Ctrl-C is not)
+                    line = failure_line(path, e)
+                    failed.append({"input": str(path), "error": line})
+                    tqdm.write(f"segadapt: skipped {line}", file=sys.stderr)
                     continue
                 images.append(entry)
                 skipped += kept
@@ -175,7 +196,7 @@ def run(pred: Predictor, inputs: Sequence[Path], out: Path, opts: PredictOptions
         finally:
             bar.close()
     summary = {**header, "settings": settings, "images": images, "failed": failed}
-    write_json_atomic(out / SUMMARY, summary)
+    write_summary(out / SUMMARY, summary, replaced)
     return Summary(images, failed, skipped, out / SUMMARY)
 
 
@@ -185,29 +206,36 @@ def predict_file(pred: Predictor, path: Path, out: Path, opts: PredictOptions, s
     earlier run; returns (its predictions.json entry, whether it was kept). `out`/.predict must exist."""
     if not path.is_file():
         raise DataError(f"{path}: not found (removed while the run went on?)")
-    record_path = check_path(str(out / RECORDS / f"{path.stem}.json"), "output")
-    identity = _identity(path)
-    kept = _finished(record_path, out, identity, settings)
-    if kept is not None:
-        return {**kept["entry"], "skipped": True}, True
+    names = output_names(path.stem, False, opts.outputs)
+    rec_path = record_path(out, path.stem)
+    _check_name_lengths(path, [*names.values(), rec_path.name])
+    record, ident = read_record(rec_path), identity(path)
+    if finished(record, out, ident, settings):
+        return {**record["entry"], "skipped": True}, True
     reader = open_raster(path, opts.bands, opts.stretch)
     try:
         tiff = isinstance(reader, GeoTiffReader)
-        paths = output_paths(out, path.stem, tiff, opts.outputs)
-        _remove_stale_temps(out, {p.name for p in paths.values()} | {record_path.name})
+        paths = {k: out / n for k, n in output_names(path.stem, tiff, opts.outputs).items()}
+        replaced = owned(record, out, [p.name for p in paths.values()], f"predicting {path}")
+        _remove_stale_temps(out, {p.name for p in paths.values()} | {rec_path.name})
         geo = reader.geo if isinstance(reader, GeoTiffReader) else None
-        with ImageOutputs(paths, reader.height, reader.width, pred.num_classes, pred.palette, geo) as outputs:
+        entry: dict[str, Any] = {"input": str(path), "outputs": {k: p.name for k, p in paths.items()}}
+
+        def record_outputs(hashes: dict[str, str]) -> None:  # before the files are renamed into place
+            written = {paths[k].name: h for k, h in hashes.items()}
+            write_json_atomic(rec_path, {"identity": ident, "settings": settings, "outputs": entry["outputs"],
+                                         "files": with_files(record, written, replaced), "entry": entry})
+
+        with ImageOutputs(paths, reader.height, reader.width, pred.num_classes, pred.palette, geo,
+                          record_outputs) as outputs:
             stats = predict_image(pred, reader, outputs, scale=opts.scale, tile=opts.tile, overlap=opts.overlap,
                                   batch=opts.batch, memory_mb=opts.memory_mb, entropy=opts.outputs.entropy,
                                   overlay=opts.outputs.overlay, progress=progress, desc=path.name)
-        entry = {"input": str(path), "outputs": {k: p.name for k, p in paths.items()},
-                 **stats.to_dict(pred.class_names)}
-        if isinstance(reader, GeoTiffReader):
-            entry["raster"] = reader.describe()
+            entry.update(stats.to_dict(pred.class_names))
+            if isinstance(reader, GeoTiffReader):
+                entry["raster"] = reader.describe()
     finally:
         close = getattr(reader, "close", None)
         if close is not None:
             close()
-    write_json_atomic(record_path, {"identity": identity, "settings": settings, "outputs": entry["outputs"],
-                                    "entry": entry})
     return {**entry, "skipped": False}, False

@@ -16,7 +16,7 @@ blocks of rows as inference finishes them, so memory is bounded by those rows, n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,7 @@ from PIL import Image
 from segadapt.chatter import hushed
 from segadapt.checkpoint import atomic_path
 from segadapt.data.rasters import GeoInfo
-from segadapt.paths import check_path
+from segadapt.models.factory import sha256_file
 
 TIFF_BLOCK = 256  # TIFF outputs are tiled in 256x256 blocks and written 256 rows at a time
 
@@ -54,10 +54,10 @@ class OutputSpec:
         return ["mask", *(k for k in ("overlay", "confidence", "entropy") if getattr(self, k))]
 
 
-def output_paths(out: Path, stem: str, tiff: bool, spec: OutputSpec) -> dict[str, Path]:
-    """kind -> path; each name is checked (a stem may make a component too long for the file system)."""
+def output_names(stem: str, tiff: bool, spec: OutputSpec) -> dict[str, str]:
+    """kind -> file name of each output of the input `stem`."""
     ext = ".tif" if tiff else ".png"
-    return {k: check_path(str(out / f"{stem}_{k}{ext}"), "output") for k in spec.kinds()}
+    return {k: f"{stem}_{k}{ext}" for k in spec.kinds()}
 
 
 class PngWriter:
@@ -146,16 +146,21 @@ def colour_table(palette: Sequence[Sequence[int]], num_classes: int) -> np.ndarr
 
 
 class ImageOutputs:
-    """Every output of one image: `write` takes finished rows; leaving the block without error renames all
-    files into place, an exception (Ctrl-C included) removes their temp files."""
+    """Every output of one image: `write` takes finished rows; leaving the block without error closes every
+    file, calls `before_rename` with each one's sha256 (kind -> hex; predict records them there, so a file is
+    never in place before the record that owns it), then renames them all into place. An exception (Ctrl-C
+    included), in the block or in `before_rename`, removes the temp files."""
 
     def __init__(self, paths: dict[str, Path], height: int, width: int, num_classes: int,
-                 palette: Sequence[Sequence[int]], geo: GeoInfo | None) -> None:
+                 palette: Sequence[Sequence[int]], geo: GeoInfo | None,
+                 before_rename: Callable[[dict[str, str]], None] | None = None) -> None:
         self.paths, self.height, self.width, self.geo = paths, height, width, geo
         self.num_classes, self.palette = num_classes, palette
+        self.before_rename = before_rename
         self.lut = colour_table(palette, num_classes)
         self.nodata = nodata_value(num_classes)
-        self.stack = ExitStack()
+        self.temps, self.files = ExitStack(), ExitStack()
+        self.temp_paths: dict[str, Path] = {}
         self.writers: dict[str, PngWriter | TiffWriter] = {}
 
     def _writer(self, kind: str, tmp: Path) -> PngWriter | TiffWriter:
@@ -176,15 +181,22 @@ class ImageOutputs:
         return TiffWriter(tmp, h, w, channels, dtype, self.geo, nodata, colormap)
 
     def __enter__(self) -> ImageOutputs:
-        with ExitStack() as stack:
+        with ExitStack() as temps, ExitStack() as files:
             for kind, path in self.paths.items():
-                tmp = stack.enter_context(atomic_path(path))
-                self.writers[kind] = stack.enter_context(self._writer(kind, tmp))
-            self.stack = stack.pop_all()
+                self.temp_paths[kind] = tmp = temps.enter_context(atomic_path(path))
+                self.writers[kind] = files.enter_context(self._writer(kind, tmp))
+            self.temps, self.files = temps.pop_all(), files.pop_all()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self.stack.__exit__(kind, e, tb)
+        try:
+            self.files.__exit__(kind, e, tb)  # closed: complete on success
+            if kind is None and self.before_rename is not None:
+                self.before_rename({k: sha256_file(p) for k, p in self.temp_paths.items()})
+        except BaseException as failed:
+            self.temps.__exit__(type(failed), failed, failed.__traceback__)
+            raise
+        self.temps.__exit__(kind, e, tb)
 
     def write(self, y: int, labels: np.ndarray, confidence: np.ndarray, entropy: np.ndarray | None,
               valid: np.ndarray | None, rgb: np.ndarray | None) -> None:

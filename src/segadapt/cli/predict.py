@@ -66,7 +66,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     kept = f" ({summary.skipped} already finished, kept)" if summary.skipped else ""
     print(f"predicted {done} of {len(inputs)} image(s) into {out}{kept}; summary: {summary.path}")
     if summary.failed:
-        print(f"segadapt: {len(summary.failed)} image(s) could not be read:", file=sys.stderr)
+        print(f"segadapt: {len(summary.failed)} image(s) could not be predicted (listed under \"failed\" in "
+              f"{summary.path}):", file=sys.stderr)
         for f in summary.failed:
             print(f"  {f['error']}", file=sys.stderr)
         return 1
