@@ -482,3 +482,15 @@ def test_a_name_too_long_for_its_outputs_is_that_images_failure(tmp_path, model_
     assert f"{long}: its name is too long for its outputs" in err and "rename the file" in err
     assert "Traceback" not in err and (out / "short_confidence.png").is_file()
     assert [Path(f["input"]) for f in json.loads((out / "predictions.json").read_text())["failed"]] == [long]
+
+
+def test_a_memory_budget_below_the_smallest_plan_is_said_and_the_smallest_plan_used(tmp_path, model_file, capsys):
+    plan = plan_tiles(4000, 4000, 11, 256.0, memory_mb=1, batch=4)
+    assert (plan.tile_h, plan.batch) == (128, 1) and plan.needs_mb > 1
+    assert plan_tiles(4000, 4000, 11, 256.0, memory_mb=1024).needs_mb is None
+    Image.fromarray(scene(300, 300)).save(tmp_path / "a.png")
+    assert predict(model_file, [tmp_path / "a.png"], tmp_path / "out", "--memory-mb", "0.5") == 0
+    warning = [ln for ln in capsys.readouterr().err.splitlines() if "--memory-mb 0.5" in ln]
+    assert len(warning) == 1 and "less than the smallest tile plan needs (about" in warning[0]
+    entry = json.loads((tmp_path / "out" / "predictions.json").read_text())["images"][0]
+    assert entry["tile"] == [128, 128] and entry["batch"] == 1 and entry["memory_needed_mb"] > 0.5

@@ -20,13 +20,14 @@ pixel, relative to the network's receptive field (about 420 pixels for VGG-16 De
 
 Memory. Rows are finished one tile row at a time, so memory holds one tile row of logits (classes x tile
 x width floats) and a batch of tiles, never the whole image. Without `tile`, the whole image is one tile
-when its estimated working memory fits `memory_mb`, else the largest tile size that fits.
+when its estimated working memory fits `memory_mb`, else the largest tile size that fits; when none does,
+the smallest tile with the largest batch that fits, and a one-line warning with what that plan needs.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -70,12 +71,9 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Modul
 def weights_sha256(path: str | Path) -> str:
     """Fingerprint of the weights file, so re-running with another model never skips as finished."""
     from segadapt.checkpoint import resolve_model_path
+    from segadapt.models.factory import sha256_file
 
-    h = hashlib.sha256()
-    with open(resolve_model_path(path), "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(resolve_model_path(path))
 
 
 @dataclass
@@ -194,6 +192,7 @@ class TilePlan:
     batch: int
     ys: tuple[int, ...]
     xs: tuple[int, ...]
+    needs_mb: float | None = None  # set when even this, the smallest plan, exceeds the memory budget
 
     @property
     def tiles(self) -> int:
@@ -205,8 +204,9 @@ class TilePlan:
         return [t - (s[1] - s[0]) if len(s) > 1 else None for t, s in ((self.tile_h, self.ys), (self.tile_w, self.xs))]
 
     def to_dict(self) -> dict[str, Any]:
+        over = {} if self.needs_mb is None else {"memory_needed_mb": round(self.needs_mb, 1)}
         return {"tile": [self.tile_h, self.tile_w], "overlap": self.overlap, "overlap_actual": self.overlaps(),
-                "batch": self.batch, "tiles": self.tiles}
+                "batch": self.batch, "tiles": self.tiles, **over}
 
 
 def working_bytes(th: int, tw: int, width: int, classes: int, batch: int, act_px: float) -> float:
@@ -228,6 +228,7 @@ def plan_tiles(height: int, width: int, classes: int, act_px: float, *, tile: in
     """The tile grid for an image at the network's scale (see the module docstring for the rules)."""
     if tile is not None and tile < MIN_TILE:
         raise ConfigError(f"--tile {tile}: tiles must be at least {MIN_TILE} pixels a side")
+    needs_mb = None
     if tile is None:
         budget = memory_mb * 2**20
         if working_bytes(height, width, width, classes, 1, act_px) <= budget:
@@ -235,14 +236,21 @@ def plan_tiles(height: int, width: int, classes: int, act_px: float, *, tile: in
         else:
             fits = [t for t in TILE_SIZES if working_bytes(min(t, height), min(t, width), width, classes,
                                                            batch, act_px) <= budget]
-            tile = fits[0] if fits else TILE_SIZES[-1]
+            if fits:
+                tile = fits[0]
+            else:  # the smallest tile, with the largest batch that fits (at least 1), and say what it needs
+                tile = TILE_SIZES[-1]
+                need = [working_bytes(min(tile, height), min(tile, width), width, classes, b, act_px)
+                        for b in range(1, batch + 1)]
+                batch = max([b for b, n in enumerate(need, 1) if n <= budget], default=1)
+                needs_mb = need[0] / 2**20 if need[0] > budget else None
     th, tw = min(tile, height), min(tile, width)
     tiled = th < height or tw < width
     overlap = (default_overlap(tile) if tiled else 0) if overlap is None else overlap
     if overlap < 0 or (tiled and overlap > tile // 2):
         raise ConfigError(f"--overlap {overlap}: must be 0 to half the tile ({tile // 2})")
     ys, xs = positions(height, th, overlap), positions(width, tw, overlap)
-    return TilePlan(th, tw, overlap, max(1, min(batch, len(xs))), tuple(ys), tuple(xs))
+    return TilePlan(th, tw, overlap, max(1, min(batch, len(xs))), tuple(ys), tuple(xs), needs_mb)
 
 
 # --- blending ---------------------------------------------------------------------------------------
@@ -397,6 +405,10 @@ def predict_image(pred: Predictor, source: RasterReader, outputs: ImageOutputs |
         net = ArrayReader(resize_image(source.image, s))
     plan = plan_tiles(net.height, net.width, pred.num_classes, pred.activation_bytes_per_pixel(), tile=tile,
                       overlap=overlap, batch=batch, memory_mb=memory_mb)
+    if plan.needs_mb is not None:
+        tqdm.write(f"segadapt: warning: {desc}: --memory-mb {memory_mb:g} is less than the smallest tile plan needs "
+                   f"(about {plan.needs_mb:.0f} MB: {plan.tile_h}x{plan.tile_w} tiles one at a time, rows "
+                   f"{net.width} wide); predicting with that plan anyway", file=sys.stderr)
     stats = ImageStats(source.height, source.width, (net.height, net.width), s, plan,
                        np.zeros(pred.num_classes, np.int64))
     resampler = RowResampler((net.height, net.width), (source.height, source.width))
