@@ -26,7 +26,7 @@ from segadapt.predict import (
     predict_image,
 )
 from tiny import CAMVID_CLASSES, tiny_model_file
-from tiny_hf import hf_model_file
+from tiny_hf import factory_model_file, hf_model_file
 
 NORM = SimpleNamespace(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), base_size=0)
 
@@ -494,3 +494,41 @@ def test_a_memory_budget_below_the_smallest_plan_is_said_and_the_smallest_plan_u
     assert len(warning) == 1 and "less than the smallest tile plan needs (about" in warning[0]
     entry = json.loads((tmp_path / "out" / "predictions.json").read_text())["images"][0]
     assert entry["tile"] == [128, 128] and entry["batch"] == 1 and entry["memory_needed_mb"] > 0.5
+
+
+# --- factory models ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def factory_h2(tmp_path_factory):
+    return factory_model_file(tmp_path_factory.mktemp("factory") / "run")
+
+
+def test_predict_takes_trust_factory_for_a_factory_model(tmp_path, factory_h2, capsys):
+    Image.fromarray(scene(24, 32)).save(tmp_path / "a.png")
+    assert predict(factory_h2, [tmp_path / "a.png"], tmp_path / "out") == 2
+    assert "--trust-factory tiny_hf:small_cnn" in capsys.readouterr().err
+    assert predict(factory_h2, [tmp_path / "a.png"], tmp_path / "out", "--trust-factory", "tiny_hf:small_cnn") == 0
+    assert predict(factory_h2, [tmp_path / "a.png"], tmp_path / "out2",
+                   "--set", 'adapt.trust_factories=["tiny_hf:small_cnn"]') == 0
+    assert (tmp_path / "out2" / "a_mask.png").is_file()
+
+
+def test_every_command_that_loads_a_model_takes_trust_factory():
+    import argparse
+
+    from segadapt.cli import build_parser
+
+    def parsers(p):
+        yield p
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in dict.fromkeys(action.choices.values()):
+                    yield from parsers(sub)
+
+    checked = []
+    for p in parsers(build_parser()):
+        options = {o for a in p._actions for o in a.option_strings}
+        if options & {"--model", "--h1", "--h2", "--models"}:
+            checked.append(p.prog)
+            assert "--trust-factory" in options, p.prog
+    assert {"segadapt predict", "segadapt export", "segadapt evaluate", "segadapt adapt"} <= set(checked)

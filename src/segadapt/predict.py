@@ -61,11 +61,13 @@ MIN_TILE = 32
 
 # --- the model and what inference needs from its metadata ----------------------------------------------
 
-def load(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The one place predict and export load a model: every format segadapt can load goes through here."""
+def load(path: str | Path, device: torch.device | str = "cpu",
+         trusted_factories: Sequence[str] = ()) -> tuple[nn.Module, dict[str, Any]]:
+    """The one place predict and export load a model: every format segadapt can load goes through here; a
+    model built by a Python factory is rebuilt only when that factory is trusted (calling it runs code)."""
     from segadapt.models.loading import load_model
 
-    return load_model(path, device)
+    return load_model(path, device, trusted_factories=trusted_factories)
 
 
 def weights_sha256(path: str | Path) -> str:

@@ -353,9 +353,24 @@ def model_args(p: argparse.ArgumentParser, name: str = "model", trust: bool = Tr
                                              "with weights_only=True)")
     p.add_argument(f"--{name}-kwargs", help=f"with a factory --{name}: its keyword arguments as a JSON object")
     if trust:
-        p.add_argument("--trust-factory", "--factory", action="append", default=[], metavar="PKG.MOD:FN",
-                       help="let a model file naming this factory be rebuilt by calling it (runs its code); "
-                            "repeatable")
+        trust_args(p)
+
+
+def trust_args(p: argparse.ArgumentParser) -> None:
+    """--trust-factory: every command that loads a model file takes it, since any model file (an adapted
+    factory H2 included) may name a factory that only an explicit trust lets segadapt call."""
+    p.add_argument("--trust-factory", "--factory", action="append", default=[], metavar="PKG.MOD:FN",
+                   help="let a model file naming this factory be rebuilt by calling it (runs its code); repeatable "
+                        "(adapt.trust_factories in --config or --set adds to it)")
+
+
+def trusted_factories(args: argparse.Namespace) -> list[str]:
+    """The factories this command may call: --trust-factory, and adapt.trust_factories as --config or --set
+    give it. Never a model file's own config: a file must not vouch for the code it names."""
+    given = list(getattr(args, "trust_factory", None) or [])
+    if getattr(args, "config", None) or getattr(args, "set", None):
+        given += resolve_config(args).adapt.trust_factories
+    return list(dict.fromkeys(given))
 
 
 MODEL_FORMS = ("a segadapt run directory or model .safetensors, a transformers save_pretrained directory, or a "

@@ -18,6 +18,7 @@ from segadapt.cli.common import (
     resolve_config,
     same_classes,
     trained_config,
+    trusted_factories,
     with_model_norm,
 )
 from segadapt.errors import SegadaptError
@@ -45,7 +46,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from segadapt.runtime import environment, select_device
 
     json_out(args.out)
-    model, meta = load_model_arg(args.model, "--model", args.model_weights, args.model_kwargs, args.trust_factory)
+    model, meta = load_model_arg(args.model, "--model", args.model_weights, args.model_kwargs, trusted_factories(args))
     require_data(args, meta, args.model)
     trained = trained_config(meta, args.model)
     cfg = with_model_norm(other_dataset(resolve_config(args, trained), meta), meta, args)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from segadapt.cli.common import config_args, model_config
+from segadapt.cli.common import config_args, model_config, trust_args, trusted_factories
 from segadapt.paths import check_path
 
 
@@ -15,6 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="file to write (a report goes beside it as FILE.json)")
     p.add_argument("--samples", nargs="+", metavar="IMAGE",
                    help="frames to verify the written file on (default: two synthetic scenes)")
+    trust_args(p)
     config_args(p, (), presets=False)
     p.set_defaults(func=cmd_export)
 
@@ -30,7 +31,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise SegadaptError(f"--out {args.out}: is a folder; give the path of the file to write")
     images = [read_image(check_path(s, "--samples")) for s in args.samples] if args.samples else sample_scenes()
     model_path = check_path(args.model, "--model")
-    model, meta = load(model_path)
+    model, meta = load(model_path, trusted_factories=trusted_factories(args))
     cfg = model_config(args, meta, model_path)
     r = export(model, meta, cfg.data.mean, cfg.data.std, cfg.data.base_size, args.format, out, images)
     v = r["verification"]

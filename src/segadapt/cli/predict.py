@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from segadapt.cli.common import claim, config_args, keep_outputs, model_config, numbers
+from segadapt.cli.common import (
+    claim,
+    config_args,
+    keep_outputs,
+    model_config,
+    numbers,
+    trust_args,
+    trusted_factories,
+)
 from segadapt.errors import SegadaptError
 from segadapt.paths import check_path
 
@@ -34,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--overlay", action="store_true", help="the image blended with the class colours")
     o.add_argument("--confidence", action="store_true", help="max softmax probability")
     o.add_argument("--entropy", action="store_true", help="softmax entropy / ln(classes)")
+    trust_args(p)
     config_args(p, ("device",), presets=False)
     p.set_defaults(func=cmd_predict)
 
@@ -53,7 +62,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise SegadaptError(f"--out {args.out}: is a file; give a folder for the outputs")
     inputs = list_inputs(args.images, out)
     model_path = check_path(args.model, "--model")
-    model, meta = load(model_path)
+    model, meta = load(model_path, trusted_factories=trusted_factories(args))
     cfg = model_config(args, meta, model_path)
     pred = Predictor.from_meta(model, meta, cfg.data, select_device(cfg.train.device))
     settings = {"model_sha256": weights_sha256(model_path), "mean": list(pred.mean), "std": list(pred.std),

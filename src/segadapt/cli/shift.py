@@ -17,6 +17,7 @@ from segadapt.cli.common import (
     model_config,
     resolve_config,
     same_classes,
+    trusted_factories,
 )
 from segadapt.config import RunConfig
 from segadapt.errors import SegadaptError
@@ -100,7 +101,7 @@ def _searched(args: argparse.Namespace) -> tuple[RunConfig, SearchResult]:
         raise SegadaptError("--target-distortion: give the model whose distortion it is with --model RUN")
     if args.severity is not None:
         raise SegadaptError("--severity and --target-distortion both choose the severity; give one")
-    model, meta = load_model_arg(args.model, "--model", args.model_weights, args.model_kwargs, args.trust_factory)
+    model, meta = load_model_arg(args.model, "--model", args.model_weights, args.model_kwargs, trusted_factories(args))
     cfg = model_config(args, meta, args.model)
     target = cfg.shift.target_distortion
     if target <= 0:
@@ -147,7 +148,7 @@ def cmd_distortion(args: argparse.Namespace) -> int:
     from segadapt.severity_search import search_for
 
     json_out(args.out)
-    model, meta = load_model_arg(args.model, "--model", args.model_weights, args.model_kwargs, args.trust_factory)
+    model, meta = load_model_arg(args.model, "--model", args.model_weights, args.model_kwargs, trusted_factories(args))
     cfg = model_config(args, meta, args.model)
     device = select_device(cfg.train.device)
     model = model.to(device)

@@ -17,6 +17,8 @@ from segadapt.cli.common import (
     names,
     numbers,
     same_classes,
+    trust_args,
+    trusted_factories,
 )
 from segadapt.config import RunConfig
 from segadapt.errors import SegadaptError
@@ -66,8 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="weights of the factory model NAME (repeatable)")
     v.add_argument("--model-kwargs", action="append", default=[], metavar="NAME=JSON",
                    help="keyword arguments of the factory model NAME (repeatable)")
-    v.add_argument("--trust-factory", "--factory", action="append", default=[], metavar="PKG.MOD:FN",
-                   help="let a model file naming this factory be rebuilt by calling it (runs its code); repeatable")
+    trust_args(v)
     _pair_args(v)
     v.set_defaults(func=cmd_overlays)
 
@@ -124,8 +125,8 @@ def cmd_features(args: argparse.Namespace) -> int:
     from segadapt.runtime import select_device
     from segadapt.viz.features import write_feature_grids
 
-    h1, meta = load_model_arg(args.h1, "--h1", args.h1_weights, args.h1_kwargs, args.trust_factory)
-    h2, _ = load_model_arg(args.h2, "--h2", args.h2_weights, args.h2_kwargs, args.trust_factory)
+    h1, meta = load_model_arg(args.h1, "--h1", args.h1_weights, args.h1_kwargs, trusted_factories(args))
+    h2, _ = load_model_arg(args.h2, "--h2", args.h2_weights, args.h2_kwargs, trusted_factories(args))
     cfg = model_config(args, meta, args.h1)
     device = select_device(cfg.train.device)
     h1, h2 = h1.to(device), h2.to(device)
@@ -151,7 +152,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from segadapt.runtime import select_device
     from segadapt.viz.reconstruct import ReconstructConfig, reconstruct_image
 
-    model, meta = load_model_arg(args.model, "--model", args.model_weights, args.model_kwargs, args.trust_factory)
+    model, meta = load_model_arg(args.model, "--model", args.model_weights, args.model_kwargs, trusted_factories(args))
     cfg = model_config(args, meta, args.model)
     device = select_device(cfg.train.device)
     tf = make_transform(cfg.data, False, 255)
@@ -197,7 +198,7 @@ def cmd_overlays(args: argparse.Namespace) -> int:
     weights, kwargs = _per_name(args.model_weights, "--model-weights", labels), \
         _per_name(args.model_kwargs, "--model-kwargs", labels)
     loaded = {label: (path.strip(), *load_model_arg(path.strip(), "--models", weights.get(label), kwargs.get(label),
-                                                    args.trust_factory))
+                                                    trusted_factories(args)))
               for label, (_, _, path) in zip(labels, named)}
     cfg = model_config(args, loaded[labels[0]][2], loaded[labels[0]][0])
     device = select_device(cfg.train.device)
