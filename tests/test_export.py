@@ -1,6 +1,7 @@
 """segadapt export: ONNX and TorchScript files with the normalisation inside, checked against PyTorch."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from segadapt.cli import main
 from segadapt.data.base import read_image
 from segadapt.export import Normalised, samples_at_scale
 from tiny import tiny_model_file
+from tiny_hf import factory_model_file, hf_model_file
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +99,92 @@ def test_missing_onnx_runtime_is_one_line_naming_the_extra(tmp_path, model_file,
     assert main(["export", "--model", str(model_file), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
     assert "pip install 'segadapt[export]'" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def export_cmd(model, fmt, out, *flags):
+    return main(["export", "--model", str(model), "--format", fmt, "--out", str(out), *flags])
+
+
+def test_logits_that_agree_in_argmax_but_not_in_size_are_refused(tmp_path, model_file, monkeypatch, capsys):
+    """Argmax alone passes a graph whose logits are off by a factor; the relative bound does not."""
+    import segadapt.export as export
+
+    real = export._write_torchscript
+    def scaled(*a):
+        run = real(*a)
+        return lambda x: run(x) * 1.5  # the same argmax everywhere, logits half as large again
+
+    monkeypatch.setattr(export, "_write_torchscript", scaled)
+    out = tmp_path / "model.pt"
+    assert export_cmd(model_file, "torchscript", out) == 2
+    err = capsys.readouterr().err
+    assert "export check failed" in err and "100.000% of pixels" in err and "of the logits' scale" in err
+    assert err.count("\n") == 1 and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(export, "_write_torchscript", real)
+    assert export_cmd(model_file, "torchscript", out) == 0
+    v = json.loads((tmp_path / "model.pt.json").read_text())["verification"]
+    assert v["logit_tolerance"] == export.LOGIT_TOLERANCE and v["relative_logit_diff"] <= v["logit_tolerance"]
+    assert v["max_abs_logit"] > 0 and "of the logits' scale" in capsys.readouterr().out
+
+
+def test_a_failed_or_stopped_export_removes_the_folders_it_made(tmp_path, model_file, monkeypatch, capsys):
+    import segadapt.export as export
+
+    real = export.compare
+    monkeypatch.setattr(export, "compare", lambda *a: {**real(*a), "agreement": 0.5})
+    assert export_cmd(model_file, "torchscript", tmp_path / "new" / "deeper" / "model.pt") == 2
+    assert list(tmp_path.iterdir()) == []
+
+    def stop(*a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "compare", stop)
+    assert export_cmd(model_file, "torchscript", tmp_path / "new" / "model.pt") == 130
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()
+    assert export_cmd(model_file, "torchscript", tmp_path / "mine" / "model.pt") == 130
+    assert list(tmp_path.iterdir()) == [tmp_path / "mine"] and list((tmp_path / "mine").iterdir()) == []
+
+
+def test_a_sample_too_small_for_the_network_is_one_line(tmp_path, capsys):
+    """A tiny SegFormer's first kernel is 8x8: a 1x1 sample frame cannot run, named in one line, exit 2."""
+    from PIL import Image
+
+    hf_model_file(tmp_path / "seg")
+    Image.fromarray(np.full((1, 1, 3), 128, np.uint8)).save(tmp_path / "dot.png")
+    assert export_cmd(tmp_path / "seg", "torchscript", tmp_path / "out" / "m.pt", "--samples",
+                      str(tmp_path / "dot.png")) == 2
+    err = capsys.readouterr().err
+    assert f"cannot run on {tmp_path / 'dot.png'} (1x1" in err and "give larger --samples" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+    assert len([ln for ln in err.splitlines() if ln.startswith("segadapt:")]) == 1
+
+
+def test_an_adapted_factory_model_exports_with_trust_factory(tmp_path, capsys):
+    factory_model_file(tmp_path / "h2")
+    assert export_cmd(tmp_path / "h2", "torchscript", tmp_path / "h2.pt") == 2
+    assert "--trust-factory tiny_hf:small_cnn" in capsys.readouterr().err
+    assert export_cmd(tmp_path / "h2", "torchscript", tmp_path / "h2.pt", "--trust-factory", "tiny_hf:small_cnn") == 0
+    assert export_cmd(tmp_path / "h2", "torchscript", tmp_path / "h2b.pt",
+                      "--set", 'adapt.trust_factories=["tiny_hf:small_cnn"]') == 0
+
+
+def test_onnx_export_writes_nothing_in_the_home_folder(tmp_path, model_file):
+    """onnxruntime's telemetry writes a device id under ~/.cache at import unless it is turned off; run in a
+    fresh process (an import in this one would already have happened) with an empty HOME."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnxruntime")
+    import segadapt
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "ORT_"))}
+    src = str(Path(segadapt.__file__).parents[1])
+    env.update(HOME=str(home), PYTHONPATH=os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, "-m", "segadapt", "export", "--model", str(model_file), "--format", "onnx",
+                           "--out", str(tmp_path / "m.onnx")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "m.onnx").is_file() and list(home.rglob("*")) == []

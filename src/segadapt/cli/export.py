@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from segadapt.cli.common import config_args, model_config, trust_args, trusted_factories
+from segadapt.cli.common import claim, config_args, model_config, trust_args, trusted_factories
 from segadapt.paths import check_path
 
 
@@ -29,14 +29,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = check_path(args.out, "--out")
     if out.is_dir():
         raise SegadaptError(f"--out {args.out}: is a folder; give the path of the file to write")
-    images = [read_image(check_path(s, "--samples")) for s in args.samples] if args.samples else sample_scenes()
+    samples = [check_path(s, "--samples") for s in args.samples or []]
+    images = [read_image(s) for s in samples] if samples else sample_scenes()
     model_path = check_path(args.model, "--model")
     model, meta = load(model_path, trusted_factories=trusted_factories(args))
     cfg = model_config(args, meta, model_path)
-    r = export(model, meta, cfg.data.mean, cfg.data.std, cfg.data.base_size, args.format, out, images)
+    if not out.parent.exists():  # folders made for the file go again if the export fails or is stopped
+        claim(out.parent)
+    r = export(model, meta, cfg.data.mean, cfg.data.std, cfg.data.base_size, args.format, out, images,
+               [str(s) for s in samples])
     v = r["verification"]
     print(f"wrote {out} ({args.format}; input float32 RGB 0..255, N x 3 x H x W, dynamic N/H/W; "
           f"base_size {cfg.data.base_size})")
     print(f"checked with {v['runtime']} on {v['samples']} frame(s) {v['sizes']}: argmax agreement "
-          f"{100 * v['agreement']:.3f}%, max abs logit difference {v['max_abs_logit_diff']:.3g}")
+          f"{100 * v['agreement']:.3f}%, max abs logit difference {v['max_abs_logit_diff']:.3g} "
+          f"({v['relative_logit_diff']:.2g} of the logits' scale, at most {v['logit_tolerance']:g} allowed)")
     return 0
