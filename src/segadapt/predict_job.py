@@ -40,6 +40,7 @@ from segadapt.predict_records import (
     with_files,
     write_summary,
 )
+from segadapt.runtime import warn_if_busy
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
 SUMMARY = "predictions.json"
@@ -166,6 +167,7 @@ def run(pred: Predictor, inputs: Sequence[Path], out: Path, opts: PredictOptions
     whether an earlier result can be kept; `on_finished` runs after each image's outputs are in place."""
     import contextlib
 
+    warn_if_busy()
     rasterio = rasterio_or_none()
     env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB) if rasterio else contextlib.nullcontext()
     if rasterio is None and any(p.suffix.lower() in (".tif", ".tiff") for p in inputs):

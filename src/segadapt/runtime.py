@@ -85,27 +85,48 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if native else None
 
 
-def cores() -> int:
-    """The cores this process may run on (a container or taskset may give it fewer than the machine has)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 _load_checked = False
+SAMPLE_S = 0.2  # how long the CPU use of other processes is watched before a job starts
+
+
+def others_busy(cpus: set[int], seconds: float = SAMPLE_S) -> float | None:
+    """How many of `cpus` other processes keep busy (0..len(cpus)), watched for `seconds`; None where the
+    kernel does not say (/proc/stat is Linux's). This process's own threads are left out, so a sweep's
+    earlier runs or a test suite never read as someone else's load, as the load average would."""
+    def busy() -> float:
+        ticks = 0
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *fields = line.split()
+                if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+                    ticks += user + nice + system + irq + softirq + steal
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    try:
+        start, own, wall = busy(), sum(os.times()[:2]), time.perf_counter()
+        time.sleep(seconds)
+        others = busy() - start - (sum(os.times()[:2]) - own)
+    except (OSError, ValueError):
+        return None
+    return max(0.0, others / (time.perf_counter() - wall))
 
 
 def warn_if_busy() -> None:
-    """Say once per process when other processes already keep every core busy: torch starts a thread per core
-    and each waits for the others at every operation, so a shared machine trains several times slower
-    (measured: the demo took 7.5 min on 2 loaded cores against 1 min 10 s idle) without any sign why."""
+    """Say once per process when other processes keep so many cores busy that torch's threads cannot each have
+    one: every thread then waits for the slowest at each operation, so a shared machine runs several times
+    slower (the demo: 7.5 min on 2 shared cores, 1 min 10 s idle) with no sign why."""
     global _load_checked
-    if _load_checked or not hasattr(os, "getloadavg"):
+    if _load_checked or not hasattr(os, "sched_getaffinity"):
         return
     _load_checked = True
-    load, n = os.getloadavg()[0], cores()
-    if load >= n:
-        print(f"segadapt: note: the load average is {load:.1f} on {n} core(s): other processes are using them, "
-              f"so torch's {torch.get_num_threads()} thread(s) will wait on them and this runs slower; wait for "
-              "them, or give --threads (the cores they leave free, e.g. --threads 1)", file=sys.stderr)
+    cpus = os.sched_getaffinity(0)
+    others, threads = others_busy(cpus), torch.get_num_threads()
+    if others is not None and others >= 0.5 and others + threads > len(cpus) + 0.5:
+        free = max(1, round(len(cpus) - others))
+        print(f"segadapt: note: other processes keep {others:.1f} of this process's {len(cpus)} core(s) busy, so "
+              f"torch's {threads} thread(s) wait on them and this runs slower; wait for them, or give "
+              f"--threads {free}", file=sys.stderr)
 
 
 def setup(seed: int, threads: int = 0, deterministic: bool = False) -> None:

@@ -173,6 +173,9 @@ class GeoTiffReader:
         self.bands = _choose_bands(ds.count, bands, self.path)
         self._read_bands, self._rgb = _unique(self.bands)
         self.dtype = np.dtype(ds.dtypes[self._read_bands[0] - 1])
+        if self.dtype.kind not in "uif":  # complex (radar) samples have no brightness to stretch into RGB
+            raise DataError(f"{self.path}: {self.dtype} pixels are not image brightness; convert the bands to "
+                            "real values first (e.g. gdal_translate -ot Float32 of their magnitude)")
         flags = [ds.mask_flag_enums[b - 1] for b in self._read_bands]
         all_valid = type(flags[0][0]).all_valid
         self.masked = any(f != [all_valid] for f in flags)
