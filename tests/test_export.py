@@ -188,3 +188,24 @@ def test_onnx_export_writes_nothing_in_the_home_folder(tmp_path, model_file):
                            "--out", str(tmp_path / "m.onnx")], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "m.onnx").is_file() and list(home.rglob("*")) == []
+
+
+def test_export_replaces_only_a_file_it_wrote(tmp_path, model_file, capsys):
+    """A file at --out (or at its report's name) that export did not write is refused and left as it was;
+    export's own earlier file is replaced, and its report names the new file's sha256."""
+    out = tmp_path / "model.pt"
+    argv = ["export", "--model", str(model_file), "--format", "torchscript", "--out", str(out)]
+    out.write_bytes(b"my own model")
+    assert main(argv) == 2
+    assert out.read_bytes() == b"my own model" and not out.with_name("model.pt.json").exists()
+    assert f"{out}: exists and was not written by segadapt" in capsys.readouterr().err
+    out.unlink()
+    out.with_name("model.pt.json").write_text('{"my": "notes"}')
+    assert main(argv) == 2 and not out.exists()
+    assert "model.pt.json: exists and is not a report segadapt export wrote" in capsys.readouterr().err
+    out.with_name("model.pt.json").unlink()
+    assert main(argv) == 0 and main(argv) == 0  # its own file, replaced
+    from segadapt.models.factory import sha256_file
+
+    report = json.loads(out.with_name("model.pt.json").read_text())
+    assert report["files"]["model.pt"][0] == sha256_file(out)

@@ -381,7 +381,7 @@ def test_a_users_file_named_like_an_output_is_never_replaced(tmp_path, model_fil
     before = (folder / "scene_mask.png").read_bytes()
     assert predict(model_file, [folder], folder) == 1
     err = capsys.readouterr().err
-    assert f"{folder / 'scene_mask.png'}: exists and was not written by segadapt predict" in err
+    assert f"{folder / 'scene_mask.png'}: exists and was not written by segadapt" in err
     assert "Traceback" not in err
     assert (folder / "scene_mask.png").read_bytes() == before  # the user's file, untouched
     assert (folder / "other_mask.png").is_file() and (folder / "scene_mask_mask.png").is_file()
@@ -395,7 +395,7 @@ def test_a_users_file_named_like_an_output_is_never_replaced(tmp_path, model_fil
     Image.fromarray(truth).save(folder / "other_mask.png")
     changed = (folder / "other_mask.png").read_bytes()
     assert predict(model_file, [folder / "other.png"], folder, "--tile", "32") == 1
-    assert "other_mask.png: exists and was not written by segadapt predict" in capsys.readouterr().err
+    assert "other_mask.png: exists and was not written by segadapt" in capsys.readouterr().err
     assert (folder / "other_mask.png").read_bytes() == changed
 
 
@@ -405,7 +405,7 @@ def test_a_predictions_json_predict_did_not_write_is_refused_before_any_output(t
     Image.fromarray(scene(24, 32)).save(folder / "a.png")
     (folder / "predictions.json").write_text('{"mine": true}\n')
     assert predict(model_file, [folder], folder) == 2
-    assert "predictions.json: exists and was not written by segadapt predict" in capsys.readouterr().err
+    assert "predictions.json: exists and was not written by segadapt" in capsys.readouterr().err
     assert sorted(p.name for p in folder.iterdir()) == ["a.png", "predictions.json"]
     assert (folder / "predictions.json").read_text() == '{"mine": true}\n'
     (folder / "predictions.json").unlink()

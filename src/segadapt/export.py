@@ -36,6 +36,8 @@ from torch import nn
 from segadapt.checkpoint import atomic_path, write_json_atomic
 from segadapt.data.transforms import base_scale, resize_image
 from segadapt.errors import SegadaptError
+from segadapt.models.factory import sha256_file
+from segadapt.owned_files import owned, read_record, with_files
 
 FORMATS = ("onnx", "torchscript")
 MIN_AGREEMENT = 0.999
@@ -153,9 +155,16 @@ def compare(reference: nn.Module, runner: Callable, samples: Sequence[torch.Tens
 def export(model: nn.Module, meta: dict[str, Any], mean: Sequence[float], std: Sequence[float], base_size: int,
            fmt: str, out: Path, images: Sequence[np.ndarray], names: Sequence[str] = ()) -> dict[str, Any]:
     """Write `model` as `fmt` to `out`, verified on `images` (RGB uint8, any size; `names` for errors);
-    returns the report, also written to `out`.json. A failed export or check leaves no file."""
+    returns the report, also written to `out`.json. A failed export or check leaves no file, and a file at
+    `out` is replaced only when the report beside it says export wrote it (its sha256)."""
     if fmt not in FORMATS:
         raise SegadaptError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    report_path = out.with_name(out.name + ".json")
+    earlier = read_record(report_path)
+    if report_path.exists() and "files" not in earlier:
+        raise SegadaptError(f"{report_path}: exists and is not a report segadapt export wrote, and export would "
+                            "replace it; move it away or give another --out")
+    replaced = owned(earlier, out.parent, [out.name], "export")
     if fmt == "onnx":
         _require_onnx()
     net = Normalised(copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format), mean, std).eval()
@@ -180,9 +189,12 @@ def export(model: nn.Module, meta: dict[str, Any], mean: Sequence[float], std: S
                                 f"({check['relative_logit_diff']:.3g} of the logits' scale "
                                 f"{max(1.0, check['max_abs_logit']):.3g}; at most {LOGIT_TOLERANCE:g} allowed); "
                                 "nothing was written")
-    report = {"format": fmt, "file": out.name, **info, "verification": {
-        "runtime": "onnxruntime" if fmt == "onnx" else "torch.jit.load", **check}}
-    write_json_atomic(out.with_name(out.name + ".json"), report)
+        # the report names the new file's hash before the file takes its name: stopped between the two,
+        # the next export still owns whichever file is there
+        report = {"format": fmt, "file": out.name, **info, "verification": {
+            "runtime": "onnxruntime" if fmt == "onnx" else "torch.jit.load", **check},
+            "files": with_files(earlier, {out.name: sha256_file(tmp)}, replaced)}
+        write_json_atomic(report_path, report)
     return report
 
 

@@ -7,50 +7,35 @@ first; a second hash covers the moment between writing a record and renaming the
 
 - Finished: an image is skipped on a re-run only while its record matches the input and settings and every
   output is still the file predict wrote (same hash).
-- Owned: an existing file is replaced only when a record says predict wrote it, with that content. Anything
-  else there, such as a ground-truth `scene_mask.png` beside `scene.png` in a shared folder, is refused in
-  one line naming it, never overwritten.
+- Owned: an existing file is replaced only when a record says predict wrote it, with that content
+  (segadapt.owned_files, the rule export follows too). Anything else there, such as a ground-truth
+  `scene_mask.png` beside `scene.png` in a shared folder, is refused in one line naming it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from segadapt.checkpoint import write_json_atomic, write_text_atomic
 from segadapt.errors import ConfigError, DataError
 from segadapt.models.factory import sha256_file
+from segadapt.owned_files import hashes, owned, read_record, with_files
 
 RECORDS = ".predict"
 SUMMARY_OWNED = "summary.owned"  # not <stem>.json, so no image's record can take its name
-KEEP_HASHES = 2  # the newest file's and the one it replaced (until the rename is known to have happened)
 
 
 def record_path(out: Path, stem: str) -> Path:
     return out / RECORDS / f"{stem}.json"
 
 
-def read_record(path: Path) -> dict[str, Any]:
-    """A record as written, or {} when absent or unreadable (then nothing is finished and nothing owned)."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
 def identity(path: Path) -> dict[str, Any]:
     st = path.stat()
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _hashes(record: Mapping[str, Any], name: str) -> list[str]:
-    files = record.get("files")
-    hashes = files.get(name) if isinstance(files, dict) else None
-    return [h for h in hashes if isinstance(h, str)] if isinstance(hashes, list) else []
 
 
 def finished(record: Mapping[str, Any], out: Path, ident: Mapping[str, Any], settings: Mapping[str, Any]) -> bool:
@@ -61,37 +46,10 @@ def finished(record: Mapping[str, Any], out: Path, ident: Mapping[str, Any], set
     if not isinstance(outputs, dict) or not outputs:
         return False
     for name in map(str, outputs.values()):
-        path, known = out / name, _hashes(record, name)
+        path, known = out / name, hashes(record, name)
         if not known or not path.is_file() or sha256_file(path) != known[0]:
             return False
     return True
-
-
-def owned(record: Mapping[str, Any], out: Path, names: Iterable[str], writer: str) -> dict[str, str]:
-    """name -> sha256 of each file among `names` that exists in `out` and that predict wrote (per `record`);
-    any other file there is refused, naming it: predict never replaces a file it did not write."""
-    found: dict[str, str] = {}
-    for name in names:
-        path = out / name
-        if not (path.exists() or path.is_symlink()):
-            continue
-        digest = sha256_file(path) if path.is_file() and not path.is_symlink() else ""
-        if not digest or digest not in _hashes(record, name):
-            raise DataError(f"{path}: exists and was not written by segadapt predict (or changed since), and "
-                            f"{writer} would replace it; move it away or give another --out")
-        found[name] = digest
-    return found
-
-
-def with_files(record: Mapping[str, Any], written: Mapping[str, str], replaced: Mapping[str, str]) -> dict:
-    """`record`'s `files` updated for new outputs `written` (name -> sha256) that replace the owned files
-    `replaced`; names not written now keep their hashes (an overlay from an earlier run is still predict's)."""
-    earlier = record.get("files")
-    files = {str(k): _hashes(record, k) for k in earlier} if isinstance(earlier, dict) else {}
-    for name, digest in written.items():
-        old = replaced.get(name)
-        files[name] = ([digest] + ([old] if old and old != digest else []))[:KEEP_HASHES]
-    return files
 
 
 def recorded_names(out: Path) -> set[str]:
