@@ -220,8 +220,7 @@ def adapt(
     run.save(step)  # the run can be extended later (--resume with more iterations)
     if run.main:
         ckpt.save_model(run_dir / ckpt.MODEL_FILE, student, meta)
-        native = functools.partial(save_native, student, run_dir, h1_meta.get("hf_source"), cfg.data.mean,
-                                   cfg.data.std)
+        native = functools.partial(save_native, student, run_dir, meta, h1_meta.get("hf_source"))
         native()  # H2 in H1's own format too (hf_model/, factory_weights.safetensors): a drop-in replacement
         if selected is not None:
             _write_selection(run_dir, probes, selected, student, meta, native)

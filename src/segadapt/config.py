@@ -288,6 +288,16 @@ def preset(name: str) -> RunConfig:
     return PRESETS[name]()
 
 
+DEFAULT_PRESET = "synthetic"  # a command that names neither a preset nor a dataset runs at CPU scale
+
+
+def dataset_preset(dataset: str) -> RunConfig:
+    """The defaults for a dataset named without a preset: the preset of the same name (CamVid's size, crop,
+    scale range, batch and learning rates), else (a folder dataset) the default preset's recipe."""
+    own = preset(dataset) if dataset in PRESETS else None
+    return own if own is not None and own.data.dataset == dataset else preset(DEFAULT_PRESET)
+
+
 # --- dict / TOML conversion -----------------------------------------------------------------------
 
 def to_dict(cfg: Any) -> dict[str, Any]:

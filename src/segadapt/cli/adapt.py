@@ -11,13 +11,11 @@ from segadapt.cli.common import (
     config_args,
     is_model_file,
     is_segadapt,
-    other_dataset,
+    model_config,
     output_dir,
-    require_data,
     resolve_config,
     resumed,
     trained_config,
-    with_model_norm,
 )
 from segadapt.config import RunConfig, dumps_toml
 from segadapt.errors import SegadaptError
@@ -63,8 +61,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
             first = resolve_config(args)  # for --h1-weights, --h1-kwargs and --trust-factory as --set may give them
             teacher = load_h1(first, "cpu")
             meta = teacher[1]
-        require_data(args, meta, args.h1)
-        cfg = with_model_norm(other_dataset(resolve_config(args, adapt_base(meta, args.h1)), meta), meta, args)
+        cfg = model_config(args, meta, args.h1, lambda dataset: adapt_base(meta, args.h1, dataset))
 
     pairs = training_pairs(cfg)
     if not args.resume:
@@ -88,14 +85,15 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
-def adapt_base(meta: dict[str, Any], h1: str) -> RunConfig:
+def adapt_base(meta: dict[str, Any], h1: str, dataset: str = "") -> RunConfig:
     """H1's own run settings (batch, weight decay, seed, data...) with the sweep's adaptation budget and lr,
-    so `segadapt adapt` trains H2 as `segadapt experiment` does; older model files give their data only."""
+    so `segadapt adapt` trains H2 as `segadapt experiment` does; older model files give their data only. An
+    H1 that records no run (a transformers or factory model) takes them from the preset of `dataset`."""
     from segadapt.config import AdaptConfig, from_dict
     from segadapt.errors import ConfigError
 
-    if not is_segadapt(meta):  # a transformers or factory H1: the study's defaults, the data from the command line
-        base = trained_config(meta, h1)
+    if not is_segadapt(meta):  # a transformers or factory H1: the data's preset, the data from the command line
+        base = trained_config(meta, h1, dataset)
     else:
         try:
             base = from_dict(RunConfig, meta["config"], f"{h1} metadata")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segadapt.config import RunConfig, merge, parse_override, preset, read_toml
+from segadapt.config import DEFAULT_PRESET, RunConfig, dataset_preset, merge, parse_override, preset, read_toml
 from segadapt.errors import SegadaptError
 from segadapt.paths import check_path
 
@@ -135,9 +135,19 @@ def config_args(p: argparse.ArgumentParser, flags: Sequence[str], *, presets: bo
 
 
 def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
-    """preset (or `base`, e.g. a run's saved config) < --config file < the command's flags < --set."""
+    """preset (or `base`, e.g. a run's saved config) < --config file < the command's flags < --set. Without
+    either, the dataset the command names brings its own preset (`--dataset camvid`: CamVid's size, crop,
+    scale range, batch and learning rates), any other the default one."""
     name = getattr(args, "preset", None)
-    cfg = preset(name) if name else base or preset("synthetic")
+    if name or base is not None:
+        return _layered(args, preset(name) if name else base)
+    cfg = _layered(args, preset(DEFAULT_PRESET))
+    own = dataset_preset(cfg.data.dataset)
+    return cfg if own.name == DEFAULT_PRESET else _layered(args, own)
+
+
+def _layered(args: argparse.Namespace, cfg: RunConfig) -> RunConfig:
+    """`cfg` < --config file < the command's flags < --set."""
     if getattr(args, "config", None):
         cfg = merge(cfg, read_toml(args.config), args.config)
     overrides: dict[str, Any] = {}
@@ -283,14 +293,15 @@ def same_classes(path: str | Path, meta: dict[str, Any], cfg: RunConfig, num_cla
                             f"{num_classes}; evaluate on a dataset with the same classes")
 
 
-def trained_config(meta: dict[str, Any], model_path: str | Path) -> RunConfig:
+def trained_config(meta: dict[str, Any], model_path: str | Path, dataset: str = "") -> RunConfig:
     """The data settings and architecture a model was trained with, from its metadata. An external model (a
-    transformers directory, a factory) records no data settings: the defaults stand in, with its
-    normalisation, and the command line must name the data (`require_data`)."""
+    transformers directory, a factory) records no data settings: the preset of `dataset` (the one the command
+    line names) stands in, with the model's normalisation, and the command line must name the data
+    (`require_data`)."""
     from segadapt.config import DataConfig, from_dict
 
     if not is_segadapt(meta):
-        trained = RunConfig()
+        trained = dataset_preset(dataset)
         trained.model.arch, trained.model.width = str(meta.get("arch", "")), float(meta.get("width", 1.0))
         return with_model_norm(trained, meta)
     trained = RunConfig(data=from_dict(DataConfig, meta["config"]["data"], f"{model_path} metadata"))
@@ -298,11 +309,28 @@ def trained_config(meta: dict[str, Any], model_path: str | Path) -> RunConfig:
     return trained
 
 
-def model_config(args: argparse.Namespace, meta: dict[str, Any], model_path: str | Path) -> RunConfig:
-    """A trained model's settings, overridden by the command line (which names the data of an external one)."""
+def model_config(args: argparse.Namespace, meta: dict[str, Any], model_path: str | Path,
+                 base: Callable[[str], RunConfig] | None = None) -> RunConfig:
+    """A trained model's settings, overridden by the command line (which names the data of an external one),
+    fitted to the model (`fit_to_model`). `base(dataset)`: the settings to start from (default: the data
+    settings the model was trained with, `trained_config`), given the dataset the command line names."""
     require_data(args, meta, model_path)
-    cfg = other_dataset(resolve_config(args, trained_config(meta, model_path)), meta)
-    return with_model_norm(cfg, meta, args)
+    start = base or (lambda dataset: trained_config(meta, model_path, dataset))
+    dataset = resolve_config(args, start("")).data.dataset
+    cfg = other_dataset(resolve_config(args, start(dataset)), meta)
+    return fit_to_model(cfg, meta, model_path, args)
+
+
+def fit_to_model(cfg: RunConfig, meta: dict[str, Any], model_path: str | Path,
+                 args: argparse.Namespace | None = None) -> RunConfig:
+    """The model's normalisation and the scale it was trained at (models/scale.py: the one rule every command
+    applies), each unless the user set it explicitly (--config, --set), which is then said in one line."""
+    from segadapt.models.scale import SCALE_KEY, settle_base_size
+
+    cfg = with_model_norm(cfg, meta, args)
+    given = _given_keys(args) if args is not None else set()
+    settle_base_size(cfg.data, meta, str(model_path), SCALE_KEY in given)
+    return cfg
 
 
 def is_segadapt(meta: dict[str, Any]) -> bool:

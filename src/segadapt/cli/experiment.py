@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from segadapt.cli.adapt import H1_FLAGS
-from segadapt.cli.common import TRAINING, config_args, output_dir, require_data, resolve_config, with_model_norm
+from segadapt.cli.common import TRAINING, config_args, fit_to_model, output_dir, require_data, resolve_config
 from segadapt.config import RunConfig, dumps_toml, preset
 
 
@@ -37,7 +37,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
         h1 = load_h1(cfg, "cpu")
         require_data(args, h1[1], cfg.adapt.h1)
-        cfg = with_model_norm(cfg, h1[1], args)
+        cfg = fit_to_model(cfg, h1[1], cfg.adapt.h1, args)
     return _sweep(cfg, output_dir(args.out, cfg.out_dir, f"{cfg.name}-experiment"), h1)
 
 

@@ -248,6 +248,51 @@ class GeoTiffReader:
         self.ds.close()
 
 
+class Resampled:
+    """A raster seen at `scale`, window by window: bilinear as evaluation resizes a decoded image (OpenCV's
+    INTER_LINEAR: pixel centres, edges clamped), so a TIFF read in windows reaches the network at the
+    scale a JPEG of the same frame does, with the memory of a window. Valid pixels: the nearest source's."""
+
+    def __init__(self, reader: RasterReader, scale: float) -> None:
+        from segadapt.data.transforms import scaled_size
+
+        self.reader, self.masked = reader, reader.masked
+        self.height, self.width = scaled_size(reader.height, reader.width, scale)
+
+    def _axis(self, start: int, n: int, size: int, source: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per output index: the lower source index and weight of the upper one (bilinear), the nearest one."""
+        ratio = source / size
+        centres = (np.arange(start, start + n, dtype=np.float64) + 0.5) * ratio
+        at = np.clip(centres - 0.5, 0.0, source - 1.0)
+        low = np.minimum(np.floor(at).astype(np.int64), max(source - 2, 0))
+        return low, (at - low).astype(np.float32), np.minimum(np.floor(centres).astype(np.int64), source - 1)
+
+    def _window(self, y: int, x: int, h: int, w: int) -> tuple[Any, ...]:
+        ys, xs = self._axis(y, h, self.height, self.reader.height), self._axis(x, w, self.width, self.reader.width)
+        top, left = min(ys[0][0], ys[2][0]), min(xs[0][0], xs[2][0])
+        bottom = min(max(ys[0][-1] + 2, ys[2][-1] + 1), self.reader.height)
+        right = min(max(xs[0][-1] + 2, xs[2][-1] + 1), self.reader.width)
+        return ys, xs, int(top), int(left), int(bottom - top), int(right - left)
+
+    def read(self, y: int, x: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray | None]:
+        (y0, fy, ny), (x0, fx, nx), top, left, sh, sw = self._window(y, x, h, w)
+        rgb, valid = self.reader.read(top, left, sh, sw)
+        src = rgb.astype(np.float32, copy=False)
+        r0, r1 = y0 - top, np.minimum(y0 + 1, self.reader.height - 1) - top
+        c0, c1 = x0 - left, np.minimum(x0 + 1, self.reader.width - 1) - left
+        wy, wx = fy[:, None, None], fx[None, :, None]
+        rows = src[r0] * (1 - wy) + src[r1] * wy
+        out = rows[:, c0] * (1 - wx) + rows[:, c1] * wx
+        return out, (valid[np.ix_(ny - top, nx - left)] if valid is not None else None)
+
+    def valid(self, y: int, x: int, h: int, w: int) -> np.ndarray | None:
+        if not self.masked:
+            return None
+        (_, _, ny), (_, _, nx), top, left, sh, sw = self._window(y, x, h, w)
+        mask = self.reader.valid(top, left, sh, sw)
+        return mask[np.ix_(ny - top, nx - left)] if mask is not None else None
+
+
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
