@@ -27,7 +27,7 @@ from segadapt.data.geopairs import RasterPairs
 from segadapt.data.pairs import PairedDataset
 from segadapt.errors import CheckpointError, SegadaptError
 from segadapt.losses import feature_regression_loss, resolve_layers
-from segadapt.models.contract import SegmentationModel, check_taps, conform
+from segadapt.models.contract import SegmentationModel, check_taps, conform, default_layers
 from segadapt.models.loading import load_any, rebuild_meta, save_native
 from segadapt.models.modes import NormPolicy, adaptation_mode
 from segadapt.models.taps import Features
@@ -39,8 +39,9 @@ OnProbe = Callable[[int, nn.Module], dict[str, float]]
 
 
 def layer_weights(cfg: RunConfig, model: SegmentationModel) -> dict[str, float]:
-    """Tap -> weight from adapt.layers: one preset name of the model's own table, or explicit taps."""
-    layers, presets = cfg.adapt.layers, model.layer_presets()
+    """Tap -> weight from adapt.layers: one preset name of the model's own table, or explicit taps; none given:
+    the model's deepest stage (`default_layers`)."""
+    layers, presets = cfg.adapt.layers or default_layers(model), model.layer_presets()
     if len(layers) == 1 and layers[0] in presets and not cfg.adapt.weights:
         return resolve_layers(preset=layers[0], presets=presets)
     return resolve_layers(layers=layers, weights=cfg.adapt.weights)
@@ -102,6 +103,7 @@ def adapt(
     assert h1_meta is not None
     weights = layer_weights(cfg, conform(teacher))
     taps = list(weights)
+    cfg.adapt.layers = cfg.adapt.layers or taps  # config.toml says what was regressed (a resume keeps it)
     check_taps(conform(teacher), taps)
     teacher = teacher.to(device).eval().requires_grad_(False)
     # NHWC convolutions as train.channels_last says, as in train() ("auto": timed on a copy, since the

@@ -88,8 +88,9 @@ FLAGS: dict[str, Flag] = {
                           "function) be rebuilt by calling it, which runs its code; repeatable", repeat=True,
                           aliases=("--factory",)),
     "norm": Flag("adapt.norm", "BatchNorm statistics while adapting: keep (H1's) | adabn (re-estimated on D2)"),
-    "layers": Flag("adapt.layers", "taps to regress, comma-separated (pool1..pool5, fc6, fc7) or a preset: "
-                   "pool1..pool5, all (= all_inc), all_inc, all_dec", convert=lambda f, t: names(t)),
+    "layers": Flag("adapt.layers", "taps to regress, comma-separated, or one of the model's presets (default: its "
+                   "deepest stage). VGG: pool1..pool5, fc6, fc7; transformers models: stage1..stageN or module paths; "
+                   "presets: each stage, all (= all_inc), all_inc, all_dec", convert=lambda f, t: names(t)),
     "weights": Flag("adapt.weights", "one weight per layer, comma-separated (default 1.0 each)",
                     convert=lambda f, t: numbers(f, t, float)),
     "filter": Flag("shift.filter", "D2 made by this filter: photocopy | ripple | cubism | misalign, or a "
@@ -140,10 +141,18 @@ def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> R
     scale range, batch and learning rates), any other the default one."""
     name = getattr(args, "preset", None)
     if name or base is not None:
-        return _layered(args, preset(name) if name else base)
+        return _arch_own(_layered(args, preset(name) if name else base), args)
     cfg = _layered(args, preset(DEFAULT_PRESET))
     own = dataset_preset(cfg.data.dataset)
-    return cfg if own.name == DEFAULT_PRESET else _layered(args, own)
+    return _arch_own(cfg if own.name == DEFAULT_PRESET else _layered(args, own), args)
+
+
+def _arch_own(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """A preset's model.width sizes the built-in architectures; a transformers config (hf:DIR) fixes its own
+    sizes, so there the width is 1 unless the user set one (which models/hf_dir.py then refuses)."""
+    if cfg.model.arch.startswith("hf:") and "model.width" not in explicit_keys(args):
+        cfg.model.width = 1.0
+    return cfg
 
 
 def _layered(args: argparse.Namespace, cfg: RunConfig) -> RunConfig:
@@ -328,7 +337,7 @@ def fit_to_model(cfg: RunConfig, meta: dict[str, Any], model_path: str | Path,
     from segadapt.models.scale import SCALE_KEY, settle_base_size
 
     cfg = with_model_norm(cfg, meta, args)
-    given = _given_keys(args) if args is not None else set()
+    given = explicit_keys(args) if args is not None else set()
     settle_base_size(cfg.data, meta, str(model_path), SCALE_KEY in given)
     return cfg
 
@@ -336,6 +345,12 @@ def fit_to_model(cfg: RunConfig, meta: dict[str, Any], model_path: str | Path,
 def is_segadapt(meta: dict[str, Any]) -> bool:
     """Whether a model's metadata holds the config of a segadapt run (train or adapt), data settings included."""
     return isinstance(meta.get("config"), dict) and isinstance(meta["config"].get("data"), dict)
+
+
+def explicit_keys(args: argparse.Namespace) -> set[str]:
+    """The config keys the user set explicitly: with a flag, in --config FILE or with --set."""
+    flags = {f.key for dest, f in getattr(args, "config_flags", {}).items() if getattr(args, dest, None) is not None}
+    return flags | _given_keys(args)
 
 
 def _given_keys(args: argparse.Namespace) -> set[str]:
