@@ -44,6 +44,7 @@ from segadapt.data.palettes import generic
 from segadapt.data.rasters import ArrayReader, RasterReader, Resampled
 from segadapt.data.transforms import base_scale, resize_image
 from segadapt.errors import ConfigError
+from segadapt.progress import bar as progress_bar
 
 if TYPE_CHECKING:
     from segadapt.predict_outputs import ImageOutputs
@@ -398,7 +399,7 @@ def predict_image(pred: Predictor, source: RasterReader, outputs: ImageOutputs |
     stats = ImageStats(source.height, source.width, (net.height, net.width), s, plan,
                        np.zeros(pred.num_classes, np.int64))
     resampler = RowResampler((net.height, net.width), (source.height, source.width))
-    with tqdm(total=plan.tiles, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0,
+    with progress_bar(total=plan.tiles, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0,
               disable=not progress or plan.tiles <= plan.batch) as bar:
         for y0, chunk in blend(pred, net, plan, bar):
             for y, rows in resampler.push(y0, torch.softmax(chunk, 0)):

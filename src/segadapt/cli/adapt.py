@@ -8,16 +8,18 @@ from typing import Any
 
 from segadapt.cli.common import (
     TRAINING,
+    announce,
     config_args,
     is_model_file,
     is_segadapt,
     model_config,
     output_dir,
+    quiet_arg,
     resolve_config,
     resumed,
     trained_config,
 )
-from segadapt.config import RunConfig, dumps_toml
+from segadapt.config import RunConfig
 from segadapt.errors import SegadaptError
 from segadapt.paths import check_path
 
@@ -36,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                            "misalign, or a composition such as photocopy+misalign"})
     p.add_argument("--out", help="output directory")
     p.add_argument("--resume", metavar="RUN", help="continue the adaptation in this directory from its last checkpoint")
+    quiet_arg(p)
     p.set_defaults(func=cmd_adapt)
 
 
@@ -67,7 +70,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     if not args.resume:
         out = output_dir(args.out, cfg.out_dir, "adapt")
         refuse_overwrite(out)
-    print(dumps_toml(cfg))
+    announce(cfg, args, Path(out))
     h1, h1_meta = teacher if teacher is not None else (None, None)
     result = adapt(cfg, Path(out), pairs, teacher=h1, h1_meta=h1_meta, resume=bool(args.resume))
     if result["final_loss"] is not None:

@@ -174,6 +174,45 @@ def _layered(args: argparse.Namespace, cfg: RunConfig) -> RunConfig:
     return merge(cfg, overrides, "command line") if overrides else cfg
 
 
+def quiet_arg(p: argparse.ArgumentParser) -> None:
+    """--quiet, for the commands that run long (train, adapt, experiment, demo)."""
+    p.add_argument("--quiet", action="store_true", help="print no config summary and no progress bars")
+
+
+def announce(cfg: RunConfig, args: argparse.Namespace, run_dir: Path, start: RunConfig | None = None) -> None:
+    """What a long command says before it starts: where its whole config goes (config.toml) and the keys that
+    differ from the preset it started from (--preset, `start`, or the dataset's own); with --quiet nothing,
+    and no progress bars either."""
+    import json
+
+    from segadapt import progress
+    from segadapt.config import to_dict
+
+    quiet = bool(getattr(args, "quiet", False))
+    progress.quiet(quiet)
+    if quiet:
+        return
+    name = getattr(args, "preset", None)
+    base = preset(name) if name else start or dataset_preset(cfg.data.dataset)
+    changed = _changes(to_dict(base), to_dict(cfg))
+    print(f"config: {run_dir / 'config.toml'} (preset {base.name}"
+          f"{f', and {len(changed)} keys that differ from it:' if changed else ', unchanged'})")
+    for key, value in changed:
+        print(f"  {key} = {json.dumps(value)}")
+
+
+def _changes(base: dict[str, Any], cfg: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(section.key, value) of `cfg` where it differs from `base`, in the config's order."""
+    out: list[tuple[str, Any]] = []
+    for key, value in cfg.items():
+        was = base.get(key)
+        if isinstance(value, dict) and isinstance(was, dict) and value and was:
+            out += _changes(was, value, f"{prefix}{key}.")
+        elif value != was:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
 def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
     for k, v in src.items():
         if isinstance(v, dict):
