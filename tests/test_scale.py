@@ -99,6 +99,13 @@ def test_a_geotiff_and_a_png_of_one_frame_are_predicted_at_the_models_scale(tmp_
     with rasterio.open(out / "b_mask.tif") as m:
         assert (m.read(1) == np.asarray(Image.open(out / "a_mask.png"))).mean() > 0.98
     capsys.readouterr()
+    with rasterio.open(tmp_path / "c.tif", "w", driver="GTiff", height=32, width=48, count=3, dtype="uint8",
+                       nodata=0, crs="EPSG:32633", transform=rasterio.transform.from_origin(5e5, 4e6, 1, 1)) as ds:
+        ds.write(np.moveaxis(np.where(np.arange(48)[None, :, None] < 16, 0, np.maximum(frame, 1)), 2, 0))
+    assert main(["predict", "--model", str(model), "--images", str(tmp_path / "c.tif"), "--out", str(out)]) == 0
+    with rasterio.open(out / "c_mask.tif") as m:
+        mask = m.read(1)
+    assert (mask[:, :16] == 255).all() and (mask[:, 16:] < 11).all()  # nodata stays nodata at another scale
     assert main(["predict", "--model", str(model), "--images", str(tmp_path / "b.tif"), "--out",
                  str(tmp_path / "o2"), "--scale", "1"]) == 0
     assert "resizing every image by --scale 1 instead" in capsys.readouterr().err
@@ -116,6 +123,24 @@ def test_a_raster_read_in_windows_is_resampled_as_a_decoded_image_is_resized(sca
     assert np.abs(view.read(0, 0, view.height, view.width)[0] - whole).max() <= 1.0  # OpenCV's fixed point
     y, x, h, w = 5, 7, view.height // 2, view.width // 3
     assert np.array_equal(view.read(y, x, h, w)[0], view.read(0, 0, view.height, view.width)[0][y:y + h, x:x + w])
+
+
+def test_resampling_reads_only_what_the_output_window_samples(monkeypatch):
+    """A mosaic brought down to a few pixels: reads stay at WINDOW_PIXELS, not the source window."""
+    from segadapt.data.rasters import ArrayReader, Resampled
+
+    image = np.random.default_rng(2).integers(0, 256, (200, 40, 3)).astype(np.uint8)
+    whole = Resampled(ArrayReader(image), 0.1).read(0, 0, 20, 4)[0]
+    reads = []
+
+    class Counted(ArrayReader):
+        def read(self, y, x, h, w):
+            reads.append(h * w)
+            return super().read(y, x, h, w)
+
+    monkeypatch.setattr(Resampled, "WINDOW_PIXELS", 100)
+    assert np.array_equal(Resampled(Counted(image), 0.1).read(0, 0, 20, 4)[0], whole)
+    assert max(reads) <= 100 and sum(reads) < 200 * 40 / 2
 
 
 def test_shift_lengths_follow_the_models_scale_or_the_datas_preset(tmp_path, capsys):
