@@ -124,7 +124,8 @@ def _shift_raster(args: argparse.Namespace, cfg: RunConfig) -> int:
     if args.backend != "native":
         raise SegadaptError("--raster runs the native filters only; drop --backend gegl")
     if s.target_distortion > 0 or args.model:
-        raise SegadaptError("--target-distortion searches on a dataset's train split; with --raster give --severity")
+        raise SegadaptError("--model and --target-distortion work on a dataset's train split; with --raster give "
+                            "--severity (and --set data.base_size=N for lengths in network pixels)")
     out = check_path(args.out, "--out")
     if out.is_dir():
         raise SegadaptError(f"--out {args.out}: is a folder; with --raster give the path of the .tif to write")
