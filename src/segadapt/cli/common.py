@@ -383,7 +383,9 @@ def fit_to_model(cfg: RunConfig, meta: dict[str, Any], model_path: str | Path,
 
 def is_segadapt(meta: dict[str, Any]) -> bool:
     """Whether a model's metadata holds the config of a segadapt run (train or adapt), data settings included."""
-    return isinstance(meta.get("config"), dict) and isinstance(meta["config"].get("data"), dict)
+    from segadapt.models.scale import recorded_config
+
+    return recorded_config(meta) is not None
 
 
 def explicit_keys(args: argparse.Namespace) -> set[str]:
