@@ -10,7 +10,6 @@ from PIL import Image
 from segadapt.cli import build_parser, main, resolve_config
 from segadapt.config import read_toml
 from segadapt.errors import CheckpointError
-from segadapt.models.scale import preprocessor_base_size, trained_base_size
 from tiny import tiny_model_file
 
 SIZE = ["--set", "data.synthetic_size=[32, 48]", "--set", "data.crop_size=[32, 48]",
@@ -54,6 +53,8 @@ def test_the_hf_directory_scores_as_its_run_does(segformer_run, tmp_path):
 
 
 def test_adapting_the_hf_directory_takes_its_runs_data_settings(segformer_run, tmp_path):
+    from segadapt.models.scale import trained_base_size
+
     out = tmp_path / "h2"
     assert main(["adapt", "--h1", str(segformer_run / "hf_model"), "--filter", "ripple", "--iterations", "1",
                  "--layers", "stage1", "--set", "adapt.holdout=0", "--threads", "1", "--out", str(out)]) == 0
@@ -157,6 +158,8 @@ def test_shift_lengths_follow_the_models_scale_or_the_datas_preset(tmp_path, cap
 
 
 def test_what_a_transformers_preprocessor_says_of_the_scale():
+    from segadapt.models.scale import preprocessor_base_size, trained_base_size
+
     assert preprocessor_base_size({"size": {"shortest_edge": 512}}, "p") == 512
     assert preprocessor_base_size({"do_resize": True, "size": {"height": 512, "width": 640}}, "p") == 512
     assert preprocessor_base_size({"size": 384}, "p") == 384
