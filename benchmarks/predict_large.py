@@ -105,8 +105,9 @@ def main() -> int:
         print(f"wrote {args.size}x{args.size} raster in {written:.0f} s ({raster.stat().st_size / 2**20:.0f} MiB)")
         model = args.model or camvid_model(work / "model.safetensors")
         out = work / "out"
+        # --scale 1: the mosaic at its stored size (the model's own rule would bring its shorter side to 240)
         cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "segadapt", "predict", "--model", str(model),
-               "--images", str(raster), "--out", str(out), *args.flags.split()]
+               "--images", str(raster), "--out", str(out), "--scale", "1", *args.flags.split()]
         load_before = load_average()
         log = work / "predict.log"
         with open(log, "w") as f:

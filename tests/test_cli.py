@@ -17,7 +17,7 @@ def test_train_then_evaluate(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--preset", "synthetic", *TINY, "--out", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "[train]" in out and "iterations = 3" in out  # the resolved config is printed
+    assert f"config: {run / 'config.toml'}" in out and "train.iterations = 3" in out  # where, and what differs
     assert f"run: {run}" in out
     assert main(["evaluate", "--model", str(run)]) == 0
     result = json.loads((run / "eval_synthetic_val.json").read_text())

@@ -27,7 +27,7 @@ from segadapt.data.geopairs import RasterPairs
 from segadapt.data.pairs import PairedDataset
 from segadapt.errors import CheckpointError, SegadaptError
 from segadapt.losses import feature_regression_loss, resolve_layers
-from segadapt.models.contract import SegmentationModel, check_taps, conform
+from segadapt.models.contract import SegmentationModel, check_taps, conform, default_layers
 from segadapt.models.loading import load_any, rebuild_meta, save_native
 from segadapt.models.modes import NormPolicy, adaptation_mode
 from segadapt.models.taps import Features
@@ -39,8 +39,9 @@ OnProbe = Callable[[int, nn.Module], dict[str, float]]
 
 
 def layer_weights(cfg: RunConfig, model: SegmentationModel) -> dict[str, float]:
-    """Tap -> weight from adapt.layers: one preset name of the model's own table, or explicit taps."""
-    layers, presets = cfg.adapt.layers, model.layer_presets()
+    """Tap -> weight from adapt.layers: one preset name of the model's own table, or explicit taps; none given:
+    the model's deepest stage (`default_layers`)."""
+    layers, presets = cfg.adapt.layers or default_layers(model), model.layer_presets()
     if len(layers) == 1 and layers[0] in presets and not cfg.adapt.weights:
         return resolve_layers(preset=layers[0], presets=presets)
     return resolve_layers(layers=layers, weights=cfg.adapt.weights)
@@ -102,6 +103,7 @@ def adapt(
     assert h1_meta is not None
     weights = layer_weights(cfg, conform(teacher))
     taps = list(weights)
+    cfg.adapt.layers = cfg.adapt.layers or taps  # config.toml says what was regressed (a resume keeps it)
     check_taps(conform(teacher), taps)
     teacher = teacher.to(device).eval().requires_grad_(False)
     # NHWC convolutions as train.channels_last says, as in train() ("auto": timed on a copy, since the
@@ -223,8 +225,7 @@ def adapt(
     run.save(step)  # the run can be extended later (--resume with more iterations)
     if run.main:
         ckpt.save_model(run_dir / ckpt.MODEL_FILE, student, meta)
-        native = functools.partial(save_native, student, run_dir, h1_meta.get("hf_source"), cfg.data.mean,
-                                   cfg.data.std)
+        native = functools.partial(save_native, student, run_dir, meta, h1_meta.get("hf_source"))
         native()  # H2 in H1's own format too (hf_model/, factory_weights.safetensors): a drop-in replacement
         if selected is not None:
             _write_selection(run_dir, probes, selected, student, meta, native)

@@ -133,7 +133,9 @@ class AdaptConfig:
     # BatchNorm running statistics while adapting: keep (H1's, bit for bit) or adabn (re-estimated on D2
     # for the norm layers feeding the deepest regressed tap); see models/modes.py
     norm: str = "keep"
-    layers: list[str] = field(default_factory=lambda: ["pool5"])  # taps to regress, or one preset name
+    # taps to regress, or one preset name; empty: the model's deepest stage (VGG pool5, a transformers model's
+    # last stage; models.contract.default_layers)
+    layers: list[str] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)  # one per layer; empty = 1.0 each (presets bring theirs)
     # cap on the gradient's global L2 norm (0 = off): the squared-error loss has unbounded gradients, and
     # without batchnorm one bad step at a high learning rate can blow the features up
@@ -227,6 +229,9 @@ def _preset_camvid() -> RunConfig:
         scale_min=0.75, scale_max=1.25,
     )
     cfg.train = TrainConfig(iterations=2000, batch_size=8, lr=0.01, head_lr_mult=1.0, weight_decay=1e-4)
+    # adapting (and fine-tuning) a CamVid H1: the rates benchmarks/adapt_shift.py measured, not VOC's 2.5e-4
+    cfg.adapt.grad_clip = 5.0
+    cfg.experiment = ExperimentConfig(iterations=1000, finetune_lr=0.01, adapt_lr=0.005)
     return cfg
 
 
@@ -270,7 +275,6 @@ def _preset_study_camvid() -> RunConfig:
     cfg.data.base_size, cfg.data.crop_size = 120, [120, 160]
     cfg.train.iterations, cfg.train.checkpoint_every, cfg.train.log_every = 4000, 0, 50
     cfg.shift = ShiftConfig(units="network")
-    cfg.adapt.grad_clip = 5.0
     cfg.experiment = ExperimentConfig(
         filters=list(STUDY_DISTORTIONS), target_distortion=dict(STUDY_DISTORTIONS), seeds=[0, 1, 2],
         iterations=1000, finetune_lr=0.01, adapt_lr=0.005,
@@ -286,6 +290,16 @@ def preset(name: str) -> RunConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]()
+
+
+DEFAULT_PRESET = "synthetic"  # a command that names neither a preset nor a dataset runs at CPU scale
+
+
+def dataset_preset(dataset: str) -> RunConfig:
+    """The defaults for a dataset named without a preset: the preset of the same name (CamVid's size, crop,
+    scale range, batch and learning rates), else (a folder dataset) the default preset's recipe."""
+    own = preset(dataset) if dataset in PRESETS else None
+    return own if own is not None and own.data.dataset == dataset else preset(DEFAULT_PRESET)
 
 
 # --- dict / TOML conversion -----------------------------------------------------------------------

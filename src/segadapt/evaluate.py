@@ -6,9 +6,8 @@ from collections.abc import Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm import tqdm
 
-from segadapt import distributed
+from segadapt import distributed, progress
 from segadapt.config import RunConfig
 from segadapt.data import SegmentationDataset, SegmentationSource, make_transform
 from segadapt.metrics import Scores, confusion_matrix, scores
@@ -63,7 +62,8 @@ def confusion(
     # training run checkpoints (a resume would then draw other augmentations than the uninterrupted run)
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=num_workers, generator=torch.Generator())
     conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=not distributed.is_main())
+    bar = progress.bar(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0,
+                       disable=not distributed.is_main())
     with modes_restored(model):  # model.train() afterwards would undo an adapting student's dropout/BN modes
         model.eval()
         for images, masks in same_size_batches(bar, batch_pixels):

@@ -1,11 +1,12 @@
 """Sliding-window inference of one image of any size, its logits blended across overlapping tiles.
 
-Scale. A model is applied at the scale it was trained at: an image decoded whole is resized (bilinear, as
-evaluation does) so its shorter side is the model's `data.base_size` (unchanged when that is 0); the class
-probabilities (softmax of the blended logits) are resized back to the image's size (bilinear) and the
-argmax, confidence and entropy are taken there, so every output has the input's size. TIFFs read in
-windows are predicted at their stored resolution: their pixels have a ground size that a frame's shorter
-side says nothing about. `scale` overrides both (images decoded whole only).
+Scale. A model is applied at the scale it was trained at (models/scale.py): an image is resized (bilinear,
+as evaluation does) so its shorter side is the model's `data.base_size` (unchanged when that is 0), whatever
+its format: a TIFF read in windows is resampled window by window (data/rasters.Resampled), so a GeoTIFF
+and a JPEG of one frame reach the network alike. A model that learnt from raster windows records base size
+0: mosaics at their stored resolution. The class probabilities (softmax of the blended logits) are resized
+back to the image's size (bilinear) and the argmax, confidence and entropy are taken there, so every
+output has the input's size. `scale` overrides the rule.
 
 Tiles. The (scaled) image is cut into equal tiles of `tile` pixels a side (clipped to the image), the
 fewest that overlap by at least `overlap` pixels, spread evenly from edge to edge, so they batch. Each
@@ -41,9 +42,10 @@ from torch import nn
 from tqdm import tqdm
 
 from segadapt.data.palettes import generic
-from segadapt.data.rasters import ArrayReader, RasterReader
+from segadapt.data.rasters import ArrayReader, RasterReader, Resampled
 from segadapt.data.transforms import base_scale, resize_image
 from segadapt.errors import ConfigError
+from segadapt.progress import bar as progress_bar
 
 if TYPE_CHECKING:
     from segadapt.predict_outputs import ImageOutputs
@@ -372,15 +374,13 @@ class ImageStats:
 
 
 def choose_scale(reader: RasterReader, base_size: int, scale: float | None) -> float:
-    """The factor applied before the network: --scale, else the base-size rule (images decoded whole)."""
+    """The factor applied before the network: --scale, else the model's base-size rule, whatever the file's
+    format (models/scale.py)."""
     if scale is not None:
         if not scale > 0:
             raise ConfigError(f"--scale {scale}: must be > 0")
-        if scale != 1.0 and not isinstance(reader, ArrayReader):
-            raise ConfigError("--scale: TIFFs read in windows are predicted at their stored resolution; resample "
-                              "the raster first (e.g. gdalwarp -tr) or give --scale 1")
         return scale
-    return base_scale(reader.height, reader.width, base_size) if isinstance(reader, ArrayReader) else 1.0
+    return base_scale(reader.height, reader.width, base_size)
 
 
 def summarise(probs: torch.Tensor, entropy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -402,9 +402,8 @@ def predict_image(pred: Predictor, source: RasterReader, outputs: ImageOutputs |
     start = time.perf_counter()
     s = choose_scale(source, pred.base_size, scale)
     net: RasterReader = source
-    if s != 1.0:
-        assert isinstance(source, ArrayReader)
-        net = ArrayReader(resize_image(source.image, s))
+    if s != 1.0:  # decoded whole: resized as evaluation resizes; read in windows: resampled window by window
+        net = ArrayReader(resize_image(source.image, s)) if isinstance(source, ArrayReader) else Resampled(source, s)
     plan = plan_tiles(net.height, net.width, pred.num_classes, pred.activation_bytes_per_pixel(), tile=tile,
                       overlap=overlap, batch=batch, memory_mb=memory_mb)
     if plan.needs_mb is not None:
@@ -414,7 +413,7 @@ def predict_image(pred: Predictor, source: RasterReader, outputs: ImageOutputs |
     stats = ImageStats(source.height, source.width, (net.height, net.width), s, plan,
                        np.zeros(pred.num_classes, np.int64))
     resampler = RowResampler((net.height, net.width), (source.height, source.width))
-    with tqdm(total=plan.tiles, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0,
+    with progress_bar(total=plan.tiles, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0,
               disable=not progress or plan.tiles <= plan.batch) as bar:
         for y0, chunk in blend(pred, net, plan, bar):
             for y, rows in resampler.push(y0, torch.softmax(chunk, 0)):

@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from segadapt import __version__, distributed
+from segadapt import __version__, distributed, progress
 from segadapt import checkpoint as ckpt
 from segadapt.config import RunConfig, dumps_toml, load_toml, to_dict
 from segadapt.data.sampler import EpochSampler, batches
@@ -457,7 +457,7 @@ class Run:
             _write_info(self.dir, self.kind, "running", self.start)
             self.elapsed_before = write_log_header(self.dir / "log.csv", self.start, fields)
         self._log = RunLog(self.dir, fields, self.main, self.cfg.train.tensorboard)
-        self._bar = tqdm(total=self.cfg.train.iterations, initial=self.start, desc=desc, dynamic_ncols=True,
+        self._bar = progress.bar(total=self.cfg.train.iterations, initial=self.start, desc=desc, dynamic_ncols=True,
                          mininterval=1.0, disable=not self.main)
         self._stop = InterruptFlag()
         self._t0 = time.perf_counter()

@@ -149,8 +149,9 @@ def train(
     }
     run.save(step)  # the run can be extended later (--resume with more iterations)
     if run.main:
-        ckpt.save_model(run_dir / ckpt.MODEL_FILE, model, model_meta(cfg, train_set, step, model))
-        save_native(model, run_dir, mean=cfg.data.mean, std=cfg.data.std)  # hf_model/ for transformers models
+        meta = model_meta(cfg, train_set, step, model)
+        ckpt.save_model(run_dir / ckpt.MODEL_FILE, model, meta)
+        save_native(model, run_dir, meta)  # hf_model/ for transformers models
         ckpt.write_json_atomic(run_dir / "metrics.json", metrics)
     run.finish(step)
     return metrics

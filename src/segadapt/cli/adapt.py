@@ -8,18 +8,18 @@ from typing import Any
 
 from segadapt.cli.common import (
     TRAINING,
+    announce,
     config_args,
     is_model_file,
     is_segadapt,
-    other_dataset,
+    model_config,
     output_dir,
-    require_data,
+    quiet_arg,
     resolve_config,
     resumed,
     trained_config,
-    with_model_norm,
 )
-from segadapt.config import RunConfig, dumps_toml
+from segadapt.config import RunConfig
 from segadapt.errors import SegadaptError
 from segadapt.paths import check_path
 
@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                            "misalign, or a composition such as photocopy+misalign"})
     p.add_argument("--out", help="output directory")
     p.add_argument("--resume", metavar="RUN", help="continue the adaptation in this directory from its last checkpoint")
+    quiet_arg(p)
     p.set_defaults(func=cmd_adapt)
 
 
@@ -63,14 +64,13 @@ def cmd_adapt(args: argparse.Namespace) -> int:
             first = resolve_config(args)  # for --h1-weights, --h1-kwargs and --trust-factory as --set may give them
             teacher = load_h1(first, "cpu")
             meta = teacher[1]
-        require_data(args, meta, args.h1)
-        cfg = with_model_norm(other_dataset(resolve_config(args, adapt_base(meta, args.h1)), meta), meta, args)
+        cfg = model_config(args, meta, args.h1, lambda dataset: adapt_base(meta, args.h1, dataset))
 
     pairs = training_pairs(cfg)
     if not args.resume:
         out = output_dir(args.out, cfg.out_dir, "adapt")
         refuse_overwrite(out)
-    print(dumps_toml(cfg))
+    announce(cfg, args, Path(out))
     h1, h1_meta = teacher if teacher is not None else (None, None)
     result = adapt(cfg, Path(out), pairs, teacher=h1, h1_meta=h1_meta, resume=bool(args.resume))
     if result["final_loss"] is not None:
@@ -88,14 +88,15 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
-def adapt_base(meta: dict[str, Any], h1: str) -> RunConfig:
+def adapt_base(meta: dict[str, Any], h1: str, dataset: str = "") -> RunConfig:
     """H1's own run settings (batch, weight decay, seed, data...) with the sweep's adaptation budget and lr,
-    so `segadapt adapt` trains H2 as `segadapt experiment` does; older model files give their data only."""
+    so `segadapt adapt` trains H2 as `segadapt experiment` does; older model files give their data only. An
+    H1 that records no run (a transformers or factory model) takes them from the preset of `dataset`."""
     from segadapt.config import AdaptConfig, from_dict
     from segadapt.errors import ConfigError
 
-    if not is_segadapt(meta):  # a transformers or factory H1: the study's defaults, the data from the command line
-        base = trained_config(meta, h1)
+    if not is_segadapt(meta):  # a transformers or factory H1: the data's preset, the data from the command line
+        base = trained_config(meta, h1, dataset)
     else:
         try:
             base = from_dict(RunConfig, meta["config"], f"{h1} metadata")

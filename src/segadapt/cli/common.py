@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segadapt.config import RunConfig, merge, parse_override, preset, read_toml
+from segadapt.config import DEFAULT_PRESET, RunConfig, dataset_preset, merge, parse_override, preset, read_toml
 from segadapt.errors import SegadaptError
 from segadapt.paths import check_path
 
@@ -88,8 +88,9 @@ FLAGS: dict[str, Flag] = {
                           "function) be rebuilt by calling it, which runs its code; repeatable", repeat=True,
                           aliases=("--factory",)),
     "norm": Flag("adapt.norm", "BatchNorm statistics while adapting: keep (H1's) | adabn (re-estimated on D2)"),
-    "layers": Flag("adapt.layers", "taps to regress, comma-separated (pool1..pool5, fc6, fc7) or a preset: "
-                   "pool1..pool5, all (= all_inc), all_inc, all_dec", convert=lambda f, t: names(t)),
+    "layers": Flag("adapt.layers", "taps to regress, comma-separated, or one of the model's presets (default: its "
+                   "deepest stage). VGG: pool1..pool5, fc6, fc7; transformers models: stage1..stageN or module paths; "
+                   "presets: each stage, all (= all_inc), all_inc, all_dec", convert=lambda f, t: names(t)),
     "weights": Flag("adapt.weights", "one weight per layer, comma-separated (default 1.0 each)",
                     convert=lambda f, t: numbers(f, t, float)),
     "filter": Flag("shift.filter", "D2 made by this filter: photocopy | ripple | cubism | misalign, or a "
@@ -135,9 +136,27 @@ def config_args(p: argparse.ArgumentParser, flags: Sequence[str], *, presets: bo
 
 
 def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
-    """preset (or `base`, e.g. a run's saved config) < --config file < the command's flags < --set."""
+    """preset (or `base`, e.g. a run's saved config) < --config file < the command's flags < --set. Without
+    either, the dataset the command names brings its own preset (`--dataset camvid`: CamVid's size, crop,
+    scale range, batch and learning rates), any other the default one."""
     name = getattr(args, "preset", None)
-    cfg = preset(name) if name else base or preset("synthetic")
+    if name or base is not None:
+        return _arch_own(_layered(args, preset(name) if name else base), args)
+    cfg = _layered(args, preset(DEFAULT_PRESET))
+    own = dataset_preset(cfg.data.dataset)
+    return _arch_own(cfg if own.name == DEFAULT_PRESET else _layered(args, own), args)
+
+
+def _arch_own(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """A preset's model.width sizes the built-in architectures; a transformers config (hf:DIR) fixes its own
+    sizes, so there the width is 1 unless the user set one (which models/hf_dir.py then refuses)."""
+    if cfg.model.arch.startswith("hf:") and "model.width" not in explicit_keys(args):
+        cfg.model.width = 1.0
+    return cfg
+
+
+def _layered(args: argparse.Namespace, cfg: RunConfig) -> RunConfig:
+    """`cfg` < --config file < the command's flags < --set."""
     if getattr(args, "config", None):
         cfg = merge(cfg, read_toml(args.config), args.config)
     overrides: dict[str, Any] = {}
@@ -153,6 +172,45 @@ def resolve_config(args: argparse.Namespace, base: RunConfig | None = None) -> R
     for text in getattr(args, "set", []):
         _deep_update(overrides, parse_override(text))
     return merge(cfg, overrides, "command line") if overrides else cfg
+
+
+def quiet_arg(p: argparse.ArgumentParser) -> None:
+    """--quiet, for the commands that run long (train, adapt, experiment, demo)."""
+    p.add_argument("--quiet", action="store_true", help="print no config summary and no progress bars")
+
+
+def announce(cfg: RunConfig, args: argparse.Namespace, run_dir: Path, start: RunConfig | None = None) -> None:
+    """What a long command says before it starts: where its whole config goes (config.toml) and the keys that
+    differ from the preset it started from (--preset, `start`, or the dataset's own); with --quiet nothing,
+    and no progress bars either."""
+    import json
+
+    from segadapt import progress
+    from segadapt.config import to_dict
+
+    quiet = bool(getattr(args, "quiet", False))
+    progress.quiet(quiet)
+    if quiet:
+        return
+    name = getattr(args, "preset", None)
+    base = preset(name) if name else start or dataset_preset(cfg.data.dataset)
+    changed = _changes(to_dict(base), to_dict(cfg))
+    print(f"config: {run_dir / 'config.toml'} (preset {base.name}"
+          f"{f', and {len(changed)} keys that differ from it:' if changed else ', unchanged'})")
+    for key, value in changed:
+        print(f"  {key} = {json.dumps(value)}")
+
+
+def _changes(base: dict[str, Any], cfg: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(section.key, value) of `cfg` where it differs from `base`, in the config's order."""
+    out: list[tuple[str, Any]] = []
+    for key, value in cfg.items():
+        was = base.get(key)
+        if isinstance(value, dict) and isinstance(was, dict) and value and was:
+            out += _changes(was, value, f"{prefix}{key}.")
+        elif value != was:
+            out.append((f"{prefix}{key}", value))
+    return out
 
 
 def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
@@ -283,14 +341,15 @@ def same_classes(path: str | Path, meta: dict[str, Any], cfg: RunConfig, num_cla
                             f"{num_classes}; evaluate on a dataset with the same classes")
 
 
-def trained_config(meta: dict[str, Any], model_path: str | Path) -> RunConfig:
+def trained_config(meta: dict[str, Any], model_path: str | Path, dataset: str = "") -> RunConfig:
     """The data settings and architecture a model was trained with, from its metadata. An external model (a
-    transformers directory, a factory) records no data settings: the defaults stand in, with its
-    normalisation, and the command line must name the data (`require_data`)."""
+    transformers directory, a factory) records no data settings: the preset of `dataset` (the one the command
+    line names) stands in, with the model's normalisation, and the command line must name the data
+    (`require_data`)."""
     from segadapt.config import DataConfig, from_dict
 
     if not is_segadapt(meta):
-        trained = RunConfig()
+        trained = dataset_preset(dataset)
         trained.model.arch, trained.model.width = str(meta.get("arch", "")), float(meta.get("width", 1.0))
         return with_model_norm(trained, meta)
     trained = RunConfig(data=from_dict(DataConfig, meta["config"]["data"], f"{model_path} metadata"))
@@ -298,16 +357,41 @@ def trained_config(meta: dict[str, Any], model_path: str | Path) -> RunConfig:
     return trained
 
 
-def model_config(args: argparse.Namespace, meta: dict[str, Any], model_path: str | Path) -> RunConfig:
-    """A trained model's settings, overridden by the command line (which names the data of an external one)."""
+def model_config(args: argparse.Namespace, meta: dict[str, Any], model_path: str | Path,
+                 base: Callable[[str], RunConfig] | None = None) -> RunConfig:
+    """A trained model's settings, overridden by the command line (which names the data of an external one),
+    fitted to the model (`fit_to_model`). `base(dataset)`: the settings to start from (default: the data
+    settings the model was trained with, `trained_config`), given the dataset the command line names."""
     require_data(args, meta, model_path)
-    cfg = other_dataset(resolve_config(args, trained_config(meta, model_path)), meta)
-    return with_model_norm(cfg, meta, args)
+    start = base or (lambda dataset: trained_config(meta, model_path, dataset))
+    dataset = resolve_config(args, start("")).data.dataset
+    cfg = other_dataset(resolve_config(args, start(dataset)), meta)
+    return fit_to_model(cfg, meta, model_path, args)
+
+
+def fit_to_model(cfg: RunConfig, meta: dict[str, Any], model_path: str | Path,
+                 args: argparse.Namespace | None = None) -> RunConfig:
+    """The model's normalisation and the scale it was trained at (models/scale.py: the one rule every command
+    applies), each unless the user set it explicitly (--config, --set), which is then said in one line."""
+    from segadapt.models.scale import SCALE_KEY, settle_base_size
+
+    cfg = with_model_norm(cfg, meta, args)
+    given = explicit_keys(args) if args is not None else set()
+    settle_base_size(cfg.data, meta, str(model_path), SCALE_KEY in given)
+    return cfg
 
 
 def is_segadapt(meta: dict[str, Any]) -> bool:
     """Whether a model's metadata holds the config of a segadapt run (train or adapt), data settings included."""
-    return isinstance(meta.get("config"), dict) and isinstance(meta["config"].get("data"), dict)
+    from segadapt.models.scale import recorded_config
+
+    return recorded_config(meta) is not None
+
+
+def explicit_keys(args: argparse.Namespace) -> set[str]:
+    """The config keys the user set explicitly: with a flag, in --config FILE or with --set."""
+    flags = {f.key for dest, f in getattr(args, "config_flags", {}).items() if getattr(args, dest, None) is not None}
+    return flags | _given_keys(args)
 
 
 def _given_keys(args: argparse.Namespace) -> set[str]:

@@ -17,5 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    sys.stdout.write(dumps_toml(resolve_config(args)))
+    from segadapt.data.datasets import with_classes
+
+    sys.stdout.write(dumps_toml(with_classes(resolve_config(args))))  # a built-in dataset's classes written out
     return 0

@@ -13,13 +13,10 @@ from segadapt.cli.common import (
     json_out,
     load_model_arg,
     model_args,
-    other_dataset,
-    require_data,
-    resolve_config,
+    model_config,
     same_classes,
     trained_config,
     trusted_factories,
-    with_model_norm,
 )
 from segadapt.errors import SegadaptError
 from segadapt.paths import check_path
@@ -47,9 +44,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     json_out(args.out)
     model, meta = load_model_arg(args.model, "--model", args.model_weights, args.model_kwargs, trusted_factories(args))
-    require_data(args, meta, args.model)
-    trained = trained_config(meta, args.model)
-    cfg = with_model_norm(other_dataset(resolve_config(args, trained), meta), meta, args)
+    cfg = model_config(args, meta, args.model)
+    trained = trained_config(meta, args.model, cfg.data.dataset)
     if cfg.data.dataset == "synthetic" and args.root:
         raise SegadaptError("--root: the synthetic scenes are generated, not read; to score a shifted copy use "
                             "segadapt distortion --model MODEL --filter F --d2-dir DIR")

@@ -30,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default 4)")
     g.add_argument("--memory-mb", type=float, default=1024,
                    help="working memory for tiles and one row of blended logits (default 1024)")
-    g.add_argument("--scale", type=float, help="resize images decoded whole by this factor (default: shorter "
-                   "side to the model's data.base_size; TIFFs: stored resolution)")
+    g.add_argument("--scale", type=float, help="resize every image by this factor before the network (default: "
+                   "the scale the model was trained at, its shorter side to the model's data.base_size)")
     r = p.add_argument_group("TIFF / GeoTIFF input (read with rasterio)")
     r.add_argument("--bands", help="1-based bands for R,G,B, or one band for grey (default 1,2,3; one-band "
                    "rasters are replicated)")
@@ -49,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from segadapt.data.rasters import check_bands
+    from segadapt.models.scale import settle_factor
     from segadapt.predict import Predictor, load, weights_sha256
     from segadapt.predict_job import PredictOptions, list_inputs, run
     from segadapt.predict_outputs import OutputSpec
@@ -64,6 +65,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model_path = check_path(args.model, "--model")
     model, meta = load(model_path, trusted_factories=trusted_factories(args))
     cfg = model_config(args, meta, model_path)
+    settle_factor(args.scale, meta, str(model_path))
     pred = Predictor.from_meta(model, meta, cfg.data, select_device(cfg.train.device))
     settings = {"model_sha256": weights_sha256(model_path), "mean": list(pred.mean), "std": list(pred.std),
                 "base_size": pred.base_size, **opts.settings()}

@@ -39,8 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                "each image's transform)",
                        "severity": "0..1 (default: shift.severity)",
                        "workers": "parallel processes (default 0: one per core)"})
-    p.add_argument("--model", help="with --target-distortion: the model (H1) whose distortion is aimed at; its "
-                   f"data settings (base size) are used; {MODEL_FORMS}")
+    p.add_argument("--model", help="the model (H1) D2 is for: the scale it was trained at (data.base_size) sets "
+                   "the severity's lengths, and with --target-distortion its distortion is aimed at; "
+                   f"{MODEL_FORMS}")
     model_args(p)
     p.add_argument("--split", help="split to shift (default: the train split)")
     p.add_argument("--backend", default="native", choices=["native", "gegl"], help="native, or the gegl command")
@@ -75,8 +76,8 @@ def cmd_shift(args: argparse.Namespace) -> int:
     split = args.split or cfg.data.train_split
     extra = {}
     if cfg.shift.target_distortion > 0 or args.model:
-        cfg, found = _searched(args)
-        extra = {"search": found.to_dict()}
+        cfg, found = _for_model(args)
+        extra = {"search": found.to_dict()} if found is not None else {}
     source = build_source(cfg.data, split)
     root = Path(cfg.data.root) if cfg.data.root and cfg.data.dataset != "synthetic" else None
     out = claim(check_path(args.out, "--out"))
@@ -90,22 +91,23 @@ def cmd_shift(args: argparse.Namespace) -> int:
     return 0
 
 
-def _searched(args: argparse.Namespace) -> tuple[RunConfig, SearchResult]:
-    """--target-distortion D --model H1: the model's data settings under the flags, at the severity where the
-    model's distortion on D1 train images is D (severity_search.py); where it landed, printed in one line."""
+def _for_model(args: argparse.Namespace) -> tuple[RunConfig, SearchResult | None]:
+    """--model H1: the model's data settings under the flags (the scale it was trained at, so a severity's
+    lengths are pixels of the images H1 sees); with --target-distortion D, at the severity where the model's
+    distortion on D1 train images is D (severity_search.py), where it landed printed in one line."""
     from segadapt.data import build_source
     from segadapt.runtime import select_device
     from segadapt.severity_search import search_for
 
     if not args.model:
         raise SegadaptError("--target-distortion: give the model whose distortion it is with --model RUN")
-    if args.severity is not None:
-        raise SegadaptError("--severity and --target-distortion both choose the severity; give one")
     model, meta = load_model_arg(args.model, "--model", args.model_weights, args.model_kwargs, trusted_factories(args))
     cfg = model_config(args, meta, args.model)
     target = cfg.shift.target_distortion
     if target <= 0:
-        raise SegadaptError("--model is for --target-distortion D (the distortion to aim at); give it, or drop --model")
+        return cfg, None
+    if args.severity is not None:
+        raise SegadaptError("--severity and --target-distortion both choose the severity; give one")
     same_classes(args.model, meta, cfg, build_source(cfg.data, cfg.data.train_split).info.num_classes)
     device = select_device(cfg.train.device)
     found = search_for(model.to(device), cfg, device, cfg.shift.filter, target)
@@ -123,7 +125,8 @@ def _shift_raster(args: argparse.Namespace, cfg: RunConfig) -> int:
     if args.backend != "native":
         raise SegadaptError("--raster runs the native filters only; drop --backend gegl")
     if s.target_distortion > 0 or args.model:
-        raise SegadaptError("--target-distortion searches on a dataset's train split; with --raster give --severity")
+        raise SegadaptError("--model and --target-distortion work on a dataset's train split; with --raster give "
+                            "--severity (and --set data.base_size=N for lengths in network pixels)")
     out = check_path(args.out, "--out")
     if out.is_dir():
         raise SegadaptError(f"--out {args.out}: is a folder; with --raster give the path of the .tif to write")

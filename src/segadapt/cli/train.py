@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segadapt.cli.common import TRAINING, config_args, output_dir, resolve_config, resumed
-from segadapt.config import dumps_toml
+from segadapt.cli.common import TRAINING, announce, config_args, output_dir, quiet_arg, resolve_config, resumed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,6 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     config_args(p, TRAINING)
     p.add_argument("--out", help="run directory (default: <out_dir>/<name>-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its last checkpoint")
+    quiet_arg(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -30,7 +30,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = resolve_config(args)
         run_dir = output_dir(args.out, cfg.out_dir, cfg.name)
         refuse_overwrite(run_dir)
-    print(dumps_toml(cfg))
+    announce(cfg, args, Path(run_dir))
     metrics = train(cfg, Path(run_dir), resume=bool(args.resume))
     v = metrics["val"]
     print(f"val mIoU {v['miou']:.4f}  mean acc {v['mean_acc']:.4f}  pixel acc {v['pixel_acc']:.4f}")

@@ -6,11 +6,12 @@ sample is read, so opening 10k images stays instant.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
 
-from segadapt.config import DataConfig
+from segadapt.config import DataConfig, RunConfig
 from segadapt.data import palettes
 from segadapt.data.base import (
     DatasetInfo,
@@ -101,14 +102,55 @@ def pair_by_stem(
     return items
 
 
+def builtin_info(dataset: str) -> DatasetInfo | None:
+    """The classes, ignore index and palette a built-in dataset brings (None for a folder dataset, whose
+    config gives them)."""
+    if dataset == "synthetic":
+        from segadapt.data.synthetic import CLASSES, PALETTE
+
+        return DatasetInfo("synthetic", CLASSES, 255, PALETTE)
+    if dataset == "camvid":
+        return DatasetInfo("camvid", CAMVID_CLASSES, 11, palettes.CAMVID)
+    if dataset == "voc":
+        return DatasetInfo("voc", VOC_CLASSES, 255, palettes.voc(21))
+    return None
+
+
+def with_classes(cfg: RunConfig) -> RunConfig:
+    """A copy of `cfg` with the class keys a built-in dataset fixes written out (data.num_classes,
+    ignore_index, class_names; model.num_classes), so a printed config says 11 classes for CamVid, not 0."""
+    cfg = copy.deepcopy(cfg)
+    info = builtin_info(cfg.data.dataset)
+    if info is not None:
+        cfg.data.num_classes, cfg.data.ignore_index = len(info.class_names), info.ignore_index
+        cfg.data.class_names = list(info.class_names)
+    cfg.model.num_classes = cfg.model.num_classes or cfg.data.num_classes
+    return cfg
+
+
+def check_class_keys(cfg: DataConfig) -> None:
+    """A built-in dataset brings its own classes: the class keys may be left unset or state exactly those."""
+    info = builtin_info(cfg.dataset)
+    if info is None:
+        return
+    own = (len(info.class_names), info.ignore_index, list(info.class_names))
+    given = (cfg.num_classes, cfg.ignore_index, list(cfg.class_names))
+    if any(g not in (unset, o) for g, unset, o in zip(given, (0, 255, []), own)):
+        raise ConfigError(f"data.num_classes, data.ignore_index and data.class_names describe a folder dataset; "
+                          f"{cfg.dataset} brings its own ({own[0]} classes, ignore index {own[1]}), so leave them "
+                          f"out")
+
+
 def camvid(root: Path, split: str, missing: list[DataError] | None = None) -> FileSource:
-    info = DatasetInfo("camvid", CAMVID_CLASSES, 11, palettes.CAMVID)
+    info = builtin_info("camvid")
+    assert info is not None
     return FileSource(info, pair_by_stem(root / split / "images", root / split / "labels", missing))
 
 
 def voc(root: Path, split: str, missing: list[DataError] | None = None) -> FileSource:
     """VOC2012 layout; masks from SegmentationClassAug (SBD, 10,582 train_aug images) when present."""
-    info = DatasetInfo("voc", VOC_CLASSES, 255, palettes.voc(21))
+    info = builtin_info("voc")
+    assert info is not None
     mask_dir = root / "SegmentationClassAug"
     if not mask_dir.is_dir():
         mask_dir = root / "SegmentationClass"
@@ -156,9 +198,7 @@ DATASETS = ("synthetic", "camvid", "voc", "folder")
 
 def build_source(cfg: DataConfig, split: str, missing: list[DataError] | None = None) -> SegmentationSource:
     """The raw samples of a split; `missing` collects images without a mask instead of failing on the first."""
-    if cfg.dataset != "folder" and (cfg.num_classes or cfg.ignore_index != 255 or cfg.class_names):
-        raise ConfigError(f"data.num_classes, data.ignore_index and data.class_names describe a folder dataset; "
-                          f"{cfg.dataset} brings its own, so leave them out")
+    check_class_keys(cfg)
     if cfg.dataset == "synthetic":
         from segadapt.data.synthetic import SyntheticScenes
 

@@ -250,6 +250,75 @@ class GeoTiffReader:
         self.ds.close()
 
 
+class Resampled:
+    """A raster seen at `scale`, window by window: bilinear as evaluation resizes a decoded image (OpenCV's
+    INTER_LINEAR: pixel centres, edges clamped), so a TIFF read in windows reaches the network at the
+    scale a JPEG of the same frame does. Valid pixels: the nearest source pixel's. Only the source rows and
+    columns an output window samples are kept, read in runs of at most WINDOW_PIXELS, so memory follows the
+    output window even when a mosaic is brought down to a few hundred pixels."""
+
+    WINDOW_PIXELS = 1 << 22
+
+    def __init__(self, reader: RasterReader, scale: float) -> None:
+        from segadapt.data.transforms import scaled_size
+
+        self.reader, self.masked = reader, reader.masked
+        self.height, self.width = scaled_size(reader.height, reader.width, scale)
+
+    @staticmethod
+    def _axis(start: int, n: int, size: int, source: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per output index: the lower source index and the upper one's weight (bilinear), the nearest one."""
+        centres = (np.arange(start, start + n, dtype=np.float64) + 0.5) * (source / size)
+        at = np.clip(centres - 0.5, 0.0, source - 1.0)
+        low = np.minimum(np.floor(at).astype(np.int64), max(source - 2, 0))
+        return low, (at - low).astype(np.float32), np.minimum(np.floor(centres).astype(np.int64), source - 1)
+
+    def _gather(self, rows: np.ndarray, cols: np.ndarray, masks: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Source pixels (or only the valid mask) at rows x cols (sorted, unique), in runs of adjacent rows."""
+        left, span = int(cols[0]), int(cols[-1] - cols[0] + 1)
+        run = max(1, self.WINDOW_PIXELS // span)
+        rgb = None if masks else np.empty((len(rows), len(cols), 3), np.float32)
+        valid = np.ones((len(rows), len(cols)), bool) if self.masked else None
+        i = 0
+        while i < len(rows):
+            j = i + 1
+            while j < len(rows) and rows[j] == rows[j - 1] + 1 and j - i < run:
+                j += 1
+            if masks:
+                got, ok = None, self.reader.valid(int(rows[i]), left, j - i, span)
+            else:
+                got, ok = self.reader.read(int(rows[i]), left, j - i, span)
+            if rgb is not None and got is not None:
+                rgb[i:j] = got[:, cols - left]
+            if valid is not None and ok is not None:
+                valid[i:j] = ok[:, cols - left]
+            i = j
+        return rgb, valid
+
+    def _sample(self, y: int, x: int, h: int, w: int, masks: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+        (y0, fy, ny), (x0, fx, nx) = self._axis(y, h, self.height, self.reader.height), \
+            self._axis(x, w, self.width, self.reader.width)
+        y1, x1 = np.minimum(y0 + 1, self.reader.height - 1), np.minimum(x0 + 1, self.reader.width - 1)
+        rows, cols = np.unique(np.concatenate([y0, y1, ny])), np.unique(np.concatenate([x0, x1, nx]))
+        src, valid = self._gather(rows, cols, masks)
+        r0, r1, rn = (np.searchsorted(rows, v) for v in (y0, y1, ny))
+        c0, c1, cn = (np.searchsorted(cols, v) for v in (x0, x1, nx))
+        mask = valid[np.ix_(rn, cn)] if valid is not None else None
+        if src is None:
+            return None, mask
+        wy, wx = fy[:, None, None], fx[None, :, None]
+        top = src[r0] * (1 - wy) + src[r1] * wy
+        return top[:, c0] * (1 - wx) + top[:, c1] * wx, mask
+
+    def read(self, y: int, x: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray | None]:
+        rgb, valid = self._sample(y, x, h, w, masks=False)
+        assert rgb is not None
+        return rgb, valid
+
+    def valid(self, y: int, x: int, h: int, w: int) -> np.ndarray | None:
+        return self._sample(y, x, h, w, masks=True)[1] if self.masked else None
+
+
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 

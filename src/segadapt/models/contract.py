@@ -68,8 +68,8 @@ def check_taps(model: SegmentationModel, taps: Sequence[str]) -> None:
     if not taps or unknown:
         presets = ", ".join(model.layer_presets())
         hint = difflib.get_close_matches(unknown[0], model.TAPS, n=2) if unknown else []
-        close = f"; did you mean {' or '.join(hint)}?" if hint else ""
-        raise ConfigError(f"unknown layer(s) {', '.join(unknown) or '(none given)'}{close} {type(model).__name__} "
+        close = f" (did you mean {' or '.join(hint)}?)" if hint else ""
+        raise ConfigError(f"unknown layer(s) {', '.join(unknown) or '(none given)'}{close}; {type(model).__name__} "
                           f"has {tap_listing(model.TAPS)} (or a preset: {presets or 'none'})")
 
 
@@ -88,6 +88,16 @@ def preset_taps(model: SegmentationModel) -> list[str]:
     stage1..stageN, a factory model: none): the default rows of feature figures and reconstructions."""
     single = {taps[0] for taps, _ in model.layer_presets().values() if len(taps) == 1}
     return [t for t in model.TAPS if t in single]
+
+
+def default_layers(model: SegmentationModel) -> list[str]:
+    """What adapt regresses when no layers are given: the model's deepest one-tap preset (VGG: pool5, as in the
+    study; a transformers model: its last stage), or one line asking for --layers (a factory model)."""
+    deepest = preset_taps(model)[-1:]
+    if not deepest:
+        raise ConfigError(f"{type(model).__name__} has no named stages to regress by default; pass --layers with "
+                          f"tap names such as {tap_listing(model.TAPS, 6)}")
+    return deepest
 
 
 def sweep_presets(model: SegmentationModel) -> list[str]:

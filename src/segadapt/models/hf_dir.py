@@ -2,7 +2,8 @@
 
 Everything is built offline: from `config.json` + `model.safetensors` with local_files_only, or from a config
 alone (random init). Pickled `pytorch_model.bin` weights and configs that ask for remote code or a downloaded
-backbone are refused. `preprocessor_config.json`, when present, gives the normalisation H1 was trained with.
+backbone are refused. `preprocessor_config.json`, when present, gives the normalisation and the scale H1 was
+trained at (models/scale.py); `segadapt.json`, beside the weights of a model segadapt wrote, the run's config.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import contextlib
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,13 @@ from segadapt.chatter import hushed
 from segadapt.config import IMAGENET_MEAN, IMAGENET_STD
 from segadapt.errors import CheckpointError, ConfigError
 from segadapt.models.hf import SUPPORTED, HFSegmentation, require_transformers
+from segadapt.models.scale import preprocessor_base_size, preprocessor_size, recorded_config, trained_base_size
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 PREPROCESSOR_FILE = "preprocessor_config.json"
+RECORD_FILE = "segadapt.json"  # what segadapt knows of a model it wrote and transformers has no key for
+RECORDED = ("config", "class_names", "palette", "dataset", "layers", "adapted_from")
 HF_PREFIX = "hf:"
 
 # SegFormer-B0 (MiT-b0 encoder, all-MLP decoder) as published; `width` scales the per-head and decoder widths
@@ -131,7 +135,8 @@ def from_hf_arch(arch: str, num_classes: int, width: float = 1.0) -> HFSegmentat
 
 
 def preprocessing(folder: Path) -> dict[str, Any]:
-    """image_mean / image_std in segadapt's units (pixels scaled to 0..1), from preprocessor_config.json.
+    """image_mean / image_std in segadapt's units (pixels scaled to 0..1), and the base size it resizes to
+    (when it says), from preprocessor_config.json.
 
     transformers normalises (pixel * rescale_factor - mean) / std on 0..255 pixels; segadapt normalises
     (pixel / 255 - mean) / std, so both are divided by 255 * rescale_factor. {} when there is no such file.
@@ -147,8 +152,24 @@ def preprocessing(folder: Path) -> dict[str, Any]:
         mean, std = [0.0] * 3, [1.0] * 3
     if not scale > 0 or min(std) <= 0:
         raise CheckpointError(f"{path}: image_std and rescale_factor must be > 0; fix the preprocessor config")
+    base_size = preprocessor_base_size(raw, str(path))
     return {"image_mean": [m / scale for m in mean], "image_std": [s / scale for s in std],
-            "reduce_labels": bool(raw.get("do_reduce_labels", False))}
+            "reduce_labels": bool(raw.get("do_reduce_labels", False)),
+            **({"base_size": base_size} if base_size is not None else {})}
+
+
+def read_record(folder: Path, num_classes: int) -> dict[str, Any]:
+    """What segadapt.json records of a model segadapt wrote (its run config, classes, palette), or {}."""
+    path = folder / RECORD_FILE
+    if not path.is_file():
+        return {}
+    raw = read_json(path)
+    record = {k: raw[k] for k in RECORDED if k in raw}
+    names = record.get("class_names")
+    if recorded_config(record) is None or (names is not None and len(names) != num_classes):
+        raise CheckpointError(f"{path}: not the record segadapt writes (a run config with [data], one class name "
+                              f"per class); delete it to load the model without it")
+    return record
 
 
 def _three(value: Any, path: Path) -> list[float]:
@@ -197,16 +218,41 @@ def load_hf_dir(path: str | Path, device: torch.device | str = "cpu") -> tuple[H
         raise CheckpointError(f"{folder / WEIGHTS_FILE}: weights missing or of the wrong shape for {CONFIG_FILE} "
                               f"({', '.join(bad[:3])}); re-save the model with save_pretrained")
     model = HFSegmentation(net).to(device).eval()
-    return model, {**hf_meta(model, folder), **preprocessing(folder)}
+    return model, {**hf_meta(model, folder), **preprocessing(folder), **read_record(folder, model.num_classes)}
+
+
+def _write_record(folder: Path, record: Mapping[str, Any]) -> None:
+    """segadapt.json, and the preprocessor's normalisation and scale, from a model file's metadata."""
+    config = recorded_config(record)
+    (folder / RECORD_FILE).write_text(json.dumps({k: record[k] for k in RECORDED if k in record}, indent=2) + "\n")
+    if config is None:
+        return
+    base_size = trained_base_size(record) or 0
+    path = folder / PREPROCESSOR_FILE
+    if path.is_file():
+        raw = read_json(path)
+        stated = preprocessor_base_size(raw, str(path))
+        if stated is None or stated == base_size:  # H1's file says nothing of the scale, or the same
+            return
+        processor = {**raw, **preprocessor_size(base_size)}
+    else:
+        data = config["data"]
+        processor = {"image_processor_type": "SegformerImageProcessor", **preprocessor_size(base_size),
+                     "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+                     "image_mean": list(data.get("mean", IMAGENET_MEAN)),
+                     "image_std": list(data.get("std", IMAGENET_STD))}
+    path.write_text(json.dumps(processor, indent=2) + "\n")
 
 
 def save_hf_dir(model: HFSegmentation, src_dir: str | Path | None, dst_dir: str | Path,
-                mean: Sequence[float] = (), std: Sequence[float] = ()) -> Path:
+                record: Mapping[str, Any] | None = None) -> Path:
     """Write `model` as a save_pretrained directory (loadable by AutoModelForSemanticSegmentation), atomically.
 
     H1's own config.json and preprocessor_config.json are copied from `src_dir`, so the adapted model is a
-    drop-in replacement (labels, normalisation); without a source (a model segadapt trained) `mean`/`std`
-    (0..1 units) give a preprocessor_config.json.
+    drop-in replacement (labels, normalisation, scale). `record`, the model file's metadata, goes to
+    segadapt.json (its run config: the data settings and scale it was trained at) and, without a source (a
+    model segadapt trained), gives a preprocessor_config.json (its data.mean/std and base size). A copied
+    preprocessor that states a scale other than the record's is given the record's.
     """
     dst = Path(dst_dir)
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -218,11 +264,8 @@ def save_hf_dir(model: HFSegmentation, src_dir: str | Path | None, dst_dir: str 
         for name in (CONFIG_FILE, PREPROCESSOR_FILE):
             if src_dir is not None and (Path(src_dir) / name).is_file():
                 shutil.copyfile(Path(src_dir) / name, tmp / name)
-        if not (tmp / PREPROCESSOR_FILE).is_file() and mean and std:
-            processor = {"image_processor_type": "SegformerImageProcessor", "do_resize": False, "do_rescale": True,
-                         "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(mean),
-                         "image_std": list(std)}
-            (tmp / PREPROCESSOR_FILE).write_text(json.dumps(processor, indent=2) + "\n")
+        if record:
+            _write_record(tmp, record)
         if dst.exists():
             shutil.rmtree(dst)
         tmp.rename(dst)

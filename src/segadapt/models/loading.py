@@ -6,7 +6,7 @@ model.safetensors), or a Python factory `package.module:function` (with a weight
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -126,10 +126,11 @@ def arch_of(model: nn.Module, arch: str) -> str:
     return arch
 
 
-def save_native(model: nn.Module, run_dir: Path, source: str | Path | None = None, mean: Sequence[float] = (),
-                std: Sequence[float] = (), suffix: str = "") -> Path | None:
+def save_native(model: nn.Module, run_dir: Path, meta: Mapping[str, Any], source: str | Path | None = None,
+                suffix: str = "") -> Path | None:
     """The model also in its own family's format, beside segadapt's model file: a transformers model as
-    `run_dir/hf_model{suffix}/` (H1's config and preprocessor files copied from `source`), a factory model as
+    `run_dir/hf_model{suffix}/` (H1's config and preprocessor files copied from `source`; `meta`, the model
+    file's metadata, recorded there with the scale it was trained at), a factory model as
     `run_dir/factory_weights{suffix}.safetensors` (a plain state dict its factory's module loads). None for
     the built-in architectures, whose format is segadapt's."""
     from segadapt.models.hf import HFSegmentation
@@ -138,7 +139,7 @@ def save_native(model: nn.Module, run_dir: Path, source: str | Path | None = Non
         from segadapt.models.hf_dir import save_hf_dir
 
         src = Path(source) if source and Path(source).is_dir() else None
-        return save_hf_dir(model, src, run_dir / f"hf_model{suffix}", mean, std)
+        return save_hf_dir(model, src, run_dir / f"hf_model{suffix}", meta)
     if isinstance(model, FactoryModel):
         from segadapt.models.factory import save_factory_weights
 
