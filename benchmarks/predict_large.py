@@ -105,7 +105,8 @@ def main() -> int:
         print(f"wrote {args.size}x{args.size} raster in {written:.0f} s ({raster.stat().st_size / 2**20:.0f} MiB)")
         model = args.model or camvid_model(work / "model.safetensors")
         out = work / "out"
-        # --scale 1: the mosaic at its stored size (the model's own rule would bring its shorter side to 240)
+        # --scale 1: the mosaic at its stored size, as the committed results were measured (a model recording
+        # its frames' pixel factor would resize it by that)
         cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "segadapt", "predict", "--model", str(model),
                "--images", str(raster), "--out", str(out), "--scale", "1", *args.flags.split()]
         load_before = load_average()

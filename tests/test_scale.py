@@ -43,6 +43,44 @@ def test_a_transformers_directory_segadapt_writes_records_its_scale_for_transfor
     assert seen.shape[-2] == SEG_BASE and abs(seen.shape[-1] - SEG_NET[1]) <= 1
 
 
+def test_training_records_the_factor_its_frames_were_resized_by(segformer_run):
+    from segadapt.checkpoint import load_model_file
+
+    meta = load_model_file(segformer_run / "model.safetensors")[1]
+    assert meta["pixel_factor"] == pytest.approx(SEG_BASE / 48)  # 48x64 frames at base size 32
+    record = json.loads((segformer_run / "hf_model" / "segadapt.json").read_text())
+    assert record["pixel_factor"] == meta["pixel_factor"]
+
+
+def test_a_mosaic_is_resized_by_the_training_frames_factor_not_to_the_base_size(tmp_path, capsys):
+    """A survey larger than any frame keeps the ground size per pixel the model learnt at; a model whose
+    frames had many sizes records no factor, and mosaics are then predicted as stored, said in one line."""
+    rasterio = pytest.importorskip("rasterio")
+    with rasterio.open(tmp_path / "survey.tif", "w", driver="GTiff", height=96, width=128, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=rasterio.transform.from_origin(5e5, 4e6, 1, 1)) as ds:
+        ds.write(np.random.default_rng(0).integers(0, 256, (3, 96, 128)).astype(np.uint8))
+    for factor, network, said in [(0.75, [72, 96], False), (None, [96, 128], True)]:
+        model = tiny_model_file(tmp_path / f"m{factor}.safetensors", base_size=BASE, pixel_factor=factor)
+        out = tmp_path / f"out{factor}"
+        assert main(["predict", "--model", str(model), "--images", str(tmp_path / "survey.tif"),
+                     "--out", str(out)]) == 0
+        entry = json.loads((out / "predictions.json").read_text())["images"][0]
+        assert entry["network_size"] == network
+        assert ("no pixel factor is known for TIFFs read in windows" in capsys.readouterr().err) == said
+    with rasterio.open(tmp_path / "out0.75" / "survey_mask.tif") as m:
+        assert (m.height, m.width) == (96, 128)  # the outputs keep the survey's grid
+
+
+def test_a_scale_past_any_mosaic_is_one_line_before_any_output(tmp_path, capsys):
+    model = tiny_model_file(tmp_path / "m.safetensors", base_size=BASE)
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "a.png")
+    code = main(["predict", "--model", str(model), "--images", str(tmp_path / "a.png"), "--out",
+                 str(tmp_path / "out"), "--scale", "1e5"])
+    err = capsys.readouterr().err
+    assert code == 1 and "--scale 100000: the image would reach the network at 3000000x4000000 px" in err
+    assert not list((tmp_path / "out").glob("a_*"))
+
+
 def test_the_hf_directory_scores_as_its_run_does(segformer_run, tmp_path):
     """The same weights at the same scale: the same confusion (pixel counts at 32x43, not 48x64)."""
     assert main(["evaluate", "--model", str(segformer_run), "--out", str(tmp_path / "run.json")]) == 0
@@ -85,7 +123,7 @@ def test_a_scale_other_than_the_models_is_said_in_one_line(tmp_path, capsys):
 
 def test_a_geotiff_and_a_png_of_one_frame_are_predicted_at_the_models_scale(tmp_path, capsys):
     rasterio = pytest.importorskip("rasterio")
-    model = tiny_model_file(tmp_path / "m.safetensors", base_size=BASE)
+    model = tiny_model_file(tmp_path / "m.safetensors", base_size=BASE, pixel_factor=BASE / 32)  # 32 px frames
     rng = np.random.default_rng(0)
     frame = np.kron(rng.integers(0, 256, (8, 12, 3)), np.ones((4, 4, 1))).astype(np.uint8)  # 32 x 48
     Image.fromarray(frame).save(tmp_path / "a.png")

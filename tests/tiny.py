@@ -32,9 +32,11 @@ CAMVID_CLASSES = ("sky", "building", "pole", "road", "pavement", "tree", "sign_s
                   "bicyclist")
 
 
-def tiny_model_file(path, model=None, width: float = 0.0625, base_size: int = 0, seed: int = 0):
+def tiny_model_file(path, model=None, width: float = 0.0625, base_size: int = 0, seed: int = 0,
+                    pixel_factor: float | None = None):
     """A CamVid-classed VGGDeepLab (or `model`) saved as a segadapt model file, with the camvid preset's data
-    settings but `base_size` (0: predicted at the size stored)."""
+    settings but `base_size` (0: predicted at the size stored) and the factor its training frames were resized
+    by (`pixel_factor`, as training records it; None: frames of many sizes)."""
     import torch
 
     from segadapt.checkpoint import save_model
@@ -48,6 +50,6 @@ def tiny_model_file(path, model=None, width: float = 0.0625, base_size: int = 0,
     model = model if model is not None else build_model("vgg16_deeplab", len(CAMVID_CLASSES), width)
     meta = {"arch": "vgg16_deeplab", "width": width, "num_classes": len(CAMVID_CLASSES),
             "class_names": list(CAMVID_CLASSES), "ignore_index": 11, "palette": [list(c) for c in CAMVID],
-            "dataset": "camvid", "step": 0, "config": to_dict(cfg)}
+            "dataset": "camvid", "step": 0, "config": to_dict(cfg), "pixel_factor": pixel_factor}
     save_model(path, model, meta)
     return path

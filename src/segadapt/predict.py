@@ -45,6 +45,7 @@ from segadapt.data.palettes import generic
 from segadapt.data.rasters import ArrayReader, RasterReader, Resampled
 from segadapt.data.transforms import base_scale, resize_image
 from segadapt.errors import ConfigError
+from segadapt.models.scale import window_factor
 from segadapt.progress import bar as progress_bar
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ CHUNK_PIXELS = 1 << 19  # logits handled at once after blending: bounds the post
 def chunk_rows(width: int) -> int:
     """Rows per chunk of an image `width` wide (a whole CamVid frame is one chunk)."""
     return max(1, CHUNK_PIXELS // max(width, 1))
+MAX_NETWORK_PIXELS = 2**36  # an image at the network's scale: a 262144 px square, past any survey's mosaic
 TILE_SIZES = (2048, 1536, 1024, 768, 512, 384, 256, 192, 128)
 MIN_TILE = 32
 
@@ -93,6 +95,7 @@ class Predictor:
     std: tuple[float, ...]
     base_size: int
     device: torch.device
+    window_factor: float | None = None  # for rasters read in windows (models/scale.window_factor)
     _act_px: float = field(default=0.0, repr=False)
 
     @classmethod
@@ -105,7 +108,7 @@ class Predictor:
         if device.type == "cpu":  # NHWC convolutions: measured faster with oneDNN (README, Speed)
             model = model.to(memory_format=torch.channels_last)
         return cls(model, n, names, tuple(palette[:n]), tuple(data.mean), tuple(data.std), int(data.base_size),
-                   device)
+                   device, window_factor(meta, int(data.base_size)))
 
     def normalise(self, tiles: np.ndarray) -> torch.Tensor:
         """N x h x w x 3 RGB in 0..255 -> the network's normalised N x 3 x h x w input (NHWC in memory).
@@ -373,14 +376,20 @@ class ImageStats:
                 "nodata_fraction": self.nodata / (self.height * self.width), "seconds": round(self.seconds, 3)}
 
 
-def choose_scale(reader: RasterReader, base_size: int, scale: float | None) -> float:
-    """The factor applied before the network: --scale, else the model's base-size rule, whatever the file's
-    format (models/scale.py)."""
-    if scale is not None:
-        if not scale > 0:
-            raise ConfigError(f"--scale {scale}: must be > 0")
-        return scale
-    return base_scale(reader.height, reader.width, base_size)
+def choose_scale(reader: RasterReader, pred: Predictor, scale: float | None) -> float:
+    """The factor applied before the network: --scale, else the model's rule (models/scale.py): an image decoded
+    whole gets its shorter side to the base size; a raster read in windows the training frames' factor."""
+    if scale is None and isinstance(reader, ArrayReader):
+        scale = base_scale(reader.height, reader.width, pred.base_size)
+    elif scale is None:
+        scale = pred.window_factor or 1.0
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ConfigError(f"--scale {scale}: must be > 0")
+    h, w = round(reader.height * scale), round(reader.width * scale)
+    if h * w > MAX_NETWORK_PIXELS:  # --scale 1e5 once asked for a 72 TB allocation
+        raise ConfigError(f"--scale {scale:g}: the image would reach the network at {h}x{w} px, beyond the "
+                          f"{MAX_NETWORK_PIXELS:.3g} px segadapt predicts in one image; give a smaller --scale")
+    return scale
 
 
 def summarise(probs: torch.Tensor, entropy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -400,7 +409,7 @@ def predict_image(pred: Predictor, source: RasterReader, outputs: ImageOutputs |
                   desc: str = "tiles") -> ImageStats:
     """Predict one image; finished rows go to `outputs.write(y, labels, confidence, entropy, valid, rgb)`."""
     start = time.perf_counter()
-    s = choose_scale(source, pred.base_size, scale)
+    s = choose_scale(source, pred, scale)
     net: RasterReader = source
     if s != 1.0:  # decoded whole: resized as evaluation resizes; read in windows: resampled window by window
         net = ArrayReader(resize_image(source.image, s)) if isinstance(source, ArrayReader) else Resampled(source, s)

@@ -23,7 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 from segadapt.checkpoint import write_json_atomic
-from segadapt.data.rasters import GeoTiffReader, open_raster, rasterio_or_none
+from segadapt.data.rasters import GeoTiffReader, is_tiff, open_raster, rasterio_or_none
 from segadapt.errors import ConfigError, DataError, Interrupted, SegadaptError
 from segadapt.paths import check_path
 from segadapt.predict import Predictor, predict_image
@@ -170,9 +170,14 @@ def run(pred: Predictor, inputs: Sequence[Path], out: Path, opts: PredictOptions
     warn_if_busy()
     rasterio = rasterio_or_none()
     env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB) if rasterio else contextlib.nullcontext()
-    if rasterio is None and any(p.suffix.lower() in (".tif", ".tiff") for p in inputs):
+    tiffs = any(is_tiff(p) for p in inputs)
+    if rasterio is None and tiffs:
         print("segadapt: note: rasterio is not installed, so TIFFs are decoded whole and written as PNG without "
               "georeferencing; pip install 'segadapt[geo]'", file=sys.stderr)
+    elif tiffs and opts.scale is None and pred.window_factor is None:
+        print(f"segadapt: note: the model resizes whole images to a shorter side of {pred.base_size} px, but its "
+              "training frames had no one size, so no pixel factor is known for TIFFs read in windows: they are "
+              "predicted at their stored resolution (give --scale F to resize them)", file=sys.stderr)
     replaced = check_summary(out / SUMMARY)
     images: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []

@@ -26,6 +26,7 @@ from segadapt.errors import SegadaptError
 from segadapt.evaluate import evaluate
 from segadapt.models import build_model, conform
 from segadapt.models.loading import arch_of, rebuild_meta, save_native
+from segadapt.models.scale import pixel_factor
 from segadapt.run import Run, autocast, wrap_ddp
 from segadapt.runtime import environment
 
@@ -33,9 +34,10 @@ LOG_FIELDS = ["step", "loss", "lr", "images_per_s", "elapsed_s", "val_miou", "va
 
 
 def model_meta(cfg: RunConfig, dataset: SegmentationDataset, step: int,
-               model: torch.nn.Module | None = None) -> dict[str, Any]:
+               model: torch.nn.Module | None = None, pixel: float | None = None) -> dict[str, Any]:
     """The model file's metadata; for a transformers or factory model also what rebuilds it (its config, its
-    factory), so an `hf:DIR` run does not need DIR later and a B2 of an external H1 is recorded as such."""
+    factory), so an `hf:DIR` run does not need DIR later and a B2 of an external H1 is recorded as such.
+    `pixel`: the factor its training frames were resized by (models/scale.pixel_factor), for mosaics."""
     info = dataset.info
     native = rebuild_meta(model) if model is not None else {}
     arch = arch_of(model, cfg.model.arch) if model is not None else cfg.model.arch
@@ -49,6 +51,7 @@ def model_meta(cfg: RunConfig, dataset: SegmentationDataset, step: int,
         "dataset": info.name,
         "step": step,
         "config": to_dict(cfg),
+        "pixel_factor": pixel,
         **native,
     }
 
@@ -98,7 +101,8 @@ def train(
     model = model.to(memory_format=run.memory_format)
     groups = conform(model).param_groups(tc.lr, tc.head_lr_mult)  # the model names its head
     optimizer = torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
-    run.hold(model, optimizer, lambda: model_meta(cfg, train_set, step, model))  # resume point: restored if resuming
+    pixel = pixel_factor(train_set.source, cfg.data.base_size)  # how mosaics are resized for this model, later
+    run.hold(model, optimizer, lambda: model_meta(cfg, train_set, step, model, pixel))  # resume point
     net = wrap_ddp(model, device)
 
     # loop
@@ -149,7 +153,7 @@ def train(
     }
     run.save(step)  # the run can be extended later (--resume with more iterations)
     if run.main:
-        meta = model_meta(cfg, train_set, step, model)
+        meta = model_meta(cfg, train_set, step, model, pixel)
         ckpt.save_model(run_dir / ckpt.MODEL_FILE, model, meta)
         save_native(model, run_dir, meta)  # hf_model/ for transformers models
         ckpt.write_json_atomic(run_dir / "metrics.json", metrics)

@@ -28,7 +28,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 RECORD_FILE = "segadapt.json"  # what segadapt knows of a model it wrote and transformers has no key for
-RECORDED = ("config", "class_names", "palette", "dataset", "layers", "adapted_from")
+RECORDED = ("config", "class_names", "palette", "dataset", "layers", "adapted_from", "pixel_factor")
 HF_PREFIX = "hf:"
 
 # SegFormer-B0 (MiT-b0 encoder, all-MLP decoder) as published; `width` scales the per-head and decoder widths
