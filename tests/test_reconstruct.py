@@ -178,3 +178,29 @@ def test_clamped_reconstruction_stays_a_valid_image():
                           MEAN, STD)
     pixels = xhat[0] * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
     assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+
+
+def test_cli_passes_scales_and_exact_gradients_and_refuses_bad_scales(tmp_path, monkeypatch, capsys):
+    from segadapt.cli import main
+    from segadapt.viz import reconstruct as module
+    from tiny import tiny_model_file
+
+    model = tiny_model_file(tmp_path / "model.safetensors")
+    image = tmp_path / "x.png"
+    Image.fromarray(scene()).save(image)
+    seen, real = [], module.reconstruct_image
+
+    def spy(*args, **kwargs):
+        seen.append(args[3])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "reconstruct_image", spy)
+    argv = ["viz", "reconstruct", "--model", str(model), "--image", str(image), "--steps", "1"]
+    assert main([*argv, "--scales", "2", "--exact-gradients", "--out", str(tmp_path / "a")]) == 0
+    assert (seen[0].scales, seen[0].surrogate) == (2, False)
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    assert (seen[1].scales, seen[1].surrogate) == (5, True)
+    capsys.readouterr()
+    assert main([*argv, "--scales", "0", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "scales" in err and err.count("\n") == 1
