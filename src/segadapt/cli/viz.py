@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _pair_args(v)
     v.set_defaults(func=cmd_features)
 
-    v = viz.add_parser("reconstruct", help="the image as a model sees it: white noise optimised to match features")
+    v = viz.add_parser("reconstruct", help="the image as a model sees it: noise optimised to match features")
     v.add_argument("--model", required=True, help=f"model whose features are matched (e.g. the adapted H2): "
                                                    f"{MODEL_FORMS}")
     model_args(v)
@@ -55,7 +55,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--step-size", type=float, help="optimizer learning rate (default per optimizer)")
     v.add_argument("--content-weight", type=float, default=1.0)
     v.add_argument("--style-weight", type=float, default=1.0)
-    v.add_argument("--seed", type=int, default=0, help="seed of the white noise")
+    v.add_argument("--seed", type=int, default=0, help="seed of the start noise")
+    v.add_argument("--scales", type=int, default=5,
+                   help="optimise the image as a sum of this many scales (full, 1/2, 1/4 ...), so what the "
+                        "features leave open is filled smoothly; 1 = single pixels")
+    v.add_argument("--exact-gradients", action="store_true",
+                   help="back-propagate through ReLUs and max-pools exactly; by default switched-off units still "
+                        "pass a gradient, so the optimisation does not stall on them (the loss is exact either way)")
     config_args(v, (*DATA, "device"), presets=False)
     v.add_argument("--split", help="split to draw --index from (default: the val split)")
     v.add_argument("--out", required=True, help="output directory")
@@ -168,7 +174,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     x, _ = tf.apply(image, None, None)
     rc = ReconstructConfig(steps=args.steps, optimizer=args.optimizer, lr=args.step_size, seed=args.seed,
                            style_weight=args.style_weight, content_weight=args.content_weight,
-                           tv_weight=args.tv_weight)
+                           tv_weight=args.tv_weight, scales=args.scales, surrogate=not args.exact_gradients)
     rc.taps = names(args.layers) if args.layers else default_taps(model, args.model)
     if args.content_layers:
         rc.content_taps = names(args.content_layers)

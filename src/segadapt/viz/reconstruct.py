@@ -1,16 +1,21 @@
-"""The image as a network sees it: optimise white noise until its feature maps match those of a real image.
+"""The image as a network sees it: optimise an image until its feature maps match those of a real image.
 
 Why: after adaptation H2 is only asked to reproduce H1's feature maps, so the question "what does this map
-keep of the image?" is answered by inverting it. Starting from seeded white noise X̂, we minimise
+keep of the image?" is answered by inverting it. Starting from seeded noise X̂, we minimise
 
     content_weight · Σ_{l ∈ content_taps} ½ · mean((F_l(X1) − F_l(X̂))²)
   + style_weight   · Σ_{l ∈ taps}         Σ_ij (G_l(X1) − G_l(X̂))²_ij
   + tv_weight      · total variation of X̂
 
-with the model frozen. Defaults, chosen by looking at reconstructions through a CamVid H2: content at every
-tap but the shallowest (pool1's maps pin down nearly every pixel, so matching them just copies X1; pool5
-alone leaves the layout free and gives noise) and a total-variation prior; with pool5 content only and no
-prior, 200 Adam steps lower the loss 20x yet leave an image of static.
+with the model frozen. Defaults: content at every tap but the shallowest (what the deeper maps keep is the
+question) and a total-variation prior.
+
+A map seldom fixes the whole image: pool1 of the demo's VGG (8 channels at width 0.125) fixes about a
+quarter of a 32x48 crop's degrees of freedom, and a trained one reads nearly the same maps for any flat grey.
+Three choices keep the rest from staying as static, each measured on that network (see `Pyramid` and
+`segadapt.viz.surrogate`): X̂ is a sum of scales started from coarse noise (not white noise on pixels,
+which no gradient ever removes), ReLUs and max-pools pass a surrogate gradient through switched-off units,
+and Adam's step decays to zero (a constant step made the loss climb again after ~150 of 300 steps).
 
 The content term uses a per-element mean, as `segadapt.losses` does, so taps of
 different sizes are comparable and the scale does not grow with the image. `gram` divides by C·H·W, so the
@@ -25,6 +30,7 @@ import csv
 import math
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +51,7 @@ from segadapt.errors import ConfigError, SegadaptError  # noqa: E402
 from segadapt.models.contract import feature_fn  # noqa: E402
 from segadapt.models.taps import Features, flags_restored  # noqa: E402
 from segadapt.viz.plots import save_figure  # noqa: E402
+from segadapt.viz.surrogate import surrogate_gradients  # noqa: E402
 
 POOLS = ("pool1", "pool2", "pool3", "pool4", "pool5")
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
@@ -67,8 +74,8 @@ def gram(f: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ReconstructConfig:
-    """What to match and how to optimise; the defaults match content at every tap but the shallowest (its
-    pixels-level detail would copy X), style at all of them, with a smoothness prior."""
+    """What to match and how to optimise; the defaults match content at every tap but the shallowest, style at
+    all of them, with a smoothness prior."""
 
     taps: list[str] = field(default_factory=lambda: list(POOLS))  # style (Gram) taps
     content_taps: list[str] | None = None  # None = `taps` without the shallowest (all of them if only one)
@@ -79,8 +86,10 @@ class ReconstructConfig:
     optimizer: str = "adam"  # adam | sgd (momentum 0.9) | lbfgs (one iteration per step, strong Wolfe)
     lr: float | None = None  # None = DEFAULT_LR[optimizer]
     seed: int = 0
-    noise_std: float = 1.0  # of the initial white noise, in normalised units (1.0 ≈ 58 grey levels)
+    noise_std: float = 1.0  # of the initial noise at the coarsest scale, in normalised units (1.0 ≈ 58 grey levels)
     clamp: bool = True  # keep X̂ a valid image: project onto [0, 1] pixel range after each step
+    scales: int = 5  # X̂ = sum of images at 1, 1/2, ... 1/2^(scales-1) resolution; 1 = plain pixels
+    surrogate: bool = True  # ReLU/max-pool backward passes that reach switched-off units (viz.surrogate)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -96,6 +105,8 @@ class ReconstructConfig:
             raise ConfigError(f"lr must be > 0; got {self.lr}")
         if self.noise_std < 0:
             raise ConfigError(f"noise_std must be >= 0; got {self.noise_std}")
+        if self.scales < 1:
+            raise ConfigError(f"scales must be >= 1; got {self.scales}")
 
     @property
     def step_size(self) -> float:
@@ -118,6 +129,41 @@ def _pixel_box(mean: Sequence[float], std: Sequence[float], like: torch.Tensor) 
     return (0 - m) / s, (1 - m) / s
 
 
+class Pyramid:
+    """X̂ as the sum of `scales` images at full, 1/2, 1/4 ... resolution, each upsampled bilinearly.
+
+    Why: most of an image is invisible to a narrow net's shallow maps (pool1 of the demo's VGG fixes about
+    a quarter of the pixel values' degrees of freedom; a flat region gives nearly the same maps at any grey
+    level). Descending on single pixels leaves that part as it started, so white noise stays static. Here
+    a step also moves whole regions through the coarse levels, so what the maps do not fix is filled in
+    smoothly from what they do. The seeded start noise sits at the coarsest level; the others start at 0.
+    """
+
+    def __init__(self, shape: Sequence[int], scales: int, noise_std: float, seed: int,
+                 device: torch.device | str) -> None:
+        self.size = (int(shape[-2]), int(shape[-1]))
+        gen = torch.Generator().manual_seed(seed)  # a private RNG: the caller's global stream is untouched
+        self.levels: list[torch.Tensor] = []
+        for k in range(scales):
+            h, w = (max(1, -(-n // 2**k)) for n in self.size)
+            level = torch.zeros(1, 3, h, w)
+            if k == scales - 1:
+                level = torch.randn(level.shape, generator=gen) * noise_std
+            self.levels.append(level.to(device).requires_grad_(True))
+
+    def image(self) -> torch.Tensor:
+        out = self.levels[0]
+        for level in self.levels[1:]:
+            out = out + F.interpolate(level, size=self.size, mode="bilinear", align_corners=False)
+        return out
+
+    @torch.no_grad()
+    def project(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """Clip the image into [lo, hi] by correcting the finest level, the only one that can do it exactly."""
+        x = self.image()
+        self.levels[0].add_(torch.maximum(torch.minimum(x, hi), lo) - x)
+
+
 def _total_variation(x: torch.Tensor) -> torch.Tensor:
     return (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean() + (x[..., :, 1:] - x[..., :, :-1]).pow(2).mean()
 
@@ -138,12 +184,13 @@ def reconstruct(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> tuple[torch.Tensor, list[dict[str, float]]]:
-    """Optimise seeded white noise so the model's features on it match those on `x1` (normalised).
+    """Optimise a seeded noise image so the model's features on it match those on `x1` (normalised).
 
     Returns X̂ (1,3,H,W) in normalised space on the CPU, and one loss row per step: row k is the loss at
     X̂ before update k, and the last row (step = cfg.steps) is the loss of the returned image. The model
     is moved to `device` (default: where its parameters are) and frozen in eval mode for the run; its
-    `requires_grad` flags and train/eval modes are restored afterwards and its weights never change.
+    `requires_grad` flags, train/eval modes and in-place ReLUs are restored afterwards (no hook is left) and
+    its weights never change.
     `mean`/`std` are only used to keep X̂ inside the valid pixel range (`cfg.clamp`).
     """
     cfg = cfg or ReconstructConfig()
@@ -162,10 +209,11 @@ def reconstruct(
         model.eval()
         for p in params:
             p.requires_grad_(False)
-        return _optimise(features, x1, cfg, needed, content_taps, style_taps, _pixel_box(mean, std, x1))
+        return _optimise(model, features, x1, cfg, needed, content_taps, style_taps, _pixel_box(mean, std, x1))
 
 
 def _optimise(
+    model: nn.Module,
     features: Features,
     x1: torch.Tensor,
     cfg: ReconstructConfig,
@@ -181,28 +229,26 @@ def _optimise(
         raise ConfigError(str(e)) from None
     target_gram = {t: gram(target[t]) for t in style_taps}
 
-    gen = torch.Generator().manual_seed(cfg.seed)  # a private RNG: the caller's global stream is untouched
-    noise = torch.randn(x1.shape, generator=gen) * cfg.noise_std
-    xhat = noise.to(x1.device).requires_grad_(True)
-    lo, hi = box
+    xhat = Pyramid(x1.shape, cfg.scales, cfg.noise_std, cfg.seed, x1.device)
     if cfg.clamp:
-        with torch.no_grad():
-            xhat.copy_(torch.maximum(torch.minimum(xhat, hi), lo))
+        xhat.project(*box)
 
     def loss_terms() -> tuple[torch.Tensor, dict[str, float]]:
-        feats = features(xhat, needed)
+        image = xhat.image()
+        with surrogate_gradients(model) if cfg.surrogate else nullcontext():
+            feats = features(image, needed)
         row: dict[str, float] = {}
-        content = torch.zeros((), device=xhat.device)
+        content = torch.zeros((), device=image.device)
         for t in content_taps:
             err = 0.5 * (feats[t].float() - target[t]).pow(2).mean()
             row[f"content.{t}"] = float(err.detach())
             content = content + err
-        style = torch.zeros((), device=xhat.device)
+        style = torch.zeros((), device=image.device)
         for t in style_taps:
             err = (gram(feats[t]) - target_gram[t]).pow(2).sum(dim=(1, 2)).mean()
             row[f"style.{t}"] = float(err.detach())
             style = style + err
-        tv = _total_variation(xhat) if cfg.tv_weight > 0 else torch.zeros((), device=xhat.device)
+        tv = _total_variation(image) if cfg.tv_weight > 0 else torch.zeros((), device=image.device)
         total = cfg.content_weight * content + cfg.style_weight * style + cfg.tv_weight * tv
         head = {"total": float(total.detach()), "content": float(content.detach()), "style": float(style.detach()),
                 "tv": float(tv.detach())}
@@ -210,12 +256,15 @@ def _optimise(
 
     opt: torch.optim.Optimizer
     if cfg.optimizer == "adam":
-        opt = torch.optim.Adam([xhat], lr=cfg.step_size)
+        opt = torch.optim.Adam(xhat.levels, lr=cfg.step_size)
     elif cfg.optimizer == "sgd":
-        opt = torch.optim.SGD([xhat], lr=cfg.step_size, momentum=0.9)
+        opt = torch.optim.SGD(xhat.levels, lr=cfg.step_size, momentum=0.9)
     else:
-        opt = torch.optim.LBFGS([xhat], lr=cfg.step_size, max_iter=1, history_size=20,
+        opt = torch.optim.LBFGS(xhat.levels, lr=cfg.step_size, max_iter=1, history_size=20,
                                 line_search_fn="strong_wolfe")
+    # a constant step ends oscillating: the loss climbed again after ~150 of 300 Adam steps. A cosine decay to
+    # zero lets the last steps settle; L-BFGS sizes its own steps by line search.
+    schedule = None if cfg.optimizer == "lbfgs" else torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.steps))
 
     losses: list[dict[str, float]] = []
     start = time.perf_counter()
@@ -239,13 +288,14 @@ def _optimise(
             return total
 
         opt.step(closure)
+        if schedule is not None:
+            schedule.step()
         record(step, first[0])
         if cfg.clamp:
-            with torch.no_grad():
-                xhat.copy_(torch.maximum(torch.minimum(xhat, hi), lo))
+            xhat.project(*box)
     with torch.no_grad():
         record(cfg.steps, loss_terms()[1])
-    return xhat.detach().cpu(), losses
+    return xhat.image().detach().cpu(), losses
 
 
 # --- images and files -------------------------------------------------------------------------------

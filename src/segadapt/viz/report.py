@@ -30,7 +30,7 @@ SECTIONS = (
      "Per tap: the channel of H1 with the highest activation variance on X1. Rows give the mean squared "
      "difference to H1(X1) over all channels, before (H1 on X2) and after adaptation (H2 on X2)."),
     ("reconstruction", ("*_comparison.png", "*_loss.png"), "The image as the network sees it",
-     "Reconstructed from white noise by matching the network's features on a D1 image (content loss) and "
+     "Reconstructed from noise by matching the network's features on a D1 image (content loss) and "
      "their Gram matrices (style loss), through H1 and through the adapted H2."),
     ("overlays", ("*.png",), "Segmentations",
      "Image, ground truth and predictions on D2 (val), in the dataset's colours."),

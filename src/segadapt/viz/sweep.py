@@ -1,7 +1,7 @@
 """The qualitative figures of one shift of a sweep, written under <sweep>/figures/<shift>/ for report.html.
 
 features/: H1 against the adapted H2 on a few val pairs; overlays/: image, ground truth, H1, B2 and H2 on D2;
-reconstruction/: the D1 image as H1 and as H2 see it, from white noise.
+reconstruction/: the D1 image as H1 and as H2 see it, optimised from noise.
 """
 
 from __future__ import annotations
