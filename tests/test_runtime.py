@@ -24,8 +24,8 @@ def test_busy_cores_are_named_once_with_how_to_set_threads(unchecked, monkeypatc
     monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 1})
     monkeypatch.setattr(runtime, "others_busy", lambda cpus: others)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    runtime.setup(0)
-    runtime.setup(1)  # a sweep sets up many runs in one process: said once
+    runtime.warn_if_busy()
+    runtime.warn_if_busy()  # a sweep runs many loops in one process: said once
     err = capsys.readouterr().err
     if said:
         assert err.count("segadapt: note:") == 1 and f"keep {others:.1f} of this process's 2 core(s)" in err

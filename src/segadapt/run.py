@@ -44,7 +44,15 @@ from segadapt.data.sampler import EpochSampler, batches
 from segadapt.errors import CheckpointError, ConfigError, Interrupted, SegadaptError
 from segadapt.guards import describe_batch, global_loss, grads_finite, nonfinite_error, refuse_nonfinite
 from segadapt.models.modes import modes_restored
-from segadapt.runtime import InterruptFlag, autocast_dtype, check_batch, check_workers, select_device, setup
+from segadapt.runtime import (
+    InterruptFlag,
+    autocast_dtype,
+    check_batch,
+    check_workers,
+    select_device,
+    setup,
+    warn_if_busy,
+)
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
@@ -403,6 +411,7 @@ class Run:
         """(batch, its samples' indices in `dataset`) for ever: this rank's shard of the one shuffled order of
         `dataset` (or of its subset `indices`), from the step the run starts at."""
         tc = self.cfg.train
+        warn_if_busy()  # as the loop starts: after every check that could end the command in one line
         n = len(indices) if indices is not None else len(dataset)  # type: ignore[arg-type]
         sampler = EpochSampler(n, tc.seed, self.start * tc.batch_size, self.rank, self.world)
         workers = self.cfg.data.num_workers

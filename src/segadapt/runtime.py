@@ -133,7 +133,6 @@ def setup(seed: int, threads: int = 0, deterministic: bool = False) -> None:
     """Seed every RNG the pipeline touches (augmentation draws from torch's global RNG)."""
     if threads > 0:
         torch.set_num_threads(threads)
-    warn_if_busy()
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
