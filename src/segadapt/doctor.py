@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from segadapt.config import RunConfig
 from segadapt.data import SegmentationSource, build_source, spread_indices
@@ -29,6 +28,7 @@ from segadapt.data.base import (
 )
 from segadapt.data.datasets import IMAGE_SUFFIXES
 from segadapt.errors import ConfigError, DataError
+from segadapt.progress import bar as progress_bar
 
 # PIL modes other than RGB, as users know them; all are converted to RGB when read
 MODE_NOTES = {
@@ -283,7 +283,7 @@ def _check_split(report: Report, cfg: RunConfig, split: str, limit: int) -> tupl
     info = report.info = report.info or source.info
     st = report.splits[split] = SplitStats(images=len(source) + len(missing))
     sizes: Sizes = {}
-    for i in tqdm(_spread(len(source), limit), desc=f"doctor {split}", dynamic_ncols=True, mininterval=0.5):
+    for i in progress_bar(_spread(len(source), limit), desc=f"doctor {split}", dynamic_ncols=True, mininterval=0.5):
         ip, mp = source.image_path(i), source.mask_path(i)
         st.checked += 1
         if ip is None or mp is None:  # generated data: nothing on disk to check but the labels
@@ -351,7 +351,7 @@ def _check_pairs(
         source1, sizes = d1[split]
         to_register: list[tuple[SegmentationSource, int, SegmentationSource, int]] = []
         ids = _spread(len(source1), limit)
-        for i in tqdm(ids, desc=f"doctor pairs {split}", dynamic_ncols=True, mininterval=0.5):
+        for i in progress_bar(ids, desc=f"doctor pairs {split}", dynamic_ncols=True, mininterval=0.5):
             stem = source1.stem(i)
             if stem not in index:
                 stats["missing"] += 1
@@ -396,7 +396,7 @@ def _check_pairs_csv(report: Report, cfg: RunConfig, csv_path: str, limit: int) 
         report.add("error", "pairs", str(e), _path_of(e))
         return
     to_register: list[tuple[SegmentationSource, int, SegmentationSource, int]] = []
-    for k in tqdm(_spread(len(one), limit), desc="doctor pairs", dynamic_ncols=True, mininterval=0.5):
+    for k in progress_bar(_spread(len(one), limit), desc="doctor pairs", dynamic_ncols=True, mininterval=0.5):
         p1, p2 = one.image_path(k), two.image_path(k)
         x1, _ = _decode(report, p1)
         x2, _ = _decode(report, p2)
@@ -440,7 +440,7 @@ def _register(report: Report, cfg: RunConfig, pairs: list[tuple[SegmentationSour
     assert report.pairs is not None
     rows = report.pairs.setdefault("registration", [])
     failures: list[dict[str, str]] = []
-    for s1, i, s2, j in tqdm(pairs, desc=f"doctor register ({settings.method})", dynamic_ncols=True,
+    for s1, i, s2, j in progress_bar(pairs, desc=f"doctor register ({settings.method})", dynamic_ncols=True,
                              mininterval=0.5):
         reg = register_pairs(s1, s2, [(i, j)], settings, cache, progress=False)[0]
         motion = describe(reg.transform, reg.size1)

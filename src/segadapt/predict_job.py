@@ -40,6 +40,7 @@ from segadapt.predict_records import (
     with_files,
     write_summary,
 )
+from segadapt.progress import bar as progress_bar
 from segadapt.runtime import warn_if_busy
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
@@ -183,7 +184,7 @@ def run(pred: Predictor, inputs: Sequence[Path], out: Path, opts: PredictOptions
     failed: list[dict[str, str]] = []
     skipped = 0
     (out / RECORDS).mkdir(parents=True, exist_ok=True)
-    bar = tqdm(inputs, desc="images", dynamic_ncols=True, disable=not progress or len(inputs) < 2)
+    bar = progress_bar(inputs, desc="images", dynamic_ncols=True, disable=not progress or len(inputs) < 2)
     with env:
         try:
             for path in bar:

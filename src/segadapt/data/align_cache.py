@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from segadapt.checkpoint import write_json_atomic
 from segadapt.config import AdaptConfig
@@ -25,6 +24,7 @@ from segadapt.data.align import AlignSettings, Registration, from_georeference, 
 from segadapt.data.base import SegmentationSource
 from segadapt.data.pairs import PairedDataset
 from segadapt.errors import DataError
+from segadapt.progress import bar as progress_bar
 
 FORMAT = 1
 Register = Callable[[np.ndarray, np.ndarray, AlignSettings], Registration]
@@ -83,7 +83,7 @@ def register_pairs(
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
     out: list[Registration] = []
-    for i, j in tqdm(pairs, desc=desc, dynamic_ncols=True, mininterval=1.0, disable=not progress):
+    for i, j in progress_bar(pairs, desc=desc, dynamic_ncols=True, mininterval=1.0, disable=not progress):
         path = cache_dir / f"{pair_key(d1, i, d2, j, settings)}.json" if cache_dir is not None else None
         found = _read(path) if path is not None and path.is_file() else None
         if found is None and settings.method == "geo":

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from segadapt.chatter import hushed
 from segadapt.checkpoint import atomic_path
 from segadapt.errors import ConfigError, DataError, SegadaptError
+from segadapt.progress import bar as progress_bar
 from segadapt.shifts import blend, resolve_params
 from segadapt.shifts.cubism import _tile_geometry, check_params, cubism_rows, tile_rows
 from segadapt.shifts.gegl import srgb_to_linear
@@ -237,7 +238,7 @@ def _shift(
         chosen, opacity = resolve_params(filter, severity, seed, scale, **params)
         strips = _strips(reader.height, reader.width, strip_rows)
         passes = 1 if filter == "ripple" else 2
-        with tqdm(total=passes * len(strips), desc=f"shift {src_path.name} ({filter})", disable=not progress,
+        with progress_bar(total=passes * len(strips), desc=f"shift {src_path.name} ({filter})", disable=not progress,
                   dynamic_ncols=True) as bar:
             try:
                 make = {"ripple": lambda: _ripple(reader, chosen),

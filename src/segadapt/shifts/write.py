@@ -32,12 +32,12 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from segadapt.checkpoint import atomic_path, write_json_atomic
 from segadapt.data.base import SegmentationSource, decode_image, image_header, read_file_bytes, read_mask
 from segadapt.data.pairs import stem_seed
 from segadapt.errors import ConfigError, DataError, SegadaptError
+from segadapt.progress import bar as progress_bar
 
 
 def _targets(source: SegmentationSource, root: Path | None, out: Path, split: str, i: int) -> tuple[Path, Path]:
@@ -298,10 +298,10 @@ def write_shifted(
     workers = workers or os.cpu_count() or 1
     desc = f"shift {split} ({name})"
     if workers == 1:
-        done = [_one(job) for job in tqdm(jobs, desc=desc, dynamic_ncols=True)]
+        done = [_one(job) for job in progress_bar(jobs, desc=desc, dynamic_ncols=True)]
     else:
         with ProcessPoolExecutor(workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
-            done = list(tqdm(pool.map(_one, jobs, chunksize=4), total=len(jobs), desc=desc, dynamic_ncols=True))
+            done = list(progress_bar(pool.map(_one, jobs, chunksize=4), total=len(jobs), desc=desc, dynamic_ncols=True))
     repaired = sum(r for r, _ in done)
     transforms = {source.stem(i): t for i, (_, t) in enumerate(done) if t is not None}
     if root is not None and (root / "ImageSets").is_dir():  # VOC split lists travel with the images

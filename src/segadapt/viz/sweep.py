@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from segadapt.config import RunConfig
 from segadapt.data import SegmentationDataset, SegmentationSource, make_transform, spread_indices
 from segadapt.models.contract import conform, preset_taps
+from segadapt.progress import bar as progress_bar
 from segadapt.viz.features import write_feature_grids
 from segadapt.viz.overlays import overlay_figure, predict
 
@@ -62,7 +62,7 @@ def write_shift_figures(
         rc = ReconstructConfig(steps=ex.reconstruct_steps, seed=cfg.train.seed, taps=taps)
         stem, (x, _), _ = samples[0]
         recon = {}
-        for name, m in tqdm([("H1", h1), (h2_name, h2)], desc="reconstruct", leave=False):
+        for name, m in progress_bar([("H1", h1), (h2_name, h2)], desc="reconstruct", leave=False):
             tag = f"{stem}_{name.replace(':', '-')}"
             r = reconstruct_image(m, x, out / "reconstruction", rc, cfg.data.mean, cfg.data.std, device, name=tag)
             recon[name] = {"first_loss": r["first_loss"], "last_loss": r["last_loss"]}
