@@ -14,7 +14,7 @@ most of a small crop, so the footprint is where the line is drawn.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -61,26 +61,47 @@ def tap_mask(valid: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return (area >= 1 - 1e-6).float()
 
 
-def feature_regression_loss(
-    target: Mapping[str, torch.Tensor], pred: Mapping[str, torch.Tensor], weights: Mapping[str, float],
+def tap_errors(
+    target: Mapping[str, torch.Tensor], pred: Mapping[str, torch.Tensor], taps: Iterable[str],
     valid: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted sum of per-layer mean squared errors; also returns each layer's unweighted error.
+) -> dict[str, torch.Tensor]:
+    """Each tap's mean squared error (a differentiable scalar per tap).
 
-    `valid` (N x 1 x H x W, 1 = the pixel has a source): each layer's mean runs over its valid elements only
-    (a layer with none contributes 0); None keeps the plain mean, computed exactly as without masks."""
-    total = torch.zeros((), device=next(iter(pred.values())).device)
-    per_layer: dict[str, float] = {}
-    for name, w in weights.items():
+    `valid` (N x 1 x H x W, 1 = the pixel has a source): each tap's mean runs over its valid elements only
+    (a tap with none gives 0); None keeps the plain mean, computed exactly as without masks."""
+    errors: dict[str, torch.Tensor] = {}
+    for name in taps:
         # written as a difference, not F.mse_loss: the target may be an inference-mode tensor, which
         # autograd cannot save, and (a - b)^2 only saves the difference
         diff = (pred[name].float() - target[name].float()).pow(2)
         if valid is None:
-            err = diff.mean()
+            errors[name] = diff.mean()
         else:
             m = tap_mask(valid.to(diff.device), diff.shape[-2:])
             kept = torch.where(m > 0, diff, torch.zeros((), device=diff.device))
-            err = kept.sum() / (m.sum() * diff.shape[1]).clamp_min(1.0)
-        per_layer[name] = float(err.detach())
-        total = total + w * err
-    return total, per_layer
+            errors[name] = kept.sum() / (m.sum() * diff.shape[1]).clamp_min(1.0)
+    return errors
+
+
+def feature_regression_loss(
+    target: Mapping[str, torch.Tensor], pred: Mapping[str, torch.Tensor], weights: Mapping[str, float],
+    valid: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted sum of per-layer mean squared errors (`tap_errors`); also returns each layer's unweighted error."""
+    errors = tap_errors(target, pred, weights, valid)
+    total = torch.zeros((), device=next(iter(pred.values())).device)
+    for name, w in weights.items():
+        total = total + w * errors[name]
+    return total, {name: float(err.detach()) for name, err in errors.items()}
+
+
+def masked_pixel_mean(values: torch.Tensor, valid: torch.Tensor | None = None,
+                      keep: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean of per-pixel `values` (N x h x w) over pixels that are valid (`valid` N x 1 x H x W, brought to
+    h x w as `tap_mask` does) and, if given, in `keep` (N x h x w bool); 0 when none is. Pixels left out cannot
+    reach the result, even when their values are not finite."""
+    ok = torch.ones_like(values, dtype=torch.bool) if keep is None else keep
+    if valid is not None:
+        ok = ok & (tap_mask(valid.to(values.device), values.shape[-2:])[:, 0] > 0)
+    kept = torch.where(ok, values, torch.zeros((), device=values.device, dtype=values.dtype))
+    return kept.sum() / ok.sum().clamp_min(1)
