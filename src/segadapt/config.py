@@ -140,6 +140,25 @@ class AdaptConfig:
     # cap on the gradient's global L2 norm (0 = off): the squared-error loss has unbounded gradients, and
     # without batchnorm one bad step at a high learning rate can blow the features up
     grad_clip: float = 0.0
+    # what H2 is trained to minimise: a table term = weight (segadapt.objectives), e.g.
+    # {features = 1.0, output_kl = 1.0}. features: the study's MSE on `layers`; features_std: the same on maps
+    # standardised per channel by H1's std on D1; output_kl: pixel-wise KL(H1(X1) || H2(X2)) at `temperature`;
+    # paired_pseudo: cross-entropy of H2(X2) on H1(X1)'s per-class most confident `pseudo_keep` pixels;
+    # entropy: H2(X2)'s mean prediction entropy (a small weight; CMA uses 0.01). A table given on the command
+    # line or in a --config replaces this one whole (terms are not merged key by key).
+    objective: dict[str, float] = field(default_factory=lambda: {"features": 1.0})
+    # how the terms (and each tap of a feature term) are combined: fixed (the weights as given), normalised
+    # (each divided by a running mean of its own value, so all start at 1) or uncertainty (learned
+    # log-variances s: sum exp(-s) w L + s, Kendall, Gal & Cipolla 2018)
+    weighting: str = "fixed"
+    temperature: float = 1.0  # output_kl's softmax temperature T (the KL is scaled by T^2)
+    # with an output-level term: whether the parameters above the deepest of `layers` (the decode head) train
+    # too. auto = false (CMA keeps the decoder frozen) until measured otherwise. Feature terms alone never
+    # train them.
+    train_head: bool | str = "auto"
+    # the label-free signal that picks model_selected among the probes: holdout_loss (the objective on held-out
+    # pairs, lowest), agreement (mIoU of H2(X2)'s labels against H1(X1)'s, highest) or entropy (lowest)
+    select: str = "holdout_loss"
     # label-free checkpoint selection: pairs held out from training, on which the regression loss and the
     # prediction entropy are measured `probes` times during the run (0 = off)
     holdout: int = 16
@@ -148,6 +167,9 @@ class AdaptConfig:
     # computed once, stored as float16 and sliced each step instead of running H1. Augmentation is then
     # flips and stride-aligned crops only (no random scale) and shift.photometric must be 0.
     teacher_cache: str = ""
+    # per-class share of H1's most confident pixels kept as pseudo-labels (objectives.pseudo.confident_pixels):
+    # the self_training peer's, and the paired_pseudo term's (CMA keeps 0.2)
+    pseudo_keep: float = 0.2
     # pairs that are not pixel-aligned (segadapt.data.align): "none" (as before), "ecc" (small offsets),
     # "features" (keypoints + RANSAC, large offsets) or "geo" (GeoTIFF tiles: from their georeferencing).
     # Each pair is registered once (cached in `align_cache`, default <run>/align), X2 is warped into X1's
@@ -183,6 +205,11 @@ class ExperimentConfig:
     # report.html figures (first seed): feature grids, overlays and reconstructions of this many val images
     figure_images: int = 2
     reconstruct_steps: int = 200  # optimisation steps of each white-noise reconstruction (0 = none)
+    # objectives each layer preset is adapted with, as tables term = weight (see AdaptConfig.objective), e.g.
+    # [{features = 1.0}, {output_kl = 1.0}, {features = 1.0, output_kl = 1.0}]: every preset runs once per
+    # table, as the rows H2:<preset>+<terms> (a weight other than 1 written term=weight, e.g.
+    # H2:stage4+output_kl+entropy=0.01). Empty: adapt.objective alone, as the rows H2:<preset>.
+    objectives: list[dict[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -368,10 +395,31 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
     for key, (ok, rule) in _LIMITS.get(cls.__name__, {}).items():
         if key in data and not ok(getattr(out, key)):
             raise ConfigError(f"{where}.{key}: {data[key]!r} is out of range; it must be {rule}")
+    if isinstance(out, AdaptConfig) and "objective" in data:
+        check_objective(out.objective, f"{where}.objective")
+    if isinstance(out, ExperimentConfig):
+        for i, table in enumerate(out.objectives):
+            check_objective(table, f"{where}.objectives[{i}]")
     if isinstance(out, DataConfig) and not 0 < out.scale_min <= out.scale_max:
         raise ConfigError(f"{where}: scale_min {out.scale_min} and scale_max {out.scale_max}: need "
                           f"0 < scale_min <= scale_max")
     return out
+
+
+def check_objective(table: dict[str, float], where: str) -> None:
+    """An objective table (term = weight) a run can use, else one line naming the key: known terms
+    (segadapt.objectives.TERMS, imported here: config itself needs no torch), weights >= 0, one > 0."""
+    from segadapt.objectives import TERMS
+
+    unknown = [t for t in table if t not in TERMS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown term {unknown[0]!r}; choose from {', '.join(TERMS)}")
+    negative = next((t for t, w in table.items() if w < 0), None)
+    if negative is not None:
+        raise ConfigError(f"{where}.{negative}: {table[negative]!r}; a weight must be >= 0 (a negative one would "
+                          f"reward moving away from H1)")
+    if not any(w > 0 for w in table.values()):
+        raise ConfigError(f"{where}: no term with a weight > 0; give at least one, e.g. {{features = 1.0}}")
 
 
 def _at_least(n: float) -> tuple[Any, str]:
@@ -475,7 +523,11 @@ _LIMITS: dict[str, dict[str, tuple[Any, str]]] = {
                     "align": _one_of("none", "ecc", "features", "geo"), "align_model": _one_of("affine", "homography"),
                     "align_image": _one_of("contrast", "gradient"), "align_cache": _usable_path(),
                     "align_min_corr": _between(-1, 1), "align_min_inliers": _at_least(3),
-                    "align_min_overlap": ((lambda v: 0 < v <= 1), "in (0, 1]")},
+                    "align_min_overlap": ((lambda v: 0 < v <= 1), "in (0, 1]"),
+                    "pseudo_keep": ((lambda v: 0 < v <= 1), "in (0, 1]"), "temperature": _positive(),
+                    "weighting": _one_of("fixed", "normalised", "uncertainty"),
+                    "train_head": ((lambda v: isinstance(v, bool) or v == "auto"), 'true, false or "auto"'),
+                    "select": _one_of("holdout_loss", "agreement", "entropy")},
     "ExperimentConfig": {"iterations": _at_least(1), "finetune_lr": _positive(), "adapt_lr": _positive(),
                          "figure_images": _at_least(0), "reconstruct_steps": _at_least(0),
                          "target_distortion": ((lambda v: all(0 < x <= 1 for x in v.values())),
@@ -506,17 +558,21 @@ def load_toml(path: str | Path, cls: type = RunConfig) -> Any:
 
 
 def merge(cfg: Any, data: dict[str, Any], where: str = "config") -> Any:
-    """Return cfg with the keys in `data` (possibly nested tables) replaced."""
+    """Return cfg with the keys in `data` (possibly nested tables) replaced. Sections ([adapt], ...) merge key
+    by key; a key whose value is a table (adapt.objective, experiment.target_distortion) is replaced whole, so
+    `adapt.objective={output_kl = 1.0}` means that term alone, not added to the default's features."""
     merged = to_dict(cfg)
 
-    def deep(dst: dict, src: dict) -> None:
+    def deep(dst: dict, src: dict, cls: type) -> None:
+        hints = typing.get_type_hints(cls)
         for k, v in src.items():
-            if isinstance(v, dict) and isinstance(dst.get(k), dict):
-                deep(dst[k], v)
+            section = hints.get(k)
+            if isinstance(v, dict) and isinstance(dst.get(k), dict) and dataclasses.is_dataclass(section):
+                deep(dst[k], v, section)
             else:
                 dst[k] = v
 
-    deep(merged, data)
+    deep(merged, data, type(cfg))
     return from_dict(type(cfg), merged, where)
 
 
@@ -540,6 +596,8 @@ def _toml_value(v: Any) -> str:
         return '"' + "".join(_toml_char(c) for c in v) + '"'
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # a table inside a list (experiment.objectives): inline
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 

@@ -35,6 +35,20 @@ def names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def terms(flag: str, text: str) -> dict[str, float]:
+    """"features,output_kl=0.5" -> {"features": 1.0, "output_kl": 0.5}: adapt.objective from a flag (a term
+    without "=weight" weighs 1); names and weights are checked with the config (config.check_objective)."""
+    table: dict[str, float] = {}
+    for part in names(text):
+        name, _, weight = part.partition("=")
+        try:
+            table[name.strip()] = float(weight) if weight else 1.0
+        except ValueError:
+            raise SegadaptError(f"{flag} {text}: {part!r} is not term or term=weight, e.g. "
+                                f"features,output_kl=0.5") from None
+    return table
+
+
 def _absolute(flag: str, text: str) -> str:
     """A path stored absolute, so a resumed run finds it from any working directory."""
     return str(check_path(text, flag).resolve())
@@ -93,6 +107,15 @@ FLAGS: dict[str, Flag] = {
                    "presets: each stage, all (= all_inc), all_inc, all_dec", convert=lambda f, t: names(t)),
     "weights": Flag("adapt.weights", "one weight per layer, comma-separated (default 1.0 each)",
                     convert=lambda f, t: numbers(f, t, float)),
+    "objective": Flag("adapt.objective", "what H2 is trained to minimise: terms with optional weights, comma-"
+                      "separated, e.g. features,output_kl=0.5. features (MSE on --layers; the default), "
+                      "features_std (the same, standardised per channel by H1's statistics on D1), output_kl "
+                      "(pixel-wise KL to H1's prediction on X1), paired_pseudo (cross-entropy on H1's confident "
+                      "labels of X1), entropy (H2's prediction entropy on X2)", convert=terms),
+    "weighting": Flag("adapt.weighting", "how terms and layers are weighted: fixed (as given) | normalised (each by "
+                      "a running mean of its own value) | uncertainty (learned, Kendall et al. 2018)"),
+    "select": Flag("adapt.select", "label-free signal choosing model_selected: holdout_loss | agreement (H2's "
+                   "labels on D2 against H1's on D1) | entropy"),
     "filter": Flag("shift.filter", "D2 made by this filter: photocopy | ripple | cubism | misalign, or a "
                    "composition such as photocopy+misalign (a part may carry its own severity: misalign=0.5)"),
     "severity": Flag("shift.severity", "filter severity 0..1", float),
@@ -206,7 +229,8 @@ def _changes(base: dict[str, Any], cfg: dict[str, Any], prefix: str = "") -> lis
     out: list[tuple[str, Any]] = []
     for key, value in cfg.items():
         was = base.get(key)
-        if isinstance(value, dict) and isinstance(was, dict) and value and was:
+        # a section (same keys) lists its changed keys; a table value (adapt.objective) is shown whole
+        if isinstance(value, dict) and isinstance(was, dict) and value and set(value) == set(was):
             out += _changes(was, value, f"{prefix}{key}.")
         elif value != was:
             out.append((f"{prefix}{key}", value))
@@ -214,9 +238,11 @@ def _changes(base: dict[str, Any], cfg: dict[str, Any], prefix: str = "") -> lis
 
 
 def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    """--set section.key=value over the flags' overrides: a section merges key by key, a key's value (a table
+    such as adapt.objective too) replaces the flag's whole, as config.merge does."""
     for k, v in src.items():
-        if isinstance(v, dict):
-            _deep_update(dst.setdefault(k, {}), v)
+        if isinstance(v, dict) and isinstance(dst.get(k, {}), dict):
+            dst.setdefault(k, {}).update(v)
         else:
             dst[k] = v
 

@@ -1,0 +1,97 @@
+"""An objective: the configured terms (adapt.objective, term -> weight) combined by adapt.weighting.
+
+adapt() and the held-out probe call only this: `objective(outputs)` for a training step's loss (and each
+part's unweighted value, for the log), `objective.fixed(outputs)` for the held-out loss that compares
+checkpoints (the configured weights, never the moving ones). Terms of weight 0 are left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from segadapt.config import AdaptConfig
+from segadapt.objectives.entropy_min import Entropy
+from segadapt.objectives.features import Features
+from segadapt.objectives.features_std import FeaturesStd
+from segadapt.objectives.output_kl import OutputKL
+from segadapt.objectives.paired_pseudo import PairedPseudo
+from segadapt.objectives.term import Outputs, Term
+from segadapt.objectives.weighting import Fixed, make_weighting
+
+TERMS: dict[str, type[Term]] = {t.name: t for t in (Features, FeaturesStd, OutputKL, PairedPseudo, Entropy)}
+
+
+def make_term(name: str, cfg: AdaptConfig, taps: Mapping[str, float]) -> Term:
+    """One term with the settings it reads (the feature terms: the taps and their weights)."""
+    if name in ("features", "features_std"):
+        return TERMS[name](taps)  # type: ignore[call-arg]
+    if name == "output_kl":
+        return OutputKL(cfg.temperature)
+    if name == "paired_pseudo":
+        return PairedPseudo(cfg.pseudo_keep)
+    return TERMS[name]()
+
+
+class Objective(nn.Module):
+    def __init__(self, terms: Mapping[str, Term], weights: Mapping[str, float], weighting: str = "fixed") -> None:
+        super().__init__()
+        self.terms = nn.ModuleDict(dict(terms))
+        self.term_weights = dict(weights)
+        self.parts = {part: self.term_weights[name] * w for name, term in self.terms.items()
+                      for part, w in term.parts().items()}
+        self.weighting = make_weighting(weighting, self.parts)
+        self.static = Fixed(self.parts)
+
+    @property
+    def needs_maps(self) -> bool:
+        return any(t.needs_maps for t in self.terms.values())
+
+    @property
+    def needs_logits(self) -> bool:
+        return any(t.needs_logits for t in self.terms.values())
+
+    @property
+    def features_only(self) -> bool:
+        """The study's regression alone (what trains, what the log and messages call it, stay as they were)."""
+        return list(self.terms) == ["features"]
+
+    def losses(self, out: Outputs) -> dict[str, torch.Tensor]:
+        found: dict[str, torch.Tensor] = {}
+        for term in self.terms.values():
+            found |= term(out)
+        return found
+
+    def forward(self, out: Outputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training loss (adapt.weighting) and each part's unweighted loss."""
+        losses = self.losses(out)
+        return self.weighting(losses), losses
+
+    def fixed(self, out: Outputs) -> torch.Tensor:
+        """The loss with the configured weights: comparable between checkpoints of one run."""
+        return self.static(self.losses(out))
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether a term needs statistics of H1 on D1 (then adapt() hands `calibrate` a few batches of maps)."""
+        return any(type(t).calibrate is not Term.calibrate for t in self.terms.values())
+
+    def calibrate(self, teacher_maps: list[Mapping[str, torch.Tensor]]) -> None:
+        for t in self.terms.values():
+            t.calibrate(iter(teacher_maps))
+
+    def term_values(self, parts: Mapping[str, float]) -> dict[str, float]:
+        """Each term's own loss from its parts' values (a feature term: its tap-weighted sum)."""
+        out: dict[str, float] = {}
+        for name, term in self.terms.items():
+            out[name] = sum(w * parts[p] for p, w in term.parts().items())
+        return out
+
+
+def build_objective(cfg: AdaptConfig, taps: Mapping[str, float]) -> Objective:
+    """adapt.objective's terms of weight > 0 (config.check_objective has refused unknown names and negative
+    weights), on the taps of adapt.layers with their weights."""
+    chosen = {name: w for name, w in cfg.objective.items() if w > 0}
+    return Objective({name: make_term(name, cfg, taps) for name in chosen}, chosen, cfg.weighting)
