@@ -12,9 +12,15 @@ from segadapt.losses import feature_regression_loss
 from segadapt.models.contract import HookedModel
 from segadapt.models.factory import load_factory
 from segadapt.models.modes import NormPolicy, adaptation_mode, modes_restored, norms_feeding, set_norm_mode
+from segadapt.objectives import Objective
+from segadapt.objectives.features import Features
 from segadapt.selection import HoldoutProbe
 
 X = (4, 3, 16, 16)
+
+
+def objective_of(taps: dict[str, float]) -> Objective:
+    return Objective({"features": Features(taps)}, {"features": 1.0})
 
 
 def _h1() -> HookedModel:
@@ -111,6 +117,6 @@ def test_probes_and_evaluation_leave_the_modes_as_found():
         model.eval()
     assert [m.training for m in model.modules()] == modes
     pairs = [(torch.randn(3, 16, 16), torch.randn(3, 16, 16)) for _ in range(2)]
-    probe = HoldoutProbe(pairs, [0, 1], model.features, {"stem": 1.0}, 0, torch.device("cpu"))
-    probe.measure(model, model.features)
+    probe = HoldoutProbe(pairs, [0, 1], model, objective_of({"stem": 1.0}), ["stem"], 0, torch.device("cpu"))
+    probe.measure(model)
     assert [m.training for m in model.modules()] == modes and policy.adapted == [model.net.stem[1]]

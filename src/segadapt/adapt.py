@@ -1,8 +1,10 @@
-"""The method: fine-tune a copy H2 of H1 so that H2's feature maps on D2 images match the frozen H1's
-feature maps on the paired D1 images. No D2 label is read anywhere in this file.
+"""The method: fine-tune a copy H2 of H1 so that H2 on D2 images matches the frozen H1 on the paired D1
+images, by the terms of adapt.objective (segadapt.objectives). No D2 label is read anywhere in this file.
 
-Only parameters below the deepest regressed tap are trained; everything above stays exactly as in H1,
-so H2 keeps H1's classifier. The student's forward stops at that tap, the teacher runs in inference mode.
+With feature terms alone (the study's regression) only parameters below the deepest tap of adapt.layers
+train and the student's forward stops at that tap; everything above stays exactly as in H1, so H2 keeps
+H1's classifier. An output-level term needs the student's logits (its full forward); the parameters above
+the deepest tap (the decode head) then train only with adapt.train_head. The teacher runs in inference mode.
 The run directory, log, resume points and Ctrl-C are the `Run`'s (run.py); the step is below, in adapt().
 """
 
@@ -12,7 +14,7 @@ import copy
 import csv
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +24,25 @@ from torch import nn
 from segadapt import cache as teacher_cache
 from segadapt import checkpoint as ckpt
 from segadapt import distributed
-from segadapt.config import RunConfig, to_dict
+from segadapt.config import AdaptConfig, RunConfig, to_dict
 from segadapt.data.geopairs import RasterPairs
 from segadapt.data.pairs import PairedDataset
-from segadapt.errors import CheckpointError, SegadaptError
-from segadapt.losses import feature_regression_loss, resolve_layers
+from segadapt.errors import CheckpointError, ConfigError, SegadaptError
+from segadapt.losses import resolve_layers
 from segadapt.models.contract import SegmentationModel, check_taps, conform, default_layers
 from segadapt.models.loading import load_any, rebuild_meta, save_native
 from segadapt.models.modes import NormPolicy, adaptation_mode
 from segadapt.models.taps import Features
+from segadapt.objectives import Objective, Outputs, build_objective
+from segadapt.objectives.term import as_plain, model_outputs
 from segadapt.run import Run, autocast, wrap_ddp
 from segadapt.runtime import environment
-from segadapt.selection import HoldoutProbe, probe_steps, split_holdout
+from segadapt.selection import HoldoutProbe, better, probe_steps, split_holdout
 
 OnProbe = Callable[[int, nn.Module], dict[str, float]]
+# the objective's own state (statistics, running means, learned weights) in a resume point's extra tensors,
+# beside the selected weights (whose keys are the student's)
+OBJECTIVE_STATE = "objective:"
 
 
 def layer_weights(cfg: RunConfig, model: SegmentationModel) -> dict[str, float]:
@@ -47,22 +54,50 @@ def layer_weights(cfg: RunConfig, model: SegmentationModel) -> dict[str, float]:
     return resolve_layers(layers=layers, weights=cfg.adapt.weights)
 
 
-class StudentTaps(nn.Module):
-    """The student's early-exit feature pass as a module's forward(), so DistributedDataParallel can wrap it.
+class StudentPass(nn.Module):
+    """H2's pass on X2 as a module's forward(), so DistributedDataParallel can wrap it: the taps (early exit)
+    and/or the logits, as the objective needs.
 
-    DDP averages gradients only for what runs through its own forward(); the loss here comes from
-    `features` (which stops at the deepest tap), not from the student's forward(). Wrapping this small
-    module instead of the student keeps the early exit, lets DDP overlap the gradient all-reduce with the
-    backward pass, and needs no manual all-reduce. It owns the student, so its parameters are the student's
-    (only the trainable ones, all used by the taps, are synchronised). In one process it is a thin call.
+    DDP averages gradients only for what runs through its own forward(); with feature terms alone the loss
+    comes from `features` (which stops at the deepest tap), not from the student's forward(). Wrapping this
+    small module instead of the student keeps the early exit, lets DDP overlap the gradient all-reduce with
+    the backward pass, and needs no manual all-reduce. It owns the student, so its parameters are the
+    student's (only the trainable ones, all used by the pass, are synchronised). In one process it is a thin call.
     """
 
-    def __init__(self, student: nn.Module, features: Features, taps: list[str]) -> None:
+    def __init__(self, student: nn.Module, features: Features, taps: list[str], maps: bool, logits: bool) -> None:
         super().__init__()
-        self.student, self._features, self.taps = student, features, taps
+        self.student, self._features, self.taps, self.maps, self.logits = student, features, taps, maps, logits
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self._features(x, self.taps)
+    def forward(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        return model_outputs(self.student, self._features, x, self.taps, self.maps, self.logits)
+
+
+def trains_head(cfg: AdaptConfig, objective: Objective) -> bool:
+    """Whether the parameters above the deepest tap train: only with an output-level term and adapt.train_head
+    (auto: no, CMA's choice of a frozen decoder; to be settled by measurement)."""
+    return objective.needs_logits and cfg.train_head is True
+
+
+def trainable_parameters(model: SegmentationModel, taps: Sequence[str], head: bool) -> list[nn.Parameter]:
+    """What adaptation trains: the parameters feeding the deepest of `taps` (the contract's parameters_up_to),
+    and with `head` every other parameter too (the decode head above the taps)."""
+    below = model.parameters_up_to(list(taps))
+    return list(model.parameters()) if head else below  # type: ignore[attr-defined]
+
+
+def d1_maps(teacher: nn.Module, pairs: PairedDataset | RasterPairs, ids: Sequence[int], taps: list[str],
+            batch_size: int, seed: int, device: torch.device, batches: int = 4) -> Iterator[dict[str, torch.Tensor]]:
+    """H1's maps on the X1 of the first few batches of `ids` (augmentation drawn under a forked, seeded RNG,
+    so the run's own stream is untouched): what a term calibrates its statistics of H1 on D1 from."""
+    features = conform(teacher).features
+    chosen = list(ids)[:batch_size * batches]
+    for start in range(0, len(chosen), batch_size):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + start)
+            x1 = torch.stack([pairs[i][0] for i in chosen[start:start + batch_size]]).to(device)
+        with torch.inference_mode():
+            yield features(x1, taps)
 
 
 def load_h1(cfg: RunConfig, device: torch.device | str) -> tuple[nn.Module, dict[str, Any]]:
@@ -85,26 +120,32 @@ def adapt(
     on_probe: OnProbe | None = None,
     resume: bool = False,
 ) -> dict[str, Any]:
-    """Regress H2's features on X2 onto H1's on X1; writes model.safetensors (a normal model file).
+    """Train H2 on (X1, X2) pairs by adapt.objective (by default: regress H2's features on X2 onto H1's on
+    X1); writes model.safetensors (a normal model file).
 
     Every few steps the label-free signals are measured on held-out pairs (selection.csv) and the checkpoint
-    with the lowest held-out loss is kept as model_selected.safetensors. `on_probe(step, h2)` lets a caller
-    that has D2 labels (the sweep) score the same checkpoints; nothing here reads a label. Resume points
-    (train.checkpoint_every, Ctrl-C) hold the student, optimizer, RNG, probes and selected weights, and
+    adapt.select prefers (default: the lowest held-out loss) is kept as model_selected.safetensors.
+    `on_probe(step, h2)` lets a caller that has D2 labels (the sweep) score the same checkpoints; nothing here
+    reads a label. Resume points (train.checkpoint_every, Ctrl-C) hold the student, optimizer, RNG, probes,
+    selected weights and the objective's own state (statistics, running means, learned weights), and
     `resume` continues from the newest one exactly as the run would have gone on.
     """
-    tc = cfg.train
+    tc, ac = cfg.train, cfg.adapt
     run = Run(cfg, run_dir, "adapt", resume=resume)
     device = run.device
 
-    # teacher H1 (frozen) and student H2 (a copy)
+    # teacher H1 (frozen), student H2 (a copy) and what H2 is trained to minimise
     if teacher is None:
         teacher, h1_meta = load_h1(cfg, device)
     assert h1_meta is not None
     weights = layer_weights(cfg, conform(teacher))
     taps = list(weights)
-    cfg.adapt.layers = cfg.adapt.layers or taps  # config.toml says what was regressed (a resume keeps it)
+    ac.layers = ac.layers or taps  # config.toml says what was regressed (a resume keeps it)
     check_taps(conform(teacher), taps)
+    objective = build_objective(ac, weights)
+    if objective.needs_logits and ac.teacher_cache:
+        raise ConfigError(f"adapt.teacher_cache holds H1's feature maps only, and adapt.objective "
+                          f"{'+'.join(objective.terms)} reads its predictions; drop adapt.teacher_cache")
     teacher = teacher.to(device).eval().requires_grad_(False)
     # NHWC convolutions as train.channels_last says, as in train() ("auto": timed on a copy, since the
     # teacher takes no gradients). The caller's teacher is not converted in place; a copy in the new layout
@@ -117,26 +158,26 @@ def adapt(
     teacher_features, student_features = conform(teacher).features, conform(student).features
     # the student runs without dropout or stochastic depth (the teacher's maps come from eval mode: a student
     # dropping random units could not match them even with equal weights), BatchNorm as adapt.norm says
-    policy = NormPolicy(student, cfg.adapt.norm, taps)
+    policy = NormPolicy(student, ac.norm, taps)
 
     registration = None
-    if cfg.adapt.align != "none":  # pairs not pixel-aligned: register each once, keep those that pass
+    if ac.align != "none":  # pairs not pixel-aligned: register each once, keep those that pass
         from segadapt.data.align_cache import register_dataset
 
         if not isinstance(pairs, PairedDataset):
-            raise SegadaptError(f"adapt.align = {cfg.adapt.align}: mosaics are paired by their georeferencing; "
+            raise SegadaptError(f"adapt.align = {ac.align}: mosaics are paired by their georeferencing; "
                                 f"set adapt.align = none")
-        pairs, registration = register_dataset(pairs, cfg.adapt, run_dir / "align")
+        pairs, registration = register_dataset(pairs, ac, run_dir / "align")
         if run.main:
             print(f"registration ({registration['method']}): {registration['ok']} of {registration['pairs']} pairs "
                   f"usable, {registration['failed']} failed the quality check and are skipped (adapt.json)")
     if isinstance(pairs, RasterPairs) and run.main and pairs.coverage < 0.995:
         print(f"{pairs.paths[1]} covers {pairs.coverage:.1%} of the ground of {pairs.paths[0]}: windows are drawn "
               f"around the overlap, pixels without both mosaics are left out of the loss (raster_coverage)")
-    holdout_ids, fit_ids = split_holdout(len(pairs), cfg.adapt.holdout, tc.seed)
-    probe = HoldoutProbe(pairs, holdout_ids, teacher_features, weights, tc.seed, device) if holdout_ids else None
-    probe_at = probe_steps(tc.iterations, cfg.adapt.probes) if probe else set()
-    trainable = conform(student).parameters_up_to(taps)
+    holdout_ids, fit_ids = split_holdout(len(pairs), ac.holdout, tc.seed)
+    probe = HoldoutProbe(pairs, holdout_ids, teacher, objective, taps, tc.seed, device) if holdout_ids else None
+    probe_at = probe_steps(tc.iterations, ac.probes) if probe else set()
+    trainable = trainable_parameters(conform(student), taps, trains_head(ac, objective))
     # one augmented pair drawn here, as adapt() always has (before the model contract it fed the parameter
     # probe): the loop's augmentation stream starts where it did, so a seed gives the same H2 as before
     pairs[0]
@@ -146,13 +187,32 @@ def adapt(
     optimizer = torch.optim.SGD(trainable, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
     for group in optimizer.param_groups:
         group["base_lr"] = tc.lr
+    objective.to(device)
+    if objective.calibrates:  # statistics of H1 on D1 (features_std), before the first step
+        objective.calibrate(list(d1_maps(teacher, pairs, fit_ids, taps, run.per_rank, tc.seed, device)))
+    learned = list(objective.parameters())
+    if learned:  # the uncertainty weighting's log-variances: trained with the student, never decayed
+        optimizer.add_param_group({"params": learned, "lr": tc.lr, "weight_decay": 0.0, "base_lr": tc.lr})
     # under torchrun: only the student is wrapped (the teacher never trains)
-    student_net = wrap_ddp(StudentTaps(student, student_features, taps), device)
+    student_net = wrap_ddp(StudentPass(student, student_features, taps, objective.needs_maps,
+                                       objective.needs_logits), device)
 
     cache, fit_pairs = None, pairs
-    if cfg.adapt.teacher_cache:  # H1's maps read from disk instead of recomputed; X1 is then never loaded
+    if ac.teacher_cache:  # H1's maps read from disk instead of recomputed; X1 is then never loaded
         cache, fit_pairs = teacher_cache.prepare(
-            cfg.adapt.teacher_cache, pairs, teacher, teacher_features, taps, device, run.per_rank)
+            ac.teacher_cache, pairs, teacher, teacher_features, taps, device, run.per_rank)
+
+    def batch_outputs(x1: torch.Tensor, x2: torch.Tensor, rest: list[Any], valid: torch.Tensor | None) -> Outputs:
+        """H1 on X1 (inference mode, or sliced from the cache) and H2 on X2, as the terms read them."""
+        with autocast(device):
+            with torch.inference_mode():
+                if cache is None:
+                    target, target_logits = model_outputs(teacher, teacher_features, x1, taps,
+                                                          objective.needs_maps, objective.needs_logits)
+                else:
+                    target, target_logits = cache.targets(rest[0], device), None
+            pred, pred_logits = student_net(x2)
+        return Outputs(target, pred, as_plain(target_logits), pred_logits, valid)
 
     # resume point: restored last, so the RNG is the checkpoint's, untouched by the set-up above
     probes: list[dict[str, float]] = []
@@ -163,56 +223,64 @@ def adapt(
         return {"probes": probes, "selected": selected[0] if selected else None, "config": to_dict(cfg),
                 "h1_sha256": h1_sha}
 
-    state = run.hold(student, optimizer, resume_meta, lambda: selected[1] if selected else None)
+    def resume_extra() -> dict[str, torch.Tensor] | None:
+        own = {f"{OBJECTIVE_STATE}{k}": v for k, v in objective.state_dict().items()}
+        return {**(selected[1] if selected else {}), **own} or None
+
+    state = run.hold(student, optimizer, resume_meta, resume_extra)
     if state:
         if state.get("h1_sha256", h1_sha) != h1_sha:
-            raise CheckpointError(f"{cfg.adapt.h1}: H1's weights changed since {run_dir} started; resuming would "
+            raise CheckpointError(f"{ac.h1}: H1's weights changed since {run_dir} started; resuming would "
                                   f"regress onto another teacher. Start a new adaptation (--out)")
         probes = state.get("probes", [])
+        extra = ckpt.read_extra(run.last)
+        own = {k[len(OBJECTIVE_STATE):]: v for k, v in extra.items() if k.startswith(OBJECTIVE_STATE)}
+        if own:
+            objective.load_state_dict(own)
         if state.get("selected") is not None:
-            selected = (state["selected"], ckpt.read_extra(run.last))
+            selected = (state["selected"], {k: v for k, v in extra.items() if not k.startswith(OBJECTIVE_STATE)})
 
     # loop
     adaptation_mode(student, policy)
     step, seen, loss_value = run.start, 0, math.nan
-    per_layer: dict[str, float] = {}
-    fields = ["step", "loss", *[f"loss_{t}" for t in taps], "lr", "images_per_s", "elapsed_s"]
+    values: dict[str, float] = {}
+    fields = ["step", "loss", *[f"loss_{p}" for p in objective.parts], "lr", "images_per_s", "elapsed_s"]
     fix = "lower train.lr or set adapt.grad_clip (e.g. 5)"
-    with run.logging(fields, f"adapt {'+'.join(taps)}"):
+    what = "regression loss" if objective.features_only else "adaptation loss"
+    desc = "+".join(taps) if objective.features_only else f"{'+'.join(objective.terms)} ({'+'.join(taps)})"
+    with run.logging(fields, f"adapt {desc}"):
         for (x1, x2, *rest), ids in run.batches(fit_pairs, fit_ids):
             if step >= tc.iterations:
                 break
             lr = run.set_lr(optimizer, step)
             x1, x2 = run.to_device(x1), run.to_device(x2)
             valid = rest.pop().to(device) if pairs.with_valid else None  # registered pairs: where X2 has a source
-            with autocast(device):
-                with torch.inference_mode():
-                    target = teacher_features(x1, taps) if cache is None else cache.targets(rest[0], device)
-                pred = student_net(x2)
-            loss, per_layer = feature_regression_loss(target, pred, weights, valid)
-            loss_value = run.check_loss(loss, step + 1, ids, fix, what="regression loss")
+            loss, parts = objective(batch_outputs(x1, x2, rest, valid))
+            values = {k: float(v.detach()) for k, v in parts.items()}
+            loss_value = run.check_loss(loss, step + 1, ids, fix, what=what)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.adapt.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.adapt.grad_clip)
+            objective.weighting.sync_grads()
+            if ac.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, ac.grad_clip)
             run.check_grads(trainable, step + 1, ids, fix)  # before the step: the student's weights stay finite
             optimizer.step()
             step += 1
             seen += x1.shape[0] * run.world
             run.progress(loss=f"{loss_value:.4g}")
             if run.due(step):
-                per_layer = distributed.mean_over_ranks(per_layer)  # same step on every rank: safe collective
+                values = distributed.mean_over_ranks(values)  # same step on every rank: safe collective
                 run.log({"step": step, "loss": f"{loss_value:.6g}", "lr": f"{lr:.3g}",
                          "images_per_s": f"{seen / run.elapsed():.2f}"}
-                        | {f"loss_{t}": f"{v:.6g}" for t, v in per_layer.items()})
+                        | {f"loss_{k}": f"{v:.6g}" for k, v in values.items()})
             if step in probe_at:
                 assert probe is not None
-                point = {"step": step, **probe.measure(student, student_features)}
+                point = {"step": step, **probe.measure(student)}
                 if on_probe is not None:
                     point |= on_probe(step, student)
                     adaptation_mode(student, policy)
                 probes.append(point)
-                if selected is None or point["holdout_loss"] < selected[0]["holdout_loss"]:
+                if selected is None or better(point, selected[0], ac.select):
                     selected = (point, {k: v.detach().clone() for k, v in student.state_dict().items()})
             if run.end_of_step(step):
                 break
@@ -220,8 +288,8 @@ def adapt(
 
     # files (rank 0)
     student.requires_grad_(True).eval()
-    meta = {**h1_meta, **rebuild_meta(student), "step": step, "adapted_from": str(cfg.adapt.h1),
-            "layers": weights, "config": to_dict(cfg)}
+    meta = {**h1_meta, **rebuild_meta(student), "step": step, "adapted_from": str(ac.h1),
+            "layers": weights, "objective": objective.term_weights, "config": to_dict(cfg)}
     run.save(step)  # the run can be extended later (--resume with more iterations)
     if run.main:
         ckpt.save_model(run_dir / ckpt.MODEL_FILE, student, meta)
@@ -229,11 +297,18 @@ def adapt(
         native()  # H2 in H1's own format too (hf_model/, factory_weights.safetensors): a drop-in replacement
         if selected is not None:
             _write_selection(run_dir, probes, selected, student, meta, native)
+    ran = step > run.start
     result = {
         "layers": weights,
+        "objective": objective.term_weights,
+        "weighting": ac.weighting,
+        "select": ac.select,
         "step": step,
-        "final_loss": loss_value if step > run.start else None,
-        "final_layer_loss": per_layer if step > run.start else {},
+        "final_loss": loss_value if ran else None,
+        "final_layer_loss": {t: values[t] for t in taps if t in values} if ran and "features" in objective.terms
+        else {},
+        "final_term_loss": objective.term_values(values) if ran else {},
+        "final_weights": objective.weighting.effective(),
         "probes": probes,
         "selected_step": selected[0]["step"] if selected else None,
         "train_time_s": round(train_time, 2),
@@ -251,7 +326,7 @@ def _write_selection(
     run_dir: Path, probes: list[dict[str, float]], selected: tuple[dict[str, float], dict[str, torch.Tensor]],
     student: nn.Module, meta: dict[str, Any], native: Callable[..., Any],
 ) -> None:
-    """selection.csv (one row per probe) and the lowest-held-out-loss weights as model_selected.safetensors
+    """selection.csv (one row per probe) and the weights adapt.select chose as model_selected.safetensors
     (and in H1's own format: `native(suffix=...)`)."""
     with ckpt.atomic_path(run_dir / "selection.csv") as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, list(probes[0]))

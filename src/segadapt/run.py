@@ -214,7 +214,9 @@ def refuse_changes(run_dir: Path, saved: RunConfig, cfg: RunConfig) -> None:
         return out
 
     old, new = flat(to_dict(saved)), flat(to_dict(cfg))
-    changed = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k] and k not in RESUMABLE]
+    # keys of either side: a term dropped from a table (adapt.objective) is a change too
+    changed = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in {**old, **new}
+               if old.get(k) != new.get(k) and k not in RESUMABLE]
     if changed:
         raise SegadaptError(f"{run_dir}/config.toml: a resumed run keeps what it learns with; these differ: "
                             f"{'; '.join(changed)}. Start a new run (--out) to change them")

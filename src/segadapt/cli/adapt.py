@@ -25,7 +25,8 @@ from segadapt.paths import check_path
 
 D2_FLAGS = ("filter", "severity", "d2_dir", "pairs", "d1_raster", "d2_raster", "label_raster", "align")
 H1_FLAGS = ("h1", "h1_weights", "h1_kwargs", "trust_factory")  # H1 in any form models/loading.py reads
-FLAGS = (*H1_FLAGS, "layers", "weights", "norm", *D2_FLAGS,
+OBJECTIVE_FLAGS = ("objective", "weighting", "select")
+FLAGS = (*H1_FLAGS, "layers", "weights", *OBJECTIVE_FLAGS, "norm", *D2_FLAGS,
          *[f for f in TRAINING if f not in ("width", "arch", "init_weights")])
 
 
@@ -50,8 +51,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
     teacher: tuple[Any, dict[str, Any]] | None = None
     if args.resume:
-        out, again = resumed(args, "adapt", ("h1", "h1_weights", "h1_kwargs", "layers", "weights", "norm", *D2_FLAGS,
-                                             "out", "preset"))
+        out, again = resumed(args, "adapt", ("h1", "h1_weights", "h1_kwargs", "layers", "weights", *OBJECTIVE_FLAGS,
+                                             "norm", *D2_FLAGS, "out", "preset"))
         if again is None:
             return 0
         cfg = again
@@ -73,19 +74,25 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     announce(cfg, args, Path(out))
     h1, h1_meta = teacher if teacher is not None else (None, None)
     result = adapt(cfg, Path(out), pairs, teacher=h1, h1_meta=h1_meta, resume=bool(args.resume))
-    if result["final_loss"] is not None:
+    if result["final_loss"] is not None and list(result["objective"]) == ["features"]:
         print(f"regression loss (last batch) {result['final_loss']:.5g}, per layer {result['final_layer_loss']}")
+    elif result["final_loss"] is not None:
+        print(f"adaptation loss (last batch) {result['final_loss']:.5g}, per term {result['final_term_loss']}")
     print(f"adapted model: {out / 'model.safetensors'}")
     for native in ("hf_model", "factory_weights.safetensors"):
         if (out / native).exists():
             print(f"  and in H1's own format: {out / native}")
     if result["selected_step"] is not None:
-        print(f"label-free choice: {out / 'model_selected.safetensors'} (step {result['selected_step']}, lowest "
-              f"held-out regression loss; selection.csv)")
+        print(f"label-free choice: {out / 'model_selected.safetensors'} (step {result['selected_step']}, "
+              f"{SELECTED_BY[result['select']]}; selection.csv)")
     weights = f" --h1-weights {cfg.adapt.h1_weights}" if cfg.adapt.h1_weights else ""
     print(f"next: {score_hint(cfg, out)}; look: segadapt viz features --h1 {cfg.adapt.h1}{weights} --h2 {out} "
           f"--out {out / 'viz'} ...")
     return 0
+
+
+SELECTED_BY = {"holdout_loss": "lowest held-out loss", "agreement": "highest agreement with H1's labels",
+               "entropy": "lowest prediction entropy"}
 
 
 def adapt_base(meta: dict[str, Any], h1: str, dataset: str = "") -> RunConfig:
