@@ -104,6 +104,26 @@ def test_sweep_with_a_teacher_cache_keeps_one_per_seed_and_preset(tmp_path, tiny
     assert (tmp_path / "sweep" / "report.html").is_file()  # tables and plots, even with no figures
 
 
+def test_sweep_runs_each_preset_once_per_objective_and_reports_every_selection_signal(tmp_path, tiny):
+    tiny.experiment.baselines, tiny.experiment.figure_images = ["B0"], 0
+    tiny.experiment.layer_presets = ["pool2"]
+    tiny.experiment.objectives = [{"features": 1.0}, {"output_kl": 1.0, "entropy": 0.01}]
+    results = experiment.run_experiment(tiny, tmp_path)
+    h2 = {"H2:pool2+features", "H2:pool2+output_kl+entropy=0.01"}
+    assert {e["method"] for e in results["summary"]} == {"H1", "B0", *h2}
+    run = tmp_path / "seed0" / "dark" / "H2-pool2+output_kl+entropy=0.01"
+    assert json.loads((run / "adapt.json").read_text())["objective"] == {"output_kl": 1.0, "entropy": 0.01}
+    assert {r["method"] for r in results["selection"]} == h2
+    assert all({"rank_corr_agreement", "regret_agreement", "regret_loss", "regret_entropy"} <= set(r)
+               for r in results["selection"])
+    md = (tmp_path / "results.md").read_text()
+    assert "rank corr, agreement" in md and "H2:<layers>+<terms>" in md
+    assert "rank corr, agreement" in (tmp_path / "report.html").read_text()
+    tiny.experiment.objectives = [{"output_kl": 1.0}, {"output_kl": 1.0, "entropy": 0.0}]
+    with pytest.raises(ConfigError, match="experiment.objectives: output_kl listed twice"):
+        experiment.check_experiment(tiny)
+
+
 def test_sweep_settings_are_checked_before_h1_trains(tmp_path):
     cfg = preset("demo")
     for key, value, match in [("seeds", [0, 0], "0 listed twice"),

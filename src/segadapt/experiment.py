@@ -8,8 +8,8 @@ Protocol (one metric code, crop and ignore index for all):
 - B0: H1 evaluated on D2.
 - B1: a fresh model trained on D2 images with D1's labels, with H1's budget (it starts from scratch as H1 did).
 - B2: H1 fine-tuned on D2 images with D1's labels, experiment.iterations steps.
-- H2 (one per layer preset): H1 adapted by feature regression on (D1, D2) pairs, experiment.iterations steps,
-  no D2 labels.
+- H2 (one per layer preset, and per experiment.objectives table if any): H1 adapted on (D1, D2) pairs by
+  adapt.objective (default: feature regression), experiment.iterations steps, no D2 labels.
 All are scored on the D2 val split, whose labels are D1's (as in the study).
 """
 
@@ -92,9 +92,14 @@ def check_experiment(cfg: RunConfig, model: SegmentationModel | None = None) -> 
         if twice:
             raise ConfigError(f"{key}: {', '.join(twice)} listed twice; each runs once (repeats would count as "
                               f"extra seeds)")
-    for key, values in (("experiment.filters", ex.filters), ("experiment.layer_presets", ex.layer_presets)):
+    for key, values in (("experiment.filters", ex.filters), ("experiment.layer_presets", ex.layer_presets),
+                        ("experiment.objectives", [objective_label(o) for o in ex.objectives])):
         for v in values:  # each becomes a folder name in the sweep directory
             check_name(v, key)
+    labels = [objective_label(o) for o in ex.objectives]
+    twice = sorted({v for v in labels if labels.count(v) > 1})
+    if twice:
+        raise ConfigError(f"experiment.objectives: {', '.join(twice)} listed twice; each runs once")
     if not ex.filters:
         raise ConfigError("experiment.filters is empty; name at least one shift, e.g. [\"ripple\"]")
     stray = [f for f in ex.target_distortion if f not in ex.filters]
@@ -238,19 +243,23 @@ def run_experiment(cfg: RunConfig, out_dir: Path, h1: tuple[torch.nn.Module, dic
             def miou_on_d2(step: int, model: torch.nn.Module, d2_val: SegmentationSource = d2_val) -> dict[str, float]:
                 return {"miou": score(model, d2_val, cfg, device).miou}  # labels: only here, to judge selection
 
-            for preset in ex.layer_presets:
-                _stage(seed, name, f"H2:{preset}: H1 adapted by regressing {preset} (no D2 labels)")
+            for preset, objective in h2_variants(ex):
+                label = preset if objective is None else f"{preset}+{objective_label(objective)}"
+                terms = "regressing" if objective is None else f"{objective_label(objective)} at"
+                _stage(seed, name, f"H2:{label}: H1 adapted by {terms} {preset} (no D2 labels)")
                 a = copy.deepcopy(base)
                 a.train.iterations, a.train.lr = ex.iterations, ex.adapt_lr
                 a.adapt.layers, a.adapt.weights = [preset], []
+                if objective is not None:
+                    a.adapt.objective = dict(objective)
                 if cfg.adapt.teacher_cache:  # a cache holds one H1's maps at one tap set: one per seed and preset
                     a.adapt.teacher_cache = str(Path(cfg.adapt.teacher_cache) / f"seed{seed}-{preset}")
-                res = adapt(a, shift_dir / f"H2-{preset}", pairs, teacher=h1, h1_meta=h1_meta, on_probe=miou_on_d2)
-                h2, _ = load_model(shift_dir / f"H2-{preset}", device, trusted_factories=trusted)
-                rows.append(_row(seed, name, f"H2:{preset}", score(h2, d2_val, cfg, device)))
+                res = adapt(a, shift_dir / f"H2-{label}", pairs, teacher=h1, h1_meta=h1_meta, on_probe=miou_on_d2)
+                h2, _ = load_model(shift_dir / f"H2-{label}", device, trusted_factories=trusted)
+                rows.append(_row(seed, name, f"H2:{label}", score(h2, d2_val, cfg, device)))
                 if res["probes"]:
-                    sel = agreement(res["probes"]) | {"final_entropy": res["probes"][-1]["entropy"]}
-                    selection.append({"seed": seed, "shift": name, "method": f"H2:{preset}", **sel})
+                    sel = agreement(res["probes"], a.adapt.select) | {"final_entropy": res["probes"][-1]["entropy"]}
+                    selection.append({"seed": seed, "shift": name, "method": f"H2:{label}", **sel})
 
             if seed == ex.seeds[0] and ex.figure_images > 0 and ex.layer_presets:
                 _figures(cfg, out_dir / "figures" / name, shift_dir, h1, rows, seed, name, d1_val, d2_val, device,
@@ -266,6 +275,19 @@ def run_experiment(cfg: RunConfig, out_dir: Path, h1: tuple[torch.nn.Module, dic
 
     results["report"] = str(write_report(out_dir))
     return results
+
+
+def h2_variants(ex: ExperimentConfig) -> list[tuple[str, dict[str, float] | None]]:
+    """(layer preset, objective) of every adaptation the sweep runs: each preset once per experiment.objectives
+    table, or once with adapt.objective (None) when there is none."""
+    objectives: list[dict[str, float] | None] = list(ex.objectives) or [None]
+    return [(preset, objective) for preset in ex.layer_presets for objective in objectives]
+
+
+def objective_label(objective: dict[str, float]) -> str:
+    """An objective as a row and folder name: its terms of weight > 0 joined by +, a weight other than 1
+    written term=weight (output_kl+entropy=0.01)."""
+    return "+".join(t if w == 1 else f"{t}={w:g}" for t, w in objective.items() if w > 0)
 
 
 def _search(h1: torch.nn.Module, cfg: RunConfig, device: torch.device, seed: int, name: str, target: float,
@@ -424,24 +446,32 @@ def _selection_markdown(results: dict[str, Any]) -> list[str]:
         return []
     lines = [
         "## Label-free checkpoint selection", "",
-        "Each regression was probed during training on held-out pairs; the checkpoint with the lowest held-out "
-        "regression loss is the label-free choice (model_selected.safetensors). mIoU on D2 judges it here. "
-        "Rank correlations: +1 means the signal orders checkpoints exactly as mIoU does.", "",
+        "Each adaptation was probed during training on held-out pairs; adapt.select's signal (the held-out loss "
+        "unless set otherwise) made the label-free choice (model_selected.safetensors). mIoU on D2 judges it "
+        "here. Regret: mIoU points below the best probe, for the choice each signal would make. Rank "
+        "correlations: +1 means the signal orders checkpoints exactly as mIoU does.", "",
         "| seed | shift | method | selected step | mIoU there | best mIoU (step) | final mIoU | regret (points) "
-        "| rank corr, held-out loss | rank corr, entropy |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| regret by loss / agreement / entropy | rank corr, held-out loss | rank corr, agreement "
+        "| rank corr, entropy |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in sel:
+        regrets = " / ".join(_points(r.get(f"regret_{k}")) for k in ("loss", "agreement", "entropy"))
         lines.append(
             f"| {r['seed']} | {r['shift']} | {r['method']} | {r['selected_step']} | {r['selected_miou']:.3f} | "
             f"{r['best_miou']:.3f} ({r['best_step']}) | {r['final_miou']:.3f} | {r['regret_points']:.2f} | "
-            f"{_corr(r['rank_corr_loss'])} | {_corr(r['rank_corr_entropy'])} |"
+            f"{regrets} | {_corr(r['rank_corr_loss'])} | {_corr(r.get('rank_corr_agreement'))} | "
+            f"{_corr(r['rank_corr_entropy'])} |"
         )
     across = results.get("selection_across_presets") or {}
     if across:
         lines += ["", "Across layer presets, rank correlation of (low) final entropy with final mIoU: "
                   + ", ".join(f"{k}: {_corr(v)}" for k, v in across.items())]
     return lines + [""]
+
+
+def _points(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 def _corr(x: float | None) -> str:

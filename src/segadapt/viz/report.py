@@ -23,7 +23,12 @@ BASELINE_MEANINGS = {"B0": "H1 on D2", "B1": "trained from scratch on D2 with D1
 def method_legend(methods: Collection[str]) -> str:
     """The results table's footnote (results.md and report.html): the baselines that ran, then the H2 rows."""
     said = [f"{b}: {meaning}." for b, meaning in BASELINE_MEANINGS.items() if b in methods]
-    return " ".join([*said, "H2:<layers>: H1 adapted by feature regression on those layers, without D2 labels."])
+    h2 = ["H2:<layers>: H1 adapted by feature regression on those layers, without D2 labels."]
+    if any(m.startswith("H2:") and "+" in m for m in methods):  # experiment.objectives' rows
+        h2.append("H2:<layers>+<terms>: adapted by those adapt.objective terms instead (term=weight where the "
+                  "weight is not 1); feature terms regress <layers>, and nothing above them trains unless "
+                  "adapt.train_head is set.")
+    return " ".join([*said, *h2])
 
 SECTIONS = (
     ("features", ("*.png",), "Feature maps before and after adaptation",
@@ -79,22 +84,26 @@ def _selection_table(results: dict[str, Any]) -> str:
     if not sel:
         return ""
     head = ("<tr><th>seed / shift / method</th><th>selected step</th><th>mIoU there</th><th>best mIoU (step)</th>"
-            "<th>final mIoU</th><th>regret (points)</th><th>rank corr, held-out loss</th>"
-            "<th>rank corr, entropy</th></tr>")
+            "<th>final mIoU</th><th>regret (points)</th><th>regret by loss / agreement / entropy</th>"
+            "<th>rank corr, held-out loss</th><th>rank corr, agreement</th><th>rank corr, entropy</th></tr>")
     rows = [
         f"<tr><td>{r['seed']} / {html.escape(r['shift'])} / {html.escape(r['method'])}</td>"
         f"<td>{r['selected_step']}</td>"
         f"<td>{_number(r['selected_miou'])}</td><td>{_number(r['best_miou'])} ({r['best_step']})</td>"
         f"<td>{_number(r['final_miou'])}</td><td>{_number(r['regret_points'], 2)}</td>"
-        f"<td>{_number(r.get('rank_corr_loss'), 2)}</td><td>{_number(r.get('rank_corr_entropy'), 2)}</td></tr>"
+        f"<td>{' / '.join(_number(r.get(f'regret_{k}'), 2) for k in ('loss', 'agreement', 'entropy'))}</td>"
+        f"<td>{_number(r.get('rank_corr_loss'), 2)}</td><td>{_number(r.get('rank_corr_agreement'), 2)}</td>"
+        f"<td>{_number(r.get('rank_corr_entropy'), 2)}</td></tr>"
         for r in sel
     ]
     across = results.get("selection_across_presets") or {}
     note = ("<p>Across layer presets, rank correlation of (low) final entropy with final mIoU: "
             + ", ".join(f"{html.escape(k)}: {_number(v, 2)}" for k, v in across.items()) + "</p>") if across else ""
-    return ("<h2>Label-free checkpoint selection</h2><p>The checkpoint with the lowest held-out regression loss "
-            "(no D2 labels) against mIoU on D2, which only this report reads. Rank correlations: +1 means the "
-            "signal orders checkpoints exactly as mIoU does.</p><table>" + head + "".join(rows) + "</table>" + note)
+    return ("<h2>Label-free checkpoint selection</h2><p>The checkpoint adapt.select's signal chose (the lowest "
+            "held-out loss unless set otherwise; no D2 labels) against mIoU on D2, which only this report reads. "
+            "Regret: mIoU points below the best probe, for the choice each signal would make. Rank correlations: "
+            "+1 means the signal orders checkpoints exactly as mIoU does.</p><table>" + head + "".join(rows)
+            + "</table>" + note)
 
 
 METRICS = ("mean_acc", "miou", "pixel_acc")
@@ -162,7 +171,8 @@ def check_results(results: Any, results_file: Path) -> None:
         problems = _check_entries(results["summary"], "summary", summary)
         if results.get("selection") is not None:
             problems += _check_entries(results["selection"], "selection", _SELECTION_FIELDS,
-                                       ("rank_corr_loss", "rank_corr_entropy"))
+                                       ("rank_corr_loss", "rank_corr_entropy", "rank_corr_agreement",
+                                        "regret_loss", "regret_agreement", "regret_entropy"))
         for key, scores in (("distortion", True), ("selection_across_presets", True), ("environment", False)):
             if results.get(key) is not None:
                 problems += _check_mapping(results[key], key, scores)
