@@ -246,7 +246,8 @@ def test_an_output_term_trains_the_head_only_when_asked(tmp_path):
     trained_cfg.adapt.train_head = True
     adapt(trained_cfg, tmp_path / "trained", make_pairs(), teacher=_vgg(), h1_meta=META)
     h1 = _vgg().state_dict()
-    frozen, _ = ckpt.load_model_file(tmp_path / "frozen")
+    frozen, meta = ckpt.load_model_file(tmp_path / "frozen")
+    assert meta["objective"] == {"output_kl": 1.0} == meta["config"]["adapt"]["objective"]  # the model file says
     trained, _ = ckpt.load_model_file(tmp_path / "trained")
     above = [k for k in h1 if k.startswith(("conv4", "conv5", *HEAD))]
     assert all(torch.equal(frozen[k], h1[k]) for k in above)
