@@ -15,6 +15,7 @@ COMMANDS = {
     "train": ["train"],
     "evaluate": ["evaluate", "--model", "m"],
     "adapt": ["adapt"],
+    "peer": ["peer"],
     "experiment": ["experiment"],
     "demo": ["demo"],
     "shift": ["shift", "--out", "o"],
@@ -34,7 +35,7 @@ SPECIAL = {"layers": ("pool5", '["pool3"]'), "weights": ("0.5", "[2.0]"), "filte
            "device": ("cpu", '"auto"'), "workers": ("1", "0"), "h1": ("x", '"/elsewhere/h1"'),
            "norm": ("adabn", '"keep"'), "h1_kwargs": ('{"a": 1}', "'{\"b\": 2}'"),
            "trust_factory": ("pkg.mod:fn", '["other.mod:fn"]'),
-           "align": ("ecc", '"features"')}
+           "align": ("ecc", '"features"'), "method": ("tent", '"adabn"')}
 
 
 def _cases():

@@ -148,6 +148,9 @@ class AdaptConfig:
     # computed once, stored as float16 and sliced each step instead of running H1. Augmentation is then
     # flips and stride-aligned crops only (no random scale) and shift.photometric must be 0.
     teacher_cache: str = ""
+    # per-class share of H1's most confident pixels kept as pseudo-labels (objectives.pseudo.confident_pixels):
+    # the self_training peer's, and the paired_pseudo term's (CMA keeps 0.2)
+    pseudo_keep: float = 0.2
     # pairs that are not pixel-aligned (segadapt.data.align): "none" (as before), "ecc" (small offsets),
     # "features" (keypoints + RANSAC, large offsets) or "geo" (GeoTIFF tiles: from their georeferencing).
     # Each pair is registered once (cached in `align_cache`, default <run>/align), X2 is warped into X1's
@@ -164,16 +167,18 @@ class AdaptConfig:
 
 @dataclass
 class ExperimentConfig:
-    """The sweep: for each shift, H1's distortion, baselines B0/B1/B2 and one regression per layer preset."""
+    """The sweep: for each shift, H1's distortion, baselines B0/B1/B2, the label-free peers (adabn, tent,
+    self_training) and one regression per layer preset."""
 
     filters: list[str] = field(default_factory=lambda: ["ripple"])
     layer_presets: list[str] = field(
         default_factory=lambda: ["pool1", "pool2", "pool3", "pool4", "pool5", "all_inc", "all_dec"]
     )
     seeds: list[int] = field(default_factory=lambda: [0])
-    iterations: int = 2000  # one budget for B2 and every regression (H1 and B1 use train.iterations)
+    iterations: int = 2000  # one budget for B2, the peers and every regression (H1 and B1 use train.iterations)
     finetune_lr: float = 2.5e-4  # B2: H1 fine-tuned on D2 with D1's labels
-    adapt_lr: float = 2.5e-4  # H2: feature regression
+    adapt_lr: float = 2.5e-4  # H2: feature regression, and the peers tent and self_training
+    # B0, B1, B2 and the label-free peers adabn, tent, self_training (segadapt.peers; none by default)
     baselines: list[str] = field(default_factory=lambda: ["B0", "B1", "B2"])
     # filter -> H1 distortion to reach: after each seed's H1 trains, that filter's severity is searched on
     # shift.search_images D1 train images (shift.search_* settings) instead of using shift.severity
@@ -186,6 +191,14 @@ class ExperimentConfig:
 
 
 @dataclass
+class PeerConfig:
+    """A label-free peer run instead of feature regression (`segadapt peer`, and the sweep's rows of the same
+    names): adabn | tent | self_training (segadapt.peers); empty in every other run."""
+
+    method: str = ""
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     out_dir: str = "runs"
@@ -195,6 +208,7 @@ class RunConfig:
     shift: ShiftConfig = field(default_factory=ShiftConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    peer: PeerConfig = field(default_factory=PeerConfig)
 
 
 # --- presets ---------------------------------------------------------------------------------------
@@ -404,6 +418,16 @@ def _norm_mode() -> tuple[Any, str]:
     return ok, "keep (H1's BatchNorm statistics) or adabn (re-estimated on D2)"
 
 
+def _peer_method() -> tuple[Any, str]:
+    """peer.method: one of segadapt.peers.PEERS, imported when a value is checked (config needs no torch)."""
+    def ok(value: str) -> bool:
+        from segadapt.peers import PEERS
+
+        return value in ("", *PEERS)
+
+    return ok, "adabn, tent or self_training"
+
+
 def _json_object() -> tuple[Any, str]:
     """Factory kwargs: empty, or the text of one JSON object (checked here, not when the factory is called)."""
     def ok(text: str) -> bool:
@@ -476,6 +500,7 @@ _LIMITS: dict[str, dict[str, tuple[Any, str]]] = {
                     "align_image": _one_of("contrast", "gradient"), "align_cache": _usable_path(),
                     "align_min_corr": _between(-1, 1), "align_min_inliers": _at_least(3),
                     "align_min_overlap": ((lambda v: 0 < v <= 1), "in (0, 1]")},
+    "PeerConfig": {"method": _peer_method()},
     "ExperimentConfig": {"iterations": _at_least(1), "finetune_lr": _positive(), "adapt_lr": _positive(),
                          "figure_images": _at_least(0), "reconstruct_steps": _at_least(0),
                          "target_distortion": ((lambda v: all(0 < x <= 1 for x in v.values())),
