@@ -15,6 +15,7 @@ COMMANDS = {
     "train": ["train"],
     "evaluate": ["evaluate", "--model", "m"],
     "adapt": ["adapt"],
+    "peer": ["peer"],
     "experiment": ["experiment"],
     "demo": ["demo"],
     "shift": ["shift", "--out", "o"],
@@ -34,8 +35,9 @@ SPECIAL = {"layers": ("pool5", '["pool3"]'), "weights": ("0.5", "[2.0]"), "filte
            "device": ("cpu", '"auto"'), "workers": ("1", "0"), "h1": ("x", '"/elsewhere/h1"'),
            "norm": ("adabn", '"keep"'), "h1_kwargs": ('{"a": 1}', "'{\"b\": 2}'"),
            "trust_factory": ("pkg.mod:fn", '["other.mod:fn"]'),
-           "align": ("ecc", '"features"'), "objective": ("features,output_kl=0.5", "{entropy = 1.0}"),
-           "weighting": ("normalised", '"uncertainty"'), "select": ("agreement", '"entropy"')}
+           "align": ("ecc", '"features"'), "method": ("tent", '"adabn"'),
+           "objective": ("features,output_kl=0.5", "{entropy = 1.0}"), "weighting": ("normalised", '"uncertainty"'),
+           "select": ("agreement", '"entropy"')}
 
 
 def _cases():

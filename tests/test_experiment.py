@@ -66,6 +66,28 @@ def test_sweep_writes_report_with_figures(tmp_path, tiny):
     assert page.count("data:image/png;base64,") == 2 + 1 + 1 + 4  # plots, grid, overlay, 2x(comparison+loss)
 
 
+def test_sweep_runs_the_label_free_peers_beside_the_baselines(tmp_path, tiny):
+    tiny.experiment.baselines = ["B0", "adabn", "tent", "self_training"]
+    tiny.experiment.layer_presets, tiny.experiment.figure_images = ["pool2"], 0
+    results = experiment.run_experiment(tiny, tmp_path)
+    miou = {e["method"]: e["miou"] for e in results["summary"] if e["shift"] == "dark"}
+    assert list(miou) == ["B0", "adabn", "tent", "self_training", "H2:pool2"]
+    # the sweep's VGG has no normalisation layer: adabn and tent leave H1 as it is, and score as B0 does
+    assert miou["adabn"] == miou["tent"] == miou["B0"]
+    for method in ("adabn", "tent", "self_training"):
+        run = tmp_path / "seed0" / "dark" / method
+        peer = json.loads((run / "peer.json").read_text())
+        assert peer["method"] == method and peer["applies"] == (method == "self_training")
+        assert (run / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "seed0" / "dark" / "self_training" / "peer.json").read_text())["step"] == 3
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert {r["method"] for r in written["rows"]} >= {"adabn", "tent", "self_training"}
+    md = (tmp_path / "results.md").read_text()
+    assert "| tent |" in md and "| self_training |" in md and "| adabn |" in md
+    assert "adabn: H1 with its BatchNorm statistics re-estimated" in md and "tent: " in md
+    assert "self_training: H1 fine-tuned on D2 images" in md and "B2:" not in md
+
+
 def test_distortion_matches_definition(tmp_path, tiny):
     tiny.experiment.baselines = ["B0"]
     tiny.experiment.layer_presets = []

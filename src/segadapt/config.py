@@ -186,16 +186,18 @@ class AdaptConfig:
 
 @dataclass
 class ExperimentConfig:
-    """The sweep: for each shift, H1's distortion, baselines B0/B1/B2 and one regression per layer preset."""
+    """The sweep: for each shift, H1's distortion, baselines B0/B1/B2, the label-free peers (adabn, tent,
+    self_training) and one regression per layer preset."""
 
     filters: list[str] = field(default_factory=lambda: ["ripple"])
     layer_presets: list[str] = field(
         default_factory=lambda: ["pool1", "pool2", "pool3", "pool4", "pool5", "all_inc", "all_dec"]
     )
     seeds: list[int] = field(default_factory=lambda: [0])
-    iterations: int = 2000  # one budget for B2 and every regression (H1 and B1 use train.iterations)
+    iterations: int = 2000  # one budget for B2, the peers and every regression (H1 and B1 use train.iterations)
     finetune_lr: float = 2.5e-4  # B2: H1 fine-tuned on D2 with D1's labels
-    adapt_lr: float = 2.5e-4  # H2: feature regression
+    adapt_lr: float = 2.5e-4  # H2: feature regression, and the peers tent and self_training
+    # B0, B1, B2 and the label-free peers adabn, tent, self_training (segadapt.peers; none by default)
     baselines: list[str] = field(default_factory=lambda: ["B0", "B1", "B2"])
     # filter -> H1 distortion to reach: after each seed's H1 trains, that filter's severity is searched on
     # shift.search_images D1 train images (shift.search_* settings) instead of using shift.severity
@@ -213,6 +215,14 @@ class ExperimentConfig:
 
 
 @dataclass
+class PeerConfig:
+    """A label-free peer run instead of feature regression (`segadapt peer`, and the sweep's rows of the same
+    names): adabn | tent | self_training (segadapt.peers); empty in every other run."""
+
+    method: str = ""
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     out_dir: str = "runs"
@@ -222,6 +232,7 @@ class RunConfig:
     shift: ShiftConfig = field(default_factory=ShiftConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    peer: PeerConfig = field(default_factory=PeerConfig)
 
 
 # --- presets ---------------------------------------------------------------------------------------
@@ -452,6 +463,16 @@ def _norm_mode() -> tuple[Any, str]:
     return ok, "keep (H1's BatchNorm statistics) or adabn (re-estimated on D2)"
 
 
+def _peer_method() -> tuple[Any, str]:
+    """peer.method: one of segadapt.peers.PEERS, imported when a value is checked (config needs no torch)."""
+    def ok(value: str) -> bool:
+        from segadapt.peers import PEERS
+
+        return value in ("", *PEERS)
+
+    return ok, "adabn, tent or self_training"
+
+
 def _json_object() -> tuple[Any, str]:
     """Factory kwargs: empty, or the text of one JSON object (checked here, not when the factory is called)."""
     def ok(text: str) -> bool:
@@ -528,6 +549,7 @@ _LIMITS: dict[str, dict[str, tuple[Any, str]]] = {
                     "weighting": _one_of("fixed", "normalised", "uncertainty"),
                     "train_head": ((lambda v: isinstance(v, bool) or v == "auto"), 'true, false or "auto"'),
                     "select": _one_of("holdout_loss", "agreement", "entropy")},
+    "PeerConfig": {"method": _peer_method()},
     "ExperimentConfig": {"iterations": _at_least(1), "finetune_lr": _positive(), "adapt_lr": _positive(),
                          "figure_images": _at_least(0), "reconstruct_steps": _at_least(0),
                          "target_distortion": ((lambda v: all(0 < x <= 1 for x in v.values())),

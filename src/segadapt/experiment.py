@@ -8,6 +8,8 @@ Protocol (one metric code, crop and ignore index for all):
 - B0: H1 evaluated on D2.
 - B1: a fresh model trained on D2 images with D1's labels, with H1's budget (it starts from scratch as H1 did).
 - B2: H1 fine-tuned on D2 images with D1's labels, experiment.iterations steps.
+- adabn, tent, self_training (when experiment.baselines names them): the label-free peers a user would run
+  instead (segadapt.peers), from D2's train images alone, experiment.iterations steps at experiment.adapt_lr.
 - H2 (one per layer preset, and per experiment.objectives table if any): H1 adapted on (D1, D2) pairs by
   adapt.objective (default: feature regression), experiment.iterations steps, no D2 labels.
 All are scored on the D2 val split, whose labels are D1's (as in the study).
@@ -29,7 +31,7 @@ import torch
 from segadapt import checkpoint as ckpt
 from segadapt.adapt import adapt, load_h1
 from segadapt.config import ExperimentConfig, RunConfig, dumps_toml
-from segadapt.data import SegmentationDataset, SegmentationSource, build_source, make_transform
+from segadapt.data import ImageDataset, SegmentationDataset, SegmentationSource, build_source, make_transform
 from segadapt.data.d2 import d2_source, materialise_d2, with_shift
 from segadapt.data.pairs import PairedDataset
 from segadapt.errors import ConfigError, DataError
@@ -40,6 +42,7 @@ from segadapt.models import build_model
 from segadapt.models.contract import SegmentationModel, conform, sweep_presets, tap_listing
 from segadapt.models.loading import data_norm, load_model, rebuild
 from segadapt.paths import check_name, remove_tree
+from segadapt.peers import PEERS, run_peer
 from segadapt.runtime import environment, select_device
 from segadapt.selection import agreement, finite_or_none, spearman
 from segadapt.train import train
@@ -52,7 +55,7 @@ def _row(seed: int, shift: str, method: str, s: Scores) -> dict[str, Any]:
     return {"seed": seed, "shift": shift, "method": method, **{m: getattr(s, m) for m in METRICS}}
 
 
-BASELINES = tuple(BASELINE_MEANINGS)  # B0, B1, B2
+BASELINES = tuple(BASELINE_MEANINGS)  # B0, B1, B2 and the peers
 
 
 def check_experiment(cfg: RunConfig, model: SegmentationModel | None = None) -> None:
@@ -238,6 +241,13 @@ def run_experiment(cfg: RunConfig, out_dir: Path, h1: tuple[torch.nn.Module, dic
                 b2.train.iterations, b2.train.lr = ex.iterations, ex.finetune_lr
                 m = train(b2, shift_dir / "B2", model=copy.deepcopy(h1), train_set=d2_sets[0], val_set=d2_sets[1])
                 rows.append(_row(seed, name, "B2", _scores_from(m)))
+            for method in [b for b in ex.baselines if b in PEERS]:  # D2's images alone: no label is read
+                _stage(seed, name, f"{method}: {BASELINE_MEANINGS[method]}")
+                p = copy.deepcopy(base)
+                p.train.iterations, p.train.lr, p.peer.method = ex.iterations, ex.adapt_lr, method
+                run_peer(p, shift_dir / method, ImageDataset(d2_train, train_tf), teacher=h1, h1_meta=h1_meta)
+                h2, _ = load_model(shift_dir / method, device, trusted_factories=trusted)
+                rows.append(_row(seed, name, method, score(h2, d2_val, cfg, device)))
 
             pairs = PairedDataset(d1_train, d2_train, train_tf, cfg.shift.photometric)
             def miou_on_d2(step: int, model: torch.nn.Module, d2_val: SegmentationSource = d2_val) -> dict[str, float]:

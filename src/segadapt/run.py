@@ -6,8 +6,8 @@ config.toml, run.json), the sharded loader, the log (log.csv, optional TensorBoa
 only after the finiteness check), the progress bar, Ctrl-C and the time budget, and the finished marker.
 
 The run directory's own rules live here too, so the CLI only reads a saved config, applies flags and asks:
-- run.json records the run's kind ("train" or "adapt") and state; `state = "finished"` is written after every
-  other file, so a run that failed while writing its results is resumable, not "already finished".
+- run.json records the run's kind ("train", "adapt" or "peer") and state; `state = "finished"` is written after
+  every other file, so a run that failed while writing its results is resumable, not "already finished".
 - A directory holds a run once it has a resume point or a finished marker; one left by a start that failed
   before its first checkpoint (disk full, bad data) can be run again.
 - `.lock` holds the pid of the process writing the directory: a second writer is refused in one line; a
@@ -56,7 +56,7 @@ from segadapt.runtime import (
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
-KINDS = ("train", "adapt")
+KINDS = ("train", "adapt", "peer")
 # what a resumed run may change: how long and where it runs, and how it reports, not what it learns
 RESUMABLE = {"name", "out_dir", "data.root", "data.num_workers", "train.iterations", "train.time_budget_s",
              "train.checkpoint_every", "train.log_every", "train.eval_every", "train.device", "train.threads",
@@ -149,7 +149,7 @@ def _write_info(run_dir: Path, kind: str, state: str, step: int) -> None:
 
 
 def run_kind(run_dir: Path) -> str:
-    """"train" or "adapt" from run.json; runs made before run.json tell by their checkpoint's metadata (an
+    """"train", "adapt" or "peer" from run.json; runs made before run.json tell by their checkpoint's metadata (an
     adaptation's resume point records H1's fingerprint). "" when neither says."""
     kind = read_info(run_dir).get("kind", "")
     if kind in KINDS:
@@ -189,7 +189,7 @@ def resumed_config(run_dir: Path, kind: str, apply: Callable[[RunConfig], RunCon
         raise SegadaptError(f"{run_dir}: not a run directory (no config.toml); pass the run folder to resume")
     found = run_kind(run_dir)
     if found and found != kind:
-        what = "an adaptation" if found == "adapt" else "a training"
+        what = {"adapt": "an adaptation", "peer": "a label-free peer's"}.get(found, "a training")
         raise SegadaptError(f"{run_dir}: {what} run; continue it with segadapt {found} --resume {run_dir}")
     saved = load_toml(run_dir / "config.toml")
     cfg = apply(saved)

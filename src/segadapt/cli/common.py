@@ -102,6 +102,9 @@ FLAGS: dict[str, Flag] = {
                           "function) be rebuilt by calling it, which runs its code; repeatable", repeat=True,
                           aliases=("--factory",)),
     "norm": Flag("adapt.norm", "BatchNorm statistics while adapting: keep (H1's) | adabn (re-estimated on D2)"),
+    "method": Flag("peer.method", "the label-free peer: adabn (BatchNorm statistics re-estimated on D2) | tent "
+                   "(entropy minimised by the norm layers' affine parameters) | self_training (H1's confident "
+                   "predictions as labels)"),
     "layers": Flag("adapt.layers", "taps to regress, comma-separated, or one of the model's presets (default: its "
                    "deepest stage). VGG: pool1..pool5, fc6, fc7; transformers models: stage1..stageN or module paths; "
                    "presets: each stage, all (= all_inc), all_inc, all_dec", convert=lambda f, t: names(t)),
@@ -144,7 +147,7 @@ def config_args(p: argparse.ArgumentParser, flags: Sequence[str], *, presets: bo
     if presets:
         g.add_argument("--preset", help="start from a preset: voc (the study), synthetic, camvid, demo, study-camvid")
     g.add_argument("--config", help="TOML file with any of the [model], [data], [train], [shift], [adapt], "
-                                    "[experiment] tables")
+                                    "[experiment], [peer] tables")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set train.lr=0.01")
     chosen: dict[str, Flag] = {}
     for name in flags:

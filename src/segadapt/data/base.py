@@ -98,6 +98,24 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return self.transform(image, mask)
 
 
+class ImageDataset(torch.utils.data.Dataset):
+    """A source's images alone through a transform, each with its validity mask (1 on the image, 0 on the
+    padding a small image gets): (normalised float 3xHxW, float 1xHxW). Only `load_image` is called, so what
+    trains from it (the label-free peers) never reads a label."""
+
+    def __init__(self, source: SegmentationSource, transform: JointTransform) -> None:
+        self.source, self.transform, self.info = source, transform, source.info
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.source.load_image(i)
+        params = self.transform.sample_params(*image.shape[:2]) if self.transform.train else None
+        x, _ = self.transform.apply(image, None, params)
+        return x, self.transform.apply_valid(np.ones(image.shape[:2], bool), params)
+
+
 MAX_IMAGE_PIXELS = 1 << 26
 """The most pixels (width x height) an image or mask may declare: 67 Mpx, e.g. 8192x8192 or twice an 8K UHD frame.
 

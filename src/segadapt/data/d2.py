@@ -18,10 +18,11 @@ import functools
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from segadapt.config import RunConfig, ShiftConfig
 from segadapt.data import palettes
-from segadapt.data.base import DatasetInfo, SegmentationSource
+from segadapt.data.base import DatasetInfo, ImageDataset, SegmentationSource
 from segadapt.data.datasets import FileSource, build_source, make_transform, pair_by_stem
 from segadapt.data.geopairs import RasterPairs, RasterTiles
 from segadapt.data.pairs import MaskShift, PairedDataset, Shift, ShiftedSource, csv_pairs, image_folder
@@ -179,6 +180,32 @@ def training_pairs(cfg: RunConfig, split: str = "") -> PairedDataset | RasterPai
         d1, d2 = build_source(cfg.data, split), d2_source(cfg, split)
     transform = make_transform(cfg.data, True, cfg.data.ignore_index)
     return PairedDataset(d1, d2, transform, cfg.shift.photometric)
+
+
+class _RasterD2Windows(torch.utils.data.Dataset):
+    """The D2 side of mosaic windows (X2 and where it has data): windows are drawn on D1's grid, so D1's
+    mosaic places them, but only D2's pixels come out."""
+
+    def __init__(self, pairs: RasterPairs) -> None:
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        _, x2, valid = self.pairs[k]
+        return x2, valid
+
+
+def d2_images(cfg: RunConfig, split: str = "") -> torch.utils.data.Dataset:
+    """D2's images of a split alone, with the training transform, each with its validity mask, for the
+    label-free peers (segadapt.peers): no D1 image is paired with them and no label is read. From a filter, a
+    D2 folder or `segadapt shift` output, the x2 column of a pairs CSV, or windows of a D2 mosaic."""
+    split = split or cfg.data.train_split
+    if cfg.shift.d2_raster:
+        return _RasterD2Windows(raster_pairs(cfg))
+    source = csv_pairs(Path(cfg.shift.pairs_csv))[1] if cfg.shift.pairs_csv else d2_source(cfg, split)
+    return ImageDataset(source, make_transform(cfg.data, True, cfg.data.ignore_index))
 
 
 def with_shift(cfg: RunConfig, shift: ShiftConfig) -> RunConfig:

@@ -16,8 +16,14 @@ from typing import Any
 from segadapt.checkpoint import write_text_atomic
 from segadapt.errors import SegadaptError
 
+# the sweep's comparison rows (experiment.baselines): the baselines of the study, then the label-free peers a
+# user would run instead (segadapt.peers), which read no D2 label either
 BASELINE_MEANINGS = {"B0": "H1 on D2", "B1": "trained from scratch on D2 with D1 labels",
-                     "B2": "H1 fine-tuned on D2 with D1 labels"}
+                     "B2": "H1 fine-tuned on D2 with D1 labels",
+                     "adabn": "H1 with its BatchNorm statistics re-estimated on D2 images (AdaBN; no gradient step)",
+                     "tent": "H1's normalisation scales and shifts trained to minimise its prediction entropy on D2 "
+                             "images (TENT)",
+                     "self_training": "H1 fine-tuned on D2 images with its own most confident predictions as labels"}
 
 
 def method_legend(methods: Collection[str]) -> str:
