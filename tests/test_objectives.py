@@ -24,6 +24,7 @@ from test_adapt import make_pairs, tiny_cfg
 
 META = {"arch": "vgg16_deeplab", "width": 0.125, "num_classes": 7}
 HEAD = ("fc6", "fc7", "classifier")  # VGGDeepLab above pool5 (and conv4/conv5 above pool3)
+PAIRED = sorted(t for t in TERMS if not TERMS[t].needs_labelled)  # the terms on (X1, X2) pairs; d2_labels below
 
 
 def _vgg() -> VGGDeepLab:
@@ -53,7 +54,7 @@ def _calibrated(objective: Objective, teacher: nn.Module, x: torch.Tensor, taps:
 
 
 @pytest.mark.parametrize("head", [False, True])
-@pytest.mark.parametrize("term", sorted(TERMS))
+@pytest.mark.parametrize("term", PAIRED)
 def test_each_term_reaches_exactly_the_parameters_it_should(term, head):
     """Below the deepest tap: trained; above it (conv4.., the head): only with train_head and an output term.
     Every trainable parameter gets a gradient, every other none."""
@@ -135,7 +136,7 @@ def test_label_agreement_is_the_miou_of_two_label_maps():
     assert label_agreement(s, t, valid) == 1.0
 
 
-@pytest.mark.parametrize("term", sorted(TERMS))
+@pytest.mark.parametrize("term", PAIRED)
 def test_the_validity_mask_removes_invalid_pixels_from_every_term(term):
     """Changing what lies where X2 has no source (both models' outputs there) does not change any term."""
     teacher = _vgg()
@@ -210,14 +211,17 @@ def test_features_alone_is_the_study_regression_term_for_term():
     assert objective.features_only and objective.needs_maps and not objective.needs_logits
 
 
-@pytest.mark.parametrize("weighting", ["normalised", "uncertainty"])
-def test_resume_with_every_new_term_ends_like_the_uninterrupted_run(tmp_path, weighting):
+@pytest.mark.parametrize("weighting, labelled", [("normalised", False), ("uncertainty", True)])
+def test_resume_with_every_new_term_ends_like_the_uninterrupted_run(tmp_path, weighting, labelled):
     """The objective's own state (H1's statistics, running means, learned log-variances and their momentum)
-    travels with the resume point: the resumed run ends bit for bit where the uninterrupted one does."""
+    and the labelled D2 draws travel with the resume point: the resumed run ends bit for bit where the
+    uninterrupted one does."""
     cfg = tiny_cfg(["pool3"], iterations=6)
     cfg.train.checkpoint_every, cfg.adapt.holdout, cfg.adapt.probes = 3, 2, 3
     cfg.adapt.objective = {"features_std": 1.0, "output_kl": 1.0, "paired_pseudo": 0.5, "entropy": 0.01}
     cfg.adapt.weighting, cfg.adapt.select, cfg.adapt.train_head = weighting, "agreement", True
+    if labelled:
+        cfg.adapt.d2_labels, cfg.adapt.select = str(_labelled_d2(tmp_path / "labelled")), "labels"
     a = adapt(cfg, tmp_path / "a", make_pairs(10), teacher=_vgg(), h1_meta=META)
     b = tmp_path / "b"
     adapt(cfg, b, make_pairs(10), teacher=_vgg(), h1_meta=META)
@@ -231,10 +235,12 @@ def test_resume_with_every_new_term_ends_like_the_uninterrupted_run(tmp_path, we
         assert all(torch.equal(wa[k], wb[k]) for k in wa), name
     assert r["probes"] == a["probes"] and r["final_weights"] == a["final_weights"]
     assert r["final_loss"] == a["final_loss"] and r["final_term_loss"] == a["final_term_loss"]
-    assert set(a["final_term_loss"]) == {"features_std", "output_kl", "paired_pseudo", "entropy"}
+    assert set(a["final_term_loss"]) == {"features_std", "output_kl", "paired_pseudo", "entropy",
+                                         *(["d2_labels"] if labelled else [])}
     rows = list(csv.DictReader((b / "log.csv").open()))
     assert {"loss_features_std.pool3", "loss_output_kl", "loss_paired_pseudo", "loss_entropy"} <= set(rows[0])
-    assert json.loads((b / "adapt.json").read_text())["objective"] == cfg.adapt.objective
+    assert json.loads((b / "adapt.json").read_text())["objective"] == {**cfg.adapt.objective,
+                                                                        **({"d2_labels": 1.0} if labelled else {})}
 
 
 def test_an_output_term_trains_the_head_only_when_asked(tmp_path):
@@ -314,7 +320,8 @@ def test_agreement_is_a_selection_signal_with_its_regret_and_rank_correlation():
     assert by_loss["regret_agreement"] == 0.0 and by_loss["regret_loss"] == pytest.approx(5.0)
     assert by_loss["rank_corr_agreement"] == pytest.approx(1.0) and by_loss["rank_corr_loss"] == pytest.approx(0.5)
     assert better(points[2], points[1], "agreement") and not better(points[2], points[1], "holdout_loss")
-    assert set(SIGNALS) == {"holdout_loss", "agreement", "entropy"}
+    assert set(SIGNALS) == {"holdout_loss", "agreement", "entropy", "labels"}
+    assert "regret_labels" not in by_loss  # reported only where the probes measured it (adapt.d2_labels)
 
 
 def test_adapt_select_agreement_keeps_the_most_agreeing_probe(tmp_path):
@@ -336,3 +343,69 @@ def test_a_resume_refuses_a_changed_objective_even_a_dropped_term(tmp_path):
     with pytest.raises(SegadaptError, match=r"adapt\.objective\.output_kl 1\.0 -> None"):
         refuse_changes(tmp_path, saved, again)
     refuse_changes(tmp_path, saved, merge(saved, parse_override("train.iterations=50")))
+
+
+def _labelled_d2(folder, k: int = 2, mask=None):
+    """k darkened synthetic scenes with their labels, in the folder layout a synthetic D1 reads."""
+    import cv2
+
+    from segadapt.data.synthetic import SyntheticScenes
+
+    scenes = SyntheticScenes(k, size=(32, 48), split="val")
+    for sub in ("images", "masks"):
+        (folder / "train" / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(k):
+        image, labels = scenes.load(i)
+        cv2.imwrite(str(folder / "train" / "images" / f"{i}.png"), (image // 2)[..., ::-1])
+        cv2.imwrite(str(folder / "train" / "masks" / f"{i}.png"), (labels if mask is None else mask).astype("uint8"))
+    return folder
+
+
+def test_a_few_d2_labels_add_their_cross_entropy_and_their_miou_to_every_probe(tmp_path):
+    cfg = tiny_cfg(["pool3"], iterations=4)
+    cfg.adapt.holdout, cfg.adapt.probes, cfg.adapt.select = 2, 2, "labels"
+    cfg.adapt.d2_labels = str(_labelled_d2(tmp_path / "labelled"))
+    result = adapt(cfg, tmp_path / "run", make_pairs(10), teacher=_vgg(), h1_meta=META)
+    assert result["objective"] == {"features": 1.0, "d2_labels": 1.0} and result["final_term_loss"]["d2_labels"] > 0
+    assert all(0 <= p["labels"] <= 1 for p in result["probes"])
+    assert result["selected_step"] == max(result["probes"], key=lambda p: p["labels"])["step"]
+    h2, _ = ckpt.load_model_file(tmp_path / "run")
+    h1 = _vgg().state_dict()
+    assert all(torch.equal(h2[k], h1[k]) for k in h1 if k.startswith(HEAD))  # train_head auto: the head stays H1's
+    assert "loss_d2_labels" in next(csv.DictReader((tmp_path / "run" / "log.csv").open()))
+
+
+def test_the_d2_labels_term_reaches_the_head_only_with_train_head():
+    teacher = _vgg()
+    for head in (False, True):
+        student = copy.deepcopy(teacher)
+        objective = _objective({"features": 1.0}, {"pool3": 1.0}, d2_labels="given", train_head=head)
+        trainable = trainable_parameters(student, ["pool3"], trains_head(AdaptConfig(train_head=head), objective))
+        ids = {id(p) for p in trainable}
+        for p in student.parameters():
+            p.requires_grad_(id(p) in ids)
+        x = torch.rand(2, 3, 32, 48)
+        labels = torch.randint(7, (2, 32, 48))
+        labels[:, :4] = 255  # the ignore index: no loss there
+        out = _outputs(teacher, student, objective, ["pool3"], x, x * 0.5)
+        out.labelled_logits, out.labels = student(x), labels
+        objective(out)[0].backward()
+        reached = {n for n, p in student.named_parameters() if p.grad is not None}
+        assert ("classifier.weight" in reached) == head and "conv1.0.weight" in reached
+
+
+def test_d2_labels_of_the_wrong_size_or_classes_are_one_line_naming_the_file(tmp_path):
+    import numpy as np
+
+    from segadapt.errors import DataError
+
+    cfg = tiny_cfg(["pool3"], iterations=2)
+    for name, mask, match in [("size", np.zeros((16, 48)), r"masks/0\.png: mask is 48x16 but image 0\.png is 48x32"),
+                              ("classes", np.full((32, 48), 9), r"masks/0\.png: label values \[9\] outside 0\.\.6")]:
+        cfg.adapt.d2_labels = str(_labelled_d2(tmp_path / name, k=1, mask=mask))
+        with pytest.raises(DataError, match=match) as e:
+            adapt(cfg, tmp_path / f"run-{name}", make_pairs(), teacher=_vgg(), h1_meta=META)
+        assert "\n" not in str(e.value)
+    cfg.adapt.d2_labels, cfg.adapt.select = "", "labels"
+    with pytest.raises(ConfigError, match="adapt.select = labels picks by the mIoU on labelled D2 images"):
+        adapt(cfg, tmp_path / "run-select", make_pairs(), teacher=_vgg(), h1_meta=META)

@@ -25,11 +25,14 @@ from segadapt import cache as teacher_cache
 from segadapt import checkpoint as ckpt
 from segadapt import distributed
 from segadapt.config import AdaptConfig, RunConfig, to_dict
+from segadapt.data.d2_labels import LabelledDraws, d2_label_source
 from segadapt.data.geopairs import RasterPairs
 from segadapt.data.pairs import PairedDataset
 from segadapt.errors import CheckpointError, ConfigError, SegadaptError
+from segadapt.evaluate import score
 from segadapt.losses import resolve_layers
 from segadapt.models.contract import SegmentationModel, check_taps, conform, default_layers
+from segadapt.models.factory import logits_of
 from segadapt.models.loading import load_any, rebuild_meta, save_native
 from segadapt.models.modes import NormPolicy, adaptation_mode
 from segadapt.models.taps import Features
@@ -69,14 +72,17 @@ class StudentPass(nn.Module):
         super().__init__()
         self.student, self._features, self.taps, self.maps, self.logits = student, features, taps, maps, logits
 
-    def forward(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        return model_outputs(self.student, self._features, x, self.taps, self.maps, self.logits)
+    def forward(self, x: torch.Tensor, labelled: torch.Tensor | None = None
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+        """The pass on X2, and H2's logits on labelled D2 images (adapt.d2_labels) when there are any."""
+        maps, logits = model_outputs(self.student, self._features, x, self.taps, self.maps, self.logits)
+        return maps, logits, None if labelled is None else logits_of(self.student(labelled))
 
 
 def trains_head(cfg: AdaptConfig, objective: Objective) -> bool:
     """Whether the parameters above the deepest tap train: only with an output-level term and adapt.train_head
     (auto: no, CMA's choice of a frozen decoder; to be settled by measurement)."""
-    return objective.needs_logits and cfg.train_head is True
+    return objective.output_level and cfg.train_head is True
 
 
 def trainable_parameters(model: SegmentationModel, taps: Sequence[str], head: bool) -> list[nn.Parameter]:
@@ -98,6 +104,16 @@ def d1_maps(teacher: nn.Module, pairs: PairedDataset | RasterPairs, ids: Sequenc
             x1 = torch.stack([pairs[i][0] for i in chosen[start:start + batch_size]]).to(device)
         with torch.inference_mode():
             yield features(x1, taps)
+
+
+def h1_classes(teacher: nn.Module, meta: dict[str, Any]) -> int:
+    """The classes H1 predicts: the contract's count, else its model file's, else read off one forward."""
+    known = conform(teacher).num_classes or int(meta.get("num_classes") or 0)
+    if known:
+        return known
+    p = next(teacher.parameters())
+    with torch.inference_mode():
+        return int(logits_of(teacher.eval()(torch.zeros(1, 3, 64, 64, device=p.device, dtype=p.dtype))).shape[1])
 
 
 def load_h1(cfg: RunConfig, device: torch.device | str) -> tuple[nn.Module, dict[str, Any]]:
@@ -142,7 +158,8 @@ def adapt(
     taps = list(weights)
     ac.layers = ac.layers or taps  # config.toml says what was regressed (a resume keeps it)
     check_taps(conform(teacher), taps)
-    objective = build_objective(ac, weights)
+    labelled = d2_label_source(cfg, h1_classes(teacher, h1_meta)) if ac.d2_labels else None
+    objective = build_objective(ac, weights, labelled.info.ignore_index if labelled is not None else 255)
     if objective.needs_logits and ac.teacher_cache:
         raise ConfigError(f"adapt.teacher_cache holds H1's feature maps only, and adapt.objective "
                           f"{'+'.join(objective.terms)} reads its predictions; drop adapt.teacher_cache")
@@ -175,7 +192,10 @@ def adapt(
         print(f"{pairs.paths[1]} covers {pairs.coverage:.1%} of the ground of {pairs.paths[0]}: windows are drawn "
               f"around the overlap, pixels without both mosaics are left out of the loss (raster_coverage)")
     holdout_ids, fit_ids = split_holdout(len(pairs), ac.holdout, tc.seed)
-    probe = HoldoutProbe(pairs, holdout_ids, teacher, objective, taps, tc.seed, device) if holdout_ids else None
+    labels_miou = None if labelled is None else (
+        lambda model: score(model, labelled, cfg, device).miou)  # type: ignore[arg-type]
+    probe = HoldoutProbe(pairs, holdout_ids, teacher, objective, taps, tc.seed, device,
+                         labels_miou) if holdout_ids else None
     probe_at = probe_steps(tc.iterations, ac.probes) if probe else set()
     trainable = trainable_parameters(conform(student), taps, trains_head(ac, objective))
     # one augmented pair drawn here, as adapt() always has (before the model contract it fed the parameter
@@ -193,6 +213,7 @@ def adapt(
     learned = list(objective.parameters())
     if learned:  # the uncertainty weighting's log-variances: trained with the student, never decayed
         optimizer.add_param_group({"params": learned, "lr": tc.lr, "weight_decay": 0.0, "base_lr": tc.lr})
+    draws = None if labelled is None else LabelledDraws(labelled, cfg, max(1, round(ac.d2_label_share * run.per_rank)))
     # under torchrun: only the student is wrapped (the teacher never trains)
     student_net = wrap_ddp(StudentPass(student, student_features, taps, objective.needs_maps,
                                        objective.needs_logits), device)
@@ -202,8 +223,11 @@ def adapt(
         cache, fit_pairs = teacher_cache.prepare(
             ac.teacher_cache, pairs, teacher, teacher_features, taps, device, run.per_rank)
 
-    def batch_outputs(x1: torch.Tensor, x2: torch.Tensor, rest: list[Any], valid: torch.Tensor | None) -> Outputs:
-        """H1 on X1 (inference mode, or sliced from the cache) and H2 on X2, as the terms read them."""
+    def batch_outputs(x1: torch.Tensor, x2: torch.Tensor, rest: list[Any], valid: torch.Tensor | None,
+                      step: int) -> Outputs:
+        """H1 on X1 (inference mode, or sliced from the cache) and H2 on X2, as the terms read them; with
+        adapt.d2_labels also H2 on this step's labelled D2 images."""
+        xl, labels = draws.batch(step, device) if draws is not None else (None, None)
         with autocast(device):
             with torch.inference_mode():
                 if cache is None:
@@ -211,8 +235,8 @@ def adapt(
                                                           objective.needs_maps, objective.needs_logits)
                 else:
                     target, target_logits = cache.targets(rest[0], device), None
-            pred, pred_logits = student_net(x2)
-        return Outputs(target, pred, as_plain(target_logits), pred_logits, valid)
+            pred, pred_logits, labelled_logits = student_net(x2, xl)
+        return Outputs(target, pred, as_plain(target_logits), pred_logits, valid, labelled_logits, labels)
 
     # resume point: restored last, so the RNG is the checkpoint's, untouched by the set-up above
     probes: list[dict[str, float]] = []
@@ -255,7 +279,7 @@ def adapt(
             lr = run.set_lr(optimizer, step)
             x1, x2 = run.to_device(x1), run.to_device(x2)
             valid = rest.pop().to(device) if pairs.with_valid else None  # registered pairs: where X2 has a source
-            loss, parts = objective(batch_outputs(x1, x2, rest, valid))
+            loss, parts = objective(batch_outputs(x1, x2, rest, valid, step))
             values = {k: float(v.detach()) for k, v in parts.items()}
             loss_value = run.check_loss(loss, step + 1, ids, fix, what=what)
             optimizer.zero_grad(set_to_none=True)

@@ -156,9 +156,16 @@ class AdaptConfig:
     # too. auto = false (CMA keeps the decoder frozen) until measured otherwise. Feature terms alone never
     # train them.
     train_head: bool | str = "auto"
-    # the label-free signal that picks model_selected among the probes: holdout_loss (the objective on held-out
-    # pairs, lowest), agreement (mIoU of H2(X2)'s labels against H1(X1)'s, highest) or entropy (lowest)
+    # the signal that picks model_selected among the probes: holdout_loss (the objective on held-out pairs,
+    # lowest), agreement (mIoU of H2(X2)'s labels against H1(X1)'s, highest), entropy (lowest); with d2_labels
+    # also labels (H2's mIoU on those labelled D2 images, highest; no longer label-free)
     select: str = "holdout_loss"
+    # a few labelled D2 images (the semi-supervised case): a folder in the dataset's layout (its train split;
+    # a synthetic D1 reads the folder layout, <dir>/<train split>/images and masks). Adds the term d2_labels
+    # (cross-entropy on them, weight 1 unless adapt.objective gives one) and their mIoU to every probe.
+    d2_labels: str = ""
+    # labelled D2 images joining each batch, as a share of train.batch_size (at least one per step)
+    d2_label_share: float = 0.25
     # label-free checkpoint selection: pairs held out from training, on which the regression loss and the
     # prediction entropy are measured `probes` times during the run (0 = off)
     holdout: int = 16
@@ -511,7 +518,7 @@ MAX_THREADS = 4096
 
 # keys holding paths: normalised when read (see segadapt.paths)
 _PATHS = {"RunConfig": ("out_dir",), "ModelConfig": ("init_weights",), "DataConfig": ("root",),
-          "ShiftConfig": ("d2_dir", "pairs_csv"), "AdaptConfig": ("h1", "teacher_cache")}
+          "ShiftConfig": ("d2_dir", "pairs_csv"), "AdaptConfig": ("h1", "teacher_cache", "d2_labels")}
 
 # values a run cannot use: refused when the config is read, not hours later
 _LIMITS: dict[str, dict[str, tuple[Any, str]]] = {
@@ -548,7 +555,8 @@ _LIMITS: dict[str, dict[str, tuple[Any, str]]] = {
                     "pseudo_keep": ((lambda v: 0 < v <= 1), "in (0, 1]"), "temperature": _positive(),
                     "weighting": _one_of("fixed", "normalised", "uncertainty"),
                     "train_head": ((lambda v: isinstance(v, bool) or v == "auto"), 'true, false or "auto"'),
-                    "select": _one_of("holdout_loss", "agreement", "entropy")},
+                    "select": _one_of("holdout_loss", "agreement", "entropy", "labels"),
+                    "d2_labels": _usable_path(), "d2_label_share": ((lambda v: 0 < v <= 1), "in (0, 1]")},
     "PeerConfig": {"method": _peer_method()},
     "ExperimentConfig": {"iterations": _at_least(1), "finetune_lr": _positive(), "adapt_lr": _positive(),
                          "figure_images": _at_least(0), "reconstruct_steps": _at_least(0),

@@ -8,14 +8,16 @@ Three signals that need no label, measured on pairs held out from training (`SIG
   thing adaptation is for, whatever the objective's scale;
 - the mean prediction entropy of H2 on the held-out D2 images, normalised by log(classes) to 0..1
   (comparable across presets, but a model can be confidently wrong).
-adapt.select names the one that picks model_selected. Where D2 labels do exist (the sweep), `agreement`
-(the function) says how well each signal tracks mIoU.
+With a few labelled D2 images (adapt.d2_labels) each probe also holds H2's mIoU on them (`labels`, higher is
+better; not label-free, and measured on images H2 trains on). adapt.select names the signal that picks
+model_selected. Where D2 labels do exist (the sweep), `agreement` (the function) says how well each signal
+tracks mIoU.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -30,8 +32,8 @@ from segadapt.objectives.entropy import pixel_entropy
 from segadapt.objectives.term import model_outputs
 
 # signal -> +1 when higher is better, -1 when lower is; the key each is reported under in the sweep's tables
-SIGNALS = {"holdout_loss": -1, "agreement": 1, "entropy": -1}
-SHORT = {"holdout_loss": "loss", "agreement": "agreement", "entropy": "entropy"}
+SIGNALS = {"holdout_loss": -1, "agreement": 1, "entropy": -1, "labels": 1}
+SHORT = {"holdout_loss": "loss", "agreement": "agreement", "entropy": "entropy", "labels": "labels"}
 
 
 def split_holdout(n: int, holdout: int, seed: int) -> tuple[list[int], list[int]]:
@@ -51,7 +53,8 @@ class HoldoutProbe:
     objective reads and, always, its logits (for the agreement)."""
 
     def __init__(self, pairs: PairedDataset, ids: Sequence[int], teacher: nn.Module, objective: Objective,
-                 taps: Sequence[str], seed: int, device: torch.device) -> None:
+                 taps: Sequence[str], seed: int, device: torch.device,
+                 labels: Callable[[nn.Module], float] | None = None) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             items = [pairs[i] for i in ids]
@@ -60,7 +63,7 @@ class HoldoutProbe:
         # registered pairs end with a validity mask: the held-out loss is then masked as the training loss is
         masked = getattr(pairs, "with_valid", False)  # a plain list of (x1, x2) pairs has no masks
         self.valid = torch.stack([item[-1] for item in items]).to(device) if masked else None
-        self.objective, self.taps = objective, list(taps)
+        self.objective, self.taps, self.labels = objective, list(taps), labels
         with torch.inference_mode():
             maps, logits = model_outputs(teacher, conform(teacher).features, self.x1, self.taps,
                                          objective.needs_maps, True)
@@ -74,12 +77,13 @@ class HoldoutProbe:
             student.eval()
             maps, logits = model_outputs(student, conform(student).features, self.x2, self.taps,
                                          self.objective.needs_maps, True)
+            labelled = {} if self.labels is None else {"labels": self.labels(student)}
         assert logits is not None
         logits = logits.float()
         loss = self.objective.fixed(Outputs(self.target, maps, self.logits, logits, self.valid))
         entropy = masked_pixel_mean(pixel_entropy(logits), self.valid)
         return {"holdout_loss": float(loss), "entropy": float(entropy),
-                "agreement": label_agreement(logits, self.logits, self.valid)}
+                "agreement": label_agreement(logits, self.logits, self.valid), **labelled}
 
 
 def label_agreement(student_logits: torch.Tensor, teacher_logits: torch.Tensor,

@@ -25,7 +25,7 @@ from segadapt.paths import check_path
 
 D2_FLAGS = ("filter", "severity", "d2_dir", "pairs", "d1_raster", "d2_raster", "label_raster", "align")
 H1_FLAGS = ("h1", "h1_weights", "h1_kwargs", "trust_factory")  # H1 in any form models/loading.py reads
-OBJECTIVE_FLAGS = ("objective", "weighting", "select")
+OBJECTIVE_FLAGS = ("objective", "weighting", "select", "d2_labels")
 FLAGS = (*H1_FLAGS, "layers", "weights", *OBJECTIVE_FLAGS, "norm", *D2_FLAGS,
          *[f for f in TRAINING if f not in ("width", "arch", "init_weights")])
 
@@ -83,7 +83,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         if (out / native).exists():
             print(f"  and in H1's own format: {out / native}")
     if result["selected_step"] is not None:
-        print(f"label-free choice: {out / 'model_selected.safetensors'} (step {result['selected_step']}, "
+        what = "choice by the D2 labels" if result["select"] == "labels" else "label-free choice"
+        print(f"{what}: {out / 'model_selected.safetensors'} (step {result['selected_step']}, "
               f"{SELECTED_BY[result['select']]}; selection.csv)")
     weights = f" --h1-weights {cfg.adapt.h1_weights}" if cfg.adapt.h1_weights else ""
     print(f"next: {score_hint(cfg, out)}; look: segadapt viz features --h1 {cfg.adapt.h1}{weights} --h2 {out} "
@@ -92,7 +93,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 
 SELECTED_BY = {"holdout_loss": "lowest held-out loss", "agreement": "highest agreement with H1's labels",
-               "entropy": "lowest prediction entropy"}
+               "entropy": "lowest prediction entropy", "labels": "highest mIoU on the labelled D2 images"}
 
 
 def adapt_base(meta: dict[str, Any], h1: str, dataset: str = "") -> RunConfig:

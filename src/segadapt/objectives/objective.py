@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from segadapt.config import AdaptConfig
+from segadapt.errors import ConfigError
+from segadapt.objectives.d2_labels import D2Labels
 from segadapt.objectives.entropy_min import Entropy
 from segadapt.objectives.features import Features
 from segadapt.objectives.features_std import FeaturesStd
@@ -21,10 +23,11 @@ from segadapt.objectives.paired_pseudo import PairedPseudo
 from segadapt.objectives.term import Outputs, Term
 from segadapt.objectives.weighting import Fixed, make_weighting
 
-TERMS: dict[str, type[Term]] = {t.name: t for t in (Features, FeaturesStd, OutputKL, PairedPseudo, Entropy)}
+TERMS: dict[str, type[Term]] = {t.name: t for t in (Features, FeaturesStd, OutputKL, PairedPseudo, Entropy,
+                                                     D2Labels)}
 
 
-def make_term(name: str, cfg: AdaptConfig, taps: Mapping[str, float]) -> Term:
+def make_term(name: str, cfg: AdaptConfig, taps: Mapping[str, float], ignore_index: int = 255) -> Term:
     """One term with the settings it reads (the feature terms: the taps and their weights)."""
     if name in ("features", "features_std"):
         return TERMS[name](taps)  # type: ignore[call-arg]
@@ -32,6 +35,8 @@ def make_term(name: str, cfg: AdaptConfig, taps: Mapping[str, float]) -> Term:
         return OutputKL(cfg.temperature)
     if name == "paired_pseudo":
         return PairedPseudo(cfg.pseudo_keep)
+    if name == "d2_labels":
+        return D2Labels(ignore_index)
     return TERMS[name]()
 
 
@@ -43,7 +48,10 @@ class Objective(nn.Module):
         self.parts = {part: self.term_weights[name] * w for name, term in self.terms.items()
                       for part, w in term.parts().items()}
         self.weighting = make_weighting(weighting, self.parts)
-        self.static = Fixed(self.parts)
+        # the held-out loss: the terms on pairs (labelled D2 images are trained on, so they compare nothing)
+        paired = [name for name, term in self.terms.items() if not term.needs_labelled]
+        self.static = Fixed({part: self.term_weights[name] * w for name in paired
+                             for part, w in self.terms[name].parts().items()})
 
     @property
     def needs_maps(self) -> bool:
@@ -54,14 +62,25 @@ class Objective(nn.Module):
         return any(t.needs_logits for t in self.terms.values())
 
     @property
+    def needs_labelled(self) -> bool:
+        return any(t.needs_labelled for t in self.terms.values())
+
+    @property
+    def output_level(self) -> bool:
+        """Whether a term reads predictions (what adapt.train_head applies to), not only feature maps."""
+        return self.needs_logits or self.needs_labelled
+
+    @property
     def features_only(self) -> bool:
         """The study's regression alone (what trains, what the log and messages call it, stay as they were)."""
         return list(self.terms) == ["features"]
 
     def losses(self, out: Outputs) -> dict[str, torch.Tensor]:
+        """Each part's unweighted loss (terms on labelled D2 images only where `out` has labels)."""
         found: dict[str, torch.Tensor] = {}
         for term in self.terms.values():
-            found |= term(out)
+            if out.labels is not None or not term.needs_labelled:
+                found |= term(out)
         return found
 
     def forward(self, out: Outputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -70,7 +89,7 @@ class Objective(nn.Module):
         return self.weighting(losses), losses
 
     def fixed(self, out: Outputs) -> torch.Tensor:
-        """The loss with the configured weights: comparable between checkpoints of one run."""
+        """The loss on pairs with the configured weights: comparable between checkpoints of one run."""
         return self.static(self.losses(out))
 
     @property
@@ -90,8 +109,17 @@ class Objective(nn.Module):
         return out
 
 
-def build_objective(cfg: AdaptConfig, taps: Mapping[str, float]) -> Objective:
+def build_objective(cfg: AdaptConfig, taps: Mapping[str, float], ignore_index: int = 255) -> Objective:
     """adapt.objective's terms of weight > 0 (config.check_objective has refused unknown names and negative
-    weights), on the taps of adapt.layers with their weights."""
+    weights), on the taps of adapt.layers with their weights; adapt.d2_labels adds d2_labels (weight 1 unless
+    the table gives one). A term the run has no data for is one line."""
     chosen = {name: w for name, w in cfg.objective.items() if w > 0}
-    return Objective({name: make_term(name, cfg, taps) for name in chosen}, chosen, cfg.weighting)
+    if cfg.d2_labels and "d2_labels" not in cfg.objective:
+        chosen["d2_labels"] = 1.0
+    if "d2_labels" in chosen and not cfg.d2_labels:
+        raise ConfigError("adapt.objective has d2_labels but no labelled D2 images are given; pass --d2-labels DIR "
+                          "or drop the term")
+    if cfg.select == "labels" and not cfg.d2_labels:
+        raise ConfigError("adapt.select = labels picks by the mIoU on labelled D2 images; pass --d2-labels DIR or "
+                          "choose holdout_loss, agreement or entropy")
+    return Objective({name: make_term(name, cfg, taps, ignore_index) for name in chosen}, chosen, cfg.weighting)

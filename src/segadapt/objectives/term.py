@@ -25,18 +25,23 @@ class Outputs:
     teacher_logits: torch.Tensor | None = None
     student_logits: torch.Tensor | None = None
     valid: torch.Tensor | None = None
+    # adapt.d2_labels: H2's logits on this step's labelled D2 images, and their labels (N x H x W)
+    labelled_logits: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
 
 
 class Term(nn.Module):
     """One adaptation term: `forward(outputs)` gives its parts' unweighted losses (scalars), keyed as `parts()`
     names them with their weights relative to the term's (a feature term: one part per tap; others one).
 
-    `needs_maps` / `needs_logits` say which passes the run must make; a term with statistics of H1 on D1
+    `needs_maps` / `needs_logits` / `needs_labelled` say which passes the run must make (the taps on the pairs,
+    both models' logits on the pairs, H2's logits on labelled D2 images); a term with statistics of H1 on D1
     estimates them in `calibrate` (buffers, so they travel with the run's resume state)."""
 
     name: ClassVar[str]
     needs_maps: ClassVar[bool] = False
     needs_logits: ClassVar[bool] = False
+    needs_labelled: ClassVar[bool] = False
 
     def parts(self) -> dict[str, float]:
         return {self.name: 1.0}
