@@ -346,18 +346,18 @@ def test_a_resume_refuses_a_changed_objective_even_a_dropped_term(tmp_path):
 
 
 def _labelled_d2(folder, k: int = 2, mask=None):
-    """k darkened synthetic scenes with their labels, in the folder layout a synthetic D1 reads."""
+    """k darkened synthetic scenes with their labels, in the layout `segadapt shift` writes for a synthetic D1."""
     import cv2
 
     from segadapt.data.synthetic import SyntheticScenes
 
     scenes = SyntheticScenes(k, size=(32, 48), split="val")
-    for sub in ("images", "masks"):
+    for sub in ("images", "labels"):
         (folder / "train" / sub).mkdir(parents=True, exist_ok=True)
     for i in range(k):
         image, labels = scenes.load(i)
         cv2.imwrite(str(folder / "train" / "images" / f"{i}.png"), (image // 2)[..., ::-1])
-        cv2.imwrite(str(folder / "train" / "masks" / f"{i}.png"), (labels if mask is None else mask).astype("uint8"))
+        cv2.imwrite(str(folder / "train" / "labels" / f"{i}.png"), (labels if mask is None else mask).astype("uint8"))
     return folder
 
 
@@ -400,8 +400,8 @@ def test_d2_labels_of_the_wrong_size_or_classes_are_one_line_naming_the_file(tmp
     from segadapt.errors import DataError
 
     cfg = tiny_cfg(["pool3"], iterations=2)
-    for name, mask, match in [("size", np.zeros((16, 48)), r"masks/0\.png: mask is 48x16 but image 0\.png is 48x32"),
-                              ("classes", np.full((32, 48), 9), r"masks/0\.png: label values \[9\] outside 0\.\.6")]:
+    for name, mask, match in [("size", np.zeros((16, 48)), r"labels/0\.png: mask is 48x16 but image 0\.png is 48x32"),
+                              ("classes", np.full((32, 48), 9), r"labels/0\.png: label values \[9\] outside 0\.\.6")]:
         cfg.adapt.d2_labels = str(_labelled_d2(tmp_path / name, k=1, mask=mask))
         with pytest.raises(DataError, match=match) as e:
             adapt(cfg, tmp_path / f"run-{name}", make_pairs(), teacher=_vgg(), h1_meta=META)

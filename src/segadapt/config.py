@@ -160,9 +160,9 @@ class AdaptConfig:
     # lowest), agreement (mIoU of H2(X2)'s labels against H1(X1)'s, highest), entropy (lowest); with d2_labels
     # also labels (H2's mIoU on those labelled D2 images, highest; no longer label-free)
     select: str = "holdout_loss"
-    # a few labelled D2 images (the semi-supervised case): a folder in the dataset's layout (its train split;
-    # a synthetic D1 reads the folder layout, <dir>/<train split>/images and masks). Adds the term d2_labels
-    # (cross-entropy on them, weight 1 unless adapt.objective gives one) and their mIoU to every probe.
+    # a few labelled D2 images (the semi-supervised case): a folder in the layout `segadapt shift` writes (the
+    # dataset's own; a synthetic D1: <dir>/<train split>/images and labels), its train split. Adds the term
+    # d2_labels (cross-entropy on them, weight 1 unless adapt.objective gives one) and their mIoU to every probe.
     d2_labels: str = ""
     # labelled D2 images joining each batch, as a share of train.batch_size (at least one per step)
     d2_label_share: float = 0.25

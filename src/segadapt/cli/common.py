@@ -119,8 +119,9 @@ FLAGS: dict[str, Flag] = {
                       "a running mean of its own value) | uncertainty (learned, Kendall et al. 2018)"),
     "select": Flag("adapt.select", "signal choosing model_selected: holdout_loss | agreement (H2's labels on D2 "
                    "against H1's on D1) | entropy | labels (mIoU on --d2-labels)"),
-    "d2_labels": Flag("adapt.d2_labels", "a few labelled D2 images (a folder in the dataset's layout): adds "
-                      "cross-entropy on them to the objective and their mIoU to every probe", convert=_absolute),
+    "d2_labels": Flag("adapt.d2_labels", "a few labelled D2 images, in the layout `segadapt shift` writes (its "
+                      "train split): adds cross-entropy on them to the objective and their mIoU to every probe",
+                      convert=_absolute),
     "filter": Flag("shift.filter", "D2 made by this filter: photocopy | ripple | cubism | misalign, or a "
                    "composition such as photocopy+misalign (a part may carry its own severity: misalign=0.5)"),
     "severity": Flag("shift.severity", "filter severity 0..1", float),

@@ -1,37 +1,36 @@
 """A few labelled D2 images (adapt.d2_labels), the semi-supervised case: read and checked once, before
 adaptation starts, then drawn into every step.
 
-The folder is in the dataset's own layout (its train split); a synthetic D1, which has no files, reads the
-folder layout (<dir>/<train split>/images and masks). Every mask is read up front, so a mask of the wrong
-size or with class values H1 does not predict is one line naming the file, not a failure at step 900.
+The folder is in the layout `segadapt shift` writes (D1's dataset layout; a synthetic D1, which has no files:
+<dir>/<train split>/images and labels), so a user can label a few D2 images, or copy a few from a shift
+output, into it. Every mask is read up front, so a mask of the wrong size or with class values H1 does not
+predict is one line naming the file, not a failure at step 900.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from pathlib import Path
 
 import torch
 
 from segadapt import distributed
 from segadapt.config import RunConfig
 from segadapt.data.base import SegmentationDataset, SegmentationSource
-from segadapt.data.datasets import build_source, make_transform
+from segadapt.data.d2 import shifted_dir_source
+from segadapt.data.datasets import make_transform
 from segadapt.errors import DataError
 
 
 def d2_label_source(cfg: RunConfig, classes: int) -> SegmentationSource:
-    """The labelled D2 images of adapt.d2_labels, every one checked (size, class values) against H1's
-    `classes`."""
-    data = dataclasses.replace(cfg.data, root=cfg.adapt.d2_labels)
-    if data.dataset == "synthetic":
-        data = dataclasses.replace(data, dataset="folder", num_classes=classes, class_names=[])
+    """The labelled D2 images of adapt.d2_labels (their train split), every one checked (size, class values)
+    against H1's `classes`."""
     try:
-        source = build_source(data, data.train_split)
+        source = shifted_dir_source(cfg, Path(cfg.adapt.d2_labels), cfg.data.train_split)
     except DataError as e:
         raise DataError(f"adapt.d2_labels: {e}") from None
     if source.info.num_classes != classes:
-        raise DataError(f"adapt.d2_labels = {cfg.adapt.d2_labels}: {data.dataset} has {source.info.num_classes} "
-                        f"classes but H1 predicts {classes}; label D2 with H1's classes")
+        raise DataError(f"adapt.d2_labels = {cfg.adapt.d2_labels}: {source.info.name} has "
+                        f"{source.info.num_classes} classes but H1 predicts {classes}; label D2 with H1's classes")
     for i in range(len(source)):
         source.load(i)  # raises one line naming the mask (data.base.check_pair)
     return source
