@@ -55,10 +55,32 @@ METHODS: dict[str, dict[str, Any]] = {
         "presets": [TAP], "adapt": {"objective": {"features": 1.0, "output_kl": 1.0}, "weighting": "normalised"}},
     "features+output_kl-uncertainty": {
         "presets": [TAP], "adapt": {"objective": {"features": 1.0, "output_kl": 1.0}, "weighting": "uncertainty"}},
+    # k labelled D2 images (drawn from D2 train with a fixed seed): cross-entropy alone, and with the label-free
+    # combination beside it; the whole network trains, as B2 does
+    "k5-labels": {"presets": [TAP], "labels": 5, "adapt": {"objective": {"d2_labels": 1.0}, "train_head": True}},
+    "k5-labels+output_kl": {"presets": [TAP], "labels": 5,
+                            "adapt": {"objective": {"d2_labels": 1.0, "output_kl": 1.0}, "train_head": True}},
 }
+LABEL_SEED = 0
 
 
-def method_config(h1: Path, method: str, iterations: int, d2_dir: str) -> RunConfig:
+def labelled_subset(d2_dir: Path, k: int, out: Path) -> Path:
+    """`k` images of D2 train and their labels, drawn with LABEL_SEED, copied in `segadapt shift`'s layout."""
+    import random
+    import shutil
+
+    images = sorted((d2_dir / "train" / "images").iterdir())
+    chosen = random.Random(LABEL_SEED).sample(images, k)
+    for sub in ("images", "labels"):
+        (out / "train" / sub).mkdir(parents=True, exist_ok=True)
+    for path in chosen:
+        shutil.copy(path, out / "train" / "images" / path.name)
+        label = next((d2_dir / "train" / "labels").glob(f"{path.stem}.*"))
+        shutil.copy(label, out / "train" / "labels" / label.name)
+    return out
+
+
+def method_config(h1: Path, method: str, iterations: int, d2_dir: str, work: Path) -> RunConfig:
     """H1's own run settings (data, batch, seed), one shift, one method's baselines / presets / adapt keys."""
     spec = METHODS[method]
     cfg = load_toml(h1 / "config.toml")
@@ -69,7 +91,11 @@ def method_config(h1: Path, method: str, iterations: int, d2_dir: str) -> RunCon
     ex.baselines = list(spec.get("baselines", ["B0"]))
     ex.layer_presets = list(spec.get("presets", []))
     ex.figure_images, ex.materialise_d2 = 0, d2_dir == ""
-    return merge(cfg, {"adapt": copy.deepcopy(spec.get("adapt", {}))}, f"{NAME} {method}")
+    adapt = copy.deepcopy(spec.get("adapt", {}))
+    if spec.get("labels"):
+        k = spec["labels"]
+        adapt["d2_labels"] = str(labelled_subset(Path(d2_dir), k, work / f"d2-labels-k{k}"))
+    return merge(cfg, {"adapt": adapt}, f"{NAME} {method}")
 
 
 def _row(results: dict[str, Any], method: str) -> dict[str, Any] | None:
@@ -135,7 +161,7 @@ def main() -> int:
         if (out / "results.json").is_file():
             print(f"{method}: done earlier, kept", file=sys.stderr)
         else:
-            cfg = method_config(args.h1, method, args.iterations, d2_dir)
+            cfg = method_config(args.h1, method, args.iterations, d2_dir, args.work)
             start = time.perf_counter()
             run_experiment(cfg, out)
             print(f"{method}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
