@@ -78,10 +78,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         print(f"regression loss (last batch) {result['final_loss']:.5g}, per layer {result['final_layer_loss']}")
     elif result["final_loss"] is not None:
         print(f"adaptation loss (last batch) {result['final_loss']:.5g}, per term {result['final_term_loss']}")
-    print(f"adapted model: {out / 'model.safetensors'}")
-    for native in ("hf_model", "factory_weights.safetensors"):
-        if (out / native).exists():
-            print(f"  and in H1's own format: {out / native}")
+    print_models(out)
     if result["selected_step"] is not None:
         what = "choice by the D2 labels" if result["select"] == "labels" else "label-free choice"
         print(f"{what}: {out / 'model_selected.safetensors'} (step {result['selected_step']}, "
@@ -119,6 +116,14 @@ def adapt_base(meta: dict[str, Any], h1: str, dataset: str = "") -> RunConfig:
     base.shift.d1_raster, base.shift.d2_raster, base.shift.label_raster = "", "", ""
     base.train.iterations, base.train.lr = base.experiment.iterations, base.experiment.adapt_lr
     return base
+
+
+def print_models(out: Path, what: str = "") -> None:
+    """Where the adapted model is, in segadapt's format and in H1's own (transformers, factory weights)."""
+    print(f"adapted model{what}: {out / 'model.safetensors'}")
+    for native in ("hf_model", "factory_weights.safetensors"):
+        if (out / native).exists():
+            print(f"  and in H1's own format: {out / native}")
 
 
 def score_hint(cfg: RunConfig, out: Path) -> str:

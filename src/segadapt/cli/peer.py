@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from segadapt.cli.adapt import D2_FLAGS, H1_FLAGS, adapt_base, score_hint
+from segadapt.cli.adapt import D2_FLAGS, H1_FLAGS, adapt_base, print_models, score_hint
 from segadapt.cli.common import (
     TRAINING,
     announce,
@@ -70,9 +70,6 @@ def cmd_peer(args: argparse.Namespace) -> int:
     result = run_peer(cfg, Path(out), images, teacher=h1, h1_meta=h1_meta, resume=bool(args.resume))
     if result["final_loss"] is not None:
         print(f"{result['method']} loss (last batch) {result['final_loss']:.5g}")
-    print(f"adapted model ({result['method']}): {out / 'model.safetensors'}")
-    for native in ("hf_model", "factory_weights.safetensors"):
-        if (out / native).exists():
-            print(f"  and in H1's own format: {out / native}")
+    print_models(out, f" ({result['method']})")
     print(f"next: {score_hint(cfg, out)}")
     return 0
