@@ -57,7 +57,8 @@ METHODS: dict[str, dict[str, Any]] = {
         "presets": [TAP], "adapt": {"objective": {"features": 1.0, "output_kl": 1.0}, "weighting": "uncertainty"}},
     # k labelled D2 images (drawn from D2 train with a fixed seed): cross-entropy alone, and with the label-free
     # combination beside it; the whole network trains, as B2 does
-    "k5-labels": {"presets": [TAP], "labels": 5, "adapt": {"objective": {"d2_labels": 1.0}, "train_head": True}},
+    "k5-labels": {"presets": [TAP], "labels": 5,
+                  "adapt": {"objective": {"d2_labels": 1.0}, "train_head": True, "select": "labels"}},
     "k5-labels+output_kl": {"presets": [TAP], "labels": 5,
                             "adapt": {"objective": {"d2_labels": 1.0, "output_kl": 1.0}, "train_head": True}},
 }

@@ -409,3 +409,17 @@ def test_d2_labels_of_the_wrong_size_or_classes_are_one_line_naming_the_file(tmp
     cfg.adapt.d2_labels, cfg.adapt.select = "", "labels"
     with pytest.raises(ConfigError, match="adapt.select = labels picks by the mIoU on labelled D2 images"):
         adapt(cfg, tmp_path / "run-select", make_pairs(), teacher=_vgg(), h1_meta=META)
+
+
+def test_labelled_images_alone_pick_by_their_miou_not_by_a_held_out_loss_that_does_not_exist(tmp_path):
+    """Cross-entropy on a few D2 labels alone has no term on pairs: selecting by held-out loss is refused in one
+    line (it once ran into the first probe and stopped with a StopIteration); select = labels runs."""
+    cfg = tiny_cfg(["pool3"], iterations=2)
+    cfg.adapt.holdout, cfg.adapt.probes = 2, 1
+    cfg.adapt.objective, cfg.adapt.train_head = {"d2_labels": 1.0}, True
+    cfg.adapt.d2_labels = str(_labelled_d2(tmp_path / "labelled"))
+    with pytest.raises(ConfigError, match="only d2_labels, so there is no held-out loss to pick a checkpoint by"):
+        adapt(cfg, tmp_path / "run", make_pairs(10), teacher=_vgg(), h1_meta=META)
+    cfg.adapt.select = "labels"
+    result = adapt(cfg, tmp_path / "run2", make_pairs(10), teacher=_vgg(), h1_meta=META)
+    assert result["selected_step"] == 2 and result["objective"] == {"d2_labels": 1.0}

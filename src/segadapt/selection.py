@@ -80,10 +80,12 @@ class HoldoutProbe:
             labelled = {} if self.labels is None else {"labels": self.labels(student)}
         assert logits is not None
         logits = logits.float()
-        loss = self.objective.fixed(Outputs(self.target, maps, self.logits, logits, self.valid))
-        entropy = masked_pixel_mean(pixel_entropy(logits), self.valid)
-        return {"holdout_loss": float(loss), "entropy": float(entropy),
-                "agreement": label_agreement(logits, self.logits, self.valid), **labelled}
+        point: dict[str, float] = {}
+        if self.objective.on_pairs:  # d2_labels alone has no held-out loss (its images are trained on)
+            point["holdout_loss"] = float(self.objective.fixed(Outputs(self.target, maps, self.logits, logits,
+                                                                       self.valid)))
+        point["entropy"] = float(masked_pixel_mean(pixel_entropy(logits), self.valid))
+        return {**point, "agreement": label_agreement(logits, self.logits, self.valid), **labelled}
 
 
 def label_agreement(student_logits: torch.Tensor, teacher_logits: torch.Tensor,

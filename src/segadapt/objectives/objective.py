@@ -93,6 +93,11 @@ class Objective(nn.Module):
         return self.static(self.losses(out))
 
     @property
+    def on_pairs(self) -> bool:
+        """Whether a term compares H2 on X2 with H1 on X1 (then the held-out pairs give a held-out loss)."""
+        return bool(self.static.weights)
+
+    @property
     def calibrates(self) -> bool:
         """Whether a term needs statistics of H1 on D1 (then adapt() hands `calibrate` a few batches of maps)."""
         return any(type(t).calibrate is not Term.calibrate for t in self.terms.values())
@@ -122,4 +127,7 @@ def build_objective(cfg: AdaptConfig, taps: Mapping[str, float], ignore_index: i
     if cfg.select == "labels" and not cfg.d2_labels:
         raise ConfigError("adapt.select = labels picks by the mIoU on labelled D2 images; pass --d2-labels DIR or "
                           "choose holdout_loss, agreement or entropy")
+    if cfg.select == "holdout_loss" and list(chosen) == ["d2_labels"]:  # nothing is measured on held-out pairs
+        raise ConfigError("adapt.objective has only d2_labels, so there is no held-out loss to pick a checkpoint by; "
+                          "set adapt.select = labels (or agreement) or add a term on the pairs")
     return Objective({name: make_term(name, cfg, taps, ignore_index) for name in chosen}, chosen, cfg.weighting)
