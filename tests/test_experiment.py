@@ -182,3 +182,15 @@ def test_the_table_legend_names_only_the_baselines_that_ran():
     legend = method_legend({"H1", "B0", "B2", "H2:pool5"})
     assert "B0: H1 on D2." in legend and "B2: H1 fine-tuned" in legend and "B1" not in legend
     assert "H2:<layers>" in legend
+
+
+def test_the_selection_table_says_n_a_for_a_signal_the_probes_did_not_hold():
+    """Cross-entropy on a few D2 labels alone measures no held-out loss: its row reads n/a there, not a KeyError
+    (which once ended a finished sweep before results.md was written)."""
+    from segadapt.experiment import _selection_markdown
+
+    row = {"seed": 0, "shift": "photocopy", "method": "H2:stage4+d2_labels", "selected_step": 300,
+           "selected_miou": 0.4, "best_miou": 0.41, "best_step": 240, "final_miou": 0.4, "regret_points": 1.0,
+           "regret_agreement": 1.0, "rank_corr_agreement": 0.5, "regret_entropy": 2.0, "rank_corr_entropy": -0.1}
+    line = [ln for ln in _selection_markdown({"selection": [row]}) if "d2_labels" in ln][0]
+    assert "| n/a / 1.00 / 2.00 | n/a | 0.50 | -0.10 |" in line

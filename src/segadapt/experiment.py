@@ -470,8 +470,8 @@ def _selection_markdown(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {r['seed']} | {r['shift']} | {r['method']} | {r['selected_step']} | {r['selected_miou']:.3f} | "
             f"{r['best_miou']:.3f} ({r['best_step']}) | {r['final_miou']:.3f} | {r['regret_points']:.2f} | "
-            f"{regrets} | {_corr(r['rank_corr_loss'])} | {_corr(r.get('rank_corr_agreement'))} | "
-            f"{_corr(r['rank_corr_entropy'])} |"
+            f"{regrets} | {_corr(r.get('rank_corr_loss'))} | {_corr(r.get('rank_corr_agreement'))} | "
+            f"{_corr(r.get('rank_corr_entropy'))} |"  # a signal the probes did not hold (no pairs term): n/a
         )
     across = results.get("selection_across_presets") or {}
     if across:
