@@ -51,6 +51,11 @@ METHODS: dict[str, dict[str, Any]] = {
     "features+output_kl": {"presets": [TAP], "adapt": {"objective": {"features": 1.0, "output_kl": 1.0}}},
     "output_kl+paired_pseudo+entropy": {
         "presets": [TAP], "adapt": {"objective": {"output_kl": 1.0, "paired_pseudo": 1.0, "entropy": 0.01}}},
+    "output_kl+paired_pseudo-head": {
+        "presets": [TAP], "adapt": {"objective": {"output_kl": 1.0, "paired_pseudo": 1.0}, "train_head": True}},
+    "output_kl+paired_pseudo+entropy-head": {
+        "presets": [TAP], "adapt": {"objective": {"output_kl": 1.0, "paired_pseudo": 1.0, "entropy": 0.01},
+                                    "train_head": True}},
     "features+output_kl-normalised": {
         "presets": [TAP], "adapt": {"objective": {"features": 1.0, "output_kl": 1.0}, "weighting": "normalised"}},
     "features+output_kl-uncertainty": {
@@ -130,7 +135,8 @@ def collect(work: Path) -> dict[str, Any]:
 
 def markdown(methods: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = [f"# {NAME}", "", meta["setup"], "",
-             "| method | mIoU on D2 val | recovery (M - B0) / (B2 - B0) | label-free pick: mIoU (regret) |",
+             "| method | mIoU on D2 val | recovery (M - B0) / (B2 - B0) | regret of the label-free pick (mIoU points) "
+             "by held-out loss / agreement / entropy |",
              "| --- | --- | --- | --- |"]
     for name in ["B0", "B2", *[m for m in methods if m not in ("B0", "B2")]]:
         e = methods.get(name)
@@ -138,9 +144,9 @@ def markdown(methods: dict[str, Any], meta: dict[str, Any]) -> str:
             continue
         rec = "" if e["recovery"] is None else f"{e['recovery']:.2f}"
         sel = e.get("selection", {})
-        pick = (f"step {sel['selected_step']}: {sel['selected_miou']:.3f} ({sel['regret_points']:.1f} points)"
-                if sel else "")
-        lines.append(f"| {name} | {e['miou']:.3f} | {rec} | {pick} |")
+        picks = " / ".join("n/a" if sel.get(f"regret_{k}") is None else f"{sel[f'regret_{k}']:.1f}"
+                           for k in ("loss", "agreement", "entropy")) if sel else ""
+        lines.append(f"| {name} | {e['miou']:.3f} | {rec} | {picks} |")
     missing = [m for m in METHODS if m not in meta["ran"]]
     if missing:
         lines += ["", f"Not run (yet): {', '.join(missing)}."]

@@ -90,7 +90,7 @@ def test_an_output_term_on_a_transformer_trains_the_encoder_below_the_tap_and_ke
     teacher = HFSegmentation(hf_net(SEGFORMER)).eval()
     student = copy.deepcopy(teacher)
     objective = _objective({"output_kl": 1.0}, {"stage4": 1.0})
-    trainable = trainable_parameters(student, ["stage4"], trains_head(AdaptConfig(), objective))
+    trainable = trainable_parameters(student, ["stage4"], trains_head(AdaptConfig(train_head=False), objective))
     ids = {id(p) for p in trainable}
     for p in student.parameters():
         p.requires_grad_(id(p) in ids)
@@ -244,12 +244,14 @@ def test_resume_with_every_new_term_ends_like_the_uninterrupted_run(tmp_path, we
 
 
 def test_an_output_term_trains_the_head_only_when_asked(tmp_path):
-    """adapt(): with train_head auto (= false) nothing above the deepest tap moves; with true the head does."""
+    """adapt(): with train_head false nothing above the deepest tap moves; with auto (= true, measured) the
+    head does."""
     frozen_cfg = tiny_cfg(["pool3"], iterations=2)
     frozen_cfg.adapt.objective, frozen_cfg.adapt.probes = {"output_kl": 1.0}, 0
+    frozen_cfg.adapt.train_head = False
     adapt(frozen_cfg, tmp_path / "frozen", make_pairs(), teacher=_vgg(), h1_meta=META)
     trained_cfg = copy.deepcopy(frozen_cfg)
-    trained_cfg.adapt.train_head = True
+    trained_cfg.adapt.train_head = "auto"
     adapt(trained_cfg, tmp_path / "trained", make_pairs(), teacher=_vgg(), h1_meta=META)
     h1 = _vgg().state_dict()
     frozen, meta = ckpt.load_model_file(tmp_path / "frozen")
@@ -371,7 +373,7 @@ def test_a_few_d2_labels_add_their_cross_entropy_and_their_miou_to_every_probe(t
     assert result["selected_step"] == max(result["probes"], key=lambda p: p["labels"])["step"]
     h2, _ = ckpt.load_model_file(tmp_path / "run")
     h1 = _vgg().state_dict()
-    assert all(torch.equal(h2[k], h1[k]) for k in h1 if k.startswith(HEAD))  # train_head auto: the head stays H1's
+    assert not all(torch.equal(h2[k], h1[k]) for k in h1 if k.startswith(HEAD))  # train_head auto: the head trains
     assert "loss_d2_labels" in next(csv.DictReader((tmp_path / "run" / "log.csv").open()))
 
 
@@ -417,7 +419,7 @@ def test_labelled_images_alone_pick_by_their_miou_not_by_a_held_out_loss_that_do
     cfg = tiny_cfg(["pool3"], iterations=2)
     cfg.adapt.holdout, cfg.adapt.probes = 2, 1
     cfg.adapt.objective, cfg.adapt.train_head = {"d2_labels": 1.0}, True
-    cfg.adapt.d2_labels = str(_labelled_d2(tmp_path / "labelled"))
+    cfg.adapt.d2_labels, cfg.adapt.select = str(_labelled_d2(tmp_path / "labelled")), "holdout_loss"
     with pytest.raises(ConfigError, match="only d2_labels, so there is no held-out loss to pick a checkpoint by"):
         adapt(cfg, tmp_path / "run", make_pairs(10), teacher=_vgg(), h1_meta=META)
     cfg.adapt.select = "labels"

@@ -153,13 +153,13 @@ class AdaptConfig:
     weighting: str = "fixed"
     temperature: float = 1.0  # output_kl's softmax temperature T (the KL is scaled by T^2)
     # with an output-level term: whether the parameters above the deepest of `layers` (the decode head) train
-    # too. auto = false (CMA keeps the decoder frozen) until measured otherwise. Feature terms alone never
-    # train them.
+    # too. auto = true: measured better than CMA's frozen decoder (docs/results/objectives-synthetic-segformer).
+    # Feature terms alone never train them.
     train_head: bool | str = "auto"
     # the signal that picks model_selected among the probes: holdout_loss (the objective on held-out pairs,
     # lowest), agreement (mIoU of H2(X2)'s labels against H1(X1)'s, highest), entropy (lowest); with d2_labels
     # also labels (H2's mIoU on those labelled D2 images, highest; no longer label-free)
-    select: str = "holdout_loss"
+    select: str = "agreement"
     # a few labelled D2 images (the semi-supervised case): a folder in the layout `segadapt shift` writes (the
     # dataset's own; a synthetic D1: <dir>/<train split>/images and labels), its train split. Adds the term
     # d2_labels (cross-entropy on them, weight 1 unless adapt.objective gives one) and their mIoU to every probe.
