@@ -424,14 +424,18 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
     return out
 
 
+# The names a config may give; the modules that implement them (objectives.TERMS, peers) are built from
+# these and checked against them, so config needs neither torch nor an import back from the code it configures.
+OBJECTIVE_TERMS = ("features", "features_std", "output_kl", "paired_pseudo", "entropy", "d2_labels")
+PEER_METHODS = ("adabn", "tent", "self_training")
+
+
 def check_objective(table: dict[str, float], where: str) -> None:
     """An objective table (term = weight) a run can use, else one line naming the key: known terms
-    (segadapt.objectives.TERMS, imported here: config itself needs no torch), weights >= 0, one > 0."""
-    from segadapt.objectives import TERMS
-
-    unknown = [t for t in table if t not in TERMS]
+    (OBJECTIVE_TERMS), weights >= 0, one > 0."""
+    unknown = [t for t in table if t not in OBJECTIVE_TERMS]
     if unknown:
-        raise ConfigError(f"{where}: unknown term {unknown[0]!r}; choose from {', '.join(TERMS)}")
+        raise ConfigError(f"{where}: unknown term {unknown[0]!r}; choose from {', '.join(OBJECTIVE_TERMS)}")
     negative = next((t for t, w in table.items() if w < 0), None)
     if negative is not None:
         raise ConfigError(f"{where}.{negative}: {table[negative]!r}; a weight must be >= 0 (a negative one would "
@@ -471,13 +475,8 @@ def _norm_mode() -> tuple[Any, str]:
 
 
 def _peer_method() -> tuple[Any, str]:
-    """peer.method: one of segadapt.peers.PEERS, imported when a value is checked (config needs no torch)."""
-    def ok(value: str) -> bool:
-        from segadapt.peers import PEERS
-
-        return value in ("", *PEERS)
-
-    return ok, "adabn, tent or self_training"
+    """peer.method: one of PEER_METHODS (segadapt.peers), or empty."""
+    return (lambda value: value in ("", *PEER_METHODS)), "adabn, tent or self_training"
 
 
 def _json_object() -> tuple[Any, str]:

@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from segadapt import checkpoint as ckpt
 from segadapt.adapt import load_h1
 from segadapt.cache import model_fingerprint
-from segadapt.config import RunConfig, to_dict
+from segadapt.config import PEER_METHODS, RunConfig, to_dict
 from segadapt.errors import CheckpointError, ConfigError
 from segadapt.models.contract import conform
 from segadapt.models.loading import rebuild_meta, save_native
@@ -46,7 +46,7 @@ from segadapt.objectives.pseudo import confident_pixels
 from segadapt.run import Run, autocast, wrap_ddp
 from segadapt.runtime import environment
 
-PEERS = ("adabn", "tent", "self_training")
+PEERS = PEER_METHODS  # the names config accepts (config.PEER_METHODS), each a loop below
 _IGNORE = -100  # pixels left out of the pseudo-label loss
 
 

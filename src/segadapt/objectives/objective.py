@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from segadapt.config import AdaptConfig
+from segadapt.config import OBJECTIVE_TERMS, AdaptConfig
 from segadapt.errors import ConfigError
 from segadapt.objectives.d2_labels import D2Labels
 from segadapt.objectives.entropy_min import Entropy
@@ -25,6 +25,7 @@ from segadapt.objectives.weighting import Fixed, make_weighting
 
 TERMS: dict[str, type[Term]] = {t.name: t for t in (Features, FeaturesStd, OutputKL, PairedPseudo, Entropy,
                                                      D2Labels)}
+assert tuple(TERMS) == OBJECTIVE_TERMS, "config.OBJECTIVE_TERMS names the terms a config may give"
 
 
 def make_term(name: str, cfg: AdaptConfig, taps: Mapping[str, float], ignore_index: int = 255) -> Term:
