@@ -142,7 +142,7 @@ def adapt(
     X1); writes model.safetensors (a normal model file).
 
     Every few steps the label-free signals are measured on held-out pairs (selection.csv) and the checkpoint
-    adapt.select prefers (default: the lowest held-out loss) is kept as model_selected.safetensors.
+    adapt.select prefers (default: the highest agreement with H1's labels) is kept as model_selected.safetensors.
     `on_probe(step, h2)` lets a caller that has D2 labels (the sweep) score the same checkpoints; nothing here
     reads a label. Resume points (train.checkpoint_every, Ctrl-C) hold the student, optimizer, RNG, probes,
     selected weights and the objective's own state (statistics, running means, learned weights), and

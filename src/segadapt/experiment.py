@@ -456,10 +456,10 @@ def _selection_markdown(results: dict[str, Any]) -> list[str]:
         return []
     lines = [
         "## Label-free checkpoint selection", "",
-        "Each adaptation was probed during training on held-out pairs; adapt.select's signal (the held-out loss "
-        "unless set otherwise) made the label-free choice (model_selected.safetensors). mIoU on D2 judges it "
-        "here. Regret: mIoU points below the best probe, for the choice each signal would make. Rank "
-        "correlations: +1 means the signal orders checkpoints exactly as mIoU does.", "",
+        "Each adaptation was probed during training on held-out pairs; adapt.select's signal (the agreement of "
+        "H2's labels with H1's unless set otherwise) made the label-free choice (model_selected.safetensors). "
+        "mIoU on D2 judges it here. Regret: mIoU points below the best probe, for the choice each signal would "
+        "make. Rank correlations: +1 means the signal orders checkpoints exactly as mIoU does.", "",
         "| seed | shift | method | selected step | mIoU there | best mIoU (step) | final mIoU | regret (points) "
         "| regret by loss / agreement / entropy | rank corr, held-out loss | rank corr, agreement "
         "| rank corr, entropy |",

@@ -105,8 +105,9 @@ def _selection_table(results: dict[str, Any]) -> str:
     across = results.get("selection_across_presets") or {}
     note = ("<p>Across layer presets, rank correlation of (low) final entropy with final mIoU: "
             + ", ".join(f"{html.escape(k)}: {_number(v, 2)}" for k, v in across.items()) + "</p>") if across else ""
-    return ("<h2>Label-free checkpoint selection</h2><p>The checkpoint adapt.select's signal chose (the lowest "
-            "held-out loss unless set otherwise; no D2 labels) against mIoU on D2, which only this report reads. "
+    return ("<h2>Label-free checkpoint selection</h2><p>The checkpoint adapt.select's signal chose (the "
+            "highest agreement of H2's labels with H1's unless set otherwise; no D2 labels) against mIoU on D2, "
+            "which only this report reads. "
             "Regret: mIoU points below the best probe, for the choice each signal would make. Rank correlations: "
             "+1 means the signal orders checkpoints exactly as mIoU does.</p><table>" + head + "".join(rows)
             + "</table>" + note)
