@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -194,3 +195,20 @@ def test_the_selection_table_says_n_a_for_a_signal_the_probes_did_not_hold():
            "regret_agreement": 1.0, "rank_corr_agreement": 0.5, "regret_entropy": 2.0, "rank_corr_entropy": -0.1}
     line = [ln for ln in _selection_markdown({"selection": [row]}) if "d2_labels" in ln][0]
     assert "| n/a / 1.00 / 2.00 | n/a | 0.50 | -0.10 |" in line
+
+
+def test_a_method_that_diverges_is_recorded_and_the_sweep_goes_on(tmp_path, tiny, capsys):
+    """A learning rate at which one method's loss goes non-finite used to end the whole sweep; now that method is
+    a row marked diverged (no scores) and every other method still runs and is written."""
+    tiny.experiment.baselines = ["B0", "B2"]
+    tiny.experiment.layer_presets, tiny.experiment.figure_images = ["pool1", "pool2"], 0
+    tiny.experiment.finetune_lr = 1e30  # B2 diverges at once; the regressions keep the sweep's rate
+    results = experiment.run_experiment(tiny, tmp_path)
+    rows = {r["method"]: r for r in results["rows"] if r["shift"] == "dark"}
+    assert "loss became" in rows["B2"]["diverged"] and math.isnan(rows["B2"]["miou"])
+    assert all(math.isfinite(rows[m]["miou"]) for m in ("B0", "H2:pool1", "H2:pool2"))
+    written = json.loads((tmp_path / "results.json").read_text())
+    b2 = next(e for e in written["summary"] if e["method"] == "B2" and e["shift"] == "dark")
+    assert b2["diverged"] == 1 and b2["miou"] is None
+    assert "| B2 (1 of 1 diverged) | n/a | n/a | n/a |" in (tmp_path / "results.md").read_text()
+    assert "segadapt: B2 diverged" in capsys.readouterr().err

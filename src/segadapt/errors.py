@@ -19,6 +19,11 @@ class CheckpointError(SegadaptError):
     """A weights/checkpoint file cannot be used."""
 
 
+class Diverged(SegadaptError):
+    """A loss, gradient or weights became non-finite: the run diverged (at this learning rate, typically).
+    Its own class so that a sweep can record the method as diverged and go on with the others."""
+
+
 class Interrupted(SegadaptError):
     """The user stopped the command (Ctrl-C, SIGINT); the message says what was saved and how to continue.
 

@@ -34,7 +34,7 @@ from segadapt.config import ExperimentConfig, RunConfig, dumps_toml
 from segadapt.data import ImageDataset, SegmentationDataset, SegmentationSource, build_source, make_transform
 from segadapt.data.d2 import d2_source, materialise_d2, with_shift
 from segadapt.data.pairs import PairedDataset
-from segadapt.errors import ConfigError, DataError
+from segadapt.errors import ConfigError, DataError, Diverged
 from segadapt.evaluate import score
 from segadapt.losses import LAYER_PRESETS
 from segadapt.metrics import Scores, distortion
@@ -53,6 +53,13 @@ METRICS = ("mean_acc", "miou", "pixel_acc")
 
 def _row(seed: int, shift: str, method: str, s: Scores) -> dict[str, Any]:
     return {"seed": seed, "shift": shift, "method": method, **{m: getattr(s, m) for m in METRICS}}
+
+
+def _diverged_row(seed: int, shift: str, method: str, e: Diverged) -> dict[str, Any]:
+    """A method whose loss, gradients or weights went non-finite (at this learning rate, typically): recorded as
+    diverged with no scores, so one diverging method does not end the sweep with the others not run."""
+    print(f"segadapt: {method} diverged ({e}); the sweep goes on", file=sys.stderr)
+    return {"seed": seed, "shift": shift, "method": method, **{m: math.nan for m in METRICS}, "diverged": str(e)}
 
 
 BASELINES = tuple(BASELINE_MEANINGS)  # B0, B1, B2 and the peers
@@ -233,19 +240,30 @@ def run_experiment(cfg: RunConfig, out_dir: Path, h1: tuple[torch.nn.Module, dic
             if "B1" in ex.baselines:
                 _stage(seed, name, "B1: trained from scratch on D2 with D1's labels")
                 fresh = fresh_of(h1_meta, cfg.adapt.h1, trusted, seed) if reused is not None else None
-                m = train(base, shift_dir / "B1", model=fresh, train_set=d2_sets[0], val_set=d2_sets[1])
-                rows.append(_row(seed, name, "B1", _scores_from(m)))
+                try:
+                    m = train(base, shift_dir / "B1", model=fresh, train_set=d2_sets[0], val_set=d2_sets[1])
+                    rows.append(_row(seed, name, "B1", _scores_from(m)))
+                except Diverged as e:
+                    rows.append(_diverged_row(seed, name, "B1", e))
             if "B2" in ex.baselines:
                 _stage(seed, name, "B2: H1 fine-tuned on D2 with D1's labels")
                 b2 = copy.deepcopy(base)
                 b2.train.iterations, b2.train.lr = ex.iterations, ex.finetune_lr
-                m = train(b2, shift_dir / "B2", model=copy.deepcopy(h1), train_set=d2_sets[0], val_set=d2_sets[1])
-                rows.append(_row(seed, name, "B2", _scores_from(m)))
+                try:
+                    m = train(b2, shift_dir / "B2", model=copy.deepcopy(h1), train_set=d2_sets[0],
+                              val_set=d2_sets[1])
+                    rows.append(_row(seed, name, "B2", _scores_from(m)))
+                except Diverged as e:
+                    rows.append(_diverged_row(seed, name, "B2", e))
             for method in [b for b in ex.baselines if b in PEERS]:  # D2's images alone: no label is read
                 _stage(seed, name, f"{method}: {BASELINE_MEANINGS[method]}")
                 p = copy.deepcopy(base)
                 p.train.iterations, p.train.lr, p.peer.method = ex.iterations, ex.adapt_lr, method
-                run_peer(p, shift_dir / method, ImageDataset(d2_train, train_tf), teacher=h1, h1_meta=h1_meta)
+                try:
+                    run_peer(p, shift_dir / method, ImageDataset(d2_train, train_tf), teacher=h1, h1_meta=h1_meta)
+                except Diverged as e:
+                    rows.append(_diverged_row(seed, name, method, e))
+                    continue
                 h2, _ = load_model(shift_dir / method, device, trusted_factories=trusted)
                 rows.append(_row(seed, name, method, score(h2, d2_val, cfg, device)))
 
@@ -264,7 +282,12 @@ def run_experiment(cfg: RunConfig, out_dir: Path, h1: tuple[torch.nn.Module, dic
                     a.adapt.objective = dict(objective)
                 if cfg.adapt.teacher_cache:  # a cache holds one H1's maps at one tap set: one per seed and preset
                     a.adapt.teacher_cache = str(Path(cfg.adapt.teacher_cache) / f"seed{seed}-{preset}")
-                res = adapt(a, shift_dir / f"H2-{label}", pairs, teacher=h1, h1_meta=h1_meta, on_probe=miou_on_d2)
+                try:
+                    res = adapt(a, shift_dir / f"H2-{label}", pairs, teacher=h1, h1_meta=h1_meta,
+                                on_probe=miou_on_d2)
+                except Diverged as e:
+                    rows.append(_diverged_row(seed, name, f"H2:{label}", e))
+                    continue
                 h2, _ = load_model(shift_dir / f"H2-{label}", device, trusted_factories=trusted)
                 rows.append(_row(seed, name, f"H2:{label}", score(h2, d2_val, cfg, device)))
                 if res["probes"]:
@@ -354,7 +377,9 @@ def summarise(rows: list[dict[str, Any]], filters: list[str]) -> dict[str, Any]:
         groups.setdefault((r["shift"], r["method"]), []).append(r)
     summary = []
     for (shift, method), rs in groups.items():
-        entry: dict[str, Any] = {"shift": shift, "method": method, "seeds": len(rs)}
+        # diverged: seeds whose run went non-finite (no scores)
+        entry: dict[str, Any] = {"shift": shift, "method": method, "seeds": len(rs),
+                                 "diverged": sum("diverged" in r for r in rs)}
         for m in METRICS:  # a nan score (nothing labelled) is left out of the mean; none at all stays nan
             vals = [r[m] for r in rs if math.isfinite(r[m])]
             entry[m] = statistics.fmean(vals) if vals else math.nan
@@ -385,7 +410,7 @@ def write_results(results: dict[str, Any], out_dir: Path) -> None:
     from segadapt.viz.plots import plot_layers, plot_methods
 
     ckpt.write_json_atomic(out_dir / "results.json", json_safe(results))
-    fields = ["shift", "method", "seeds", *[k for m in METRICS for k in (m, f"{m}_std")]]
+    fields = ["shift", "method", "seeds", "diverged", *[k for m in METRICS for k in (m, f"{m}_std")]]
     with ckpt.atomic_path(out_dir / "results.csv") as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fields)
         w.writeheader()
@@ -424,7 +449,8 @@ def markdown(results: dict[str, Any], figures: list[str]) -> str:
         lines += ["| method | mean accuracy | mIoU | pixel accuracy |", "| --- | --- | --- | --- |"]
         for e in results["summary"]:
             if e["shift"] == s:
-                lines.append(f"| {e['method']} | {fmt(e, 'mean_acc')} | {fmt(e, 'miou')} | {fmt(e, 'pixel_acc')} |")
+                name = e["method"] + (f" ({e['diverged']} of {e['seeds']} diverged)" if e.get("diverged") else "")
+                lines.append(f"| {name} | {fmt(e, 'mean_acc')} | {fmt(e, 'miou')} | {fmt(e, 'pixel_acc')} |")
         lines.append("")
     lines += [method_legend({e["method"] for e in results["summary"]}), ""]
     lines += _selection_markdown(results)

@@ -14,7 +14,7 @@ from torch.utils.data import Subset
 from segadapt import checkpoint as ckpt
 from segadapt import distributed
 from segadapt.data.base import SegmentationSource
-from segadapt.errors import SegadaptError
+from segadapt.errors import Diverged
 
 
 def sample_name(dataset: Any, index: int) -> str | None:
@@ -81,7 +81,7 @@ def grads_finite(params: Iterable[torch.nn.Parameter]) -> bool:
 def refuse_nonfinite(model: torch.nn.Module, step: int, run_dir: Path) -> None:
     """Before a resume point is written: weights that are not finite never replace a good checkpoint."""
     if not weights_finite(model):
-        raise SegadaptError(f"weights are not finite at step {step}; not saving them "
+        raise Diverged(f"weights are not finite at step {step}; not saving them "
                             f"(last good checkpoint: {ckpt.latest_checkpoint(run_dir)})")
 
 
@@ -91,7 +91,7 @@ def weights_finite(model: torch.nn.Module) -> bool:
 
 def nonfinite_error(
     what: str, value: float | str, step: int, bad_ranks: Sequence[int], batch: str, run_dir: Path, fix: str
-) -> SegadaptError:
+) -> Diverged:
     """One line: what went non-finite, at which step, on which samples, the fix, and the last good checkpoint."""
     last = ckpt.latest_checkpoint(run_dir)
     saved = f"last good checkpoint: {last}" if last else "no checkpoint saved yet"
@@ -99,6 +99,6 @@ def nonfinite_error(
         where = f"on rank(s) {list(bad_ranks)}, whose error names the batch"
     else:
         where = f"on the batch of {batch}"
-    return SegadaptError(f"{what} became {value} at step {step} {where}; {fix} ({saved})")
+    return Diverged(f"{what} became {value} at step {step} {where}; {fix} ({saved})")
 
 
