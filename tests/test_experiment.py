@@ -212,3 +212,38 @@ def test_a_method_that_diverges_is_recorded_and_the_sweep_goes_on(tmp_path, tiny
     assert b2["diverged"] == 1 and b2["miou"] is None
     assert "| B2 (1 of 1 diverged) | n/a | n/a | n/a |" in (tmp_path / "results.md").read_text()
     assert "segadapt: B2 diverged" in capsys.readouterr().err
+
+
+def test_a_stopped_sweep_continues_where_it_was(tmp_path, tiny, monkeypatch):
+    """Stopped during its second regression, the sweep run again reuses every finished method (same scores, no
+    training), redoes the unfinished one from its start, and refuses to continue with other settings."""
+    tiny.experiment.baselines, tiny.experiment.figure_images = ["B0", "B2"], 0
+    tiny.experiment.layer_presets = ["pool1", "pool2"]
+    real_adapt = experiment.adapt
+
+    def stopped(cfg, run_dir, *args, **kwargs):
+        if run_dir.name == "H2-pool2":
+            (run_dir / "checkpoints").mkdir(parents=True)  # what a stopped run leaves behind
+            raise KeyboardInterrupt
+        return real_adapt(cfg, run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "adapt", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run_experiment(tiny, tmp_path)
+    finished = {p: p.stat().st_mtime_ns for p in (tmp_path / "seed0").rglob("*.json") if p.name in
+                ("metrics.json", "adapt.json")}
+    assert {p.parent.name for p in finished} == {"H1", "B2", "H2-pool1"}
+    monkeypatch.setattr(experiment, "adapt", real_adapt)
+    trained: list[str] = []
+    real_train = experiment.train
+    monkeypatch.setattr(experiment, "train", lambda cfg, run_dir, **kw: trained.append(run_dir.name)
+                        or real_train(cfg, run_dir, **kw))
+    results = experiment.run_experiment(tiny, tmp_path)
+    assert trained == []  # H1 and B2 were finished: reused, not retrained
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # H2:pool1 too
+    methods = [r["method"] for r in results["rows"]]
+    assert methods == ["H1", "B0", "B2", "H2:pool1", "H2:pool2"]
+    assert (tmp_path / "seed0" / "dark" / "H2-pool2" / "adapt.json").is_file()
+    tiny.experiment.iterations = 5
+    with pytest.raises(ConfigError, match="holds a sweep with other settings"):
+        experiment.run_experiment(tiny, tmp_path)

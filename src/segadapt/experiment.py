@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import json
 import math
 import statistics
 import sys
@@ -43,6 +44,7 @@ from segadapt.models.contract import SegmentationModel, conform, sweep_presets, 
 from segadapt.models.loading import data_norm, load_model, rebuild
 from segadapt.paths import check_name, remove_tree
 from segadapt.peers import PEERS, run_peer
+from segadapt.run import finished_step
 from segadapt.runtime import environment, select_device
 from segadapt.selection import agreement, finite_or_none, spearman
 from segadapt.train import train
@@ -53,6 +55,17 @@ METRICS = ("mean_acc", "miou", "pixel_acc")
 
 def _row(seed: int, shift: str, method: str, s: Scores) -> dict[str, Any]:
     return {"seed": seed, "shift": shift, "method": method, **{m: getattr(s, m) for m in METRICS}}
+
+
+def _done(run_dir: Path, out_dir: Path, result_file: str) -> dict[str, Any] | None:
+    """The result file of a method this sweep finished in an earlier run (run.json says finished), so a stopped
+    sweep continues where it was; an unfinished run directory it left is removed and the method runs again
+    from its start (a part-trained model is not what the row would claim)."""
+    if finished_step(run_dir) is not None and (run_dir / result_file).is_file():
+        return json.loads((run_dir / result_file).read_text())
+    if run_dir.exists():
+        remove_tree(run_dir, out_dir)
+    return None
 
 
 def _diverged_row(seed: int, shift: str, method: str, e: Diverged) -> dict[str, Any]:
@@ -187,7 +200,11 @@ def run_experiment(cfg: RunConfig, out_dir: Path, h1: tuple[torch.nn.Module, dic
     if reused is not None and "factory" in reused[1]:  # the factory the user named (or trusted) for H1
         trusted.append(str(reused[1]["factory"]["target"]))
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.write_text_atomic(out_dir / "config.toml", dumps_toml(cfg))
+    saved = out_dir / "config.toml"
+    if saved.is_file() and saved.read_text() != dumps_toml(cfg):  # its finished methods would not be this sweep's
+        raise ConfigError(f"{out_dir}: holds a sweep with other settings (its config.toml); continue it with the "
+                          "same settings, or give another --out")
+    ckpt.write_text_atomic(saved, dumps_toml(cfg))
     rows: list[dict[str, Any]] = []
     selection: list[dict[str, Any]] = []
     searches: list[dict[str, Any]] = []
@@ -203,7 +220,8 @@ def run_experiment(cfg: RunConfig, out_dir: Path, h1: tuple[torch.nn.Module, dic
         if reused is not None:
             h1, h1_meta = reused
         else:
-            train(base, seed_dir / "H1")
+            if _done(seed_dir / "H1", out_dir, "metrics.json") is None:
+                train(base, seed_dir / "H1")
             h1, h1_meta = load_model(seed_dir / "H1", device)
         d1_train, d1_val = build_source(cfg.data, cfg.data.train_split), build_source(cfg.data, cfg.data.val_split)
         if h1_meta.get("num_classes") != d1_val.info.num_classes:
@@ -241,7 +259,8 @@ def run_experiment(cfg: RunConfig, out_dir: Path, h1: tuple[torch.nn.Module, dic
                 _stage(seed, name, "B1: trained from scratch on D2 with D1's labels")
                 fresh = fresh_of(h1_meta, cfg.adapt.h1, trusted, seed) if reused is not None else None
                 try:
-                    m = train(base, shift_dir / "B1", model=fresh, train_set=d2_sets[0], val_set=d2_sets[1])
+                    m = _done(shift_dir / "B1", out_dir, "metrics.json") or train(
+                        base, shift_dir / "B1", model=fresh, train_set=d2_sets[0], val_set=d2_sets[1])
                     rows.append(_row(seed, name, "B1", _scores_from(m)))
                 except Diverged as e:
                     rows.append(_diverged_row(seed, name, "B1", e))
@@ -250,8 +269,8 @@ def run_experiment(cfg: RunConfig, out_dir: Path, h1: tuple[torch.nn.Module, dic
                 b2 = copy.deepcopy(base)
                 b2.train.iterations, b2.train.lr = ex.iterations, ex.finetune_lr
                 try:
-                    m = train(b2, shift_dir / "B2", model=copy.deepcopy(h1), train_set=d2_sets[0],
-                              val_set=d2_sets[1])
+                    m = _done(shift_dir / "B2", out_dir, "metrics.json") or train(
+                        b2, shift_dir / "B2", model=copy.deepcopy(h1), train_set=d2_sets[0], val_set=d2_sets[1])
                     rows.append(_row(seed, name, "B2", _scores_from(m)))
                 except Diverged as e:
                     rows.append(_diverged_row(seed, name, "B2", e))
@@ -260,7 +279,9 @@ def run_experiment(cfg: RunConfig, out_dir: Path, h1: tuple[torch.nn.Module, dic
                 p = copy.deepcopy(base)
                 p.train.iterations, p.train.lr, p.peer.method = ex.iterations, ex.adapt_lr, method
                 try:
-                    run_peer(p, shift_dir / method, ImageDataset(d2_train, train_tf), teacher=h1, h1_meta=h1_meta)
+                    if _done(shift_dir / method, out_dir, "peer.json") is None:
+                        run_peer(p, shift_dir / method, ImageDataset(d2_train, train_tf), teacher=h1,
+                                 h1_meta=h1_meta)
                 except Diverged as e:
                     rows.append(_diverged_row(seed, name, method, e))
                     continue
@@ -283,8 +304,8 @@ def run_experiment(cfg: RunConfig, out_dir: Path, h1: tuple[torch.nn.Module, dic
                 if cfg.adapt.teacher_cache:  # a cache holds one H1's maps at one tap set: one per seed and preset
                     a.adapt.teacher_cache = str(Path(cfg.adapt.teacher_cache) / f"seed{seed}-{preset}")
                 try:
-                    res = adapt(a, shift_dir / f"H2-{label}", pairs, teacher=h1, h1_meta=h1_meta,
-                                on_probe=miou_on_d2)
+                    res = _done(shift_dir / f"H2-{label}", out_dir, "adapt.json") or adapt(
+                        a, shift_dir / f"H2-{label}", pairs, teacher=h1, h1_meta=h1_meta, on_probe=miou_on_d2)
                 except Diverged as e:
                     rows.append(_diverged_row(seed, name, f"H2:{label}", e))
                     continue
