@@ -216,11 +216,12 @@ def run_experiment(cfg: RunConfig, out_dir: Path, h1: tuple[torch.nn.Module, dic
         seed_dir = out_dir / f"seed{seed}"
 
         # H1 on D1
-        _stage(seed, "none", "H1 (reused)" if reused else "H1: trained on D1 with labels")
+        earlier = reused is None and _done(seed_dir / "H1", out_dir, "metrics.json") is not None
+        _stage(seed, "none", "H1 (reused)" if reused or earlier else "H1: trained on D1 with labels")
         if reused is not None:
             h1, h1_meta = reused
         else:
-            if _done(seed_dir / "H1", out_dir, "metrics.json") is None:
+            if not earlier:
                 train(base, seed_dir / "H1")
             h1, h1_meta = load_model(seed_dir / "H1", device)
         d1_train, d1_val = build_source(cfg.data, cfg.data.train_split), build_source(cfg.data, cfg.data.val_split)
