@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 
@@ -216,14 +217,19 @@ def test_a_method_that_diverges_is_recorded_and_the_sweep_goes_on(tmp_path, tiny
 
 def test_a_stopped_sweep_continues_where_it_was(tmp_path, tiny, monkeypatch):
     """Stopped during its second regression, the sweep run again reuses every finished method (same scores, no
-    training), redoes the unfinished one from its start, and refuses to continue with other settings."""
+    training), resumes the unfinished one from its resume point, and refuses to continue with other settings."""
     tiny.experiment.baselines, tiny.experiment.figure_images = ["B0", "B2"], 0
     tiny.experiment.layer_presets = ["pool1", "pool2"]
     real_adapt = experiment.adapt
 
     def stopped(cfg, run_dir, *args, **kwargs):
-        if run_dir.name == "H2-pool2":
-            (run_dir / "checkpoints").mkdir(parents=True)  # what a stopped run leaves behind
+        if run_dir.name == "H2-pool2":  # stopped after its first step: a resume point, not finished
+            short = copy.deepcopy(cfg)
+            short.train.iterations, short.train.checkpoint_every = 1, 1
+            real_adapt(short, run_dir, *args, **kwargs)
+            info = json.loads((run_dir / "run.json").read_text())
+            (run_dir / "run.json").write_text(json.dumps({**info, "state": "running"}))  # as a stop leaves it
+            (run_dir / "first_run.txt").write_text("kept only if the run is resumed, not redone")
             raise KeyboardInterrupt
         return real_adapt(cfg, run_dir, *args, **kwargs)
 
@@ -231,8 +237,9 @@ def test_a_stopped_sweep_continues_where_it_was(tmp_path, tiny, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         experiment.run_experiment(tiny, tmp_path)
     finished = {p: p.stat().st_mtime_ns for p in (tmp_path / "seed0").rglob("*.json") if p.name in
-                ("metrics.json", "adapt.json")}
+                ("metrics.json", "adapt.json") and p.parent.name != "H2-pool2"}
     assert {p.parent.name for p in finished} == {"H1", "B2", "H2-pool1"}
+    assert json.loads((tmp_path / "seed0" / "dark" / "H2-pool2" / "run.json").read_text())["state"] == "running"
     monkeypatch.setattr(experiment, "adapt", real_adapt)
     trained: list[str] = []
     real_train = experiment.train
@@ -243,7 +250,9 @@ def test_a_stopped_sweep_continues_where_it_was(tmp_path, tiny, monkeypatch):
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # H2:pool1 too
     methods = [r["method"] for r in results["rows"]]
     assert methods == ["H1", "B0", "B2", "H2:pool1", "H2:pool2"]
-    assert (tmp_path / "seed0" / "dark" / "H2-pool2" / "adapt.json").is_file()
+    resumed = json.loads((tmp_path / "seed0" / "dark" / "H2-pool2" / "adapt.json").read_text())
+    assert resumed["step"] == 3  # continued from its resume point at step 1 to the sweep's 3 steps
+    assert (tmp_path / "seed0" / "dark" / "H2-pool2" / "first_run.txt").is_file()  # resumed in place
     tiny.experiment.iterations = 5
     with pytest.raises(ConfigError, match="holds a sweep with other settings"):
         experiment.run_experiment(tiny, tmp_path)

@@ -57,15 +57,18 @@ def _row(seed: int, shift: str, method: str, s: Scores) -> dict[str, Any]:
     return {"seed": seed, "shift": shift, "method": method, **{m: getattr(s, m) for m in METRICS}}
 
 
-def _done(run_dir: Path, out_dir: Path, result_file: str) -> dict[str, Any] | None:
-    """The result file of a method this sweep finished in an earlier run (run.json says finished), so a stopped
-    sweep continues where it was; an unfinished run directory it left is removed and the method runs again
-    from its start (a part-trained model is not what the row would claim)."""
+def _earlier(run_dir: Path, out_dir: Path, result_file: str) -> tuple[dict[str, Any] | None, bool]:
+    """(the result file of a method this sweep finished in an earlier run, whether to resume it): a stopped
+    sweep continues where it was. A finished run (run.json says so) is read back; an unfinished one with a
+    resume point continues from it (the sweep's settings are checked to be the same); one without is removed
+    and the method runs from its start."""
     if finished_step(run_dir) is not None and (run_dir / result_file).is_file():
-        return json.loads((run_dir / result_file).read_text())
+        return json.loads((run_dir / result_file).read_text()), False
+    if ckpt.latest_checkpoint(run_dir) is not None:
+        return None, True
     if run_dir.exists():
         remove_tree(run_dir, out_dir)
-    return None
+    return None, False
 
 
 def _diverged_row(seed: int, shift: str, method: str, e: Diverged) -> dict[str, Any]:
@@ -216,13 +219,13 @@ def run_experiment(cfg: RunConfig, out_dir: Path, h1: tuple[torch.nn.Module, dic
         seed_dir = out_dir / f"seed{seed}"
 
         # H1 on D1
-        earlier = reused is None and _done(seed_dir / "H1", out_dir, "metrics.json") is not None
-        _stage(seed, "none", "H1 (reused)" if reused or earlier else "H1: trained on D1 with labels")
+        done, resume = _earlier(seed_dir / "H1", out_dir, "metrics.json") if reused is None else (None, False)
+        _stage(seed, "none", "H1 (reused)" if reused or done else "H1: trained on D1 with labels")
         if reused is not None:
             h1, h1_meta = reused
         else:
-            if not earlier:
-                train(base, seed_dir / "H1")
+            if done is None:
+                train(base, seed_dir / "H1", resume=resume)
             h1, h1_meta = load_model(seed_dir / "H1", device)
         d1_train, d1_val = build_source(cfg.data, cfg.data.train_split), build_source(cfg.data, cfg.data.val_split)
         if h1_meta.get("num_classes") != d1_val.info.num_classes:
@@ -260,8 +263,9 @@ def run_experiment(cfg: RunConfig, out_dir: Path, h1: tuple[torch.nn.Module, dic
                 _stage(seed, name, "B1: trained from scratch on D2 with D1's labels")
                 fresh = fresh_of(h1_meta, cfg.adapt.h1, trusted, seed) if reused is not None else None
                 try:
-                    m = _done(shift_dir / "B1", out_dir, "metrics.json") or train(
-                        base, shift_dir / "B1", model=fresh, train_set=d2_sets[0], val_set=d2_sets[1])
+                    m, resume = _earlier(shift_dir / "B1", out_dir, "metrics.json")
+                    m = m or train(base, shift_dir / "B1", model=fresh, train_set=d2_sets[0], val_set=d2_sets[1],
+                                   resume=resume)
                     rows.append(_row(seed, name, "B1", _scores_from(m)))
                 except Diverged as e:
                     rows.append(_diverged_row(seed, name, "B1", e))
@@ -270,8 +274,9 @@ def run_experiment(cfg: RunConfig, out_dir: Path, h1: tuple[torch.nn.Module, dic
                 b2 = copy.deepcopy(base)
                 b2.train.iterations, b2.train.lr = ex.iterations, ex.finetune_lr
                 try:
-                    m = _done(shift_dir / "B2", out_dir, "metrics.json") or train(
-                        b2, shift_dir / "B2", model=copy.deepcopy(h1), train_set=d2_sets[0], val_set=d2_sets[1])
+                    m, resume = _earlier(shift_dir / "B2", out_dir, "metrics.json")
+                    m = m or train(b2, shift_dir / "B2", model=copy.deepcopy(h1), train_set=d2_sets[0],
+                                   val_set=d2_sets[1], resume=resume)
                     rows.append(_row(seed, name, "B2", _scores_from(m)))
                 except Diverged as e:
                     rows.append(_diverged_row(seed, name, "B2", e))
@@ -280,9 +285,10 @@ def run_experiment(cfg: RunConfig, out_dir: Path, h1: tuple[torch.nn.Module, dic
                 p = copy.deepcopy(base)
                 p.train.iterations, p.train.lr, p.peer.method = ex.iterations, ex.adapt_lr, method
                 try:
-                    if _done(shift_dir / method, out_dir, "peer.json") is None:
+                    done, resume = _earlier(shift_dir / method, out_dir, "peer.json")
+                    if done is None:
                         run_peer(p, shift_dir / method, ImageDataset(d2_train, train_tf), teacher=h1,
-                                 h1_meta=h1_meta)
+                                 h1_meta=h1_meta, resume=resume)
                 except Diverged as e:
                     rows.append(_diverged_row(seed, name, method, e))
                     continue
@@ -305,8 +311,9 @@ def run_experiment(cfg: RunConfig, out_dir: Path, h1: tuple[torch.nn.Module, dic
                 if cfg.adapt.teacher_cache:  # a cache holds one H1's maps at one tap set: one per seed and preset
                     a.adapt.teacher_cache = str(Path(cfg.adapt.teacher_cache) / f"seed{seed}-{preset}")
                 try:
-                    res = _done(shift_dir / f"H2-{label}", out_dir, "adapt.json") or adapt(
-                        a, shift_dir / f"H2-{label}", pairs, teacher=h1, h1_meta=h1_meta, on_probe=miou_on_d2)
+                    res, resume = _earlier(shift_dir / f"H2-{label}", out_dir, "adapt.json")
+                    res = res or adapt(a, shift_dir / f"H2-{label}", pairs, teacher=h1, h1_meta=h1_meta,
+                                       on_probe=miou_on_d2, resume=resume)
                 except Diverged as e:
                     rows.append(_diverged_row(seed, name, f"H2:{label}", e))
                     continue
