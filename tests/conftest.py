@@ -9,6 +9,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import _paths  # noqa: E402  (where the CamVid sample lies: one rule for tests and benchmarks)
 
 
+@pytest.fixture(autouse=True)
+def _cpu_without_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests run as on a CPU without native bf16: train.precision = "auto" (the default) then keeps fp32
+    untimed, so every figure a test checks is the same on every host. Tests of the bf16 path set the CPU
+    features they need (monkeypatch segadapt.runtime.cpu_features)."""
+    from segadapt import runtime
+
+    real = runtime.cpu_features
+    monkeypatch.setattr(runtime, "cpu_features", lambda: real() - set(runtime.BF16_FEATURES))
+
+
 @pytest.fixture(scope="session")
 def camvid_root() -> Path:
     root = _paths.camvid_root()

@@ -37,7 +37,7 @@ SPECIAL = {"layers": ("pool5", '["pool3"]'), "weights": ("0.5", "[2.0]"), "filte
            "trust_factory": ("pkg.mod:fn", '["other.mod:fn"]'),
            "align": ("ecc", '"features"'), "method": ("tent", '"adabn"'),
            "objective": ("features,output_kl=0.5", "{entropy = 1.0}"), "weighting": ("normalised", '"uncertainty"'),
-           "select": ("agreement", '"entropy"')}
+           "select": ("agreement", '"entropy"'), "precision": ("bf16", '"fp32"')}
 
 
 def _cases():

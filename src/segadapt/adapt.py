@@ -38,9 +38,10 @@ from segadapt.models.modes import NormPolicy, adaptation_mode
 from segadapt.models.taps import Features
 from segadapt.objectives import Objective, Outputs, build_objective
 from segadapt.objectives.term import as_plain, model_outputs
-from segadapt.run import Run, autocast, wrap_ddp
+from segadapt.run import Run, wrap_ddp
 from segadapt.runtime import environment
 from segadapt.selection import HoldoutProbe, better, probe_steps, split_holdout
+from segadapt.speed import autocast
 
 OnProbe = Callable[[int, nn.Module], dict[str, float]]
 # the objective's own state (statistics, running means, learned weights) in a resume point's extra tensors,
@@ -166,11 +167,9 @@ def adapt(
         raise ConfigError(f"adapt.teacher_cache holds H1's feature maps only, and adapt.objective "
                           f"{'+'.join(objective.terms)} reads its predictions; drop adapt.teacher_cache")
     teacher = teacher.to(device).eval().requires_grad_(False)
-    # NHWC convolutions as train.channels_last says, as in train() ("auto": timed on a copy, since the
-    # teacher takes no gradients). The caller's teacher is not converted in place; a copy in the new layout
-    # is used instead.
-    if tc.channels_last == "auto":
-        run.settle_layout(copy.deepcopy(teacher).requires_grad_(True))
+    # NHWC convolutions and bf16 as train.channels_last and train.precision say, as in train() ("auto": timed
+    # on a copy). The caller's teacher is not converted in place; a copy in the new layout is used instead.
+    run.settle(teacher)
     if tc.channels_last:
         teacher = copy.deepcopy(teacher).to(memory_format=run.memory_format)
     student = copy.deepcopy(teacher).to(device)
@@ -230,7 +229,7 @@ def adapt(
         """H1 on X1 (inference mode, or sliced from the cache) and H2 on X2, as the terms read them; with
         adapt.d2_labels also H2 on this step's labelled D2 images."""
         xl, labels = draws.batch(step, device) if draws is not None else (None, None)
-        with autocast(device):
+        with autocast(device, tc.precision):
             with torch.inference_mode():
                 if cache is None:
                     target, target_logits = model_outputs(teacher, teacher_features, x1, taps,

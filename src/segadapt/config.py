@@ -19,6 +19,8 @@ from typing import Any
 
 from segadapt.errors import ConfigError
 
+PRECISIONS = ("auto", "fp32", "bf16")  # train.precision, and --precision of predict and evaluate
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on Python 3.10
@@ -84,6 +86,11 @@ class TrainConfig:
     # width-1.0 VGG's regression step (benchmarks/regression_step.py). "auto": time a step in each layout
     # first and keep the faster; the choice is written back here, so config.toml and a resume hold it.
     channels_last: bool | str = True
+    # fp32 | bf16 (autocast) | auto. On CUDA "auto" is bf16 where the GPU has it natively. On CPU "auto" is bf16
+    # only where the CPU computes bf16 natively (AVX-512 BF16, AMX, Arm BF16) and a timed step on the run's own
+    # model and batch is faster in it (with channels_last = "auto", every layout and precision pair is timed);
+    # the choice is written back here, so config.toml and a resume hold it.
+    precision: str = "auto"
     time_budget_s: float = 0.0  # stop early after this many seconds (0 = no limit); for CPU benchmarks
     tensorboard: bool = False  # also write TensorBoard event files under <run>/tensorboard (segadapt[tensorboard])
 
@@ -535,7 +542,8 @@ _LIMITS: dict[str, dict[str, tuple[Any, str]]] = {
                     "weight_decay": _at_least(0), "poly_power": _at_least(0), "eval_every": _at_least(0),
                     "checkpoint_every": _at_least(0), "log_every": _at_least(1), "threads": _between(0, MAX_THREADS),
                     "time_budget_s": _at_least(0), "seed": _SEED,
-                    "channels_last": ((lambda v: isinstance(v, bool) or v == "auto"), 'true, false or "auto"')},
+                    "channels_last": ((lambda v: isinstance(v, bool) or v == "auto"), 'true, false or "auto"'),
+                    "precision": _one_of(*PRECISIONS)},
     "ShiftConfig": {"severity": ((lambda v: 0 <= v <= 1), "in [0, 1]"), "photometric": _at_least(0), "seed": _SEED,
                     "d2_dir": _usable_path(), "pairs_csv": _usable_path(), "d1_raster": _usable_path(),
                     "d2_raster": _usable_path(), "label_raster": _usable_path(), "raster_windows": _at_least(1),

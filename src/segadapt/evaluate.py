@@ -12,6 +12,7 @@ from segadapt.config import RunConfig
 from segadapt.data import SegmentationDataset, SegmentationSource, make_transform
 from segadapt.metrics import Scores, confusion_matrix, scores
 from segadapt.models.modes import modes_restored
+from segadapt.speed import PrecisionChoice, autocast, choose_inference_precision
 
 BATCH_PIXELS = 1 << 20  # an evaluation batch's pixels: 170 demo frames, 6 CamVid frames at 360x480, one big tile
 
@@ -47,6 +48,7 @@ def confusion(
     desc: str = "evaluate",
     shard: bool = False,
     batch_pixels: int = BATCH_PIXELS,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Summed confusion matrix over the dataset. Consecutive images of one size go through the model together
     (up to `batch_pixels` pixels a batch) in channels-last layout: one image at a time in NCHW is 4-5x slower
@@ -54,7 +56,8 @@ def confusion(
 
     With `shard` under torchrun each rank scores every world-th image (rank r: r, r+N, ...) and the
     integer matrices are all-reduced, so every rank gets the matrix of the whole set, exactly as one
-    process would, in 1/N of the time. Without a process group `shard` changes nothing.
+    process would, in 1/N of the time. Without a process group `shard` changes nothing. `precision`: fp32, or
+    bf16 autocast (see `inference_precision`).
     """
     if shard and distributed.active():
         dataset = Subset(dataset, range(distributed.rank(), len(dataset), distributed.world_size()))
@@ -68,7 +71,8 @@ def confusion(
         model.eval()
         for images, masks in same_size_batches(bar, batch_pixels):
             images = images.to(device).contiguous(memory_format=torch.channels_last)
-            pred = model(images).argmax(1)
+            with autocast(device, precision):
+                pred = model(images).argmax(1)
             conf += confusion_matrix(pred, masks.to(device), num_classes, ignore_index)
     if shard:
         distributed.all_reduce(conf)
@@ -84,9 +88,33 @@ def evaluate(
     num_workers: int = 0,
     desc: str = "evaluate",
     shard: bool = False,
+    precision: str = "fp32",
 ) -> tuple[Scores, torch.Tensor]:
-    conf = confusion(model, dataset, num_classes, ignore_index, device, num_workers, desc, shard)
+    conf = confusion(model, dataset, num_classes, ignore_index, device, num_workers, desc, shard,
+                     precision=precision)
     return scores(conf), conf
+
+
+def inference_precision(model: torch.nn.Module, dataset: Dataset, device: torch.device,
+                        requested: str) -> PrecisionChoice:
+    """The precision `segadapt evaluate --precision` scores in, decided on the dataset's first batch as
+    `confusion` forms it (segadapt.speed.choose_inference_precision: bf16 only if faster and its labels agree
+    with fp32's on >= 99.5% of the pixels)."""
+    if not len(dataset):  # type: ignore[arg-type]
+        return PrecisionChoice("fp32")
+    sample: list[torch.Tensor] = []  # read only when a precision is timed
+
+    @torch.inference_mode()
+    def labels(precision: str) -> torch.Tensor:
+        if not sample:
+            loader = DataLoader(dataset, batch_size=1, shuffle=False, generator=torch.Generator())
+            sample.append(next(same_size_batches(loader, BATCH_PIXELS))[0].to(device)
+                          .contiguous(memory_format=torch.channels_last))
+        with modes_restored(model), autocast(device, precision):
+            model.eval()
+            return model(sample[0]).argmax(1)
+
+    return choose_inference_precision(requested, device, labels)
 
 
 def score(model: torch.nn.Module, source: SegmentationSource, cfg: RunConfig, device: torch.device) -> Scores:

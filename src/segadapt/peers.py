@@ -43,8 +43,9 @@ from segadapt.models.loading import rebuild_meta, save_native
 from segadapt.models.modes import adaptation_mode, has_running_stats
 from segadapt.objectives.entropy import pixel_entropy
 from segadapt.objectives.pseudo import confident_pixels
-from segadapt.run import Run, autocast, wrap_ddp
+from segadapt.run import Run, wrap_ddp
 from segadapt.runtime import environment
+from segadapt.speed import autocast
 
 PEERS = PEER_METHODS  # the names config accepts (config.PEER_METHODS), each a loop below
 _IGNORE = -100  # pixels left out of the pseudo-label loss
@@ -193,8 +194,7 @@ def run_peer(
         teacher, h1_meta = load_h1(cfg, device)
     assert h1_meta is not None
     teacher = teacher.to(device).eval().requires_grad_(False)
-    if tc.channels_last == "auto":
-        run.settle_layout(copy.deepcopy(teacher).requires_grad_(True))
+    run.settle(teacher)  # train.channels_last / train.precision = "auto": timed on a copy
     if tc.channels_last:
         teacher = copy.deepcopy(teacher).to(memory_format=run.memory_format)
     student = copy.deepcopy(teacher).to(device)
@@ -228,10 +228,10 @@ def run_peer(
             x2, valid = run.to_device(x2), valid.to(device, non_blocking=True)
             lr = run.set_lr(optimizer, step) if trainable else 0.0
             if not trainable:  # adabn: a forward pass moves the statistics
-                with torch.no_grad(), autocast(device):
+                with torch.no_grad(), autocast(device, tc.precision):
                     student(x2)
             else:
-                with autocast(device):
+                with autocast(device, tc.precision):
                     loss, kept = _loss(method, net, teacher, x2, valid, cfg.adapt.pseudo_keep)
                 loss_value = run.check_loss(loss, step + 1, ids, fix, what=f"{method} loss")
                 optimizer.zero_grad(set_to_none=True)

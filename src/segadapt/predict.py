@@ -47,6 +47,7 @@ from segadapt.data.transforms import base_scale, resize_image
 from segadapt.errors import ConfigError
 from segadapt.models.scale import window_factor
 from segadapt.progress import bar as progress_bar
+from segadapt.speed import PrecisionChoice, autocast, choose_inference_precision
 
 if TYPE_CHECKING:
     from segadapt.predict_outputs import ImageOutputs
@@ -96,6 +97,7 @@ class Predictor:
     base_size: int
     device: torch.device
     window_factor: float | None = None  # for rasters read in windows (models/scale.window_factor)
+    precision: str = "fp32"  # or bf16 autocast (--precision; `sample_precision` settles "auto")
     _act_px: float = field(default=0.0, repr=False)
 
     @classmethod
@@ -121,7 +123,8 @@ class Predictor:
     @torch.inference_mode()
     def logits(self, tiles: np.ndarray) -> torch.Tensor:
         """Float32 CPU logits N x C x h x w for a batch of tiles."""
-        return self.model(self.normalise(tiles)).float().cpu()
+        with autocast(self.device, self.precision):
+            return self.model(self.normalise(tiles)).float().cpu()
 
     def activation_bytes_per_pixel(self) -> float:
         """Working memory of a forward per input pixel, estimated once from one small probe pass: four
@@ -447,3 +450,42 @@ def _finish_rows(pred: Predictor, source: RasterReader, outputs: ImageOutputs | 
         stats.nodata += int(valid.size - valid.sum())
     if outputs is not None:
         outputs.write(y, lab, cf, None if ent is None else ent.numpy(), valid, rgb)
+
+
+SAMPLE_SIDE = 512  # network pixels a side of the window `sample_precision` predicts
+
+
+class _Labels:
+    """Collects the class mask `predict_image` writes row by row (an `ImageOutputs` stand-in)."""
+
+    def __init__(self, height: int, width: int) -> None:
+        self.labels = np.zeros((height, width), np.int64)
+
+    def write(self, y: int, labels: np.ndarray, *rest: Any) -> None:
+        self.labels[y:y + labels.shape[0]] = labels
+
+
+def sample_precision(pred: Predictor, source: RasterReader, requested: str, *, scale: float | None = None,
+                     tile: int | None = None, overlap: int | None = None, batch: int = 4,
+                     memory_mb: float = 1024) -> PrecisionChoice:
+    """The precision to predict in (segadapt.speed.choose_inference_precision), decided on a window of `source`
+    at most SAMPLE_SIDE network pixels a side from its centre, predicted as `predict_image` predicts it (same
+    scale and tiling options), so the timing is of the command's own work and the agreement of its own masks."""
+    s = choose_scale(source, pred, scale)
+    h, w = (min(n, max(1, math.ceil(SAMPLE_SIDE / s))) for n in (source.height, source.width))
+    y, x = (source.height - h) // 2, (source.width - w) // 2
+    rgb, _ = source.read(y, x, h, w)
+    window = ArrayReader(np.clip(rgb, 0, 255).astype(np.uint8) if rgb.dtype != np.uint8 else rgb)
+    before = pred.precision
+
+    def labels(precision: str) -> torch.Tensor:
+        pred.precision = precision
+        mask = _Labels(h, w)
+        predict_image(pred, window, mask, scale=s, tile=tile, overlap=overlap, batch=batch,  # type: ignore[arg-type]
+                      memory_mb=memory_mb, progress=False)
+        return torch.from_numpy(mask.labels)
+
+    try:
+        return choose_inference_precision(requested, pred.device, labels)
+    finally:
+        pred.precision = before

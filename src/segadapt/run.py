@@ -43,16 +43,15 @@ from segadapt.config import RunConfig, dumps_toml, load_toml, to_dict
 from segadapt.data.sampler import EpochSampler, batches
 from segadapt.errors import CheckpointError, ConfigError, Interrupted, SegadaptError
 from segadapt.guards import describe_batch, global_loss, grads_finite, nonfinite_error, refuse_nonfinite
-from segadapt.models.modes import modes_restored
 from segadapt.runtime import (
     InterruptFlag,
-    autocast_dtype,
     check_batch,
     check_workers,
     select_device,
     setup,
     warn_if_busy,
 )
+from segadapt.speed import Variant, fastest_training, precision_candidates
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
@@ -238,38 +237,6 @@ def poly_lr(base_lr: float, step: int, total: int, power: float) -> float:
     return base_lr * (1.0 - step / total) ** power
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast where runtime.autocast_dtype allows it (CUDA with bf16), otherwise plain float32."""
-    dtype = autocast_dtype(device)
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
-def faster_layout(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device, repeats: int = 2
-                  ) -> tuple[bool, dict[str, float]]:
-    """Whether NHWC beats NCHW for a forward and backward pass of `model` on a random batch of `shape`
-    (best of `repeats` after one warm-up each), and the seconds of each. Which layout oneDNN runs faster
-    depends on the CPU and the layer widths, so it is measured rather than assumed. The model is timed in
-    eval mode (no BatchNorm statistics move, no dropout draws from the RNG a run checkpoints) and left NCHW
-    with its gradients cleared, its weights untouched."""
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
-    seconds: dict[str, float] = {}
-    with modes_restored(model):
-        model.eval()
-        for name, fmt in (("channels_last", torch.channels_last), ("contiguous", torch.contiguous_format)):
-            model.to(memory_format=fmt)
-            xi = x.contiguous(memory_format=fmt)
-            times = []
-            for _ in range(1 + repeats):
-                t = time.perf_counter()
-                model(xi).float().sum().backward()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                times.append(time.perf_counter() - t)
-            seconds[name] = min(times[1:])
-    model.zero_grad(set_to_none=True)
-    return seconds["channels_last"] <= seconds["contiguous"], seconds
-
-
 def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """DistributedDataParallel under torchrun (gradients averaged during backward), the module itself otherwise."""
     if not distributed.active():
@@ -369,6 +336,8 @@ class Run:
         self.last = ckpt.latest_checkpoint(run_dir) if resume else None
         if resume and self.last is None:
             raise CheckpointError(f"{run_dir}: nothing to resume (no checkpoints/step_*.safetensors); drop --resume")
+        if resume:
+            self._keep_settled()
         self.start = ckpt.step_of(self.last) if self.last is not None else 0
         self.elapsed_before = 0.0
         self._held: tuple[torch.nn.Module, torch.optim.Optimizer, Callable[[], dict[str, Any]],
@@ -384,6 +353,18 @@ class Run:
             if not resume:  # resume points or a finished marker of an earlier run here would outrank this run's
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
                 (run_dir / RUN_FILE).unlink(missing_ok=True)
+
+    def _keep_settled(self) -> None:
+        """A resumed run runs as it started: the layout and precision its config.toml recorded replace an "auto"
+        in the config it is resumed with (the sweep resumes its methods with its own config), never retimed."""
+        saved = self.dir / "config.toml"
+        if not saved.is_file():
+            return
+        recorded, tc = load_toml(saved).train, self.cfg.train
+        if tc.channels_last == "auto":
+            tc.channels_last = recorded.channels_last
+        if tc.precision == "auto":
+            tc.precision = recorded.precision
 
     # what a resume point holds
     def hold(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: Callable[[], dict[str, Any]],
@@ -434,19 +415,29 @@ class Run:
             names = ([indices[i] for i in b] for b in names)
         return zip(loader, names)
 
-    def settle_layout(self, model: torch.nn.Module) -> None:
-        """Resolve train.channels_last = "auto" for `model` at this run's batch and crop size (see
-        `faster_layout`) and write the choice into the config; every rank of a torchrun takes NHWC, since
-        they must agree and a timing each would not."""
+    def settle(self, model: torch.nn.Module) -> None:
+        """Resolve train.channels_last and train.precision = "auto" for `model` at this run's batch and crop size
+        (segadapt.speed: every candidate pair timed on a copy of `model`, the fastest kept) and write the choice
+        into the config, so config.toml and a resume hold it. Every rank of a torchrun takes NHWC, and fp32 on
+        CPU, since they must agree and a timing each would not; train.deterministic keeps fp32 on CPU too."""
         tc = self.cfg.train
-        if tc.channels_last == "auto":
-            if self.world > 1:
-                tc.channels_last = True
-            else:
-                shape = (self.per_rank, 3, *self.cfg.data.crop_size)
-                tc.channels_last, seconds = faster_layout(model, shape, self.device)
-                print(f"memory layout: {'NHWC (channels_last)' if tc.channels_last else 'NCHW'}, a step took "
-                      f"{seconds['channels_last']:.3g} s NHWC vs {seconds['contiguous']:.3g} s NCHW", flush=True)
+        layouts = [True, False] if tc.channels_last == "auto" else [bool(tc.channels_last)]
+        precisions = precision_candidates(tc.precision, self.device)
+        if tc.deterministic and tc.precision == "auto":  # a timing is not reproducible; fp32 (or the GPU rule) is
+            precisions = precisions[:1]
+        if self.world > 1:
+            layouts, precisions = layouts[:1], precisions[:1]
+        variants = [Variant(c, p) for c in layouts for p in precisions]
+        if len(variants) == 1:
+            picked, seconds = variants[0], {}
+        else:
+            picked, seconds = fastest_training(model, (self.per_rank, 3, *self.cfg.data.crop_size), self.device,
+                                               variants)
+        tc.channels_last, tc.precision = picked.channels_last, picked.precision
+        if seconds and self.main:
+            timed = ", ".join(f"{v.name} {t:.3g} s" for v, t in seconds.items())
+            print(f"memory layout: {'NHWC (channels_last)' if picked.channels_last else 'NCHW'}, precision: "
+                  f"{picked.precision}; a forward and backward pass took {timed}", flush=True)
 
     @property
     def memory_format(self) -> torch.memory_format:

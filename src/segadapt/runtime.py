@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import random
@@ -67,15 +68,48 @@ def check_batch(batch: int, crop: tuple[int, int] | list[int], images_per_sample
                           f"batch (or data.crop_size)")
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The mixed-precision dtype for training on `device`, or None to stay in float32.
+# CPU features that compute bf16 natively: x86's AVX-512 BF16 and AMX (torch.cpu's names and Linux's
+# /proc/cpuinfo flags), Arm's BF16 extension (/proc/cpuinfo "Features": bf16)
+BF16_FEATURES = ("amx_bf16", "avx512_bf16", "bf16")
 
-    bfloat16 on CUDA GPUs with native bf16 (Ampere and newer): it has float32's range, so no gradient
-    scaler is needed, and tensor cores speed up the convolutions. None everywhere else. On CPU the gain
-    depends on the chip: where it lacks bf16 instructions bf16 matmuls are reported ~250x slower than
-    fp32, and even on this development machine (AVX512-BF16) a 256x256 matmul was 5x slower and the
-    width-0.125 VGG no faster; float32 also keeps CPU runs identical to earlier ones.
+
+def cpu_features() -> set[str]:
+    """This CPU's feature names, lower case: those torch.cpu reports present, and Linux's /proc/cpuinfo flags
+    (x86 "flags", Arm "Features"); empty where neither says (then no feature is assumed)."""
+    found: set[str] = set()
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is not None:
+        with contextlib.suppress(RuntimeError, AttributeError):
+            found |= {str(k).lower() for k, v in capabilities().items() if v is True}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    found |= set(value.lower().split())
+    except OSError:
+        pass
+    return found
+
+
+def cpu_native_bf16() -> str | None:
+    """The feature by which this CPU computes bf16 natively (amx_bf16, avx512_bf16, or Arm's bf16), or None.
+    Without one, bf16 matmuls are emulated and reported up to ~250x slower than fp32, so "auto" never tries
+    them there."""
+    features = cpu_features()
+    return next((f for f in BF16_FEATURES if f in features), None)
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The mixed-precision dtype on `device` for train.precision `precision`, or None to stay in float32.
+
+    "bf16" and "fp32" are taken as given. "auto": bfloat16 on CUDA GPUs with native bf16 (Ampere and newer;
+    it has float32's range, so no gradient scaler is needed, and tensor cores speed up the convolutions),
+    float32 everywhere else. On CPU "auto" is settled before a run by timing (segadapt.speed): bf16 only where
+    the CPU computes it natively and a step on the run's own model and batch is faster in it.
     """
+    if precision != "auto":
+        return torch.bfloat16 if precision == "bf16" else None
     if device.type != "cuda" or not torch.cuda.is_available():
         return None
     try:  # torch >= 2.3: do not count slow emulated bf16 on older GPUs as support

@@ -27,8 +27,9 @@ from segadapt.evaluate import evaluate
 from segadapt.models import build_model, conform
 from segadapt.models.loading import arch_of, rebuild_meta, save_native
 from segadapt.models.scale import pixel_factor
-from segadapt.run import Run, autocast, wrap_ddp
+from segadapt.run import Run, wrap_ddp
 from segadapt.runtime import environment
+from segadapt.speed import autocast
 
 LOG_FIELDS = ["step", "loss", "lr", "images_per_s", "elapsed_s", "val_miou", "val_mean_acc"]
 
@@ -97,7 +98,7 @@ def train(
     # model and optimizer
     # a given model may arrive frozen (adapt freezes its teacher H1); supervised training updates everything
     model = (model or create_model(cfg, info.num_classes)).to(device).requires_grad_(True)
-    run.settle_layout(model)  # train.channels_last = "auto": timed here
+    run.settle(model)  # train.channels_last / train.precision = "auto": timed here
     model = model.to(memory_format=run.memory_format)
     groups = conform(model).param_groups(tc.lr, tc.head_lr_mult)  # the model names its head
     optimizer = torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
@@ -116,7 +117,7 @@ def train(
                 break
             lr = run.set_lr(optimizer, step)
             images, masks = run.to_device(images), masks.to(device, non_blocking=True)
-            with autocast(device):
+            with autocast(device, tc.precision):
                 loss = F.cross_entropy(net(images), masks, ignore_index=info.ignore_index)
             loss_value = run.check_loss(loss, step + 1, ids, fix)
             optimizer.zero_grad(set_to_none=True)

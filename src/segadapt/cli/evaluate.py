@@ -14,6 +14,7 @@ from segadapt.cli.common import (
     load_model_arg,
     model_args,
     model_config,
+    precision_arg,
     same_classes,
     trained_config,
     trusted_factories,
@@ -27,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help=f"the model: {MODEL_FORMS}")
     model_args(p)
     p.add_argument("--split", help="split to evaluate (default: the config's val split)")
+    precision_arg(p)
     p.add_argument("--out", help="JSON output (default: <run>/eval_<dataset>_<split>.json; scored at another "
                    "--root: eval_<dataset>-<root name>_<split>.json)")
     config_args(p, (*DATA, "device", "d1_raster", "d2_raster", "label_raster"), presets=False,
@@ -39,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from segadapt.checkpoint import write_json_atomic
     from segadapt.data import build_dataset
-    from segadapt.evaluate import evaluate
+    from segadapt.evaluate import evaluate, inference_precision
     from segadapt.runtime import environment, select_device
 
     json_out(args.out)
@@ -63,7 +65,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         dataset = build_dataset(cfg.data, split, train=False)
     same_classes(args.model, meta, cfg, dataset.info.num_classes)
-    s, conf = evaluate(model.to(device), dataset, dataset.info.num_classes, dataset.info.ignore_index, device)
+    model = model.to(device)
+    choice = inference_precision(model, dataset, device, args.precision)
+    if choice.precision != "fp32" or choice.seconds:
+        print(choice.line())
+    s, conf = evaluate(model, dataset, dataset.info.num_classes, dataset.info.ignore_index, device,
+                       precision=choice.precision)
     result = {
         "model": str(args.model),
         "dataset": cfg.data.dataset,
@@ -74,6 +81,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         **s.to_dict(),
         "class_names": list(dataset.info.class_names),
         "confusion": conf.tolist(),
+        "precision": choice.to_dict(),
         "environment": environment(),
     }
     root = cfg.data.root if cfg.data.root != trained.data.root else ""  # scored on other data (a D2)

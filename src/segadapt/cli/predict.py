@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from segadapt.cli.common import (
     claim,
@@ -11,11 +14,17 @@ from segadapt.cli.common import (
     keep_outputs,
     model_config,
     numbers,
+    precision_arg,
     trust_args,
     trusted_factories,
 )
 from segadapt.errors import SegadaptError
 from segadapt.paths import check_path
+
+if TYPE_CHECKING:
+    from segadapt.predict import Predictor
+    from segadapt.predict_job import PredictOptions
+    from segadapt.speed import PrecisionChoice
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--overlay", action="store_true", help="the image blended with the class colours")
     o.add_argument("--confidence", action="store_true", help="max softmax probability")
     o.add_argument("--entropy", action="store_true", help="softmax entropy / ln(classes)")
+    precision_arg(p)
     trust_args(p)
     config_args(p, ("device",), presets=False)
     p.set_defaults(func=cmd_predict)
@@ -69,8 +79,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     pred = Predictor.from_meta(model, meta, cfg.data, select_device(cfg.train.device))
     settings = {"model_sha256": weights_sha256(model_path), "mean": list(pred.mean), "std": list(pred.std),
                 "base_size": pred.base_size, **opts.settings()}
+    choice = settle_precision(pred, inputs, opts, args.precision)
     header = {"model": str(model_path), "classes": list(pred.class_names), "palette": [list(c) for c in pred.palette],
-              "environment": environment()}
+              "precision": choice.to_dict(), "environment": environment()}
     claim(out, run=True)
     summary = run(pred, inputs, out, opts, settings, header, on_finished=lambda: keep_outputs(out))
     done = len(summary.images)
@@ -83,3 +94,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"  {f['error']}", file=sys.stderr)
         return 1
     return 0
+
+
+
+def settle_precision(pred: Predictor, inputs: Sequence[Path], opts: PredictOptions, requested: str) -> PrecisionChoice:
+    """pred.precision for --precision, decided on the first input (predict.sample_precision). The choice and its
+    timing are printed and kept in predictions.json, not in the settings that decide whether an image is finished
+    (a re-run that settles otherwise does not predict everything again). An input that cannot be sampled leaves
+    fp32; its own failure is reported when it is predicted."""
+    from segadapt.data.rasters import open_raster
+    from segadapt.predict import sample_precision
+    from segadapt.speed import PrecisionChoice
+
+    choice = PrecisionChoice("fp32" if requested == "auto" else requested)
+    if requested != "fp32" and inputs:
+        try:
+            reader = open_raster(inputs[0], opts.bands, opts.stretch)
+            try:
+                choice = sample_precision(pred, reader, requested, scale=opts.scale, tile=opts.tile,
+                                          overlap=opts.overlap, batch=opts.batch, memory_mb=opts.memory_mb)
+            finally:
+                getattr(reader, "close", lambda: None)()
+        except Exception as e:  # noqa: BLE001 - any failure of one image is that image's, reported with it
+            choice.note = f"{inputs[0].name} could not be sampled ({type(e).__name__})"
+    pred.precision = choice.precision
+    if choice.precision != "fp32" or choice.seconds:
+        print(choice.line(), flush=True)
+    return choice
