@@ -1,12 +1,15 @@
-"""Achieved FLOP/s of supervised training (VGG-DeepLab forward + backward + SGD) against the machine's measured
-fp32 matmul peak, for NCHW (contiguous) vs NHWC (channels_last) and oneDNN (torch.backends.mkldnn) on vs off,
-all in one run.
+"""Achieved FLOP/s of supervised training (VGG-DeepLab forward + backward + SGD) against the rate this machine's
+kernels were measured to reach, for NCHW (contiguous) vs NHWC (channels_last), oneDNN (torch.backends.mkldnn)
+on vs off, and NHWC in bf16 autocast, all in one run.
 
-The peak is the best of several large torch.mm timings (2n^3 FLOPs each): what this CPU and torch build
-reach on the most favourable kernel. Training FLOPs per step are counted by torch.utils.flop_counter
-(convolutions forward and backward; the SGD update is a few elementwise passes and is not counted). The
-four configurations are timed interleaved, in rotating order, after a warm-up step each; medians reported.
-Defaults are the camvid preset's shapes (width 0.25, 240x320, batch 8).
+The peak of each precision (_measure.measured_peaks) is the best of torch.mm at a few sizes and a large oneDNN
+convolution, measured before and after the steps, and never below the fastest step itself
+(_measure.reached_peak): a "fraction of peak" is at most 100% and says how close a step came to the best this
+machine was seen to do. The nominal FMA peak (features, clock, an assumed 2 FMA units a core) is recorded
+beside it. Training FLOPs per step are counted by torch.utils.flop_counter (convolutions forward and backward;
+the SGD update is a few elementwise passes and is not counted). The configurations are timed interleaved, in
+rotating order, after a warm-up step each; medians reported. Defaults are the camvid preset's shapes (width
+0.25, 240x320, batch 8).
 
     python benchmarks/train_flops.py --out runs/bench-train-flops.json
     python benchmarks/train_flops.py --quick
@@ -27,21 +30,26 @@ from _measure import (
     finish,
     interleaved_times,
     load_average,
-    matmul_peak,
+    measured_peaks,
+    peak_lines,
+    reached_peak,
     step_arguments,
     use_threads,
 )
 from segadapt.models import VGGDeepLab
+from segadapt.speed import autocast
 
-CONFIGS = [  # (name, memory format, oneDNN enabled)
-    ("contiguous+mkldnn", torch.contiguous_format, True),
-    ("channels_last+mkldnn", torch.channels_last, True),
-    ("contiguous-no_mkldnn", torch.contiguous_format, False),
-    ("channels_last-no_mkldnn", torch.channels_last, False),
+CONFIGS = [  # (name, memory format, oneDNN enabled, precision)
+    ("contiguous+mkldnn", torch.contiguous_format, True, "fp32"),
+    ("channels_last+mkldnn", torch.channels_last, True, "fp32"),
+    ("contiguous-no_mkldnn", torch.contiguous_format, False, "fp32"),
+    ("channels_last-no_mkldnn", torch.channels_last, False, "fp32"),
+    ("channels_last+mkldnn+bf16", torch.channels_last, True, "bf16"),
 ]
 
 
-def make_step(fmt: torch.memory_format, mkldnn: bool, args: argparse.Namespace) -> Callable[[], None]:
+def make_step(fmt: torch.memory_format, mkldnn: bool, precision: str,
+              args: argparse.Namespace) -> Callable[[], None]:
     """A training step on a fixed random batch, with its own model (same init) and optimizer."""
     torch.manual_seed(0)
     h, w = args.size
@@ -52,7 +60,8 @@ def make_step(fmt: torch.memory_format, mkldnn: bool, args: argparse.Namespace) 
 
     def step() -> None:
         with torch.backends.mkldnn.flags(enabled=mkldnn):
-            loss = F.cross_entropy(model(x), y)
+            with autocast(torch.device("cpu"), precision):
+                loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -64,27 +73,33 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     step_arguments(p, width=0.25, batch=8, repeats=3)
     p.add_argument("--classes", type=int, default=11)
-    p.add_argument("--matmul", type=int, default=2048, help="side of the square matmul that measures the peak")
     args = p.parse_args()
-    if args.quick:  # also batch 2 and a small matmul
-        args.width, args.size, args.batch, args.repeats, args.matmul = 0.125, [64, 96], 2, 2, 512
+    if args.quick:  # also batch 2 and small peak kernels
+        args.width, args.size, args.batch, args.repeats = 0.125, [64, 96], 2, 2
     threads = use_threads(args.threads)
 
-    peak = max(matmul_peak(args.matmul, 5) for _ in range(2))
-    steps = {name: make_step(fmt, mk, args) for name, fmt, mk in CONFIGS}
+    before = measured_peaks(threads, quick=args.quick)
+    steps = {name: make_step(fmt, mk, prec, args) for name, fmt, mk, prec in CONFIGS}
+    precision = {name: prec for name, _, _, prec in CONFIGS}
     flops = {name: count_flops(step) for name, step in steps.items()}  # the counted step doubles as the warm-up
     names = list(steps)
     times = interleaved_times(steps, args.repeats)
-    peak = max(peak, matmul_peak(args.matmul, 5))  # again after training, in case the machine was busier first
+    after = measured_peaks(threads, quick=args.quick)  # again after training, in case the machine was busier first
+    peaks = {k: max(before[k], after[k], key=lambda v: v["gflop_per_s"]) for k in ("fp32", "bf16")}
+    peaks["nominal"] = after["nominal"]
 
     med = {n: statistics.median(v) for n, v in times.items()}
+    rate = {n: flops[n] / med[n] / 1e9 for n in names}
+    reached = {p: reached_peak(peaks, p, {n: r for n, r in rate.items() if precision[n] == p})
+               for p in ("fp32", "bf16")}
     configs = {
         n: {
+            "precision": precision[n],
             "median_s": round(med[n], 4),
             "images_per_s": round(args.batch / med[n], 2),
             "gflop_per_step": round(flops[n] / 1e9, 2),
-            "achieved_gflop_per_s": round(flops[n] / med[n] / 1e9, 2),
-            "fraction_of_matmul_peak": round(flops[n] / med[n] / 1e9 / peak, 3),
+            "achieved_gflop_per_s": round(rate[n], 2),
+            "fraction_of_peak": round(rate[n] / reached[precision[n]]["gflop_per_s"], 3),
             "times_s": [round(t, 4) for t in times[n]],
         }
         for n in names
@@ -94,12 +109,14 @@ def main() -> int:
         "channels_last_over_contiguous_mkldnn": round(med["contiguous+mkldnn"] / med["channels_last+mkldnn"], 3),
         "mkldnn_on_over_off_contiguous": round(med["contiguous-no_mkldnn"] / med["contiguous+mkldnn"], 3),
         "mkldnn_on_over_off_channels_last": round(med["channels_last-no_mkldnn"] / med["channels_last+mkldnn"], 3),
+        "bf16_over_fp32_channels_last": round(med["channels_last+mkldnn"] / med["channels_last+mkldnn+bf16"], 3),
     }
     load = load_average()
     result = {
         "config": {"width": args.width, "size": args.size, "batch": args.batch, "threads": threads,
-                   "repeats": args.repeats, "matmul_n": args.matmul},
-        "matmul_peak_gflop_per_s": round(peak, 2),
+                   "repeats": args.repeats},
+        "peaks": {**peaks, "before": before, "after": after},
+        "peak_reached": reached,
         "configs": configs,
         "fastest": fastest,
         "ratios": ratios,
@@ -108,11 +125,12 @@ def main() -> int:
     }
     h, w = args.size
     print(f"training step: width {args.width}, {h}x{w}, batch {args.batch}, {threads} threads, median of "
-          f"{args.repeats} (1-min load average {load}); fp32 matmul peak {peak:.1f} GFLOP/s (n={args.matmul})")
-    print(f"{'configuration':<24} {'s/step':>8} {'img/s':>7} {'GFLOP/s':>8} {'of peak':>8}")
+          f"{args.repeats} (1-min load average {load})")
+    print(peak_lines(peaks, reached))
+    print(f"{'configuration':<26} {'s/step':>8} {'img/s':>7} {'GFLOP/s':>8} {'of peak':>8}")
     for n, c in configs.items():
-        print(f"{n:<24} {c['median_s']:>8.3f} {c['images_per_s']:>7.2f} {c['achieved_gflop_per_s']:>8.1f} "
-              f"{c['fraction_of_matmul_peak']:>8.1%}")
+        print(f"{n:<26} {c['median_s']:>8.3f} {c['images_per_s']:>7.2f} {c['achieved_gflop_per_s']:>8.1f} "
+              f"{c['fraction_of_peak']:>8.1%}")
     print(f"fastest: {fastest}; " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
     return finish(result, args.out, ratios)
 
