@@ -11,6 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import _measure  # noqa: E402
 import regression_step  # noqa: E402
 import study_sweep  # noqa: E402
 from _paths import REPO, SHARED, recorded  # noqa: E402
@@ -79,3 +80,12 @@ def test_tests_read_the_camvid_sample_from_the_environment(tmp_path):
                           str(REPO / "tests" / "test_data.py"), "-k", "camvid_loads"],
                          capture_output=True, text=True, env=env, cwd=REPO).stdout
     assert "SKIPPED [1] tests/test_data.py" in out and f"CamVid sample not found at {tmp_path}" in out
+
+
+def test_a_fraction_of_peak_never_exceeds_one():
+    """The peak a step is measured against is the best rate any kernel reached in the run, the steps' own
+    included: a conv step faster than torch.mm (134% of "the matmul peak" once) sets the peak itself."""
+    peaks = {"fp32": {"gflop_per_s": 212.0, "kernel": "mm_2048"}, "bf16": {"gflop_per_s": 300.0, "kernel": "conv"}}
+    reached = _measure.reached_peak(peaks, "fp32", {"train_step": 284.0, "infer": 150.0})
+    assert reached == {"gflop_per_s": 284.0, "kernel": "train_step"}
+    assert _measure.reached_peak(peaks, "bf16", {"train_step": 284.0}) == {"gflop_per_s": 300.0, "kernel": "conv"}
