@@ -186,3 +186,30 @@ def test_predict_in_bf16_reports_its_agreement_with_fp32(tmp_path, capsys):
     assert summary["precision"]["precision"] == "bf16"
     assert 0.0 <= summary["precision"]["agreement_with_fp32"] <= 1.0
     assert "masks agree with fp32" in capsys.readouterr().out
+
+
+def test_evaluate_in_bf16_records_the_precision_and_its_agreement(tmp_path, capsys):
+    from segadapt.cli import main
+
+    train(tiny(iterations=2), tmp_path / "run")
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(tmp_path / "run"), "--precision", "bf16", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["precision"]["precision"] == "bf16"
+    assert 0.0 <= result["precision"]["agreement_with_fp32"] <= 1.0
+    assert main(["evaluate", "--model", str(tmp_path / "run"), "--out", str(out)]) == 0  # auto, no native bf16
+    assert json.loads(out.read_text())["precision"] == {"precision": "fp32", "seconds": {},
+                                                        "agreement_with_fp32": None, "note": ""}
+
+
+def test_a_peer_runs_in_bf16_with_finite_losses(tmp_path):
+    from segadapt.peers import run_peer
+    from test_peers import bn_cnn, d2_images, peer_cfg
+
+    cfg = peer_cfg("tent")
+    cfg.train.precision = "bf16"
+    run_peer(cfg, tmp_path, d2_images(4), teacher=bn_cnn(), h1_meta={"arch": "factory"})
+    with (tmp_path / "log.csv").open() as f:
+        losses = [float(r["loss"]) for r in csv.DictReader(f) if r["loss"]]
+    assert losses and all(math.isfinite(v) for v in losses)
+    assert load_toml(tmp_path / "config.toml").train.precision == "bf16"
