@@ -46,14 +46,17 @@ def precision_candidates(requested: str, device: torch.device) -> list[str]:
     return ["fp32", "bf16"] if cpu_native_bf16() else ["fp32"]
 
 
-def best_times(steps: Mapping[K, Callable[[], Any]], repeats: int = 2,
-               device: torch.device | None = None) -> tuple[dict[K, float], dict[K, Any]]:
+def best_times(steps: Mapping[K, Callable[[], Any]], repeats: int = 2, device: torch.device | None = None,
+               prepare: Callable[[K], None] | None = None) -> tuple[dict[K, float], dict[K, Any]]:
     """Best of `repeats` seconds of each step after one warm-up call each, the steps taking turns so a machine
-    that slows down during the timing affects each alike; and each step's last result."""
+    that slows down during the timing affects each alike; and each step's last result. `prepare(k)` runs
+    untimed before each call of step k (e.g. converting a shared model to its layout)."""
     seconds: dict[K, float] = {k: float("inf") for k in steps}
     results: dict[K, Any] = {}
 
     def call(k: K) -> float:
+        if prepare is not None:
+            prepare(k)
         t = time.perf_counter()
         results[k] = steps[k]()
         if device is not None and device.type == "cuda":
@@ -88,12 +91,13 @@ def fastest_training(model: torch.nn.Module, shape: tuple[int, ...], device: tor
     probe = copy.deepcopy(model).requires_grad_(True)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
 
+    def fmt(v: Variant) -> torch.memory_format:
+        return torch.channels_last if v.channels_last else torch.contiguous_format
+
     def step(v: Variant) -> Callable[[], None]:
-        fmt = torch.channels_last if v.channels_last else torch.contiguous_format
-        xi = x.contiguous(memory_format=fmt)
+        xi = x.contiguous(memory_format=fmt(v))
 
         def run() -> None:
-            probe.to(memory_format=fmt)  # a no-op once converted; the variants take turns
             with autocast(device, v.precision):
                 out = probe(xi)
             out.float().sum().backward()
@@ -103,7 +107,8 @@ def fastest_training(model: torch.nn.Module, shape: tuple[int, ...], device: tor
 
     with modes_restored(probe):
         probe.eval()
-        seconds, _ = best_times({v: step(v) for v in variants}, repeats, device)
+        seconds, _ = best_times({v: step(v) for v in variants}, repeats, device,
+                                prepare=lambda v: probe.to(memory_format=fmt(v)))  # untimed; a no-op if it is
     return min(variants, key=seconds.__getitem__), seconds
 
 
