@@ -75,13 +75,22 @@ PEAK_CONV = (8, 256, 60, 80)  # a VGG conv4-sized layer at width 1.0 on a 240x32
 PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def kernel_peaks(repeats: int = 3, quick: bool = False) -> dict[str, dict[str, Any]]:
+def timed_precisions(force_bf16: bool = False) -> tuple[str, ...]:
+    """fp32, and bf16 where the CPU computes it natively (or when asked): emulated bf16 can be hundreds of times
+    slower, so a benchmark on such a host records fp32 only rather than spend minutes on a known loser."""
+    from segadapt.runtime import cpu_native_bf16
+
+    return ("fp32", "bf16") if force_bf16 or cpu_native_bf16() else ("fp32",)
+
+
+def kernel_peaks(repeats: int = 3, quick: bool = False,
+                 precisions: tuple[str, ...] = ("fp32", "bf16")) -> dict[str, dict[str, Any]]:
     """Per precision: the GFLOP/s of torch.mm at a few sizes and of a large oneDNN convolution, and the best of
-    them, the rate this machine's kernels are measured to reach. bf16 is timed on every CPU (where it is
-    emulated it is slow, which is the point of measuring it)."""
+    them, the rate this machine's kernels are measured to reach."""
     sizes, conv = ((128, 256), (2, 32, 16, 16)) if quick else (PEAK_MM, PEAK_CONV)
     out: dict[str, dict[str, Any]] = {}
-    for name, dtype in PEAK_DTYPES.items():
+    for name in precisions:
+        dtype = PEAK_DTYPES[name]
         rates = {f"mm_{n}": matmul_peak(n, repeats, dtype) for n in sizes}
         rates["conv3x3_" + "x".join(map(str, conv))] = conv_peak(conv, repeats, dtype)
         best = max(rates, key=rates.__getitem__)
@@ -133,12 +142,13 @@ def nominal_peaks(threads: int) -> dict[str, Any]:
     }
 
 
-def measured_peaks(threads: int, repeats: int = 3, quick: bool = False) -> dict[str, Any]:
+def measured_peaks(threads: int, repeats: int = 3, quick: bool = False,
+                   precisions: tuple[str, ...] = ("fp32", "bf16")) -> dict[str, Any]:
     """What a "fraction of peak" divides by: `kernel_peaks` in fp32 and bf16, and `nominal_peaks`, flagged where a
     kernel beat it (the clock read is below the one the cores run at, or the FMA assumption is wrong)."""
-    kernels, nominal = kernel_peaks(repeats, quick), nominal_peaks(threads)
+    kernels, nominal = kernel_peaks(repeats, quick, precisions), nominal_peaks(threads)
     nominal["measured_above_nominal"] = [p for p, v in nominal["gflop_per_s"].items()
-                                         if v is not None and kernels[p]["gflop_per_s"] > v]
+                                         if v is not None and p in kernels and kernels[p]["gflop_per_s"] > v]
     return {**kernels, "nominal": nominal}
 
 
@@ -157,7 +167,7 @@ def peak_lines(peaks: dict[str, Any], reached: dict[str, dict[str, Any]]) -> str
     """The peaks of `measured_peaks` and `reached_peak` in two lines for the console."""
     nominal = peaks["nominal"]["gflop_per_s"]
     lines = []
-    for p in ("fp32", "bf16"):
+    for p in reached:
         nom = f"{nominal[p]:.0f}" if nominal[p] else "not readable"
         lines.append(f"{p} peak {reached[p]['gflop_per_s']:.1f} GFLOP/s ({reached[p]['kernel']}; kernels "
                      + ", ".join(f"{k} {v:.0f}" for k, v in peaks[p]["kernels"].items()) + f"; nominal {nom})")

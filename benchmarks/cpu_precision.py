@@ -7,7 +7,8 @@ whether bf16 trains and adapts to the same accuracy.
 Speed: every step of one model is timed in interleaved rounds (_measure.interleaved_times, rotating order, after
 a warm-up call each); medians, bf16/fp32 ratios with their range over rounds, achieved GFLOP/s against the peak
 this machine's kernels reach in that precision (_measure.measured_peaks, before and after the steps), the CPU's
-native bf16 feature (segadapt.runtime.cpu_native_bf16) and the load average.
+native bf16 feature (segadapt.runtime.cpu_native_bf16) and the load average. On a CPU without native bf16 only
+fp32 is timed and recorded (emulated bf16 is many times slower; --bf16 times it anyway).
 
 Parity (--parity): the preset (synthetic, or camvid) trained in fp32 and in bf16 for each seed, val mIoU; the
 fp32 H1 adapted to the preset's shift (default objective, deepest stage) in fp32 and in bf16, mIoU on D2 val;
@@ -45,6 +46,7 @@ from _measure import (
     peak_lines,
     reached_peak,
     step_arguments,
+    timed_precisions,
     use_threads,
 )
 from _paths import REPO, camvid_root
@@ -53,7 +55,6 @@ from segadapt.runtime import cpu_native_bf16
 from segadapt.speed import autocast
 
 CPU = torch.device("cpu")
-PRECISIONS = ("fp32", "bf16")
 KINDS = ("train", "adapt", "infer", "predict")
 OUT = REPO / "docs" / "results" / "cpu_precision.json"
 CLASSES = 11  # CamVid's
@@ -156,29 +157,31 @@ def speed(arch: str, args: argparse.Namespace) -> dict[str, Any]:
               for _ in range(2))
     y = torch.randint(0, CLASSES, (args.batch, h, w), generator=g)
     image = np.random.default_rng(0).integers(0, 256, (*args.predict_size, 3), dtype=np.uint8)
+    precisions = args.precisions
     steps: dict[str, Callable[[], None]] = {}
-    for p in PRECISIONS:
+    for p in precisions:
         steps[f"train_{p}"] = train_step(model, x1, y, p)
         steps[f"adapt_{p}"] = adapt_step(model, x1, x2, arch, p)
         steps[f"infer_{p}"] = infer_step(model, x1, p)
         steps[f"predict_{p}"] = predict_step(model, image, p)
     flops = {n: count_flops(s) if not n.startswith("predict") else None for n, s in steps.items()}  # + warm-up
-    steps["predict_fp32"](), steps["predict_bf16"]()  # their warm-up
+    for p in precisions:
+        steps[f"predict_{p}"]()  # its warm-up
     times = interleaved_times(steps, args.repeats)
     med = {n: statistics.median(v) for n, v in times.items()}
     rows: dict[str, Any] = {}
     for kind in KINDS:
-        a, b = times[f"{kind}_fp32"], times[f"{kind}_bf16"]
-        per_round = [x / y for x, y in zip(a, b)]
         rows[kind] = {
-            **{f"{p}_s": round(med[f"{kind}_{p}"], 4) for p in PRECISIONS},
-            "bf16_speedup": round(med[f"{kind}_fp32"] / med[f"{kind}_bf16"], 3),
-            "speedup_range_over_rounds": [round(min(per_round), 3), round(max(per_round), 3)],
+            **{f"{p}_s": round(med[f"{kind}_{p}"], 4) for p in precisions},
             **{f"{p}_gflop_per_s": round(flops[f"{kind}_{p}"] / med[f"{kind}_{p}"] / 1e9, 1)
-               for p in PRECISIONS if flops[f"{kind}_{p}"]},
+               for p in precisions if flops[f"{kind}_{p}"]},
             **({"gflop_per_step": round(flops[f"{kind}_fp32"] / 1e9, 2)} if flops[f"{kind}_fp32"] else {}),
-            "times_s": {p: [round(t, 4) for t in times[f"{kind}_{p}"]] for p in PRECISIONS},
+            "times_s": {p: [round(t, 4) for t in times[f"{kind}_{p}"]] for p in precisions},
         }
+        if "bf16" in precisions:
+            per_round = [x / y for x, y in zip(times[f"{kind}_fp32"], times[f"{kind}_bf16"])]
+            rows[kind]["bf16_speedup"] = round(med[f"{kind}_fp32"] / med[f"{kind}_bf16"], 3)
+            rows[kind]["speedup_range_over_rounds"] = [round(min(per_round), 3), round(max(per_round), 3)]
     return {"arch": arch, "width": args.width if arch == "vgg16_deeplab" else 1.0, "steps": rows}
 
 
@@ -211,7 +214,7 @@ def parity(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     rows = []
     for seed in args.seeds_list:
         row: dict[str, Any] = {"seed": seed}
-        for p in PRECISIONS:
+        for p in ("fp32", "bf16"):
             cfg = parity_config(args, seed, p)
             m = train(cfg, work / f"seed{seed}-H1-{p}")
             row[f"train_miou_{p}"] = m["val"]["miou"]
@@ -227,7 +230,7 @@ def parity(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         pairs = PairedDataset(d1_train, d2_train, make_transform(cfg.data, True, d1_train.info.ignore_index),
                               cfg.shift.photometric)
         row["b0_miou"] = score(h1, d2_val, cfg, CPU).miou
-        for p in PRECISIONS:
+        for p in ("fp32", "bf16"):
             a = parity_config(args, seed, p)
             a.train.iterations, a.train.lr = args.adapt_iterations, a.experiment.adapt_lr
             adapt(a, work / f"seed{seed}-H2-{p}", pairs, teacher=h1, h1_meta=h1_meta)
@@ -261,6 +264,7 @@ def main() -> int:
     p.add_argument("--parity-iterations", type=int, default=200, help="training steps per H1 (the preset's: 800)")
     p.add_argument("--adapt-iterations", type=int, default=100, help="adaptation steps (the demo's: 100)")
     p.add_argument("--work", type=Path, help="folder for the parity runs (default: a temporary one)")
+    p.add_argument("--bf16", action="store_true", help="time bf16 also where the CPU has no native bf16 (slow)")
     args = p.parse_args()
     if args.quick:
         args.width, args.size, args.batch, args.repeats, args.predict_size = 0.0625, [32, 48], 2, 2, [64, 96]
@@ -268,19 +272,20 @@ def main() -> int:
     out = args.out if args.out or args.quick else OUT
     args.seeds_list = list(range(args.seeds))
     threads = use_threads(args.threads)
+    args.precisions = timed_precisions(args.bf16)
 
     load_before = load_average()
-    before = measured_peaks(threads, quick=args.quick)
+    before = measured_peaks(threads, quick=args.quick, precisions=args.precisions)
     models = [speed(arch, args) for arch in args.archs]
-    after = measured_peaks(threads, quick=args.quick)
-    peaks = {k: max(before[k], after[k], key=lambda v: v["gflop_per_s"]) for k in PRECISIONS}
+    after = measured_peaks(threads, quick=args.quick, precisions=args.precisions)
+    peaks = {k: max(before[k], after[k], key=lambda v: v["gflop_per_s"]) for k in args.precisions}
     peaks["nominal"] = after["nominal"]
     rates = {pr: {f"{m['arch']}_{k}": r[f"{pr}_gflop_per_s"] for m in models for k, r in m["steps"].items()
-                  if f"{pr}_gflop_per_s" in r} for pr in PRECISIONS}
-    reached = {pr: reached_peak(peaks, pr, rates[pr]) for pr in PRECISIONS}
+                  if f"{pr}_gflop_per_s" in r} for pr in args.precisions}
+    reached = {pr: reached_peak(peaks, pr, rates[pr]) for pr in args.precisions}
     for m in models:
         for r in m["steps"].values():
-            for pr in PRECISIONS:
+            for pr in args.precisions:
                 if f"{pr}_gflop_per_s" in r:
                     r[f"{pr}_fraction_of_peak"] = round(r[f"{pr}_gflop_per_s"] / reached[pr]["gflop_per_s"], 3)
 
@@ -289,6 +294,7 @@ def main() -> int:
                    "repeats": args.repeats, "predict_size": args.predict_size, "layout": "channels_last",
                    "quick": args.quick},
         "native_bf16": cpu_native_bf16(),
+        "precisions_timed": list(args.precisions),
         "models": models,
         "peaks": {**peaks, "before": before, "after": after},
         "peak_reached": reached,
@@ -303,10 +309,16 @@ def main() -> int:
     print(f"{'model':<14} {'step':<8} {'fp32 s':>8} {'bf16 s':>8} {'speedup':>8} {'range':>12}")
     for m in models:
         for kind, r in m["steps"].items():
-            lo, hi = r["speedup_range_over_rounds"]
-            print(f"{m['arch']:<14} {kind:<8} {r['fp32_s']:>8.4f} {r['bf16_s']:>8.4f} {r['bf16_speedup']:>7.2f}x "
-                  f"{lo:>5.2f}-{hi:.2f}")
-    if args.parity:
+            if "bf16_speedup" in r:
+                lo, hi = r["speedup_range_over_rounds"]
+                print(f"{m['arch']:<14} {kind:<8} {r['fp32_s']:>8.4f} {r['bf16_s']:>8.4f} "
+                      f"{r['bf16_speedup']:>7.2f}x {lo:>5.2f}-{hi:.2f}")
+            else:
+                print(f"{m['arch']:<14} {kind:<8} {r['fp32_s']:>8.4f}")
+    if args.parity and "bf16" not in args.precisions:
+        result["parity"] = {"skipped": "this CPU has no native bf16: auto never picks bf16 here (--bf16 forces it)"}
+        print(f"parity: {result['parity']['skipped']}")
+    elif args.parity:
         if args.work:
             args.work.mkdir(parents=True, exist_ok=True)
             result["parity"] = parity(args, args.work)
@@ -317,7 +329,7 @@ def main() -> int:
         print(f"parity ({par['preset']}, {len(par['seeds'])} seed(s)): bf16 - fp32 mIoU points "
               f"{par['mean_gap_points_bf16_minus_fp32']}; predictions agree on >= {par['min_predict_agreement']:.2%}")
     result["environment"]["load_avg_1min"]["end"] = load_average()
-    summary = {m["arch"]: {k: r["bf16_speedup"] for k, r in m["steps"].items()} for m in models}
+    summary = {m["arch"]: {k: r.get("bf16_speedup", r["fp32_s"]) for k, r in m["steps"].items()} for m in models}
     return finish(result, out, summary)
 
 

@@ -1,6 +1,6 @@
 """Achieved FLOP/s of supervised training (VGG-DeepLab forward + backward + SGD) against the rate this machine's
 kernels were measured to reach, for NCHW (contiguous) vs NHWC (channels_last), oneDNN (torch.backends.mkldnn)
-on vs off, and NHWC in bf16 autocast, all in one run.
+on vs off, and NHWC in bf16 autocast (where the CPU computes bf16 natively, or with --bf16), all in one run.
 
 The peak of each precision (_measure.measured_peaks) is the best of torch.mm at a few sizes and a large oneDNN
 convolution, measured before and after the steps, and never below the fastest step itself
@@ -34,6 +34,7 @@ from _measure import (
     peak_lines,
     reached_peak,
     step_arguments,
+    timed_precisions,
     use_threads,
 )
 from segadapt.models import VGGDeepLab
@@ -73,25 +74,28 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     step_arguments(p, width=0.25, batch=8, repeats=3)
     p.add_argument("--classes", type=int, default=11)
+    p.add_argument("--bf16", action="store_true", help="time bf16 also where the CPU has no native bf16 (slow)")
     args = p.parse_args()
     if args.quick:  # also batch 2 and small peak kernels
         args.width, args.size, args.batch, args.repeats = 0.125, [64, 96], 2, 2
     threads = use_threads(args.threads)
 
-    before = measured_peaks(threads, quick=args.quick)
-    steps = {name: make_step(fmt, mk, prec, args) for name, fmt, mk, prec in CONFIGS}
-    precision = {name: prec for name, _, _, prec in CONFIGS}
+    timed = timed_precisions(args.bf16)
+    before = measured_peaks(threads, quick=args.quick, precisions=timed)
+    configs_here = [c for c in CONFIGS if c[3] in timed]
+    steps = {name: make_step(fmt, mk, prec, args) for name, fmt, mk, prec in configs_here}
+    precision = {name: prec for name, _, _, prec in configs_here}
     flops = {name: count_flops(step) for name, step in steps.items()}  # the counted step doubles as the warm-up
     names = list(steps)
     times = interleaved_times(steps, args.repeats)
-    after = measured_peaks(threads, quick=args.quick)  # again after training, in case the machine was busier first
-    peaks = {k: max(before[k], after[k], key=lambda v: v["gflop_per_s"]) for k in ("fp32", "bf16")}
+    after = measured_peaks(threads, quick=args.quick, precisions=timed)  # again, in case it was busier first
+    peaks = {k: max(before[k], after[k], key=lambda v: v["gflop_per_s"]) for k in timed}
     peaks["nominal"] = after["nominal"]
 
     med = {n: statistics.median(v) for n, v in times.items()}
     rate = {n: flops[n] / med[n] / 1e9 for n in names}
     reached = {p: reached_peak(peaks, p, {n: r for n, r in rate.items() if precision[n] == p})
-               for p in ("fp32", "bf16")}
+               for p in timed}
     configs = {
         n: {
             "precision": precision[n],
@@ -109,8 +113,10 @@ def main() -> int:
         "channels_last_over_contiguous_mkldnn": round(med["contiguous+mkldnn"] / med["channels_last+mkldnn"], 3),
         "mkldnn_on_over_off_contiguous": round(med["contiguous-no_mkldnn"] / med["contiguous+mkldnn"], 3),
         "mkldnn_on_over_off_channels_last": round(med["channels_last-no_mkldnn"] / med["channels_last+mkldnn"], 3),
-        "bf16_over_fp32_channels_last": round(med["channels_last+mkldnn"] / med["channels_last+mkldnn+bf16"], 3),
     }
+    if "bf16" in timed:
+        bf16 = med["channels_last+mkldnn+bf16"]
+        ratios["bf16_over_fp32_channels_last"] = round(med["channels_last+mkldnn"] / bf16, 3)
     load = load_average()
     result = {
         "config": {"width": args.width, "size": args.size, "batch": args.batch, "threads": threads,
