@@ -89,3 +89,18 @@ def test_a_fraction_of_peak_never_exceeds_one():
     reached = _measure.reached_peak(peaks, "fp32", {"train_step": 284.0, "infer": 150.0})
     assert reached == {"gflop_per_s": 284.0, "kernel": "train_step"}
     assert _measure.reached_peak(peaks, "bf16", {"train_step": 284.0}) == {"gflop_per_s": 300.0, "kernel": "conv"}
+
+
+def test_bf16_is_timed_only_where_the_cpu_computes_it_and_the_nominal_peak_says_what_it_assumes(monkeypatch):
+    from segadapt import runtime
+
+    monkeypatch.setattr(runtime, "cpu_features", lambda: {"avx2", "fma"})
+    assert _measure.timed_precisions() == ("fp32",) and _measure.timed_precisions(force_bf16=True)[1] == "bf16"
+    monkeypatch.setattr(runtime, "cpu_features", lambda: {"avx512f", "avx512_bf16"})
+    assert _measure.timed_precisions() == ("fp32", "bf16")
+    monkeypatch.setattr(_measure, "_clock_ghz", lambda: (2.0, "test"))
+    nominal = _measure.nominal_peaks(threads=2)
+    assert nominal["gflop_per_s"] == {"fp32": 2 * 2.0 * 64, "bf16": 2 * 2.0 * 128}
+    assert "FMA units" in nominal["assumes"]
+    monkeypatch.setattr(_measure, "_clock_ghz", lambda: (None, "not readable on this platform"))
+    assert _measure.nominal_peaks(threads=2)["gflop_per_s"] == {"fp32": None, "bf16": None}

@@ -106,6 +106,19 @@ def test_a_resumed_run_keeps_the_recorded_precision_untimed(tmp_path, monkeypatc
     assert used and set(used) == {"bf16"}
 
 
+def test_a_run_from_before_train_precision_resumes_in_fp32(tmp_path, monkeypatch):
+    """Its config.toml has no precision (read as "auto"); it trained in fp32 on CPU and goes on so, untimed."""
+    run = tmp_path / "run"
+    train(tiny(iterations=2, checkpoint_every=1), run)
+    toml = run / "config.toml"
+    toml.write_text("\n".join(ln for ln in toml.read_text().splitlines() if not ln.startswith("precision")))
+    assert load_toml(toml).train.precision == "auto"
+    cpu_with(monkeypatch, "avx512_bf16")
+    timing_refused(monkeypatch)
+    train(tiny(iterations=3, checkpoint_every=1), run, resume=True)
+    assert load_toml(toml).train.precision == "fp32"
+
+
 def test_bf16_training_runs_in_bf16_with_finite_losses(tmp_path):
     from segadapt.data import build_dataset
     from segadapt.train import create_model

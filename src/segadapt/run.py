@@ -363,8 +363,10 @@ class Run:
         recorded, tc = load_toml(saved).train, self.cfg.train
         if tc.channels_last == "auto":
             tc.channels_last = recorded.channels_last
-        if tc.precision == "auto":
+        if tc.precision == "auto" and recorded.precision != "auto":
             tc.precision = recorded.precision
+        elif tc.precision == "auto" and self.device.type == "cpu":  # a run from before train.precision: fp32 on CPU
+            tc.precision = "fp32"
 
     # what a resume point holds
     def hold(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: Callable[[], dict[str, Any]],
