@@ -32,9 +32,9 @@ from segadapt.errors import CheckpointError, ConfigError, SegadaptError
 from segadapt.evaluate import score
 from segadapt.losses import resolve_layers
 from segadapt.models.contract import SegmentationModel, check_taps, conform, default_layers
-from segadapt.models.factory import logits_of
 from segadapt.models.loading import load_any, rebuild_meta, save_native
 from segadapt.models.modes import NormPolicy, adaptation_mode
+from segadapt.models.outputs import logits_of
 from segadapt.models.taps import Features
 from segadapt.objectives import Objective, Outputs, build_objective
 from segadapt.objectives.term import as_plain, model_outputs

@@ -494,16 +494,17 @@ MODEL_FORMS = ("a segadapt run directory or model .safetensors, a transformers s
 
 
 def is_factory(spec: str) -> bool:
-    """A factory spec package.module:function that is not an existing path."""
-    from segadapt.models.factory import is_factory_spec
+    """A factory spec package.module:function that is not an existing path (models/spec.py)."""
+    from segadapt.models.spec import model_kind
 
-    return is_factory_spec(spec) and not Path(spec).exists()
+    return model_kind(spec) == "factory"
 
 
 def is_model_file(spec: str) -> bool:
     """A segadapt run directory or model file (not a transformers directory or a factory spec)."""
-    path = Path(spec)
-    return path.is_file() or (path.is_dir() and not (path / "config.json").is_file())
+    from segadapt.models.spec import model_kind
+
+    return model_kind(spec) == "segadapt"
 
 
 def load_model_arg(spec: str, flag: str, weights: str | None = None, kwargs: str | None = None,

@@ -15,7 +15,7 @@ from torch import nn
 
 from segadapt import checkpoint as ckpt
 from segadapt.errors import CheckpointError, ConfigError
-from segadapt.models.factory import FactoryModel, factory_meta, is_factory_spec, load_factory
+from segadapt.models.factory import FactoryModel, factory_meta, load_factory
 
 H1_FORMS = ("a segadapt run directory or model.safetensors, a transformers model directory (config.json + "
             "model.safetensors), or a Python factory package.module:function")
@@ -43,19 +43,22 @@ def load_any(spec: str | Path, device: torch.device | str = "cpu", weights: str 
     `weights` and `kwargs` belong to a factory spec. `trusted_factories`: factories a segadapt model file may
     name and have called (see load_model); the factory given as `spec` itself is trusted.
     """
+    from segadapt.models.spec import model_kind
+
     text = str(spec)
     path = Path(text)
-    factory = not path.exists() and is_factory_spec(text)
+    kind = model_kind(text)
+    factory = kind == "factory"
     if (weights or kwargs) and not factory:
         raise ConfigError(f"{text}: weights and kwargs go with a factory (package.module:function); a model "
                           "directory or file carries its own")
     if factory:
         return load_factory(text, weights, kwargs, device)
-    if not path.exists():
+    if kind == "missing":
         raise ConfigError(f"{text}: not found; pass {H1_FORMS}")
-    from segadapt.models.hf_dir import is_hf_dir, load_hf_dir
+    if kind == "hf_dir":
+        from segadapt.models.hf_dir import load_hf_dir
 
-    if is_hf_dir(path):
         return load_hf_dir(path, device)
     if path.is_dir() and not (path / ckpt.MODEL_FILE).is_file():
         raise CheckpointError(f"{path}: neither a run directory (no {ckpt.MODEL_FILE}) nor a transformers model "
