@@ -1,3 +1,37 @@
-"""segadapt: adapt a segmentation network to a new, unlabelled image domain by regressing feature maps."""
+"""segadapt: adapt a segmentation network to a new, unlabelled image domain by regressing feature maps.
+
+The Python API (segadapt.api, segadapt.card, segadapt.predict) is imported on first use, so `import segadapt`
+stays cheap for the command line:
+
+    h2 = segadapt.adapt_model(h1, pairs, iterations=200).model
+    segadapt.evaluate_model(h2, labelled).miou
+    segadapt.Predictor.from_path("runs/adapt-...").predict("frame.png").mask
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> the module that holds it
+_API = {
+    "load_model": "segadapt.api", "adapt_model": "segadapt.api", "evaluate_model": "segadapt.api",
+    "AdaptResult": "segadapt.api", "Metrics": "segadapt.api", "ModelCard": "segadapt.card",
+    "card_of": "segadapt.card", "Predictor": "segadapt.predict", "Prediction": "segadapt.predict",
+}
+__all__ = ["AdaptResult", "Metrics", "ModelCard", "Prediction", "Predictor", "__version__", "adapt_model", "card_of",
+           "evaluate_model", "load_model"]
+
+if TYPE_CHECKING:
+    from segadapt.api import AdaptResult, Metrics, adapt_model, evaluate_model, load_model
+    from segadapt.card import ModelCard, card_of
+    from segadapt.predict import Prediction, Predictor
+
+
+def __getattr__(name: str) -> Any:
+    """The API's names, imported when first used (PEP 562)."""
+    if name in _API:
+        return getattr(import_module(_API[name]), name)
+    raise AttributeError(f"module 'segadapt' has no attribute {name!r}")

@@ -61,18 +61,27 @@ def confusion(
     # own generator: a DataLoader draws a base seed from it, which must not advance the global RNG that a
     # training run checkpoints (a resume would then draw other augmentations than the uninterrupted run)
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=num_workers, generator=torch.Generator())
-    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     bar = progress.bar(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0,
                        disable=not distributed.is_main())
-    with modes_restored(model):  # model.train() afterwards would undo an adapting student's dropout/BN modes
-        model.eval()
-        for images, masks in same_size_batches(bar, batch_pixels):
-            images = images.to(device).contiguous(memory_format=torch.channels_last)
-            pred = model(images).argmax(1)
-            conf += confusion_matrix(pred, masks.to(device), num_classes, ignore_index)
+    conf = confusion_of(model, bar, num_classes, ignore_index, device, batch_pixels)
     if shard:
         distributed.all_reduce(conf)
     return conf.cpu()
+
+
+@torch.inference_mode()
+def confusion_of(model: torch.nn.Module, items: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int,
+                 ignore_index: int, device: torch.device, batch_pixels: int = BATCH_PIXELS) -> torch.Tensor:
+    """Summed confusion matrix over (1 x 3 x H x W image, 1 x H x W labels) items, on `device`: consecutive
+    images of one size go through the model together (`confusion`'s batching)."""
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    with modes_restored(model):  # model.train() afterwards would undo an adapting student's dropout/BN modes
+        model.eval()
+        for images, masks in same_size_batches(items, batch_pixels):
+            images = images.to(device).contiguous(memory_format=torch.channels_last)
+            pred = model(images).argmax(1)
+            conf += confusion_matrix(pred, masks.to(device), num_classes, ignore_index)
+    return conf
 
 
 def evaluate(

@@ -105,7 +105,14 @@ def rebuild(meta: Mapping[str, Any], source: str | Path, trusted_factories: Coll
             raise CheckpointError(f"{source}: built by the Python factory {target}; loading it runs that code, so "
                                   f"trust it explicitly (--trust-factory {target}, short --factory {target})")
         return factory.rebuild(meta, source)
-    return build_model(meta["arch"], meta["num_classes"], meta["width"])
+    from segadapt.models import ARCHS
+
+    arch = str(meta.get("arch", ""))
+    if arch not in ARCHS and not arch.startswith("hf:"):  # adapted from a module built in memory (adapt_model)
+        raise CheckpointError(f"{source}: its architecture ({arch or 'unnamed'}) was a module built in Python, which "
+                              f"no file rebuilds; load it with segadapt.load_model(path, model=<a module of that "
+                              f"architecture>)")
+    return build_model(arch, int(meta["num_classes"]), float(meta.get("width", 1.0)))
 
 
 def data_norm(meta: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:
