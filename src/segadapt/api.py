@@ -232,18 +232,19 @@ class Metrics(Scores):
 
 def evaluate_model(model: nn.Module, dataset: Dataset | Iterable[tuple[torch.Tensor, torch.Tensor]], *,
                    num_classes: int | None = None, ignore_index: int | None = None,
-                   device: torch.device | str = "cpu") -> Metrics:
+                   device: torch.device | str | None = None) -> Metrics:
     """Score `model` on labelled images: a segadapt dataset (its classes and ignore index are its own) or any
     iterable of (image, label) pairs: a normalised 3 x H x W tensor and an H x W tensor of class indices
-    (`num_classes` then defaults to the model's, `ignore_index` to 255)."""
+    (`num_classes` then defaults to the model's, `ignore_index` to 255). `device`: default, the model's own."""
     from segadapt.evaluate import confusion, confusion_of
     from segadapt.metrics import scores
+    from segadapt.runtime import model_device
 
     info = getattr(dataset, "info", None)
     names = list(getattr(info, "class_names", []) or [])
     classes = num_classes or (info.num_classes if info is not None else _classes_of(model))
     ignore = ignore_index if ignore_index is not None else (info.ignore_index if info is not None else 255)
-    dev = torch.device(device)
+    dev = torch.device(device) if device is not None else model_device(model)
     model = model.to(dev)
     if isinstance(dataset, Dataset):
         conf = confusion(model, dataset, classes, ignore, dev)
@@ -255,7 +256,8 @@ def evaluate_model(model: nn.Module, dataset: Dataset | Iterable[tuple[torch.Ten
 
 def _classes_of(model: nn.Module) -> int:
     """The classes a model predicts: its card's or contract's count, else read off one forward."""
-    from segadapt.adapt import h1_classes
+    from segadapt.models.contract import conform
+    from segadapt.models.outputs import classes_read_off
 
     card = card_of(model)
-    return h1_classes(model, {"num_classes": card.num_classes} if card is not None else {})
+    return (card.num_classes if card is not None else 0) or conform(model).num_classes or classes_read_off(model)

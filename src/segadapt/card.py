@@ -114,6 +114,11 @@ class ModelCard:
         return model
 
 
+def written(meta: Mapping[str, Any], source: str | Path = "model metadata") -> dict[str, Any]:
+    """The JSON object a loop writes into a model file: `meta` checked as a card and stamped with its version."""
+    return ModelCard.from_meta(meta, source).to_meta()
+
+
 def card_of(model: nn.Module) -> ModelCard | None:
     """The card load_model (or adapt_model) left on `model`, or None for a module built in memory."""
     card = getattr(model, _ATTR, None)

@@ -119,17 +119,23 @@ class Predictor:
                    device, window_factor(meta, int(data.base_size)))
 
     @classmethod
-    def from_model(cls, model: nn.Module, device: torch.device | str = "cpu", data: Any = None) -> Predictor:
+    def from_model(cls, model: nn.Module, device: torch.device | str | None = None, data: Any = None) -> Predictor:
         """A module in memory, with what its ModelCard says (load_model and adapt_model attach one); a module
-        without a card is run on ImageNet-normalised images at their own size, its classes read off a forward."""
+        without a card is run on ImageNet-normalised images at their own size, its classes read off a forward.
+        `device`: default, the module's own."""
         from segadapt.card import card_of
+        from segadapt.runtime import model_device
+
+        device = device if device is not None else model_device(model)
 
         card = card_of(model)
         if card is not None:
             return cls.from_meta(model, card.to_meta(), data, device)
-        from segadapt.adapt import h1_classes
+        from segadapt.models.contract import conform
+        from segadapt.models.outputs import classes_read_off
 
-        return cls.from_meta(model, {"num_classes": h1_classes(model, {})}, data, device)
+        classes = conform(model).num_classes or classes_read_off(model)
+        return cls.from_meta(model, {"num_classes": classes}, data, device)
 
     @classmethod
     def from_path(cls, path: str | Path, device: torch.device | str = "cpu",

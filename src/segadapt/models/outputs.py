@@ -41,3 +41,15 @@ def at_input_size(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def forward_logits(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`net(x)` as class logits at `x`'s size."""
     return at_input_size(logits_of(net(x)), x)
+
+
+def classes_read_off(model: torch.nn.Module, size: int = 64) -> int:
+    """The classes a module predicts, read off one forward on a small blank image (for a module that does not
+    say: a plain `nn.Module` behind no contract and no model file)."""
+    p = next(model.parameters())
+    was = model.training
+    try:
+        with torch.inference_mode():
+            return int(logits_of(model.eval()(torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype))).shape[1])
+    finally:
+        model.train(was)
