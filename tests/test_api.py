@@ -65,6 +65,7 @@ def test_notebook_example_runs_in_ten_lines():
     assert result.losses and all(v == v for v in result.losses) and result.layers == {"pool5": 1.0}
     changed = [k for k, v in h2.state_dict().items() if not torch.equal(v, h1.state_dict()[k])]
     assert changed and all(h1p.requires_grad for h1p in h1.parameters())  # H2 trained; the caller's H1 untouched
+    assert all(p.requires_grad for p in h2.parameters()) and not h2.training  # H2: an ordinary module, in eval
     assert scope["mask"].shape == (40, 56) and scope["mask"].max() < 3
 
 
@@ -186,3 +187,29 @@ def test_evaluate_model_on_a_segadapt_dataset_matches_evaluate():
     m = segadapt.evaluate_model(model, ds)
     s, conf = evaluate(model, ds, ds.info.num_classes, ds.info.ignore_index, torch.device("cpu"))
     assert m.miou == s.miou and m.confusion == conf.tolist() and m.class_names == list(ds.info.class_names)
+
+
+def test_adapt_model_takes_a_generator_of_masked_pairs_and_refuses_mixed_ones():
+    """(x1, x2, valid) triples from any iterable: the mask reaches the loss (a run with X2 valid nowhere
+    but one corner differs from the unmasked one); pairs and triples mixed are one ConfigError line."""
+    import segadapt
+    from segadapt.errors import ConfigError
+    from segadapt.models import build_model
+
+    def triples(corner: bool):
+        for x1, x2 in _pairs(8):
+            valid = torch.zeros(1, 32, 32) if corner else torch.ones(1, 32, 32)
+            valid[:, :8, :8] = 1
+            yield x1, x2, valid
+
+    torch.manual_seed(0)
+    h1 = build_model("vgg16_deeplab", NUM_CLASSES, 0.0625)
+    settings = {**FAST, "holdout": 0, "seed": 3}
+    full = segadapt.adapt_model(h1, triples(False), iterations=2, **settings)
+    corner = segadapt.adapt_model(h1, triples(True), iterations=2, **settings)
+    assert full.losses and corner.losses and full.losses[0] != corner.losses[0]
+    x = torch.stack([a for a, _ in _pairs(8)])
+    lazy = segadapt.adapt_model(h1, torch.utils.data.TensorDataset(x, x + 0.1), iterations=1, **settings)
+    assert lazy.losses  # a map-style Dataset of pairs, read as the loop draws them
+    with pytest.raises(ConfigError, match="all"):
+        segadapt.adapt_model(h1, [(torch.zeros(3, 8, 8),) * 2, (torch.zeros(3, 8, 8),) * 3], iterations=1)

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from segadapt import checkpoint as ckpt
 from segadapt.card import ModelCard, card_of
-from segadapt.config import AdaptConfig, TrainConfig, merge, preset
+from segadapt.config import DEFAULT_PRESET, AdaptConfig, TrainConfig, merge, preset
 from segadapt.errors import ConfigError
 from segadapt.metrics import Scores
 
@@ -57,16 +57,19 @@ class TensorPairs(Dataset):
     """(x1, x2) or (x1, x2, valid) tensors held in memory, as adapt() reads pairs: X1 and X2 are normalised
     3 x H x W images of one scene (D1 and D2), `valid` an optional 1 x H x W mask of where X2 has data."""
 
-    def __init__(self, pairs: Iterable[Sequence[torch.Tensor]]) -> None:
-        self.items = [tuple(p) for p in pairs]
-        if not self.items:
+    def __init__(self, pairs: Iterable[Sequence[torch.Tensor]] | Dataset) -> None:
+        # a map-style dataset is read item by item as the loop draws them (checked on its first item); any
+        # other iterable is held in memory (and every item checked)
+        lazy = isinstance(pairs, Dataset) and hasattr(pairs, "__len__")
+        self.items: Any = pairs if lazy else [tuple(p) for p in pairs]
+        if not len(self.items):
             raise ConfigError("adapt_model: no pairs given; pass (x1, x2) or (x1, x2, valid) tensors")
-        sizes = {len(p) for p in self.items}
+        sizes = {len(p) for p in ([self.items[0]] if lazy else self.items)}
         if sizes - {2, 3} or len(sizes) > 1:
             raise ConfigError(f"adapt_model: pairs must all be (x1, x2) or all (x1, x2, valid); got lengths "
                               f"{sorted(sizes)}")
         self.with_valid = sizes == {3}
-        for x1, x2, *_ in self.items:
+        for x1, x2, *_ in [self.items[0]] if lazy else self.items:
             if x1.ndim != 3 or x1.shape != x2.shape:
                 raise ConfigError(f"adapt_model: x1 and x2 must be 3 x H x W tensors of one size; got "
                                   f"{tuple(x1.shape)} and {tuple(x2.shape)}")
@@ -179,7 +182,7 @@ def adapt_model(h1: nn.Module, pairs: Iterable[Sequence[torch.Tensor]] | Dataset
     teacher = as_h1(copy.deepcopy(h1))  # adapt() freezes and moves its teacher: the caller's H1 stays as it is
     card = card_for(teacher)
     meta = card.to_meta()
-    cfg = adapt_base(meta, "h1") if card.records_run else with_adapt_budget(preset("synthetic"))
+    cfg = adapt_base(meta, "h1") if card.records_run else with_adapt_budget(preset(DEFAULT_PRESET))
     overrides = _settings(settings)
     own: dict[str, Any] = {"iterations": iterations, "lr": lr}
     overrides.setdefault("train", {}).update({k: v for k, v in own.items() if v is not None})
@@ -187,7 +190,8 @@ def adapt_model(h1: nn.Module, pairs: Iterable[Sequence[torch.Tensor]] | Dataset
                  "objective": dict(objective) if objective else None}
     overrides.setdefault("adapt", {}).update({k: v for k, v in adapt_own.items() if v})
     cfg = merge(cfg, overrides, "adapt_model")
-    dataset = pairs if isinstance(pairs, Dataset) and hasattr(pairs, "with_valid") else TensorPairs(pairs)  # type: ignore[arg-type]
+    # segadapt's own paired datasets (PairedDataset, RasterPairs) go in as they are
+    dataset = pairs if isinstance(pairs, Dataset) and hasattr(pairs, "with_valid") else TensorPairs(pairs)
     made = out is None
     run_dir = Path(tempfile.mkdtemp(prefix="segadapt-adapt-")) if made else Path(out)  # type: ignore[arg-type]
     if not made:
@@ -196,6 +200,7 @@ def adapt_model(h1: nn.Module, pairs: Iterable[Sequence[torch.Tensor]] | Dataset
     progress.quiet(quiet)
     try:
         summary = adapt(cfg, run_dir, dataset, teacher=teacher, h1_meta=meta)
+        teacher.requires_grad_(True)  # adapt() froze its teacher; H2 is a module like any other
         h2 = load_model(run_dir, model=teacher)
         chosen = run_dir / "model_selected.safetensors"
         selected = load_model(chosen, model=teacher) if chosen.is_file() else None

@@ -27,7 +27,7 @@ class ModelCard:
     """What a model file says of its model (see the field comments); `to_meta()` is the file's JSON object."""
 
     arch: str  # a registry name (vgg16_deeplab, ...), "hf" (transformers), "factory", or "module" (in-memory)
-    num_classes: int
+    num_classes: int = 0  # 0: not recorded (a module adapted in memory without a class count)
     width: float = 1.0  # the built-in VGG's channel multiplier; 1.0 for every other family
     class_names: list[str] = field(default_factory=list)
     ignore_index: int = 255
