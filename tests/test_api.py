@@ -213,3 +213,22 @@ def test_adapt_model_takes_a_generator_of_masked_pairs_and_refuses_mixed_ones():
     assert lazy.losses  # a map-style Dataset of pairs, read as the loop draws them
     with pytest.raises(ConfigError, match="all"):
         segadapt.adapt_model(h1, [(torch.zeros(3, 8, 8),) * 2, (torch.zeros(3, 8, 8),) * 3], iterations=1)
+
+
+def test_public_api_is_at_the_top_level_typed_and_documented():
+    """`import segadapt` stays cheap (the API loads on first use) and every public name is documented."""
+    import inspect
+    import subprocess
+    import sys
+
+    import segadapt
+
+    code = "import segadapt, sys; print('segadapt.api' in sys.modules, 'torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.split() == ["False", "False"]
+    for name in segadapt.__all__:
+        obj = getattr(segadapt, name)
+        if callable(obj):
+            assert inspect.getdoc(obj), name
+    for fn in (segadapt.load_model, segadapt.adapt_model, segadapt.evaluate_model):
+        assert "return" in fn.__annotations__

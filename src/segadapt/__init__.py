@@ -11,11 +11,12 @@ stays cheap for the command line:
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
-# public name -> the module that holds it
+# public name -> the module that holds it; imported on first use, never here: every module imports this package
+# (for __version__), so an import of the API here would make each of them import the whole library
 _API = {
     "load_model": "segadapt.api", "adapt_model": "segadapt.api", "evaluate_model": "segadapt.api",
     "AdaptResult": "segadapt.api", "Metrics": "segadapt.api", "ModelCard": "segadapt.card",
@@ -23,12 +24,6 @@ _API = {
 }
 __all__ = ["AdaptResult", "Metrics", "ModelCard", "Prediction", "Predictor", "__version__", "adapt_model", "card_of",
            "evaluate_model", "load_model"]
-
-if TYPE_CHECKING:
-    from segadapt.api import AdaptResult, Metrics, adapt_model, evaluate_model, load_model
-    from segadapt.card import ModelCard, card_of
-    from segadapt.predict import Prediction, Predictor
-
 
 def __getattr__(name: str) -> Any:
     """The API's names, imported when first used (PEP 562)."""
