@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from segadapt import distributed, progress
 from segadapt.config import RunConfig
-from segadapt.data import SegmentationDataset, SegmentationSource, make_transform
+from segadapt.data import SegmentationDataset, SegmentationSource, build_dataset, make_transform
 from segadapt.metrics import Scores, confusion_matrix, scores
 from segadapt.models.modes import modes_restored
 
@@ -96,6 +98,29 @@ def evaluate(
 ) -> tuple[Scores, torch.Tensor]:
     conf = confusion(model, dataset, num_classes, ignore_index, device, num_workers, desc, shard)
     return scores(conf), conf
+
+
+@dataclass
+class LabelledSet:
+    """What a model is scored on: the dataset (evaluation transform), its name and split as reports give them,
+    and for a mosaic the fraction of the labelled ground it covers."""
+
+    dataset: SegmentationDataset
+    name: str
+    split: str
+    coverage: float | None = None
+
+
+def labelled_set(cfg: RunConfig, split: str) -> LabelledSet:
+    """The config's labelled images: a split of its dataset, or with shift.label_raster the tiles of the mosaic
+    (shift.d2_raster, else shift.d1_raster) on the label raster's grid, named "raster" with the mosaic's stem."""
+    if not cfg.shift.label_raster:
+        return LabelledSet(build_dataset(cfg.data, split, train=False), cfg.data.dataset, split)
+    from segadapt.data.d2 import raster_tiles
+
+    tiles = raster_tiles(cfg, cfg.shift.d2_raster or cfg.shift.d1_raster)
+    dataset = SegmentationDataset(tiles, make_transform(cfg.data, False, tiles.info.ignore_index))
+    return LabelledSet(dataset, "raster", Path(tiles.paths[0]).stem, tiles.coverage)
 
 
 def score(model: torch.nn.Module, source: SegmentationSource, cfg: RunConfig, device: torch.device) -> Scores:

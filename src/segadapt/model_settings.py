@@ -32,12 +32,16 @@ def trained_config(meta: Mapping[str, Any], model_path: str | Path, dataset: str
     """The data settings and architecture a model was trained with, from its metadata. An external model
     records no data settings: the preset of `dataset` (the one the user names) stands in, with the model's
     normalisation, and the user must name the data (`require_data`)."""
-    if not is_segadapt(meta):
+    from segadapt.card import ModelCard
+
+    card = ModelCard.from_meta(meta, model_path)
+    if not card.records_run:
         trained = dataset_preset(dataset)
-        trained.model.arch, trained.model.width = str(meta.get("arch", "")), float(meta.get("width", 1.0))
+        trained.model.arch, trained.model.width = card.arch, card.width
         return with_model_norm(trained, meta)
-    trained = RunConfig(data=from_dict(DataConfig, meta["config"]["data"], f"{model_path} metadata"))
-    trained.model.width, trained.model.arch = meta.get("width", 1.0), meta["arch"]
+    assert card.config is not None
+    trained = RunConfig(data=from_dict(DataConfig, card.config["data"], f"{model_path} metadata"))
+    trained.model.width, trained.model.arch = card.width, card.arch
     return trained
 
 

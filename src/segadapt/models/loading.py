@@ -88,31 +88,30 @@ def rebuild(meta: Mapping[str, Any], source: str | Path, trusted_factories: Coll
     its factory is in `trusted_factories`: calling it runs code, and a file alone must never make segadapt
     run code (as it never unpickles).
     """
-    from segadapt.models import build_model
+    from segadapt.card import ModelCard
+    from segadapt.models import ARCHS, build_model
 
-    if "hf_config" in meta:
+    card = ModelCard.from_meta(meta, source)
+    if card.hf_config is not None:
         from segadapt.models.hf_dir import build_from_config
 
-        if not isinstance(meta["hf_config"], Mapping):
+        if not isinstance(card.hf_config, Mapping):
             raise CheckpointError(f"{source}: its hf_config metadata is not a JSON object; re-export the model")
-        return build_from_config(meta["hf_config"], source)
-    if "factory" in meta:
+        return build_from_config(card.hf_config, source)
+    if card.factory is not None:
         from segadapt.models import factory
 
-        recorded = meta["factory"] if isinstance(meta["factory"], Mapping) else {}
+        recorded = card.factory if isinstance(card.factory, Mapping) else {}
         target = str(recorded.get("target", "?"))
         if target not in trusted_factories:
             raise CheckpointError(f"{source}: built by the Python factory {target}; loading it runs that code, so "
                                   f"trust it explicitly (--trust-factory {target}, short --factory {target})")
         return factory.rebuild(meta, source)
-    from segadapt.models import ARCHS
-
-    arch = str(meta.get("arch", ""))
-    if arch not in ARCHS and not arch.startswith("hf:"):  # adapted from a module built in memory (adapt_model)
-        raise CheckpointError(f"{source}: its architecture ({arch or 'unnamed'}) was a module built in Python, which "
-                              f"no file rebuilds; load it with segadapt.load_model(path, model=<a module of that "
-                              f"architecture>)")
-    return build_model(arch, int(meta["num_classes"]), float(meta.get("width", 1.0)))
+    if card.arch not in ARCHS and not card.arch.startswith("hf:"):  # adapted from a module built in memory
+        raise CheckpointError(f"{source}: its architecture ({card.arch or 'unnamed'}) was a module built in Python, "
+                              f"which no file rebuilds; load it with segadapt.load_model(path, model=<a module of "
+                              f"that architecture>)")
+    return build_model(card.arch, card.num_classes, card.width)
 
 
 def data_norm(meta: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:
