@@ -104,12 +104,14 @@ def test_load_model_reads_what_adapt_model_wrote(tmp_path):
     """A run made by adapt_model loads by its path (a built-in architecture: rebuilt from the card) and, for a
     module built in Python, into a module of its architecture; never a bare KeyError."""
     import segadapt
-    from segadapt.errors import CheckpointError
+    from segadapt.errors import CheckpointError, ConfigError
     from segadapt.models import build_model
 
     torch.manual_seed(0)
     vgg = build_model("vgg16_deeplab", NUM_CLASSES, 0.0625)
     result = segadapt.adapt_model(vgg, _pairs(), iterations=2, out=tmp_path / "vgg", **FAST)
+    with pytest.raises(ConfigError, match="not empty"):  # a second run never writes over the first
+        segadapt.adapt_model(vgg, _pairs(), iterations=1, out=tmp_path / "vgg", **FAST)
     loaded = segadapt.load_model(tmp_path / "vgg")
     card = segadapt.card_of(loaded)
     assert card is not None and card.arch == "vgg16_deeplab" and card.width == 0.0625 and card.layers == {"pool5": 1.0}

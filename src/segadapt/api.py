@@ -177,7 +177,6 @@ def adapt_model(h1: nn.Module, pairs: Iterable[Sequence[torch.Tensor]] | Dataset
     from segadapt import progress
     from segadapt.adapt import adapt
     from segadapt.adapt_settings import adapt_base, with_adapt_budget
-    from segadapt.run import refuse_overwrite
 
     teacher = as_h1(copy.deepcopy(h1))  # adapt() freezes and moves its teacher: the caller's H1 stays as it is
     card = card_for(teacher)
@@ -194,8 +193,8 @@ def adapt_model(h1: nn.Module, pairs: Iterable[Sequence[torch.Tensor]] | Dataset
     dataset = pairs if isinstance(pairs, Dataset) and hasattr(pairs, "with_valid") else TensorPairs(pairs)
     made = out is None
     run_dir = Path(tempfile.mkdtemp(prefix="segadapt-adapt-")) if made else Path(out)  # type: ignore[arg-type]
-    if not made:
-        refuse_overwrite(run_dir)
+    if not made and run_dir.is_dir() and any(run_dir.iterdir()):  # never among files segadapt did not write
+        raise ConfigError(f"{run_dir}: exists and is not empty; give adapt_model a new folder as out=")
     was_quiet = progress.is_quiet()
     progress.quiet(quiet)
     try:
