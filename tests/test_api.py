@@ -234,3 +234,45 @@ def test_public_api_is_at_the_top_level_typed_and_documented():
             assert inspect.getdoc(obj), name
     for fn in (segadapt.load_model, segadapt.adapt_model, segadapt.evaluate_model):
         assert "return" in fn.__annotations__
+
+
+def test_load_model_reads_every_form_and_attaches_its_card(tmp_path):
+    import segadapt
+    from segadapt.errors import CheckpointError
+    from tiny_hf import factory_model_file, hf_model_file
+
+    spec = segadapt.load_model("tiny_hf:small_cnn", kwargs={"classes": NUM_CLASSES})
+    assert segadapt.card_of(spec).arch == "factory" and not spec.training
+    adapted = factory_model_file(tmp_path / "f")
+    with pytest.raises(CheckpointError, match="trust"):  # a file alone never makes segadapt call code
+        segadapt.load_model(adapted)
+    trusted = segadapt.load_model(adapted, trust=["tiny_hf:small_cnn"])
+    assert segadapt.card_of(trusted).factory["target"] == "tiny_hf:small_cnn"
+    pytest.importorskip("transformers")
+    hf = segadapt.load_model(hf_model_file(tmp_path / "hf"))
+    card = segadapt.card_of(hf)
+    assert card.arch == "hf" and card.hf_config and card.records_run
+    assert hf(torch.randn(1, 3, 32, 32)).shape == (1, NUM_CLASSES, 32, 32)
+
+
+def test_distortion_protocol_is_a_library_call():
+    """D1 and D2 scores of a model and the study's distortion between them, with no command line."""
+    from segadapt.config import preset
+    from segadapt.data import build_source
+    from segadapt.distortion import measure_distortion
+    from segadapt.errors import SegadaptError
+    from segadapt.metrics import distortion
+    from segadapt.models import build_model
+
+    cfg = preset("synthetic")
+    cfg.data.synthetic_size, cfg.data.synthetic_val = [32, 48], 3
+    cfg.shift.filter, cfg.shift.severity = "ripple", 1.0
+    classes = build_source(cfg.data, "val").info.num_classes
+    torch.manual_seed(0)
+    model = build_model("vgg16_deeplab", classes, 0.0625)
+    r = measure_distortion(model, cfg, torch.device("cpu"), "val", model_classes=classes)
+    expected = distortion(r.d1.mean_acc, r.d1.miou, r.d2.mean_acc, r.d2.miou)
+    assert r.distortion == expected or (r.distortion != r.distortion and expected != expected)  # nan: D1 scored 0
+    assert r.d1.pixels == r.d2.pixels > 0 and r.to_dict("m")["severity"] == 1.0 and r.search is None
+    with pytest.raises(SegadaptError, match="classes"):
+        measure_distortion(model, cfg, torch.device("cpu"), "val", model_classes=classes + 1)
