@@ -49,6 +49,7 @@ from segadapt.models.scale import window_factor
 from segadapt.progress import bar as progress_bar
 
 if TYPE_CHECKING:
+    from segadapt.card import ModelCard
     from segadapt.predict_outputs import ImageOutputs
 
 FLOOR = 1e-3  # the weight at a tile's very edge, relative to its centre
@@ -99,10 +100,12 @@ class Predictor:
     _act_px: float = field(default=0.0, repr=False)
 
     @classmethod
-    def from_meta(cls, model: nn.Module, meta: Mapping[str, Any], data: Any = None,
+    def from_meta(cls, model: nn.Module, meta: Mapping[str, Any] | ModelCard, data: Any = None,
                   device: torch.device | str = "cpu") -> Predictor:
-        """`model` with what its metadata says; `data` (a DataConfig: mean, std, base_size) overrides the
-        settings the metadata records (model_settings: the run's data, or a preprocessor's normalisation)."""
+        """`model` with what its metadata (or ModelCard) says; `data` (a DataConfig: mean, std, base_size)
+        overrides the settings it records (model_settings: the run's data, or a preprocessor's normalisation)."""
+        if not isinstance(meta, Mapping):
+            meta = meta.to_meta()
         if data is None:
             from segadapt.model_settings import fit_to_model, trained_config
 
@@ -130,7 +133,7 @@ class Predictor:
 
         card = card_of(model)
         if card is not None:
-            return cls.from_meta(model, card.to_meta(), data, device)
+            return cls.from_meta(model, card, data, device)
         from segadapt.models.contract import conform
         from segadapt.models.outputs import classes_read_off
 
