@@ -215,6 +215,8 @@ def test_adapt_model_takes_a_generator_of_masked_pairs_and_refuses_mixed_ones():
     assert lazy.losses  # a map-style Dataset of pairs, read as the loop draws them
     with pytest.raises(ConfigError, match="all"):
         segadapt.adapt_model(h1, [(torch.zeros(3, 8, 8),) * 2, (torch.zeros(3, 8, 8),) * 3], iterations=1)
+    with pytest.raises(ConfigError, match="unknown setting 'batch'"):  # a typo is one line, not a silent default
+        segadapt.adapt_model(h1, _pairs(4), batch=4)
 
 
 def test_public_api_is_at_the_top_level_typed_and_documented():

@@ -100,7 +100,7 @@ class AdaptResult:
 
 def _settings(settings: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Keyword settings by their config section: a bare name of AdaptConfig or TrainConfig (batch_size,
-    norm, select, ...), or "section.key" given through `settings={...}`."""
+    norm, select, ...), or any "section.key" passed as `**{"data.num_workers": 2}`."""
     adapt_keys = {f.name for f in fields(AdaptConfig)}
     train_keys = {f.name for f in fields(TrainConfig)}
     table: dict[str, dict[str, Any]] = {}
@@ -110,7 +110,7 @@ def _settings(settings: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             section = "adapt" if name in adapt_keys else "train" if name in train_keys else ""
         if not section:
             raise ConfigError(f"adapt_model: unknown setting {key!r}; give a key of [adapt] or [train] (e.g. "
-                              f"batch_size=4, norm='adabn'), or 'section.key' in settings={{...}}")
+                              f"batch_size=4, norm='adabn'), or any section.key as **{{'data.num_workers': 2}}")
         table.setdefault(section, {})[name] = value
     return table
 
