@@ -24,6 +24,7 @@ from torch import nn
 from segadapt import cache as teacher_cache
 from segadapt import checkpoint as ckpt
 from segadapt import distributed
+from segadapt.card import written
 from segadapt.config import AdaptConfig, RunConfig, to_dict
 from segadapt.data.d2_labels import LabelledDraws, d2_label_source
 from segadapt.data.geopairs import RasterPairs
@@ -32,9 +33,9 @@ from segadapt.errors import CheckpointError, ConfigError, SegadaptError
 from segadapt.evaluate import score
 from segadapt.losses import resolve_layers
 from segadapt.models.contract import SegmentationModel, check_taps, conform, default_layers
-from segadapt.models.factory import logits_of
 from segadapt.models.loading import load_any, rebuild_meta, save_native
 from segadapt.models.modes import NormPolicy, adaptation_mode
+from segadapt.models.outputs import classes_read_off, logits_of
 from segadapt.models.taps import Features
 from segadapt.objectives import Objective, Outputs, build_objective
 from segadapt.objectives.term import as_plain, model_outputs
@@ -111,12 +112,7 @@ def d1_maps(teacher: nn.Module, pairs: PairedDataset | RasterPairs, ids: Sequenc
 
 def h1_classes(teacher: nn.Module, meta: dict[str, Any]) -> int:
     """The classes H1 predicts: the contract's count, else its model file's, else read off one forward."""
-    known = conform(teacher).num_classes or int(meta.get("num_classes") or 0)
-    if known:
-        return known
-    p = next(teacher.parameters())
-    with torch.inference_mode():
-        return int(logits_of(teacher.eval()(torch.zeros(1, 3, 64, 64, device=p.device, dtype=p.dtype))).shape[1])
+    return conform(teacher).num_classes or int(meta.get("num_classes") or 0) or classes_read_off(teacher)
 
 
 def load_h1(cfg: RunConfig, device: torch.device | str) -> tuple[nn.Module, dict[str, Any]]:
@@ -313,8 +309,8 @@ def adapt(
 
     # files (rank 0)
     student.requires_grad_(True).eval()
-    meta = {**h1_meta, **rebuild_meta(student), "step": step, "adapted_from": str(ac.h1),
-            "layers": weights, "objective": objective.term_weights, "config": to_dict(cfg)}
+    meta = written({**h1_meta, **rebuild_meta(student), "step": step, "adapted_from": str(ac.h1),
+                    "layers": weights, "objective": objective.term_weights, "config": to_dict(cfg)})
     run.save(step)  # the run can be extended later (--resume with more iterations)
     if run.main:
         ckpt.save_model(run_dir / ckpt.MODEL_FILE, student, meta)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from segadapt import distributed, progress
 from segadapt.config import RunConfig
-from segadapt.data import SegmentationDataset, SegmentationSource, make_transform
+from segadapt.data import SegmentationDataset, SegmentationSource, build_dataset, make_transform
 from segadapt.metrics import Scores, confusion_matrix, scores
 from segadapt.models.modes import modes_restored
 from segadapt.speed import PrecisionChoice, autocast, choose_inference_precision
@@ -64,19 +66,29 @@ def confusion(
     # own generator: a DataLoader draws a base seed from it, which must not advance the global RNG that a
     # training run checkpoints (a resume would then draw other augmentations than the uninterrupted run)
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=num_workers, generator=torch.Generator())
-    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     bar = progress.bar(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0,
                        disable=not distributed.is_main())
+    conf = confusion_of(model, bar, num_classes, ignore_index, device, batch_pixels, precision)
+    if shard:
+        distributed.all_reduce(conf)
+    return conf.cpu()
+
+
+@torch.inference_mode()
+def confusion_of(model: torch.nn.Module, items: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int,
+                 ignore_index: int, device: torch.device, batch_pixels: int = BATCH_PIXELS,
+                 precision: str = "fp32") -> torch.Tensor:
+    """Summed confusion matrix over (1 x 3 x H x W image, 1 x H x W labels) items, on `device`: consecutive
+    images of one size go through the model together (`confusion`'s batching); `precision` as `confusion`'s."""
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     with modes_restored(model):  # model.train() afterwards would undo an adapting student's dropout/BN modes
         model.eval()
-        for images, masks in same_size_batches(bar, batch_pixels):
+        for images, masks in same_size_batches(items, batch_pixels):
             images = images.to(device).contiguous(memory_format=torch.channels_last)
             with autocast(device, precision):
                 pred = model(images).argmax(1)
             conf += confusion_matrix(pred, masks.to(device), num_classes, ignore_index)
-    if shard:
-        distributed.all_reduce(conf)
-    return conf.cpu()
+    return conf
 
 
 def evaluate(
@@ -115,6 +127,29 @@ def inference_precision(model: torch.nn.Module, dataset: Dataset, device: torch.
             return model(sample[0]).argmax(1)
 
     return choose_inference_precision(requested, device, labels)
+
+
+@dataclass
+class LabelledSet:
+    """What a model is scored on: the dataset (evaluation transform), its name and split as reports give them,
+    and for a mosaic the fraction of the labelled ground it covers."""
+
+    dataset: SegmentationDataset
+    name: str
+    split: str
+    coverage: float | None = None
+
+
+def labelled_set(cfg: RunConfig, split: str) -> LabelledSet:
+    """The config's labelled images: a split of its dataset, or with shift.label_raster the tiles of the mosaic
+    (shift.d2_raster, else shift.d1_raster) on the label raster's grid, named "raster" with the mosaic's stem."""
+    if not cfg.shift.label_raster:
+        return LabelledSet(build_dataset(cfg.data, split, train=False), cfg.data.dataset, split)
+    from segadapt.data.d2 import raster_tiles
+
+    tiles = raster_tiles(cfg, cfg.shift.d2_raster or cfg.shift.d1_raster)
+    dataset = SegmentationDataset(tiles, make_transform(cfg.data, False, tiles.info.ignore_index))
+    return LabelledSet(dataset, "raster", Path(tiles.paths[0]).stem, tiles.coverage)
 
 
 def score(model: torch.nn.Module, source: SegmentationSource, cfg: RunConfig, device: torch.device) -> Scores:

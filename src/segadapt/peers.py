@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from segadapt import checkpoint as ckpt
 from segadapt.adapt import load_h1
 from segadapt.cache import model_fingerprint
+from segadapt.card import written
 from segadapt.config import PEER_METHODS, RunConfig, to_dict
 from segadapt.errors import CheckpointError, ConfigError
 from segadapt.models.contract import conform
@@ -256,8 +257,8 @@ def run_peer(
 
     # files (rank 0)
     student.requires_grad_(True).eval()
-    meta = {**h1_meta, **rebuild_meta(student), "step": step, "adapted_from": str(cfg.adapt.h1), "peer": method,
-            "config": to_dict(cfg)}
+    meta = written({**h1_meta, **rebuild_meta(student), "step": step, "adapted_from": str(cfg.adapt.h1),
+                    "peer": method, "config": to_dict(cfg)})
     run.save(step)  # the run can be extended later (--resume with more iterations)
     if run.main:
         ckpt.save_model(run_dir / ckpt.MODEL_FILE, student, meta)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +50,7 @@ from segadapt.progress import bar as progress_bar
 from segadapt.speed import PrecisionChoice, autocast, choose_inference_precision
 
 if TYPE_CHECKING:
+    from segadapt.card import ModelCard
     from segadapt.predict_outputs import ImageOutputs
 
 FLOOR = 1e-3  # the weight at a tile's very edge, relative to its centre
@@ -101,7 +102,17 @@ class Predictor:
     _act_px: float = field(default=0.0, repr=False)
 
     @classmethod
-    def from_meta(cls, model: nn.Module, meta: dict[str, Any], data: Any, device: torch.device) -> Predictor:
+    def from_meta(cls, model: nn.Module, meta: Mapping[str, Any] | ModelCard, data: Any = None,
+                  device: torch.device | str = "cpu") -> Predictor:
+        """`model` with what its metadata (or ModelCard) says; `data` (a DataConfig: mean, std, base_size)
+        overrides the settings it records (model_settings: the run's data, or a preprocessor's normalisation)."""
+        if not isinstance(meta, Mapping):
+            meta = meta.to_meta()
+        if data is None:
+            from segadapt.model_settings import fit_to_model, trained_config
+
+            data = fit_to_model(trained_config(meta, "model"), meta, "model").data
+        device = torch.device(device)
         n = int(meta["num_classes"])
         names = tuple(meta.get("class_names") or (f"class{i}" for i in range(n)))
         palette = [tuple(int(v) for v in c) for c in meta.get("palette") or []]
@@ -111,6 +122,50 @@ class Predictor:
             model = model.to(memory_format=torch.channels_last)
         return cls(model, n, names, tuple(palette[:n]), tuple(data.mean), tuple(data.std), int(data.base_size),
                    device, window_factor(meta, int(data.base_size)))
+
+    @classmethod
+    def from_model(cls, model: nn.Module, device: torch.device | str | None = None, data: Any = None) -> Predictor:
+        """A module in memory, with what its ModelCard says (load_model and adapt_model attach one); a module
+        without a card is run on ImageNet-normalised images at their own size, its classes read off a forward.
+        `device`: default, the module's own."""
+        from segadapt.card import card_of
+        from segadapt.runtime import model_device
+
+        device = device if device is not None else model_device(model)
+
+        card = card_of(model)
+        if card is not None:
+            return cls.from_meta(model, card, data, device)
+        from segadapt.models.contract import conform
+        from segadapt.models.outputs import classes_read_off
+
+        classes = conform(model).num_classes or classes_read_off(model)
+        return cls.from_meta(model, {"num_classes": classes}, data, device)
+
+    @classmethod
+    def from_path(cls, path: str | Path, device: torch.device | str = "cpu",
+                  trusted_factories: Sequence[str] = ()) -> Predictor:
+        """A segadapt run directory or model file, ready to predict with the settings it was trained with."""
+        model, meta = load(path, device, trusted_factories)
+        return cls.from_meta(model, meta, device=device)
+
+    def predict(self, image: str | Path | np.ndarray | torch.Tensor, *, probabilities: bool = False,
+                **tiling: Any) -> Prediction:
+        """One image (a path; an H x W x 3 RGB array, uint8 or float in 0..1; a 3 x H x W tensor, uint8 or
+        float in 0..1) -> its class mask, and the class probabilities if asked, at the image's size.
+        `tiling`: predict_image's tile, overlap, batch, memory_mb and scale."""
+        rgb = as_rgb(image)
+        h, w = rgb.shape[:2]
+        mask = np.zeros((h, w), np.int64)
+        probs = np.zeros((self.num_classes, h, w), np.float32) if probabilities else None
+
+        def keep(y: int, rows: torch.Tensor) -> None:
+            mask[y:y + rows.shape[1]] = rows.argmax(0).numpy()
+            if probs is not None:
+                probs[:, y:y + rows.shape[1]] = rows.numpy()
+
+        predict_image(self, ArrayReader(rgb), progress=False, on_rows=keep, **tiling)
+        return Prediction(mask, probs)
 
     def normalise(self, tiles: np.ndarray) -> torch.Tensor:
         """N x h x w x 3 RGB in 0..255 -> the network's normalised N x 3 x h x w input (NHWC in memory).
@@ -145,6 +200,33 @@ class Predictor:
                     h.remove()
             self._act_px = 4.0 * largest[0] / (64 * 64)
         return self._act_px
+
+
+@dataclass
+class Prediction:
+    """Predictor.predict's answer for one image, at the image's size."""
+
+    mask: np.ndarray  # H x W class indices (int64)
+    probabilities: np.ndarray | None = None  # C x H x W softmax, when asked for
+
+
+def as_rgb(image: str | Path | np.ndarray | torch.Tensor) -> np.ndarray:
+    """An image as the H x W x 3 uint8 RGB array tiles are cut from: a file path (decoded), an H x W x 3 array
+    or a 3 x H x W tensor (torchvision's layout), uint8 0..255 or float 0..1."""
+    from segadapt.data.base import read_image
+
+    if isinstance(image, (str, Path)):
+        return read_image(Path(image))
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ConfigError(f"expected a 3 x H x W image tensor, got shape {tuple(image.shape)}")
+        image = image.detach().cpu().permute(1, 2, 0).numpy()
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ConfigError(f"expected an H x W x 3 RGB image, got shape {array.shape}")
+    if array.dtype != np.uint8:
+        array = np.clip(np.rint(array.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(array)
 
 
 # --- the tile grid and its weights ---------------------------------------------------------------------
@@ -409,8 +491,9 @@ def summarise(probs: torch.Tensor, entropy: bool) -> tuple[torch.Tensor, torch.T
 def predict_image(pred: Predictor, source: RasterReader, outputs: ImageOutputs | None = None, *,
                   scale: float | None = None, tile: int | None = None, overlap: int | None = None, batch: int = 4,
                   memory_mb: float = 1024, entropy: bool = False, overlay: bool = False, progress: bool = True,
-                  desc: str = "tiles") -> ImageStats:
-    """Predict one image; finished rows go to `outputs.write(y, labels, confidence, entropy, valid, rgb)`."""
+                  desc: str = "tiles", on_rows: Callable[[int, torch.Tensor], None] | None = None) -> ImageStats:
+    """Predict one image; finished rows go to `outputs.write(y, labels, confidence, entropy, valid, rgb)`, and
+    their class probabilities (C x rows x width, at the image's size) to `on_rows(y, probs)`."""
     start = time.perf_counter()
     s = choose_scale(source, pred, scale)
     net: RasterReader = source
@@ -430,6 +513,8 @@ def predict_image(pred: Predictor, source: RasterReader, outputs: ImageOutputs |
         for y0, chunk in blend(pred, net, plan, bar):
             for y, rows in resampler.push(y0, torch.softmax(chunk, 0)):
                 _finish_rows(pred, source, outputs, stats, y, rows, entropy, overlay)
+                if on_rows is not None:
+                    on_rows(y, rows)
     stats.seconds = time.perf_counter() - start
     return stats
 

@@ -22,6 +22,11 @@ def quiet(on: bool = True) -> None:
     _QUIET[0] = on
 
 
+def is_quiet() -> bool:
+    """Whether bars are off (so a library call that silences them can put the setting back)."""
+    return _QUIET[0]
+
+
 def _terminal(stream: Any) -> bool:
     isatty = getattr(stream, "isatty", None)
     try:

@@ -40,6 +40,12 @@ def select_device(name: str) -> torch.device:
     return device
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a module's weights are (CPU for one without parameters): a library call's default device."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def check_workers(n: int, what: str = "data.num_workers") -> None:
     """Refuse more worker processes than the machine can use: hundreds of them on a few cores only fight
     over the cores (and memory) and looked like a hang."""

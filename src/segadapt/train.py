@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from segadapt import checkpoint as ckpt
+from segadapt.card import written
 from segadapt.config import RunConfig, to_dict
 from segadapt.data import SegmentationDataset, build_dataset
 from segadapt.errors import SegadaptError
@@ -154,7 +155,7 @@ def train(
     }
     run.save(step)  # the run can be extended later (--resume with more iterations)
     if run.main:
-        meta = model_meta(cfg, train_set, step, model, pixel)
+        meta = written(model_meta(cfg, train_set, step, model, pixel))
         ckpt.save_model(run_dir / ckpt.MODEL_FILE, model, meta)
         save_native(model, run_dir, meta)  # hf_model/ for transformers models
         ckpt.write_json_atomic(run_dir / "metrics.json", metrics)

@@ -6,18 +6,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from segadapt.adapt_settings import adapt_base
 from segadapt.cli.common import (
     TRAINING,
     announce,
     config_args,
     is_model_file,
-    is_segadapt,
     model_config,
     output_dir,
     quiet_arg,
     resolve_config,
     resumed,
-    trained_config,
 )
 from segadapt.config import RunConfig
 from segadapt.errors import SegadaptError
@@ -91,31 +90,6 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 SELECTED_BY = {"holdout_loss": "lowest held-out loss", "agreement": "highest agreement with H1's labels",
                "entropy": "lowest prediction entropy", "labels": "highest mIoU on the labelled D2 images"}
-
-
-def adapt_base(meta: dict[str, Any], h1: str, dataset: str = "") -> RunConfig:
-    """H1's own run settings (batch, weight decay, seed, data...) with the sweep's adaptation budget and lr,
-    so `segadapt adapt` trains H2 as `segadapt experiment` does; older model files give their data only. An
-    H1 that records no run (a transformers or factory model) takes them from the preset of `dataset`."""
-    from segadapt.config import AdaptConfig, from_dict
-    from segadapt.errors import ConfigError
-
-    if not is_segadapt(meta):  # a transformers or factory H1: the data's preset, the data from the command line
-        base = trained_config(meta, h1, dataset)
-    else:
-        try:
-            base = from_dict(RunConfig, meta["config"], f"{h1} metadata")
-        except (ConfigError, KeyError, TypeError):
-            return trained_config(meta, h1)
-    base.model.width, base.model.arch = meta["width"], meta["arch"]
-    base.name, base.train.time_budget_s = "adapt", 0.0
-    # what D2 is and what to regress come from this command, not from how H1 happened to be run
-    kept = base.adapt
-    base.adapt = AdaptConfig(grad_clip=kept.grad_clip, holdout=kept.holdout, probes=kept.probes)
-    base.shift.d2_dir, base.shift.pairs_csv = "", ""
-    base.shift.d1_raster, base.shift.d2_raster, base.shift.label_raster = "", "", ""
-    base.train.iterations, base.train.lr = base.experiment.iterations, base.experiment.adapt_lr
-    return base
 
 
 def print_models(out: Path, what: str = "") -> None:

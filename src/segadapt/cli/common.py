@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from segadapt import model_settings as settings
 from segadapt.config import (
     DEFAULT_PRESET,
     PRECISIONS,
@@ -387,56 +387,30 @@ def json_out(out: str | None) -> None:
 
 
 def same_classes(path: str | Path, meta: dict[str, Any], cfg: RunConfig, num_classes: int) -> None:
-    if meta["num_classes"] != num_classes:
-        raise SegadaptError(f"{path}: model predicts {meta['num_classes']} classes but {cfg.data.dataset} has "
-                            f"{num_classes}; evaluate on a dataset with the same classes")
+    """The model's classes against the dataset's (distortion.check_classes)."""
+    from segadapt.distortion import check_classes
+
+    check_classes(path, meta["num_classes"], cfg, num_classes)
 
 
 def trained_config(meta: dict[str, Any], model_path: str | Path, dataset: str = "") -> RunConfig:
-    """The data settings and architecture a model was trained with, from its metadata. An external model (a
-    transformers directory, a factory) records no data settings: the preset of `dataset` (the one the command
-    line names) stands in, with the model's normalisation, and the command line must name the data
-    (`require_data`)."""
-    from segadapt.config import DataConfig, from_dict
-
-    if not is_segadapt(meta):
-        trained = dataset_preset(dataset)
-        trained.model.arch, trained.model.width = str(meta.get("arch", "")), float(meta.get("width", 1.0))
-        return with_model_norm(trained, meta)
-    trained = RunConfig(data=from_dict(DataConfig, meta["config"]["data"], f"{model_path} metadata"))
-    trained.model.width, trained.model.arch = meta["width"], meta["arch"]
-    return trained
+    """The data settings and architecture a model was trained with (model_settings.trained_config)."""
+    return settings.trained_config(meta, model_path, dataset)
 
 
 def model_config(args: argparse.Namespace, meta: dict[str, Any], model_path: str | Path,
                  base: Callable[[str], RunConfig] | None = None) -> RunConfig:
     """A trained model's settings, overridden by the command line (which names the data of an external one),
-    fitted to the model (`fit_to_model`). `base(dataset)`: the settings to start from (default: the data
-    settings the model was trained with, `trained_config`), given the dataset the command line names."""
+    fitted to the model: model_settings.model_config with the command line as the overrides."""
     require_data(args, meta, model_path)
-    start = base or (lambda dataset: trained_config(meta, model_path, dataset))
-    dataset = resolve_config(args, start("")).data.dataset
-    cfg = other_dataset(resolve_config(args, start(dataset)), meta)
-    return fit_to_model(cfg, meta, model_path, args)
+    return settings.model_config(meta, model_path, lambda start: resolve_config(args, start), explicit_keys(args),
+                                 base)
 
 
 def fit_to_model(cfg: RunConfig, meta: dict[str, Any], model_path: str | Path,
                  args: argparse.Namespace | None = None) -> RunConfig:
-    """The model's normalisation and the scale it was trained at (models/scale.py: the one rule every command
-    applies), each unless the user set it explicitly (--config, --set), which is then said in one line."""
-    from segadapt.models.scale import SCALE_KEY, settle_base_size
-
-    cfg = with_model_norm(cfg, meta, args)
-    given = explicit_keys(args) if args is not None else set()
-    settle_base_size(cfg.data, meta, str(model_path), SCALE_KEY in given)
-    return cfg
-
-
-def is_segadapt(meta: dict[str, Any]) -> bool:
-    """Whether a model's metadata holds the config of a segadapt run (train or adapt), data settings included."""
-    from segadapt.models.scale import recorded_config
-
-    return recorded_config(meta) is not None
+    """The model's normalisation and scale, each unless the command line set it (model_settings.fit_to_model)."""
+    return settings.fit_to_model(cfg, meta, model_path, explicit_keys(args) if args is not None else ())
 
 
 def explicit_keys(args: argparse.Namespace) -> set[str]:
@@ -457,29 +431,9 @@ def _given_keys(args: argparse.Namespace) -> set[str]:
 
 def require_data(args: argparse.Namespace, meta: dict[str, Any], model: str | Path) -> None:
     """An external model knows nothing of the data it is to see: refuse, in one line, a command that names none."""
-    if is_segadapt(meta) or getattr(args, "dataset", None) or getattr(args, "preset", None) \
-            or getattr(args, "pairs", None) or any(k.startswith("data.") for k in _given_keys(args)):
-        return
-    kind = {"hf": "transformers", "factory": "factory"}.get(str(meta.get("arch")), "external")
-    raise SegadaptError(f"{model}: a {kind} model records no dataset settings; name the data with --dataset NAME "
-                        f"--root DIR (or --preset / --config FILE)")
-
-
-def with_model_norm(cfg: RunConfig, meta: dict[str, Any], args: argparse.Namespace | None = None) -> RunConfig:
-    """data.mean/std from the normalisation a model records (a transformers preprocessor), before any dataset is
-    built; values the user set explicitly (--config, --set) are kept, with a one-line warning when they differ."""
-    from segadapt.models.loading import data_norm
-
-    norm = data_norm(meta)
-    if norm is None:
-        return cfg
-    given = {"data.mean", "data.std"} & _given_keys(args) if args is not None else set()
-    if not given:
-        cfg.data.mean, cfg.data.std = norm
-    elif [list(cfg.data.mean), list(cfg.data.std)] != [norm[0], norm[1]]:
-        print(f"warning: using your data.mean {list(cfg.data.mean)} and data.std {list(cfg.data.std)}, not the "
-              f"model's preprocessor normalisation (mean {norm[0]}, std {norm[1]})", file=sys.stderr)
-    return cfg
+    named = bool(getattr(args, "dataset", None) or getattr(args, "preset", None) or getattr(args, "pairs", None)
+                 or any(k.startswith("data.") for k in _given_keys(args)))
+    settings.require_data(meta, model, named)
 
 
 def model_args(p: argparse.ArgumentParser, name: str = "model", trust: bool = True) -> None:
@@ -513,16 +467,17 @@ MODEL_FORMS = ("a segadapt run directory or model .safetensors, a transformers s
 
 
 def is_factory(spec: str) -> bool:
-    """A factory spec package.module:function that is not an existing path."""
-    from segadapt.models.factory import is_factory_spec
+    """A factory spec package.module:function that is not an existing path (models/spec.py)."""
+    from segadapt.models.spec import model_kind
 
-    return is_factory_spec(spec) and not Path(spec).exists()
+    return model_kind(spec) == "factory"
 
 
 def is_model_file(spec: str) -> bool:
     """A segadapt run directory or model file (not a transformers directory or a factory spec)."""
-    path = Path(spec)
-    return path.is_file() or (path.is_dir() and not (path / "config.json").is_file())
+    from segadapt.models.spec import model_kind
+
+    return model_kind(spec) == "segadapt"
 
 
 def load_model_arg(spec: str, flag: str, weights: str | None = None, kwargs: str | None = None,
@@ -535,11 +490,3 @@ def load_model_arg(spec: str, flag: str, weights: str | None = None, kwargs: str
     if weights:
         check_path(weights, f"{flag}-weights")
     return load_any(spec, device, weights=weights or None, kwargs=kwargs or None, trusted_factories=trusted)
-
-
-def other_dataset(cfg: RunConfig, meta: dict[str, Any]) -> RunConfig:
-    """A model trained on a folder dataset, used on a built-in one: its folder-only keys stay behind."""
-    trained = meta.get("config", {}).get("data", {})
-    if trained.get("dataset") == "folder" and cfg.data.dataset != "folder":
-        cfg.data.num_classes, cfg.data.ignore_index, cfg.data.class_names = 0, 255, []
-    return cfg

@@ -40,8 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from segadapt.checkpoint import write_json_atomic
-    from segadapt.data import build_dataset
-    from segadapt.evaluate import evaluate, inference_precision
+    from segadapt.evaluate import evaluate, inference_precision, labelled_set
     from segadapt.runtime import environment, select_device
 
     json_out(args.out)
@@ -52,18 +51,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise SegadaptError("--root: the synthetic scenes are generated, not read; to score a shifted copy use "
                             "segadapt distortion --model MODEL --filter F --d2-dir DIR")
     device = select_device(cfg.train.device)
-    split = args.split or cfg.data.val_split
-    coverage: float | None = None  # of the labelled ground by the scored mosaic
-    if cfg.shift.label_raster:  # a mosaic cut into tiles on the label raster's grid
-        from segadapt.data import SegmentationDataset, make_transform
-        from segadapt.data.d2 import raster_tiles
-
-        tiles = raster_tiles(cfg, cfg.shift.d2_raster or cfg.shift.d1_raster)
-        dataset = SegmentationDataset(tiles, make_transform(cfg.data, False, tiles.info.ignore_index))
-        cfg.data.dataset, split = "raster", Path(tiles.paths[0]).stem
-        coverage = tiles.coverage
-    else:
-        dataset = build_dataset(cfg.data, split, train=False)
+    scored = labelled_set(cfg, args.split or cfg.data.val_split)
+    dataset, split, coverage = scored.dataset, scored.split, scored.coverage
+    cfg.data.dataset = scored.name
     same_classes(args.model, meta, cfg, dataset.info.num_classes)
     model = model.to(device)
     choice = inference_precision(model, dataset, device, args.precision)

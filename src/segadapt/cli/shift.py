@@ -96,8 +96,8 @@ def _for_model(args: argparse.Namespace) -> tuple[RunConfig, SearchResult | None
     lengths are pixels of the images H1 sees); with --target-distortion D, at the severity where the model's
     distortion on D1 train images is D (severity_search.py), where it landed printed in one line."""
     from segadapt.data import build_source
+    from segadapt.distortion import searched_severity
     from segadapt.runtime import select_device
-    from segadapt.severity_search import search_for
 
     if not args.model:
         raise SegadaptError("--target-distortion: give the model whose distortion it is with --model RUN")
@@ -110,10 +110,9 @@ def _for_model(args: argparse.Namespace) -> tuple[RunConfig, SearchResult | None
         raise SegadaptError("--severity and --target-distortion both choose the severity; give one")
     same_classes(args.model, meta, cfg, build_source(cfg.data, cfg.data.train_split).info.num_classes)
     device = select_device(cfg.train.device)
-    found = search_for(model.to(device), cfg, device, cfg.shift.filter, target)
+    found = searched_severity(model.to(device), cfg, device)
     print(f"severity search ({cfg.shift.filter}, {found.info['images']} {found.info['split']} images): "
           f"{'landed' if found.reached else 'NOT reached'}: {found.message}")
-    cfg.shift.severity = found.severity
     return cfg, found
 
 
@@ -141,43 +140,23 @@ def _shift_raster(args: argparse.Namespace, cfg: RunConfig) -> int:
 def cmd_distortion(args: argparse.Namespace) -> int:
     """The study's distortion of a shift for a model: how much accuracy and mIoU fall from D1 to D2."""
     from segadapt.checkpoint import write_json_atomic
-    from segadapt.data import build_source
-    from segadapt.data.d2 import d2_source, same_shift
-    from segadapt.evaluate import score
-    from segadapt.experiment import json_safe
-    from segadapt.metrics import distortion
+    from segadapt.distortion import measure_distortion
     from segadapt.runtime import select_device
-    from segadapt.selection import finite_or_none
-    from segadapt.severity_search import search_for
 
     json_out(args.out)
     model, meta = load_model_arg(args.model, "--model", args.model_weights, args.model_kwargs, trusted_factories(args))
     cfg = model_config(args, meta, args.model)
     device = select_device(cfg.train.device)
-    model = model.to(device)
     split = args.split or cfg.data.val_split
-    found = None
-    if cfg.shift.target_distortion > 0:  # the severity is searched on train images, then scored on `split`
-        if cfg.shift.d2_dir or args.severity is not None:
-            raise SegadaptError("--target-distortion searches the severity; drop --severity / --d2-dir")
-        found = search_for(model, cfg, device, cfg.shift.filter, cfg.shift.target_distortion)
-        print(f"severity search ({found.info['images']} {found.info['split']} images): "
-              f"{'landed' if found.reached else 'NOT reached'}: {found.message}")
-        cfg.shift.severity = found.severity
-    same_shift(cfg, split)
-    d1 = build_source(cfg.data, split)
-    same_classes(args.model, meta, cfg, d1.info.num_classes)
-    s1 = score(model, d1, cfg, device)
-    s2 = score(model, d2_source(cfg, split, labelled=True), cfg, device)
-    d = distortion(s1.mean_acc, s1.miou, s2.mean_acc, s2.miou)
-    sh = cfg.shift
-    result = {"model": str(args.model), "filter": sh.filter, "severity": sh.severity, "split": split,
-              "d1": {"mean_acc": s1.mean_acc, "miou": s1.miou}, "d2": {"mean_acc": s2.mean_acc, "miou": s2.miou},
-              "units": sh.units, "distortion": finite_or_none(d),
-              **({"search": json_safe(found.to_dict())} if found else {})}
-    print(f"D1 ({cfg.data.dataset}/{split}): mean acc {s1.mean_acc:.4f}  mIoU {s1.miou:.4f}")
-    print(f"D2 ({sh.filter}, severity {sh.severity}): mean acc {s2.mean_acc:.4f}  mIoU {s2.miou:.4f}")
-    print(f"distortion = 0.5*(|acc1-acc2|/acc1 + |mIoU1-mIoU2|/mIoU1) = {d:.4f}")
+    if cfg.shift.target_distortion > 0 and (cfg.shift.d2_dir or args.severity is not None):
+        raise SegadaptError("--target-distortion searches the severity; drop --severity / --d2-dir")
+    r = measure_distortion(model, cfg, device, split, model_classes=meta["num_classes"], name=args.model)
+    if r.search is not None:
+        print(f"severity search ({r.search.info['images']} {r.search.info['split']} images): "
+              f"{'landed' if r.search.reached else 'NOT reached'}: {r.search.message}")
+    print(f"D1 ({cfg.data.dataset}/{split}): mean acc {r.d1.mean_acc:.4f}  mIoU {r.d1.miou:.4f}")
+    print(f"D2 ({r.filter}, severity {r.severity}): mean acc {r.d2.mean_acc:.4f}  mIoU {r.d2.miou:.4f}")
+    print(f"distortion = 0.5*(|acc1-acc2|/acc1 + |mIoU1-mIoU2|/mIoU1) = {r.distortion:.4f}")
     if args.out:
-        write_json_atomic(check_path(args.out, "--out"), result)
+        write_json_atomic(check_path(args.out, "--out"), r.to_dict(args.model))
     return 0

@@ -27,6 +27,7 @@ from torch import nn
 
 from segadapt.errors import ConfigError
 from segadapt.losses import LayerPresets
+from segadapt.models.outputs import forward_logits
 from segadapt.models.taps import Features, parameters_used, tap_features
 
 ParamGroups = list[dict[str, Any]]
@@ -145,7 +146,8 @@ class HookedModel(nn.Module):
         self.example = tuple(example)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        # the wrapped module may return a transformers ModelOutput or a dict: the contract's forward is logits
+        return forward_logits(self.net, x)
 
     def features(self, x: torch.Tensor, taps: Sequence[str]) -> dict[str, torch.Tensor]:
         check_taps(self, list(taps))

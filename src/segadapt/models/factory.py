@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
 from segadapt.chatter import hushed
 from segadapt.errors import CheckpointError, ConfigError
 from segadapt.models.contract import HookedModel
+from segadapt.models.outputs import logits_of
 from segadapt.models.pretrained import read_state_dict
 from segadapt.models.taps import execution_order, flags_restored
 
@@ -138,18 +138,6 @@ def load_net_weights(net: nn.Module, path: str | Path, target: str) -> None:
     net.load_state_dict(sd)
 
 
-def logits_of(output: Any) -> torch.Tensor:
-    """The class logits in a module's output: a tensor, dict["out"] (torchvision) or `.logits` (transformers)."""
-    if isinstance(output, Mapping):
-        output = output.get("out")
-    elif not isinstance(output, torch.Tensor):
-        output = getattr(output, "logits", None)
-    if not isinstance(output, torch.Tensor) or output.ndim != 4:
-        raise ConfigError("the factory's module must return (N, classes, H, W) logits: a tensor, a dict with "
-                          "'out', or an object with .logits")
-    return output
-
-
 class FactoryModel(HookedModel):
     """A factory's module behind the contract: taps are its module paths, listed in execution order by one
     probe pass on `example` (which also reads the class count off the output)."""
@@ -163,12 +151,6 @@ class FactoryModel(HookedModel):
             num_classes = logits_of(net.eval()(x)).shape[1]
         super().__init__(net, num_classes, taps=taps, head=head, example=example)
         self.spec = spec
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = logits_of(self.net(x))
-        if logits.shape[-2:] != x.shape[-2:]:
-            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return logits
 
 
 def _device(net: nn.Module) -> torch.device:

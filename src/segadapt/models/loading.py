@@ -15,7 +15,7 @@ from torch import nn
 
 from segadapt import checkpoint as ckpt
 from segadapt.errors import CheckpointError, ConfigError
-from segadapt.models.factory import FactoryModel, factory_meta, is_factory_spec, load_factory
+from segadapt.models.factory import FactoryModel, factory_meta, load_factory
 
 H1_FORMS = ("a segadapt run directory or model.safetensors, a transformers model directory (config.json + "
             "model.safetensors), or a Python factory package.module:function")
@@ -43,19 +43,22 @@ def load_any(spec: str | Path, device: torch.device | str = "cpu", weights: str 
     `weights` and `kwargs` belong to a factory spec. `trusted_factories`: factories a segadapt model file may
     name and have called (see load_model); the factory given as `spec` itself is trusted.
     """
+    from segadapt.models.spec import model_kind
+
     text = str(spec)
     path = Path(text)
-    factory = not path.exists() and is_factory_spec(text)
+    kind = model_kind(text)
+    factory = kind == "factory"
     if (weights or kwargs) and not factory:
         raise ConfigError(f"{text}: weights and kwargs go with a factory (package.module:function); a model "
                           "directory or file carries its own")
     if factory:
         return load_factory(text, weights, kwargs, device)
-    if not path.exists():
+    if kind == "missing":
         raise ConfigError(f"{text}: not found; pass {H1_FORMS}")
-    from segadapt.models.hf_dir import is_hf_dir, load_hf_dir
+    if kind == "hf_dir":
+        from segadapt.models.hf_dir import load_hf_dir
 
-    if is_hf_dir(path):
         return load_hf_dir(path, device)
     if path.is_dir() and not (path / ckpt.MODEL_FILE).is_file():
         raise CheckpointError(f"{path}: neither a run directory (no {ckpt.MODEL_FILE}) nor a transformers model "
@@ -85,24 +88,30 @@ def rebuild(meta: Mapping[str, Any], source: str | Path, trusted_factories: Coll
     its factory is in `trusted_factories`: calling it runs code, and a file alone must never make segadapt
     run code (as it never unpickles).
     """
-    from segadapt.models import build_model
+    from segadapt.card import ModelCard
+    from segadapt.models import ARCHS, build_model
 
-    if "hf_config" in meta:
+    card = ModelCard.from_meta(meta, source)
+    if card.hf_config is not None:
         from segadapt.models.hf_dir import build_from_config
 
-        if not isinstance(meta["hf_config"], Mapping):
+        if not isinstance(card.hf_config, Mapping):
             raise CheckpointError(f"{source}: its hf_config metadata is not a JSON object; re-export the model")
-        return build_from_config(meta["hf_config"], source)
-    if "factory" in meta:
+        return build_from_config(card.hf_config, source)
+    if card.factory is not None:
         from segadapt.models import factory
 
-        recorded = meta["factory"] if isinstance(meta["factory"], Mapping) else {}
+        recorded = card.factory if isinstance(card.factory, Mapping) else {}
         target = str(recorded.get("target", "?"))
         if target not in trusted_factories:
             raise CheckpointError(f"{source}: built by the Python factory {target}; loading it runs that code, so "
                                   f"trust it explicitly (--trust-factory {target}, short --factory {target})")
         return factory.rebuild(meta, source)
-    return build_model(meta["arch"], meta["num_classes"], meta["width"])
+    if card.arch not in ARCHS and not card.arch.startswith("hf:"):  # adapted from a module built in memory
+        raise CheckpointError(f"{source}: its architecture ({card.arch or 'unnamed'}) was a module built in Python, "
+                              f"which no file rebuilds; load it with segadapt.load_model(path, model=<a module of "
+                              f"that architecture>)")
+    return build_model(card.arch, card.num_classes, card.width)
 
 
 def data_norm(meta: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:

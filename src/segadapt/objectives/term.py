@@ -10,7 +10,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from segadapt.models.factory import logits_of
+from segadapt.models.outputs import logits_of
 from segadapt.models.taps import Features
 
 
