@@ -4,7 +4,10 @@ per page, so a page whose commands stop working fails here instead of misleading
 Rules a page follows (docs/development/tests.md says the same to writers):
 - ```bash blocks: each `segadapt ...` line runs through segadapt.cli.main in this process (exit code 0 expected);
   any other line runs in bash. ```python blocks run in one namespace per page.
-- ```toml / ```csv blocks with a title="FILE" are files the page asks the reader to write: they are written.
+- A block whose title is a file name (title="mynets.py", title="h1.toml": no spaces) is a file the page asks the
+  reader to write: it is written, not run. ```toml and ```csv blocks must be such files.
+- `VAR=value segadapt ...` sets VAR for that command; the page's folder is on sys.path, as for a Python started
+  there (so `PYTHONPATH=. segadapt adapt --h1 mynets:build` finds the page's mynets.py).
 - A block that cannot run here says why, visibly: its title starts "Not run by the tests".
 - A page may shrink its commands in an admonition titled "Tiny settings in the tests": each line
   "`segadapt CMD` gets `FLAGS`" appends FLAGS to every `segadapt CMD` line; a line "needs the CamVid sample" makes
@@ -45,6 +48,10 @@ def blocks(text: str) -> list[tuple[str, str, str]]:
     return out
 
 
+def is_file(title: str) -> bool:
+    return bool(title) and " " not in title
+
+
 def tiny_settings(text: str) -> tuple[dict[str, list[str]], bool]:
     """The page's "Tiny settings in the tests" admonition: extra flags per command, and whether it needs CamVid."""
     m = re.search(r'^!!! \w+ "Tiny settings in the tests"\n((?: {4}.*\n|\n)+)', text, re.M)
@@ -72,16 +79,27 @@ def commands(body: str) -> list[str]:
 def run_segadapt(line: str, tiny: dict[str, list[str]]) -> None:
     from segadapt.cli import main
 
-    argv = shlex.split(line)[1:]
+    words = shlex.split(line)
+    env = {}
+    while "=" in words[0] and not words[0].startswith("-"):
+        key, _, value = words.pop(0).partition("=")
+        env[key] = value
+    assert words[0] == "segadapt", line
+    argv = words[1:]
     for cmd, extra in sorted(tiny.items(), key=lambda kv: -len(kv[0])):  # `viz features` before `viz`
         words = cmd.split()
         if argv[:len(words)] == words:
             argv = argv + extra
             break
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         code = main(argv)
     except SystemExit as e:  # --version, --help: argparse exits on its own
         code = e.code or 0
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     assert code == 0, f"`{line}` (+ tiny settings) failed"
 
 
@@ -103,8 +121,8 @@ def test_page_code_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.Mo
     for lang, title, body in found:
         assert lang in ("bash", "python", "toml", "csv", "text"), f"{page.name}: a ```{lang} block; see this file"
         if lang in ("toml", "csv"):
-            assert title, f"{page.name}: a ```{lang} block without title=\"FILE\": the tests write it to FILE"
-    runnable = [b for b in found if b[0] in ("bash", "python") and not b[1].startswith(NOT_RUN)]
+            assert is_file(title), f"{page.name}: a ```{lang} block without title=\"FILE\": the tests write it"
+    runnable = [b for b in found if b[0] in ("bash", "python") and not b[1].startswith(NOT_RUN) and not is_file(b[1])]
     if not runnable:
         pytest.skip(f"{page.name}: no code block to run (every one is marked '{NOT_RUN}')")
     if needs_camvid:
@@ -115,18 +133,19 @@ def test_page_code_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.Mo
             pytest.skip(f"CamVid sample not found at {source}; set {_paths.CAMVID_ENV}")
         small_camvid(tmp_path / "camvid", source)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
     namespace: dict[str, object] = {"__name__": "__docs__"}
     for lang, title, body in found:
         if title.startswith(NOT_RUN) or lang == "text":
             continue
-        if lang in ("toml", "csv"):
+        if is_file(title):
             (tmp_path / title).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / title).write_text(body + "\n")
         elif lang == "python":
             exec(compile(body, f"{page.name}:python", "exec"), namespace)  # noqa: S102 (the page's own code)
         else:
             for line in commands(body):
-                if line.startswith("segadapt "):
+                if re.match(r"^(\w+=\S* )*segadapt ", line):
                     run_segadapt(line, tiny)
                 else:
                     done = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=os.environ.copy(),
