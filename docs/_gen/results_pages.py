@@ -96,17 +96,20 @@ def machine(data: dict) -> str:
     return "; ".join(parts) if parts else "not recorded in the JSON"
 
 
-def _own_markdown(path: Path, name: str) -> str:
-    """A benchmark's own results .md, its headings one level down, its image links pointed at docs/figures."""
+def _own_markdown(path: Path, name: str, shown: str) -> str:
+    """A benchmark's own results .md, its headings one level down, its image links pointed at docs/figures (an
+    image the notes in `shown` already show is left out)."""
     text = path.read_text()
     text = re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", text, flags=re.M)
 
     def image(m: re.Match) -> str:
         target = m.group(2)
-        if (path.parent / target).exists():
-            return m.group(0)
         figure = FIGURES / f"{name}-{Path(target).name}"
-        return f"![{m.group(1)}](../figures/{figure.name})" if figure.exists() else f"*({m.group(1)}: not kept)*"
+        if not (path.parent / target).exists():
+            target = f"../figures/{figure.name}" if figure.exists() else ""
+        if not target:
+            return f"*({m.group(1)}: not kept)*"
+        return "" if f"]({target})" in shown else f"![{m.group(1)}]({target})"
 
     return re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", image, text)
 
@@ -128,7 +131,7 @@ def pages(results: Path) -> dict[str, str]:
         text += f"**Machine.** {machine(data) if isinstance(data, dict) else 'not recorded'}.\n\n"
         own = results / f"{name}.md"
         if own.exists():
-            text += "## Tables (the benchmark's own results.md)\n\n" + _own_markdown(own, name) + "\n"
+            text += "## Tables (the benchmark's own results.md)\n\n" + _own_markdown(own, name, text) + "\n"
         elif isinstance(data, dict):
             text += "## Values (from the JSON)\n\n" + "\n".join(json_tables(data)) + "\n"
         figures = _figures(name, all_names, text)
