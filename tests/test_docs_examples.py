@@ -118,11 +118,12 @@ def test_page_code_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.Mo
     text = page.read_text()
     tiny, needs_camvid = tiny_settings(text)
     found = blocks(text)
-    for lang, title, body in found:
+    for lang, title, _ in found:
         assert lang in ("bash", "python", "toml", "csv", "text"), f"{page.name}: a ```{lang} block; see this file"
         if lang in ("toml", "csv"):
             assert is_file(title), f"{page.name}: a ```{lang} block without title=\"FILE\": the tests write it"
-    runnable = [b for b in found if b[0] in ("bash", "python") and not b[1].startswith(NOT_RUN) and not is_file(b[1])]
+    runnable = [b for b in found if b[0] in ("bash", "python") and not b[1].startswith(NOT_RUN)
+                and not is_file(b[1])]
     if not runnable:
         pytest.skip(f"{page.name}: no code block to run (every one is marked '{NOT_RUN}')")
     if needs_camvid:

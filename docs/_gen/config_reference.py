@@ -11,6 +11,20 @@ import tokenize
 import types
 import typing
 
+PROSE = (
+    'Configuration is typed dataclasses (`src/segadapt/config.py`) in six tables, `[model]`, `[data]`, '
+    '`[train]`, `[shift]`, `[adapt]` and `[experiment]`; values a run cannot use (0 iterations, momentum '
+    '1.5, a seed numpy refuses, nan) are refused when read. One precedence for every command: `--preset` '
+    "(or the settings a model or run was saved with) < `--config FILE.toml` < the command's flags "
+    '(`--lr`, `--layers`, `--severity`, …, each a shortcut for one key) < `--set table.key=value`. Each '
+    'command offers only the flags it uses (`segadapt doctor --help` has no `--lr`). Every run saves its '
+    'resolved config as `config.toml` and prints where it is and the keys that differ from the preset '
+    '(`--quiet`: neither that nor progress bars; off a terminal, progress bars are not drawn inside each '
+    "other, so logs stay readable); `segadapt config --preset camvid` prints a dataset's real classes "
+    '(11, ignore 11); `train.tensorboard = true` also writes TensorBoard event files (losses, per-layer '
+    'regression losses, lr, val mIoU, images/s) under `<run>/tensorboard` (`pip install '
+    "'segadapt[tensorboard]'`).")
+
 
 def _type_name(tp: object) -> str:
     if isinstance(tp, type) and not typing.get_args(tp):
@@ -77,7 +91,8 @@ def page() -> str:
            "command before anything runs, in one line naming the key) and the comment beside it in the code.", "",
            "Give keys in a TOML file (`--config run.toml`, tables `[model]`, `[data]`, ...) or one at a time "
            "(`--set train.lr=0.01`); every run writes its resolved config as `config.toml`, which `--config` "
-           "reads back. `segadapt config --preset camvid` prints a preset resolved.", ""]
+           "reads back. `segadapt config --preset camvid` prints a preset resolved.", "",
+           PROSE, ""]
     for table, cls in _tables():
         hints = typing.get_type_hints(cls)
         notes = _field_notes(cls, source, comments)
