@@ -23,9 +23,18 @@ def _notes(name: str) -> str:
     return path.read_text() if path.exists() else f"# {name}\n\nNo notes were written for this benchmark yet.\n"
 
 
+# the order of the Results section (the overview's); a benchmark not named here follows them, by name
+ORDER = ("camvid-photocopy", "synthetic-ripple", "study-camvid", "camvid-photocopy-segformer",
+         "objectives-synthetic-segformer", "adabn_keep", "registration", "misalign_sweep", "demo_time",
+         "regression_step", "regression_step-avx2", "train_flops", "data_loader", "shift_speed", "shift_raster",
+         "predict_tiling", "predict_overhead", "predict_large", "export_speed")
+
+
 def titles(results: Path) -> dict[str, str]:
+    """name -> page title, in the Results section's order."""
     out = {}
-    for name in names(results):
+    found = names(results)
+    for name in [n for n in ORDER if n in found] + [n for n in found if n not in ORDER]:
         first = _notes(name).splitlines()[0]
         out[name] = first[2:].strip() if first.startswith("# ") else name
     return out
