@@ -173,3 +173,40 @@ def test_the_runner_catches_a_failing_command(tmp_path: Path, monkeypatch: pytes
     tiny, camvid = tiny_settings('!!! example "Tiny settings in the tests"\n    - `segadapt viz features` gets '
                                  '`--images 1`\n    - needs the CamVid sample\n')
     assert tiny == {"viz features": ["--images", "1"]} and camvid
+
+
+README = DOCS.parent / "README.md"
+README_TINY = {"train": ["--iterations", "2", "--width", "0.0625", "--set", "data.crop_size=[64,96]"],
+               "adapt": ["--iterations", "2", "--set", "adapt.holdout=2", "--set", "adapt.probes=1"]}
+
+
+def test_readme_is_short_and_its_quick_start_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's three commands on a folder dataset and a folder of D2 images named like it (the layout the
+    README describes), made here from synthetic scenes; and the README stays a front page, not a manual."""
+    import numpy as np
+    from PIL import Image
+
+    from segadapt.data.synthetic import render_scene
+    from segadapt.shifts import apply_filter
+
+    text = README.read_text()
+    assert len(text.splitlines()) <= 150
+    section = text[text.index("## Quick start"):]
+    [(lang, _, body)] = blocks(section[:section.index("\n## ", 3)])
+    lines = commands(body)
+    assert lang == "bash" and [shlex.split(line)[1] for line in lines] == ["train", "adapt", "predict"]
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 2)):  # 6 pairs: a fifth is held out for the label-free choice
+        for sub in ("images", "masks"):
+            (tmp_path / "my_d1" / split / sub).mkdir(parents=True)
+        (tmp_path / "my_d2_images").mkdir(exist_ok=True)
+        for k in range(n):
+            image, label = render_scene(rng, 64, 96)
+            Image.fromarray(image).save(tmp_path / "my_d1" / split / "images" / f"{split}{k}.png")
+            Image.fromarray(np.where(label == 255, 255, label % 6).astype(np.uint8)).save(
+                tmp_path / "my_d1" / split / "masks" / f"{split}{k}.png")
+            Image.fromarray(apply_filter("photocopy", image, 1.0)).save(tmp_path / "my_d2_images" / f"{split}{k}.png")
+    monkeypatch.chdir(tmp_path)
+    for line in lines:
+        run_segadapt(line, README_TINY)
+    assert len(list((tmp_path / "predicted").glob("*_mask.png"))) == 8
