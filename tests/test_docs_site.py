@@ -136,3 +136,20 @@ def test_key_pages_render_in_headless_chromium(site):
     finally:
         server.shutdown()
     assert [f for f in _Quiet.failed if "favicon" not in f] == []
+
+
+def test_a_new_benchmark_gets_a_results_page(tmp_path, monkeypatch):
+    """A results JSON without notes or table still gets a page (its values as tables); a table's image that was
+    not kept reads so instead of a broken link."""
+    sys.path.insert(0, str(ROOT / "docs" / "_gen"))
+    import results_pages
+
+    (tmp_path / "newbench.json").write_text('{"wall_s": 3.5, "environment": {"torch": "2.13"}, "speed": 1.25, '
+                                            '"rows": [{"method": "a", "miou": 0.5}, {"method": "b", "miou": 0.25}]}')
+    (tmp_path / "tabled.json").write_text("{}")
+    (tmp_path / "tabled.md").write_text("# tabled\n\n| a |\n| --- |\n| 1 |\n\n![plot](plot-that-is-gone.png)\n")
+    pages = results_pages.pages(tmp_path)
+    assert "| `speed` | 1.25 |" in pages["newbench"] and "| 1 | b | 0.25 |" in pages["newbench"]
+    assert "torch 2.13" in pages["newbench"] and "No notes were written" in pages["newbench"]
+    assert "## tabled" in pages["tabled"] and "*(plot: not kept)*" in pages["tabled"]
+    assert "plot-that-is-gone.png" not in pages["tabled"]
