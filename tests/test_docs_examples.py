@@ -11,7 +11,8 @@ Rules a page follows (docs/development/tests.md says the same to writers):
 - A block that cannot run here says why, visibly: its title starts "Not run by the tests".
 - A page may shrink its commands in an admonition titled "Tiny settings in the tests": each line
   "`segadapt CMD` gets `FLAGS`" appends FLAGS to every `segadapt CMD` line; a line "needs the CamVid sample" makes
-  the page run on a small copy of it linked as ./camvid (skipped when the sample is absent).
+  the page run on a small copy of it linked as ./camvid (skipped when the sample is absent); a line "needs the
+  Python packages `a`, `b`" skips the page without them (the optional extras).
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ def tiny_settings(text: str) -> tuple[dict[str, list[str]], bool]:
         return {}, False
     flags = {cmd: shlex.split(extra) for cmd, extra in re.findall(r"`segadapt ([\w ]+?)` gets `([^`]*)`", m.group(1))}
     return flags, "needs the CamVid sample" in m.group(1)
+
+
+def needed_packages(text: str) -> list[str]:
+    """The packages named on the tiny-settings admonition's "needs the Python packages" line."""
+    m = re.search(r"needs the Python packages ([^\n]*)", text)
+    return re.findall(r"`([\w.]+)`", m.group(1)) if m else []
 
 
 def commands(body: str) -> list[str]:
@@ -117,6 +124,8 @@ def small_camvid(dst: Path, source: Path, n_train: int = 6, n_val: int = 3) -> N
 def test_page_code_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     text = page.read_text()
     tiny, needs_camvid = tiny_settings(text)
+    for package in needed_packages(text):
+        pytest.importorskip(package, reason=f"{page.name} needs {package} (an optional extra; the test extra has it)")
     found = blocks(text)
     for lang, title, _ in found:
         assert lang in ("bash", "python", "toml", "csv", "text"), f"{page.name}: a ```{lang} block; see this file"
