@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +50,8 @@ from segadapt.progress import bar as progress_bar
 
 if TYPE_CHECKING:
     from segadapt.predict_outputs import ImageOutputs
+
+ProbsSink = Callable[[int, torch.Tensor, "np.ndarray | None"], None]  # (first row, C x n x W probs, n x W valid)
 
 FLOOR = 1e-3  # the weight at a tile's very edge, relative to its centre
 CHUNK_PIXELS = 1 << 19  # logits handled at once after blending: bounds the post-processing temporaries
@@ -406,8 +408,9 @@ def summarise(probs: torch.Tensor, entropy: bool) -> tuple[torch.Tensor, torch.T
 def predict_image(pred: Predictor, source: RasterReader, outputs: ImageOutputs | None = None, *,
                   scale: float | None = None, tile: int | None = None, overlap: int | None = None, batch: int = 4,
                   memory_mb: float = 1024, entropy: bool = False, overlay: bool = False, progress: bool = True,
-                  desc: str = "tiles") -> ImageStats:
-    """Predict one image; finished rows go to `outputs.write(y, labels, confidence, entropy, valid, rgb)`."""
+                  desc: str = "tiles", probs: ProbsSink | None = None) -> ImageStats:
+    """Predict one image; finished rows go to `outputs.write(y, labels, confidence, entropy, valid, rgb)` and,
+    for callers that need more than the mask (change maps), their class probabilities to `probs(y, p, valid)`."""
     start = time.perf_counter()
     s = choose_scale(source, pred, scale)
     net: RasterReader = source
@@ -426,13 +429,13 @@ def predict_image(pred: Predictor, source: RasterReader, outputs: ImageOutputs |
               disable=not progress or plan.tiles <= plan.batch) as bar:
         for y0, chunk in blend(pred, net, plan, bar):
             for y, rows in resampler.push(y0, torch.softmax(chunk, 0)):
-                _finish_rows(pred, source, outputs, stats, y, rows, entropy, overlay)
+                _finish_rows(pred, source, outputs, stats, y, rows, entropy, overlay, probs)
     stats.seconds = time.perf_counter() - start
     return stats
 
 
 def _finish_rows(pred: Predictor, source: RasterReader, outputs: ImageOutputs | None, stats: ImageStats, y: int,
-                 probs: torch.Tensor, entropy: bool, overlay: bool) -> None:
+                 probs: torch.Tensor, entropy: bool, overlay: bool, sink: ProbsSink | None = None) -> None:
     labels, conf, ent = summarise(probs, entropy)
     rows = probs
     n, w = rows.shape[1], source.width
@@ -447,3 +450,5 @@ def _finish_rows(pred: Predictor, source: RasterReader, outputs: ImageOutputs | 
         stats.nodata += int(valid.size - valid.sum())
     if outputs is not None:
         outputs.write(y, lab, cf, None if ent is None else ent.numpy(), valid, rgb)
+    if sink is not None:
+        sink(y, probs, valid)

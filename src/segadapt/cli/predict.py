@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from segadapt.cli.common import (
     claim,
@@ -17,6 +18,13 @@ from segadapt.cli.common import (
 from segadapt.errors import SegadaptError
 from segadapt.paths import check_path
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from segadapt.predict import Predictor
+    from segadapt.predict_job import PredictOptions
+    from segadapt.predict_outputs import OutputSpec
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="segment unlabelled images of any size (JPEG/PNG/WebP/TIFF, GeoTIFF)")
@@ -24,6 +32,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", required=True, nargs="+", metavar="PATH",
                    help="image files, folders (their images) or globs (quote them; ** recurses)")
     p.add_argument("--out", required=True, help="output folder (re-running skips finished images)")
+    tiling_args(p)
+    o = p.add_argument_group("outputs besides the class mask")
+    o.add_argument("--overlay", action="store_true", help="the image blended with the class colours")
+    o.add_argument("--confidence", action="store_true", help="max softmax probability")
+    o.add_argument("--entropy", action="store_true", help="softmax entropy / ln(classes)")
+    trust_args(p)
+    config_args(p, ("device",), presets=False)
+    p.set_defaults(func=cmd_predict)
+
+
+def tiling_args(p: argparse.ArgumentParser) -> None:
+    """How images are read and tiled: shared by predict and change (both use predict's plan)."""
     g = p.add_argument_group("tiling (default: whole image, or the largest tile that fits --memory-mb)")
     g.add_argument("--tile", type=int, help="tile side in pixels at the network's scale")
     g.add_argument("--overlap", type=int, help="overlap of neighbouring tiles in pixels (default: tile/4)")
@@ -38,35 +58,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--stretch", default="auto", choices=["auto", "percentile", "range"],
                    help="to 0..255: auto = 8-bit as stored, else percentile (2..98%% per band); range = the "
                    "integer type's full range")
-    o = p.add_argument_group("outputs besides the class mask")
-    o.add_argument("--overlay", action="store_true", help="the image blended with the class colours")
-    o.add_argument("--confidence", action="store_true", help="max softmax probability")
-    o.add_argument("--entropy", action="store_true", help="softmax entropy / ln(classes)")
-    trust_args(p)
-    config_args(p, ("device",), presets=False)
-    p.set_defaults(func=cmd_predict)
+
+
+def predict_options(args: argparse.Namespace, outputs: OutputSpec | None = None) -> PredictOptions:
+    """PredictOptions from the flags `tiling_args` adds (checked)."""
+    from segadapt.data.rasters import check_bands
+    from segadapt.predict_job import PredictOptions
+    from segadapt.predict_outputs import OutputSpec
+
+    bands = check_bands(numbers("--bands", args.bands, int)) if args.bands else None
+    return PredictOptions(args.tile, args.overlap, args.batch, args.memory_mb, args.scale, bands, args.stretch,
+                          outputs or OutputSpec()).check()
+
+
+def load_predictor(args: argparse.Namespace, spec: str, flag: str) -> tuple[Predictor, Path]:
+    """The model `spec` ready to predict: its data settings (overridden by --config/--set), scale and device."""
+    from segadapt.models.scale import settle_factor
+    from segadapt.predict import Predictor, load
+    from segadapt.runtime import select_device
+
+    model_path = check_path(spec, flag)
+    model, meta = load(model_path, trusted_factories=trusted_factories(args))
+    cfg = model_config(args, meta, model_path)
+    settle_factor(args.scale, meta, str(model_path))
+    return Predictor.from_meta(model, meta, cfg.data, select_device(cfg.train.device)), model_path
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from segadapt.data.rasters import check_bands
-    from segadapt.models.scale import settle_factor
-    from segadapt.predict import Predictor, load, weights_sha256
-    from segadapt.predict_job import PredictOptions, list_inputs, run
+    from segadapt.predict import weights_sha256
+    from segadapt.predict_job import list_inputs, run
     from segadapt.predict_outputs import OutputSpec
-    from segadapt.runtime import environment, select_device
+    from segadapt.runtime import environment
 
-    bands = check_bands(numbers("--bands", args.bands, int)) if args.bands else None
-    opts = PredictOptions(args.tile, args.overlap, args.batch, args.memory_mb, args.scale, bands, args.stretch,
-                          OutputSpec(args.overlay, args.confidence, args.entropy)).check()
+    opts = predict_options(args, OutputSpec(args.overlay, args.confidence, args.entropy))
     out = check_path(args.out, "--out")
     if out.exists() and not out.is_dir():
         raise SegadaptError(f"--out {args.out}: is a file; give a folder for the outputs")
     inputs = list_inputs(args.images, out)
-    model_path = check_path(args.model, "--model")
-    model, meta = load(model_path, trusted_factories=trusted_factories(args))
-    cfg = model_config(args, meta, model_path)
-    settle_factor(args.scale, meta, str(model_path))
-    pred = Predictor.from_meta(model, meta, cfg.data, select_device(cfg.train.device))
+    pred, model_path = load_predictor(args, args.model, "--model")
     settings = {"model_sha256": weights_sha256(model_path), "mean": list(pred.mean), "std": list(pred.std),
                 "base_size": pred.base_size, **opts.settings()}
     header = {"model": str(model_path), "classes": list(pred.class_names), "palette": [list(c) for c in pred.palette],
