@@ -38,7 +38,7 @@ from segadapt.change_maps import (
 from segadapt.change_outputs import ChangeOutputs, change_names
 from segadapt.checkpoint import write_json_atomic
 from segadapt.data.rasters import ArrayReader, GeoTiffReader, is_tiff, open_raster
-from segadapt.errors import ConfigError, DataError, Interrupted
+from segadapt.errors import ConfigError, DataError
 from segadapt.predict import Predictor, predict_image
 from segadapt.predict_job import PredictOptions, _check_name_lengths, _remove_stale_temps, failure_line
 from segadapt.predict_records import check_summary, finished, identity, owned, read_record, with_files, write_summary
@@ -150,6 +150,11 @@ def _georeferenced(reader: ArrayReader | GeoTiffReader) -> bool:
     return isinstance(reader, GeoTiffReader) and reader.geo.georeferenced and reader.geo.crs is not None
 
 
+def _finished(pair: Pair, out: Path, settings: dict[str, Any]) -> bool:
+    ident = {"era1": identity(pair.era1), "era2": identity(pair.era2)}
+    return finished(read_record(out / RECORDS / f"{pair.stem}.json"), out, ident, settings)
+
+
 def change_pair(preds: tuple[Predictor, Predictor], pair: Pair, out: Path, opts: ChangeOptions,
                 settings: dict[str, Any], progress: bool = True) -> tuple[dict[str, Any], bool]:
     """One pair into its outputs and record, or the result of an earlier run kept; returns (its changes.json
@@ -254,17 +259,23 @@ def run(preds: tuple[Predictor, Predictor], pairs: Sequence[Pair], out: Path, op
                           f"{', '.join(preds[1].class_names)}); change maps compare models of one class list")
     import contextlib
 
+    from segadapt import ranks
+
+    ranks.start()
+    pairs = ranks.same_everywhere(list(pairs))
+    progress = progress and ranks.is_main()
     rasterio = rasterio_or_none()
     env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB) if rasterio else contextlib.nullcontext()
     replaced = check_summary(out / SUMMARY, RECORDS, "change")
     done: list[dict[str, Any]] = []
-    failed: list[dict[str, str]] = list(unpaired)
-    for f in unpaired:
+    failed: list[dict[str, str]] = []
+    for f in unpaired if ranks.is_main() else ():
         tqdm.write(f"segadapt: skipped {f['error']}", file=sys.stderr)
     skipped = 0
     (out / RECORDS).mkdir(parents=True, exist_ok=True)
-    bar = progress_bar(pairs, desc="pairs", dynamic_ncols=True, disable=not progress or len(pairs) < 2)
-    with env:
+    mine = ranks.share(pairs)  # every pair when alone
+    bar = progress_bar(mine, desc="pairs", dynamic_ncols=True, disable=not progress or len(mine) < 2)
+    with env, ranks.sigterm_interrupts():
         try:
             for pair in bar:
                 try:
@@ -277,11 +288,19 @@ def run(preds: tuple[Predictor, Predictor], pairs: Sequence[Pair], out: Path, op
                 done.append(entry)
                 skipped += kept
                 on_finished()
-        except KeyboardInterrupt:
-            raise Interrupted(f"interrupted: {len(done)} of {len(pairs)} pairs are finished in {out}; run the "
-                              "same command again to continue (finished pairs are skipped)") from None
+            bar.close()
+            parts = ranks.gather((done, failed, skipped))
+        except (KeyboardInterrupt, ranks.RankLost):
+            by_path = {p.era1: p for p in pairs}
+            raise ranks.interrupted("pairs", [p.era1 for p in pairs], lambda p: _finished(by_path[p], out, settings),
+                                    out) from None
         finally:
             bar.close()
-    write_summary(out / SUMMARY, {**header, "settings": settings, "pairs": done, "failed": failed}, replaced,
-                  RECORDS)
+    era1 = [p.era1 for p in pairs]
+    done = ranks.in_order(era1, [e for part in parts for e in part[0]], "era1")
+    failed = list(unpaired) + ranks.in_order(era1, [f for part in parts for f in part[1]], "input")
+    skipped = sum(part[2] for part in parts)
+    if ranks.is_main():
+        write_summary(out / SUMMARY, {**header, "settings": settings, "pairs": done, "failed": failed}, replaced,
+                      RECORDS)
     return ChangeSummary(done, failed, skipped, out / SUMMARY)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from segadapt.checkpoint import write_json_atomic
 from segadapt.data.rasters import GeoTiffReader, is_tiff, open_raster, rasterio_or_none
-from segadapt.errors import ConfigError, DataError, Interrupted, SegadaptError
+from segadapt.errors import ConfigError, DataError, SegadaptError
 from segadapt.paths import check_path
 from segadapt.predict import Predictor, predict_image
 from segadapt.predict_outputs import ImageOutputs, OutputSpec, output_names
@@ -168,14 +168,20 @@ def run(pred: Predictor, inputs: Sequence[Path], out: Path, opts: PredictOptions
     whether an earlier result can be kept; `on_finished` runs after each image's outputs are in place."""
     import contextlib
 
-    warn_if_busy()
+    from segadapt import ranks
+
+    ranks.start()
+    inputs = ranks.same_everywhere(list(inputs))
+    progress = progress and ranks.is_main()
+    if ranks.is_main():
+        warn_if_busy()
     rasterio = rasterio_or_none()
     env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB) if rasterio else contextlib.nullcontext()
     tiffs = any(is_tiff(p) for p in inputs)
-    if rasterio is None and tiffs:
+    if ranks.is_main() and rasterio is None and tiffs:
         print("segadapt: note: rasterio is not installed, so TIFFs are decoded whole and written as PNG without "
               "georeferencing; pip install 'segadapt[geo]'", file=sys.stderr)
-    elif tiffs and opts.scale is None and pred.window_factor is None:
+    elif ranks.is_main() and tiffs and opts.scale is None and pred.window_factor is None:
         print(f"segadapt: note: the model resizes whole images to a shorter side of {pred.base_size} px, but its "
               "training frames had no one size, so no pixel factor is known for TIFFs read in windows: they are "
               "predicted at their stored resolution (give --scale F to resize them)", file=sys.stderr)
@@ -184,8 +190,9 @@ def run(pred: Predictor, inputs: Sequence[Path], out: Path, opts: PredictOptions
     failed: list[dict[str, str]] = []
     skipped = 0
     (out / RECORDS).mkdir(parents=True, exist_ok=True)
-    bar = progress_bar(inputs, desc="images", dynamic_ncols=True, disable=not progress or len(inputs) < 2)
-    with env:
+    mine = ranks.share(inputs)  # every input when alone
+    bar = progress_bar(mine, desc="images", dynamic_ncols=True, disable=not progress or len(mine) < 2)
+    with env, ranks.sigterm_interrupts():
         try:
             for path in bar:
                 try:
@@ -198,13 +205,19 @@ def run(pred: Predictor, inputs: Sequence[Path], out: Path, opts: PredictOptions
                 images.append(entry)
                 skipped += kept
                 on_finished()
-        except KeyboardInterrupt:
-            raise Interrupted(f"interrupted: {len(images)} of {len(inputs)} images are finished in {out}; run the "
-                              "same command again to continue (finished images are skipped)") from None
+            bar.close()
+            parts = ranks.gather((images, failed, skipped))
+        except (KeyboardInterrupt, ranks.RankLost):
+            raise ranks.interrupted("images", inputs, lambda p: finished(
+                read_record(record_path(out, p.stem)), out, identity(p), settings), out) from None
         finally:
             bar.close()
-    summary = {**header, "settings": settings, "images": images, "failed": failed}
-    write_summary(out / SUMMARY, summary, replaced)
+    images = ranks.in_order(inputs, [e for part in parts for e in part[0]], "input")
+    failed = ranks.in_order(inputs, [f for part in parts for f in part[1]], "input")
+    skipped = sum(part[2] for part in parts)
+    if ranks.is_main():
+        summary = {**header, "settings": settings, "images": images, "failed": failed}
+        write_summary(out / SUMMARY, summary, replaced)
     return Summary(images, failed, skipped, out / SUMMARY)
 
 
