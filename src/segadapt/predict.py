@@ -98,6 +98,7 @@ class Predictor:
     base_size: int
     device: torch.device
     window_factor: float | None = None  # for rasters read in windows (models/scale.window_factor)
+    runner: Callable[[torch.Tensor], torch.Tensor] | None = None  # another runtime (predict_runtime), else model
     _act_px: float = field(default=0.0, repr=False)
 
     @classmethod
@@ -123,7 +124,7 @@ class Predictor:
     @torch.inference_mode()
     def logits(self, tiles: np.ndarray) -> torch.Tensor:
         """Float32 CPU logits N x C x h x w for a batch of tiles."""
-        return self.model(self.normalise(tiles)).float().cpu()
+        return (self.runner or self.model)(self.normalise(tiles)).float().cpu()
 
     def activation_bytes_per_pixel(self) -> float:
         """Working memory of a forward per input pixel, estimated once from one small probe pass: four
@@ -138,7 +139,8 @@ class Predictor:
             leaves = [m for m in self.model.modules() if not list(m.children())]
             handles = [m.register_forward_hook(hook) for m in leaves]
             try:
-                self.logits(np.zeros((1, 64, 64, 3), np.float32))
+                with torch.inference_mode():  # the PyTorch model itself: the hooks are on its layers
+                    self.model(self.normalise(np.zeros((1, 64, 64, 3), np.float32)))
             finally:
                 for h in handles:
                     h.remove()

@@ -46,11 +46,11 @@ def cmd_change(args: argparse.Namespace) -> int:
     pairs, unpaired = pair_inputs(list_inputs(args.images1), list_inputs(args.images2))
     preds, settings, header = [], {}, {}
     for k, spec in ((1, args.model1), (2, args.model2)):
-        pred, path = load_predictor(args, spec, f"--model{k}")
+        pred, path, runtime = load_predictor(args, spec, f"--model{k}")
         preds.append(pred)
         settings |= {f"model{k}_sha256": weights_sha256(path), f"mean{k}": list(pred.mean),
                      f"std{k}": list(pred.std), f"base_size{k}": pred.base_size}
-        header[f"model{k}"] = str(path)
+        header |= {f"model{k}": str(path), f"runtime{k}": runtime}
     header |= {"classes": list(preds[0].class_names), "environment": environment()}
     settings |= opts.settings()
     claim(out, run=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from segadapt.cli.common import (
     claim,
@@ -50,6 +50,9 @@ def tiling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default 4)")
     g.add_argument("--memory-mb", type=float, default=1024,
                    help="working memory for tiles and one row of blended logits (default 1024)")
+    g.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime", "auto"],
+                   help="what runs the network: torch, onnxruntime (CPU, the model exported to ONNX in memory) or "
+                   "auto (both timed on the first tile batch, the faster kept; default torch)")
     g.add_argument("--scale", type=float, help="resize every image by this factor before the network (default: "
                    "the scale the model was trained at, its shorter side to the model's data.base_size)")
     r = p.add_argument_group("TIFF / GeoTIFF input (read with rasterio)")
@@ -71,17 +74,21 @@ def predict_options(args: argparse.Namespace, outputs: OutputSpec | None = None)
                           outputs or OutputSpec()).check()
 
 
-def load_predictor(args: argparse.Namespace, spec: str, flag: str) -> tuple[Predictor, Path]:
-    """The model `spec` ready to predict: its data settings (overridden by --config/--set), scale and device."""
+def load_predictor(args: argparse.Namespace, spec: str, flag: str) -> tuple[Predictor, Path, dict[str, Any]]:
+    """The model `spec` ready to predict: its data settings (overridden by --config/--set), scale, device and
+    runtime; and what the summary records of the runtime (filled in when `auto` has chosen)."""
     from segadapt.models.scale import settle_factor
     from segadapt.predict import Predictor, load
+    from segadapt.predict_runtime import choose
     from segadapt.runtime import select_device
 
     model_path = check_path(spec, flag)
     model, meta = load(model_path, trusted_factories=trusted_factories(args))
     cfg = model_config(args, meta, model_path)
     settle_factor(args.scale, meta, str(model_path))
-    return Predictor.from_meta(model, meta, cfg.data, select_device(cfg.train.device)), model_path
+    pred = Predictor.from_meta(model, meta, cfg.data, select_device(cfg.train.device))
+    pred.runner, report = choose(pred.model, args.runtime, pred.device)
+    return pred, model_path, report
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -95,11 +102,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise SegadaptError(f"--out {args.out}: is a file; give a folder for the outputs")
     inputs = list_inputs(args.images, out)
-    pred, model_path = load_predictor(args, args.model, "--model")
+    pred, model_path, runtime = load_predictor(args, args.model, "--model")
     settings = {"model_sha256": weights_sha256(model_path), "mean": list(pred.mean), "std": list(pred.std),
                 "base_size": pred.base_size, **opts.settings()}
     header = {"model": str(model_path), "classes": list(pred.class_names), "palette": [list(c) for c in pred.palette],
-              "environment": environment()}
+              "runtime": runtime, "environment": environment()}
     claim(out, run=True)
     summary = run(pred, inputs, out, opts, settings, header, on_finished=lambda: keep_outputs(out))
     done = len(summary.images)
