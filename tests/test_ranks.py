@@ -135,3 +135,17 @@ def _threads():
         os.environ.pop("OMP_NUM_THREADS", None)
     else:
         os.environ["OMP_NUM_THREADS"] = before
+
+
+def test_two_processes_write_the_same_shifted_dataset_as_one(tmp_path):
+    args = ["shift", "--filter", "ripple", "--severity", "0.5", "--split", "val", "--workers", "1",
+            "--set", "data.synthetic_val=5", "--set", "data.synthetic_size=[32, 48]"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    r = _torchrun([*args, "--out", str(tmp_path / "two")], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    def files(root):
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    one, two = files(tmp_path / "one"), files(tmp_path / "two")
+    assert len([k for k in one if k.endswith(".png")]) >= 5 and one == two  # images, labels and the marker
