@@ -130,3 +130,66 @@ def test_plain_images_pair_by_name_uncertain_change_is_its_own_code_and_a_bad_pa
     assert report["transitions_pixels"][1][2] == pytest.approx(400, abs=40) and report["uncertain_pixels"] >= 8 * 18
     summary = json.loads((out / "changes.json").read_text())
     assert len(summary["pairs"]) == 1 and len(summary["failed"]) == 2
+
+
+def _blobs(h, w, seed=0):
+    """Smooth colour blobs: the dominant channel, hence the class, changes from place to place."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    noise = rng.random((h // 8, w // 8, 3)).astype(np.float32)
+    return (cv2.resize(noise, (w, h), interpolation=cv2.INTER_CUBIC).clip(0, 1) * 255).astype(np.uint8)
+
+
+def test_align_registers_shifted_plain_images_so_only_the_real_change_remains(tmp_path, colour_model):
+    canvas = _blobs(140, 180)
+    one = canvas[10:130, 10:170].copy()
+    two = canvas[16:136, 14:174].copy()  # the same ground, the frame moved by (6, 4) px
+    two[40:70, 50:90] = BLUE  # the real change, in era 2's frame: era 1's rows 46..76, columns 54..94
+    for era, img in (("a", one), ("b", two)):
+        (tmp_path / era).mkdir()
+        Image.fromarray(img).save(tmp_path / era / "scene.png")
+    a, b = tmp_path / "a" / "scene.png", tmp_path / "b" / "scene.png"
+    assert change(colour_model, a, b, tmp_path / "plain", "--no-figure") == 0
+    assert change(colour_model, a, b, tmp_path / "ecc", "--align", "ecc", "--no-figure") == 0
+    plain = json.loads((tmp_path / "plain" / "scene_change.json").read_text())
+    ecc = json.loads((tmp_path / "ecc" / "scene_change.json").read_text())
+    assert ecc["alignment"]["ok"] and ecc["alignment"]["method"] == "ecc"
+    codes = np.asarray(Image.open(tmp_path / "ecc" / "scene_change.png"))
+    c = 3
+    changed = (codes < c * c) & (codes // c != codes % c)
+    inside = np.zeros_like(changed)
+    inside[46:76, 54:94] = True
+    outside = changed & ~inside
+    assert outside.mean() < 0.02  # registered: the blobs match, so (almost) no change outside the painted block
+    assert plain["changed_pixels"] > 5 * ecc["changed_pixels"]  # unregistered: every blob edge reads as change
+    assert (codes[48:74, 56:92] % c == 2).all()  # the block is blue in era 2, on era 1's grid
+    assert changed[48:74, 56:92].sum() == (codes[48:74, 56:92] // c != 2).sum()  # changed wherever era 1 was not
+
+
+def test_ctrl_c_leaves_no_partial_pair_keeps_finished_ones_and_is_exit_130(tmp_path, colour_model, monkeypatch,
+                                                                           capsys):
+    import segadapt.change as job
+
+    for era in ("a", "b"):
+        (tmp_path / era).mkdir()
+        for stem in ("p1", "p2"):
+            Image.fromarray(_blobs(32, 48, seed=len(stem + era))).save(tmp_path / era / f"{stem}.png")
+    real, calls = job.predict_image, []
+
+    def stop_in_the_second_pair(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # era 1 of the second pair
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(job, "predict_image", stop_in_the_second_pair)
+    out = tmp_path / "out"
+    assert change(colour_model, tmp_path / "a", tmp_path / "b", out) == 130
+    err = capsys.readouterr().err
+    assert "1 of 2 pairs are finished" in err and "left: p2.png" in err
+    assert (out / "p1_change.png").is_file() and not list(out.glob("p2_*")) and not list(out.glob(".*.tmp"))
+    assert not [p for p in (out / ".change").iterdir() if p.is_dir()]  # the eras' temporary probabilities too
+    monkeypatch.setattr(job, "predict_image", real)
+    assert change(colour_model, tmp_path / "a", tmp_path / "b", out) == 0
+    assert "1 already finished" in capsys.readouterr().out and (out / "p2_change_figure.png").is_file()
