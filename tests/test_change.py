@@ -1,6 +1,7 @@
 """segadapt change: two eras' surveys of one area, each predicted by its own model, compared on era 1's grid."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,3 +194,30 @@ def test_ctrl_c_leaves_no_partial_pair_keeps_finished_ones_and_is_exit_130(tmp_p
     monkeypatch.setattr(job, "predict_image", real)
     assert change(colour_model, tmp_path / "a", tmp_path / "b", out) == 0
     assert "1 already finished" in capsys.readouterr().out and (out / "p2_change_figure.png").is_file()
+
+
+def test_era1_tiles_pair_by_ground_with_one_era2_mosaic_and_predict_only_their_part_of_it(tmp_path, colour_model,
+                                                                                          monkeypatch):
+    import rasterio
+    from rasterio.transform import from_origin
+
+    import segadapt.change_maps
+
+    monkeypatch.setattr(segadapt.change_maps, "CONTEXT_PX", 8)  # this mosaic is small: a margin it can exceed
+
+    _, mosaic = two_surveys(tmp_path)  # era 2: one LAEA mosaic of the whole area
+    (tmp_path / "b" / "site.tif").rename(tmp_path / "b" / "survey_1955.tif")
+    west = survey(tmp_path / "tiles" / "west.tif", "EPSG:32633", from_origin(500020.0, 4100000.0, 1.0, 1.0), 100,
+                  40, GREEN)  # x 500020..500060
+    east = survey(tmp_path / "tiles" / "east.tif", "EPSG:32633", from_origin(500060.0, 4100000.0, 1.0, 1.0), 100,
+                  40, GREEN)  # x 500060..500100
+    out = tmp_path / "out"
+    assert change(colour_model, tmp_path / "tiles", tmp_path / "b", out, "--no-figure") == 0
+    summary = json.loads((out / "changes.json").read_text())
+    assert [p["paired_by"] for p in summary["pairs"]] == ["ground", "ground"]
+    assert {Path(p["era1"]).name for p in summary["pairs"]} == {west.name, east.name}
+    reports = [json.loads((out / f"{t}_change.json").read_text()) for t in ("east", "west")]
+    # the field (x 500040..500080) is half in each tile: 20 m x 30 m = 600 m^2 each
+    assert [r["transitions_m2"][1][2] for r in reports] == [pytest.approx(600.0, rel=0.05)] * 2
+    with rasterio.open(tmp_path / "b" / "survey_1955.tif") as m:  # only the part around each tile was predicted
+        assert all(r["era2_prediction"]["width"] < 0.8 * m.width for r in reports)

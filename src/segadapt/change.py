@@ -29,6 +29,7 @@ from segadapt.change_maps import (
     PlainEras,
     ProbArray,
     ProbTiff,
+    around,
     code_nodata,
     codes_of,
     pixel_area_m2,
@@ -197,6 +198,8 @@ def _change(preds: tuple[Predictor, Predictor], pair: Pair, r1: Any, r2: Any, ou
     entry: dict[str, Any] = {"era1": str(pair.era1), "era2": str(pair.era2), "paired_by": pair.how,
                              "outputs": names}
     report: dict[str, Any] = {"era1": str(pair.era1), "era2": str(pair.era2), "paired_by": pair.how}
+    if geo:
+        r2 = around(r1, r2, pair.era2)  # closed with the whole raster it reads
     with tempfile.TemporaryDirectory(prefix="eras-", dir=out / RECORDS) as tmp:
         if geo:
             sinks: tuple[Any, Any] = (ProbTiff(Path(tmp) / "era1.tif", r1, classes),

@@ -33,6 +33,7 @@ from segadapt.data.rasters import ArrayReader, GeoInfo, GeoTiffReader, RasterRea
 from segadapt.errors import DataError
 
 BLOCK_ROWS = 256  # rows of era 1's grid handled at once when the change is written
+CONTEXT_PX = 128  # era 2 is predicted over era 1's ground plus this margin (its pixels): the network's context
 
 
 def code_dtype(num_classes: int) -> np.dtype:
@@ -144,13 +145,56 @@ def _summarise(probs: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.nda
     return p.argmax(0), p.max(0), valid
 
 
+class WindowReader:
+    """A window of a GeoTIFF read as a raster of its own, georeferenced as that window: era 2's part around era
+    1's ground, so a tile of era 1 paired with a whole era-2 mosaic predicts only what it needs of it."""
+
+    def __init__(self, reader: GeoTiffReader, row: int, col: int, height: int, width: int) -> None:
+        from rasterio.windows import Window
+
+        self.reader, self.row, self.col, self.height, self.width = reader, row, col, height, width
+        transform = reader.ds.window_transform(Window(col, row, width, height))
+        self.geo = GeoInfo(reader.geo.crs, transform, True)
+
+    def read(self, y: int, x: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray | None]:
+        return self.reader.read(y + self.row, x + self.col, h, w)
+
+    def valid(self, y: int, x: int, h: int, w: int) -> np.ndarray | None:
+        return self.reader.valid(y + self.row, x + self.col, h, w)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.reader.describe(), "window": [self.row, self.col, self.height, self.width]}
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def around(era1: GeoTiffReader, era2: GeoTiffReader, path2: Path) -> GeoTiffReader | WindowReader:
+    """The part of `era2` that covers era 1's ground, widened by CONTEXT_PX (all of it when that is all)."""
+    from rasterio.warp import transform_bounds
+    from rasterio.windows import from_bounds
+
+    bounds = transform_bounds(era1.geo.crs, era2.geo.crs, *era1.ds.bounds, densify_pts=21)
+    win = from_bounds(*bounds, transform=era2.ds.transform)
+    top, left = math.floor(win.row_off) - CONTEXT_PX, math.floor(win.col_off) - CONTEXT_PX
+    bottom = math.ceil(win.row_off + win.height) + CONTEXT_PX
+    right = math.ceil(win.col_off + win.width) + CONTEXT_PX
+    top, left, bottom, right = max(top, 0), max(left, 0), min(bottom, era2.height), min(right, era2.width)
+    if bottom <= top or right <= left:
+        raise DataError(f"{path2}: does not cover any of its era-1 raster's ground ({era1.path}); pair it with "
+                        "the era-2 raster of that area")
+    if (top, left, bottom, right) == (0, 0, era2.height, era2.width):
+        return era2
+    return WindowReader(era2, top, left, bottom - top, right - left)
+
+
 # --- an era's probabilities while it is predicted ----------------------------------------------------------
 
 class ProbTiff:
     """The sink predict_image streams an era's probabilities into: a temporary float32 GeoTIFF, NaN where the
     input has no data, with the input's georeferencing."""
 
-    def __init__(self, path: Path, reader: GeoTiffReader, num_classes: int) -> None:
+    def __init__(self, path: Path, reader: GeoTiffReader | WindowReader, num_classes: int) -> None:
         from segadapt.predict_outputs import TiffWriter
 
         self.path = path
