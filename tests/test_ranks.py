@@ -149,3 +149,46 @@ def test_two_processes_write_the_same_shifted_dataset_as_one(tmp_path):
 
     one, two = files(tmp_path / "one"), files(tmp_path / "two")
     assert len([k for k in one if k.endswith(".png")]) >= 5 and one == two  # images, labels and the marker
+
+
+def _mosaic(path: Path, size=(300, 80)) -> Path:
+    import rasterio
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(1)
+    data = (rng.random((3, *size)) * 150).astype(np.uint8)  # one channel well above the others: no near-ties
+    np.put_along_axis(data, rng.integers(0, 3, (1, *size)), 220, axis=0)
+    data[:, :20, :30] = 0  # nodata
+    with rasterio.open(path, "w", driver="GTiff", height=size[0], width=size[1], count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(500000.0, 4100000.0, 0.5, 0.5), nodata=0) as ds:
+        ds.write(data)
+    return path
+
+
+def test_row_bands_of_one_mosaic_across_ranks_give_the_one_process_outputs(tmp_path):
+    model = colour_model_file(tmp_path / "colour")  # a 1x1 network: the bands' seams cannot show
+    mosaic = _mosaic(tmp_path / "mosaic.tif", (1200, 40))  # taller than both bands with their context rows
+    args = ["predict", "--model", str(model), "--images", str(mosaic), "--trust-factory", "tiny_colour:colour_net",
+            "--confidence", "--entropy", "--overlay", "--tile", "64"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    r = _torchrun([*args, "--out", str(tmp_path / "two"), "--row-bands"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import rasterio
+
+    for kind in ("mask", "confidence", "entropy", "overlay"):  # same pixels, georeferencing, nodata, colours
+        name = f"mosaic_{kind}.tif"
+        with rasterio.open(tmp_path / "one" / name) as a, rasterio.open(tmp_path / "two" / name) as b:
+            pa, pb = dict(a.profile), dict(b.profile)
+            assert str(pa.pop("nodata")) == str(pb.pop("nodata")) and pa == pb, name  # NaN != NaN
+            if kind == "entropy":  # a sum over classes: its rounding follows the thread count (2 here, 1 a rank)
+                assert np.allclose(a.read(), b.read(), rtol=1e-5, atol=1e-7, equal_nan=True)
+            else:
+                assert np.array_equal(a.read(), b.read(), equal_nan=True), name
+            assert kind != "mask" or a.colormap(1) == b.colormap(1)
+    entry = json.loads((tmp_path / "two" / "predictions.json").read_text())["images"][0]
+    first = json.loads((tmp_path / "one" / "predictions.json").read_text())["images"][0]
+    assert entry["row_bands"] == 2 and entry["class_fractions"] == pytest.approx(first["class_fractions"])
+    assert entry["nodata_fraction"] == first["nodata_fraction"]
+    assert not (tmp_path / "two" / ".predict" / "bands" / "mosaic").exists()  # removed once assembled
+    r = _torchrun([*args, "--out", str(tmp_path / "two"), "--row-bands"], tmp_path)
+    assert r.returncode == 0 and "(1 already finished, kept)" in r.stdout

@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="image files, folders (their images) or globs (quote them; ** recurses)")
     p.add_argument("--out", required=True, help="output folder (re-running skips finished images)")
     tiling_args(p)
+    p.add_argument("--row-bands", action="store_true", help="under torchrun, share each TIFF's rows among the "
+                   "processes (for mosaics too large for one), assembled into one output at the end")
     o = p.add_argument_group("outputs besides the class mask")
     o.add_argument("--overlay", action="store_true", help="the image blended with the class colours")
     o.add_argument("--confidence", action="store_true", help="max softmax probability")
@@ -108,7 +110,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     header = {"model": str(model_path), "classes": list(pred.class_names), "palette": [list(c) for c in pred.palette],
               "runtime": runtime, "environment": environment()}
     claim(out, run=True)
-    summary = run(pred, inputs, out, opts, settings, header, on_finished=lambda: keep_outputs(out))
+    summary = run(pred, inputs, out, opts, settings, header, on_finished=lambda: keep_outputs(out),
+                  row_bands=args.row_bands)
     done = len(summary.images)
     kept = f" ({summary.skipped} already finished, kept)" if summary.skipped else ""
     print(f"predicted {done} of {len(inputs)} image(s) into {out}{kept}; summary: {summary.path}")
