@@ -2,8 +2,9 @@
 
 A GeoTIFF too large for one process is cut into as many row bands as there are ranks; rank k predicts band k
 (rows [H k / K, H (k + 1) / K)) as an image of its own, read with CONTEXT_ROWS more rows above and below it so
-the network sees across the cut (a model whose receptive field is within that margin gives exactly the
-whole-mosaic result; a wider one differs only in the rows near a cut, like neighbouring tiles). A band's
+the network sees across the cut. At scale 1 a model whose receptive field is within that margin gives exactly
+the whole-mosaic result (tested); a wider one differs in the rows near a cut, as neighbouring tiles do, and at
+another scale the band is resampled on its own grid (equal within interpolation). A band's
 results (class, confidence, entropy and validity of each pixel, float32) go to a raster of its own under
 `.predict/bands/<stem>/`, with a record, so a re-run skips the bands any rank finished. When every rank is
 done, rank 0 replays the bands in row order through predict's own writer: the outputs, predictions.json entry
