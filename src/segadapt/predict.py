@@ -53,6 +53,8 @@ if TYPE_CHECKING:
     from segadapt.card import ModelCard
     from segadapt.predict_outputs import ImageOutputs
 
+ProbsSink = Callable[[int, torch.Tensor, "np.ndarray | None"], None]  # (first row, C x n x W probs, n x W valid)
+
 FLOOR = 1e-3  # the weight at a tile's very edge, relative to its centre
 CHUNK_PIXELS = 1 << 19  # logits handled at once after blending: bounds the post-processing temporaries
 
@@ -99,6 +101,7 @@ class Predictor:
     device: torch.device
     window_factor: float | None = None  # for rasters read in windows (models/scale.window_factor)
     precision: str = "fp32"  # or bf16 autocast (--precision; `sample_precision` settles "auto")
+    runner: Callable[[torch.Tensor], torch.Tensor] | None = None  # another runtime (predict_runtime), else model
     _act_px: float = field(default=0.0, repr=False)
 
     @classmethod
@@ -159,12 +162,12 @@ class Predictor:
         mask = np.zeros((h, w), np.int64)
         probs = np.zeros((self.num_classes, h, w), np.float32) if probabilities else None
 
-        def keep(y: int, rows: torch.Tensor) -> None:
+        def keep(y: int, rows: torch.Tensor, valid: np.ndarray | None) -> None:
             mask[y:y + rows.shape[1]] = rows.argmax(0).numpy()
             if probs is not None:
                 probs[:, y:y + rows.shape[1]] = rows.numpy()
 
-        predict_image(self, ArrayReader(rgb), progress=False, on_rows=keep, **tiling)
+        predict_image(self, ArrayReader(rgb), progress=False, probs=keep, **tiling)
         return Prediction(mask, probs)
 
     def normalise(self, tiles: np.ndarray) -> torch.Tensor:
@@ -179,7 +182,7 @@ class Predictor:
     def logits(self, tiles: np.ndarray) -> torch.Tensor:
         """Float32 CPU logits N x C x h x w for a batch of tiles."""
         with autocast(self.device, self.precision):
-            return self.model(self.normalise(tiles)).float().cpu()
+            return (self.runner or self.model)(self.normalise(tiles)).float().cpu()
 
     def activation_bytes_per_pixel(self) -> float:
         """Working memory of a forward per input pixel, estimated once from one small probe pass: four
@@ -194,7 +197,8 @@ class Predictor:
             leaves = [m for m in self.model.modules() if not list(m.children())]
             handles = [m.register_forward_hook(hook) for m in leaves]
             try:
-                self.logits(np.zeros((1, 64, 64, 3), np.float32))
+                with torch.inference_mode():  # the PyTorch model itself: the hooks are on its layers
+                    self.model(self.normalise(np.zeros((1, 64, 64, 3), np.float32)))
             finally:
                 for h in handles:
                     h.remove()
@@ -491,9 +495,9 @@ def summarise(probs: torch.Tensor, entropy: bool) -> tuple[torch.Tensor, torch.T
 def predict_image(pred: Predictor, source: RasterReader, outputs: ImageOutputs | None = None, *,
                   scale: float | None = None, tile: int | None = None, overlap: int | None = None, batch: int = 4,
                   memory_mb: float = 1024, entropy: bool = False, overlay: bool = False, progress: bool = True,
-                  desc: str = "tiles", on_rows: Callable[[int, torch.Tensor], None] | None = None) -> ImageStats:
-    """Predict one image; finished rows go to `outputs.write(y, labels, confidence, entropy, valid, rgb)`, and
-    their class probabilities (C x rows x width, at the image's size) to `on_rows(y, probs)`."""
+                  desc: str = "tiles", probs: ProbsSink | None = None) -> ImageStats:
+    """Predict one image; finished rows go to `outputs.write(y, labels, confidence, entropy, valid, rgb)` and,
+    for callers that need more than the mask (change maps), their class probabilities to `probs(y, p, valid)`."""
     start = time.perf_counter()
     s = choose_scale(source, pred, scale)
     net: RasterReader = source
@@ -512,15 +516,13 @@ def predict_image(pred: Predictor, source: RasterReader, outputs: ImageOutputs |
               disable=not progress or plan.tiles <= plan.batch) as bar:
         for y0, chunk in blend(pred, net, plan, bar):
             for y, rows in resampler.push(y0, torch.softmax(chunk, 0)):
-                _finish_rows(pred, source, outputs, stats, y, rows, entropy, overlay)
-                if on_rows is not None:
-                    on_rows(y, rows)
+                _finish_rows(pred, source, outputs, stats, y, rows, entropy, overlay, probs)
     stats.seconds = time.perf_counter() - start
     return stats
 
 
 def _finish_rows(pred: Predictor, source: RasterReader, outputs: ImageOutputs | None, stats: ImageStats, y: int,
-                 probs: torch.Tensor, entropy: bool, overlay: bool) -> None:
+                 probs: torch.Tensor, entropy: bool, overlay: bool, sink: ProbsSink | None = None) -> None:
     labels, conf, ent = summarise(probs, entropy)
     rows = probs
     n, w = rows.shape[1], source.width
@@ -535,6 +537,8 @@ def _finish_rows(pred: Predictor, source: RasterReader, outputs: ImageOutputs | 
         stats.nodata += int(valid.size - valid.sum())
     if outputs is not None:
         outputs.write(y, lab, cf, None if ent is None else ent.numpy(), valid, rgb)
+    if sink is not None:
+        sink(y, probs, valid)
 
 
 SAMPLE_SIDE = 512  # network pixels a side of the window `sample_precision` predicts

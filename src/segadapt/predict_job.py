@@ -24,9 +24,10 @@ from tqdm import tqdm
 
 from segadapt.checkpoint import write_json_atomic
 from segadapt.data.rasters import GeoTiffReader, is_tiff, open_raster, rasterio_or_none
-from segadapt.errors import ConfigError, DataError, Interrupted, SegadaptError
+from segadapt.errors import ConfigError, DataError, SegadaptError
 from segadapt.paths import check_path
 from segadapt.predict import Predictor, predict_image
+from segadapt.predict_bands import Band, predict_band, remove_bands, replay
 from segadapt.predict_outputs import ImageOutputs, OutputSpec, output_names
 from segadapt.predict_records import (
     RECORDS,
@@ -163,19 +164,27 @@ class Summary:
 
 
 def run(pred: Predictor, inputs: Sequence[Path], out: Path, opts: PredictOptions, settings: dict[str, Any],
-        header: dict[str, Any], on_finished: Callable[[], None] = lambda: None, progress: bool = True) -> Summary:
+        header: dict[str, Any], on_finished: Callable[[], None] = lambda: None, progress: bool = True,
+        row_bands: bool = False) -> Summary:
     """Predict every input into `out`; `settings` (weights fingerprint, normalisation, options) decides
-    whether an earlier result can be kept; `on_finished` runs after each image's outputs are in place."""
+    whether an earlier result can be kept; `on_finished` runs after each image's outputs are in place.
+    `row_bands`: under torchrun, the rows of each unfinished TIFF are shared among the ranks (predict_bands)."""
     import contextlib
 
-    warn_if_busy()
+    from segadapt import ranks
+
+    _, world = ranks.start()
+    inputs = ranks.same_everywhere(list(inputs))
+    progress = progress and ranks.is_main()
+    if ranks.is_main():
+        warn_if_busy()
     rasterio = rasterio_or_none()
     env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB) if rasterio else contextlib.nullcontext()
     tiffs = any(is_tiff(p) for p in inputs)
-    if rasterio is None and tiffs:
+    if ranks.is_main() and rasterio is None and tiffs:
         print("segadapt: note: rasterio is not installed, so TIFFs are decoded whole and written as PNG without "
               "georeferencing; pip install 'segadapt[geo]'", file=sys.stderr)
-    elif tiffs and opts.scale is None and pred.window_factor is None:
+    elif ranks.is_main() and tiffs and opts.scale is None and pred.window_factor is None:
         print(f"segadapt: note: the model resizes whole images to a shorter side of {pred.base_size} px, but its "
               "training frames had no one size, so no pixel factor is known for TIFFs read in windows: they are "
               "predicted at their stored resolution (give --scale F to resize them)", file=sys.stderr)
@@ -184,11 +193,18 @@ def run(pred: Predictor, inputs: Sequence[Path], out: Path, opts: PredictOptions
     failed: list[dict[str, str]] = []
     skipped = 0
     (out / RECORDS).mkdir(parents=True, exist_ok=True)
-    bar = progress_bar(inputs, desc="images", dynamic_ncols=True, disable=not progress or len(inputs) < 2)
-    with env:
+    banded = ranks.same_everywhere(_to_band(inputs, out, settings) if row_bands and world > 1 else [])
+    bands = [Band(p, k, world) for p in banded for k in range(world)]
+    mine = ranks.share([*bands, *(p for p in inputs if p not in banded)])  # every input when alone
+    bar = progress_bar(mine, desc="images", dynamic_ncols=True, disable=not progress or len(mine) < 2)
+    with env, ranks.sigterm_interrupts():
         try:
-            for path in bar:
+            for job in bar:
+                path = job.path if isinstance(job, Band) else job
                 try:
+                    if isinstance(job, Band):
+                        predict_band(pred, job, out, opts, settings, progress)
+                        continue
                     entry, kept = predict_file(pred, path, out, opts, settings, progress)
                 except Exception as e:  # whatever fails in one image is that image's failure (Ctrl-C is not)
                     line = failure_line(path, e)
@@ -198,20 +214,58 @@ def run(pred: Predictor, inputs: Sequence[Path], out: Path, opts: PredictOptions
                 images.append(entry)
                 skipped += kept
                 on_finished()
-        except KeyboardInterrupt:
-            raise Interrupted(f"interrupted: {len(images)} of {len(inputs)} images are finished in {out}; run the "
-                              "same command again to continue (finished images are skipped)") from None
+            bar.close()
+            parts = ranks.gather((images, failed, skipped))
+        except (KeyboardInterrupt, ranks.RankLost):
+            raise ranks.interrupted("images", inputs, lambda p: finished(
+                read_record(record_path(out, p.stem)), out, identity(p), settings), out) from None
         finally:
             bar.close()
-    summary = {**header, "settings": settings, "images": images, "failed": failed}
-    write_summary(out / SUMMARY, summary, replaced)
+    images = [e for part in parts for e in part[0]]
+    failed = list({f["input"]: f for part in parts for f in part[1]}.values())  # a mosaic's failed bands: once
+    skipped = sum(part[2] for part in parts)
+    if ranks.is_main():
+        images += _assemble(pred, banded, world, out, opts, settings, failed, on_finished)
+    images, failed = ranks.in_order(inputs, images, "input"), ranks.in_order(inputs, failed, "input")
+    if ranks.is_main():
+        summary = {**header, "settings": settings, "images": images, "failed": failed}
+        write_summary(out / SUMMARY, summary, replaced)
     return Summary(images, failed, skipped, out / SUMMARY)
 
 
+def _to_band(inputs: Sequence[Path], out: Path, settings: dict[str, Any]) -> list[Path]:
+    """The TIFFs whose rows the ranks share: those not finished by an earlier run."""
+    return [p for p in inputs if is_tiff(p) and not finished(read_record(record_path(out, p.stem)), out,
+                                                             identity(p), settings)]
+
+
+def _assemble(pred: Predictor, banded: Sequence[Path], world: int, out: Path, opts: PredictOptions,
+              settings: dict[str, Any], failed: list[dict[str, str]], on_finished: Callable[[], None]) -> list:
+    """Rank 0, once every band is done: each banded mosaic's outputs from its bands (predict_bands.replay); a
+    mosaic with a failed band is listed once, as failed."""
+    entries, failed_inputs = [], {f["input"] for f in failed}
+    for path in banded:
+        if str(path) in failed_inputs:
+            continue
+        try:
+            bands = [Band(path, k, world) for k in range(world)]
+            entry, _ = predict_file(pred, path, out, opts, settings, False, infer=replay(bands, out))
+        except Exception as e:  # as any image's failure
+            line = failure_line(path, e)
+            failed.append({"input": str(path), "error": line})
+            tqdm.write(f"segadapt: skipped {line}", file=sys.stderr)
+            continue
+        remove_bands(out, path)
+        entries.append({**entry, "row_bands": world})
+        on_finished()
+    return entries
+
+
 def predict_file(pred: Predictor, path: Path, out: Path, opts: PredictOptions, settings: dict[str, Any],
-                 progress: bool = True) -> tuple[dict[str, Any], bool]:
+                 progress: bool = True, infer: Callable[..., Any] = predict_image) -> tuple[dict[str, Any], bool]:
     """What `run` does for each image: predict it into its outputs and record it, or keep the result of an
-    earlier run; returns (its predictions.json entry, whether it was kept). `out`/.predict must exist."""
+    earlier run; returns (its predictions.json entry, whether it was kept). `out`/.predict must exist.
+    `infer`: what fills the outputs (predict_image, or the replay of a mosaic's row bands)."""
     if not path.is_file():
         raise DataError(f"{path}: not found (removed while the run went on?)")
     names = output_names(path.stem, False, opts.outputs)
@@ -236,7 +290,7 @@ def predict_file(pred: Predictor, path: Path, out: Path, opts: PredictOptions, s
 
         with ImageOutputs(paths, reader.height, reader.width, pred.num_classes, pred.palette, geo,
                           record_outputs) as outputs:
-            stats = predict_image(pred, reader, outputs, scale=opts.scale, tile=opts.tile, overlap=opts.overlap,
+            stats = infer(pred, reader, outputs, scale=opts.scale, tile=opts.tile, overlap=opts.overlap,
                                   batch=opts.batch, memory_mb=opts.memory_mb, entropy=opts.outputs.entropy,
                                   overlay=opts.outputs.overlay, progress=progress, desc=path.name)
             entry.update(stats.to_dict(pred.class_names))

@@ -66,18 +66,19 @@ def recorded_names(out: Path) -> set[str]:
     return names
 
 
-def check_summary(path: Path) -> dict[str, str]:
-    """Before a run writes anything: refuse (one line) a predictions.json that predict did not write."""
+def check_summary(path: Path, records: str = RECORDS, writer: str = "predict") -> dict[str, str]:
+    """Before a run writes anything: refuse (one line) a summary (predictions.json) that `writer` did not write;
+    `records`: the folder of that command's records."""
     try:
-        return owned(read_record(path.parent / RECORDS / SUMMARY_OWNED), path.parent, [path.name], "predict")
+        return owned(read_record(path.parent / records / SUMMARY_OWNED), path.parent, [path.name], writer)
     except DataError as e:
         raise ConfigError(str(e)) from None
 
 
-def write_summary(path: Path, summary: Mapping[str, Any], replaced: Mapping[str, str]) -> None:
+def write_summary(path: Path, summary: Mapping[str, Any], replaced: Mapping[str, str], records: str = RECORDS) -> None:
     """predictions.json, its hash recorded first: a run stopped between the two still owns either file."""
     text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
     digest = hashlib.sha256(text.encode()).hexdigest()
-    owned_path = path.parent / RECORDS / SUMMARY_OWNED
+    owned_path = path.parent / records / SUMMARY_OWNED
     write_json_atomic(owned_path, {"files": with_files(read_record(owned_path), {path.name: digest}, replaced)})
     write_text_atomic(path, text)

@@ -8,11 +8,11 @@ import os
 import sys
 
 from segadapt import __version__, chatter
-from segadapt.cli import adapt, config, doctor, evaluate, experiment, export, peer, predict, shift, train, viz
+from segadapt.cli import adapt, change, config, doctor, evaluate, experiment, export, peer, predict, shift, train, viz
 from segadapt.cli.common import discard_partial_outputs, forget_outputs, resolve_config
 from segadapt.errors import Interrupted, SegadaptError
 
-COMMANDS = (train, evaluate, adapt, peer, experiment, shift, viz, doctor, predict, export, config)
+COMMANDS = (train, evaluate, adapt, peer, experiment, shift, viz, doctor, predict, change, export, config)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from segadapt.cli.common import (
     claim,
@@ -24,6 +24,7 @@ from segadapt.paths import check_path
 if TYPE_CHECKING:
     from segadapt.predict import Predictor
     from segadapt.predict_job import PredictOptions
+    from segadapt.predict_outputs import OutputSpec
     from segadapt.speed import PrecisionChoice
 
 
@@ -33,20 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", required=True, nargs="+", metavar="PATH",
                    help="image files, folders (their images) or globs (quote them; ** recurses)")
     p.add_argument("--out", required=True, help="output folder (re-running skips finished images)")
-    g = p.add_argument_group("tiling (default: whole image, or the largest tile that fits --memory-mb)")
-    g.add_argument("--tile", type=int, help="tile side in pixels at the network's scale")
-    g.add_argument("--overlap", type=int, help="overlap of neighbouring tiles in pixels (default: tile/4)")
-    g.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default 4)")
-    g.add_argument("--memory-mb", type=float, default=1024,
-                   help="working memory for tiles and one row of blended logits (default 1024)")
-    g.add_argument("--scale", type=float, help="resize every image by this factor before the network (default: "
-                   "the scale the model was trained at, its shorter side to the model's data.base_size)")
-    r = p.add_argument_group("TIFF / GeoTIFF input (read with rasterio)")
-    r.add_argument("--bands", help="1-based bands for R,G,B, or one band for grey (default 1,2,3; one-band "
-                   "rasters are replicated)")
-    r.add_argument("--stretch", default="auto", choices=["auto", "percentile", "range"],
-                   help="to 0..255: auto = 8-bit as stored, else percentile (2..98%% per band); range = the "
-                   "integer type's full range")
+    tiling_args(p)
+    p.add_argument("--row-bands", action="store_true", help="under torchrun, share each TIFF's rows among the "
+                   "processes (for mosaics too large for one), assembled into one output at the end")
     o = p.add_argument_group("outputs besides the class mask")
     o.add_argument("--overlay", action="store_true", help="the image blended with the class colours")
     o.add_argument("--confidence", action="store_true", help="max softmax probability")
@@ -57,33 +47,75 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_predict)
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def tiling_args(p: argparse.ArgumentParser) -> None:
+    """How images are read and tiled: shared by predict and change (both use predict's plan)."""
+    g = p.add_argument_group("tiling (default: whole image, or the largest tile that fits --memory-mb)")
+    g.add_argument("--tile", type=int, help="tile side in pixels at the network's scale")
+    g.add_argument("--overlap", type=int, help="overlap of neighbouring tiles in pixels (default: tile/4)")
+    g.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default 4)")
+    g.add_argument("--memory-mb", type=float, default=1024,
+                   help="working memory for tiles and one row of blended logits (default 1024)")
+    g.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime", "auto"],
+                   help="what runs the network: torch, onnxruntime (CPU, the model exported to ONNX in memory) or "
+                   "auto (both timed on the first tile batch, the faster kept; default torch)")
+    g.add_argument("--scale", type=float, help="resize every image by this factor before the network (default: "
+                   "the scale the model was trained at, its shorter side to the model's data.base_size)")
+    r = p.add_argument_group("TIFF / GeoTIFF input (read with rasterio)")
+    r.add_argument("--bands", help="1-based bands for R,G,B, or one band for grey (default 1,2,3; one-band "
+                   "rasters are replicated)")
+    r.add_argument("--stretch", default="auto", choices=["auto", "percentile", "range"],
+                   help="to 0..255: auto = 8-bit as stored, else percentile (2..98%% per band); range = the "
+                   "integer type's full range")
+
+
+def predict_options(args: argparse.Namespace, outputs: OutputSpec | None = None) -> PredictOptions:
+    """PredictOptions from the flags `tiling_args` adds (checked)."""
     from segadapt.data.rasters import check_bands
-    from segadapt.models.scale import settle_factor
-    from segadapt.predict import Predictor, load, weights_sha256
-    from segadapt.predict_job import PredictOptions, list_inputs, run
+    from segadapt.predict_job import PredictOptions
     from segadapt.predict_outputs import OutputSpec
-    from segadapt.runtime import environment, select_device
 
     bands = check_bands(numbers("--bands", args.bands, int)) if args.bands else None
-    opts = PredictOptions(args.tile, args.overlap, args.batch, args.memory_mb, args.scale, bands, args.stretch,
-                          OutputSpec(args.overlay, args.confidence, args.entropy)).check()
-    out = check_path(args.out, "--out")
-    if out.exists() and not out.is_dir():
-        raise SegadaptError(f"--out {args.out}: is a file; give a folder for the outputs")
-    inputs = list_inputs(args.images, out)
-    model_path = check_path(args.model, "--model")
+    return PredictOptions(args.tile, args.overlap, args.batch, args.memory_mb, args.scale, bands, args.stretch,
+                          outputs or OutputSpec()).check()
+
+
+def load_predictor(args: argparse.Namespace, spec: str, flag: str) -> tuple[Predictor, Path, dict[str, Any]]:
+    """The model `spec` ready to predict: its data settings (overridden by --config/--set), scale, device and
+    runtime; and what the summary records of the runtime (filled in when `auto` has chosen)."""
+    from segadapt.models.scale import settle_factor
+    from segadapt.predict import Predictor, load
+    from segadapt.predict_runtime import choose
+    from segadapt.runtime import select_device
+
+    model_path = check_path(spec, flag)
     model, meta = load(model_path, trusted_factories=trusted_factories(args))
     cfg = model_config(args, meta, model_path)
     settle_factor(args.scale, meta, str(model_path))
     pred = Predictor.from_meta(model, meta, cfg.data, select_device(cfg.train.device))
+    pred.runner, report = choose(pred.model, args.runtime, pred.device)
+    return pred, model_path, report
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from segadapt.predict import weights_sha256
+    from segadapt.predict_job import list_inputs, run
+    from segadapt.predict_outputs import OutputSpec
+    from segadapt.runtime import environment
+
+    opts = predict_options(args, OutputSpec(args.overlay, args.confidence, args.entropy))
+    out = check_path(args.out, "--out")
+    if out.exists() and not out.is_dir():
+        raise SegadaptError(f"--out {args.out}: is a file; give a folder for the outputs")
+    inputs = list_inputs(args.images, out)
+    pred, model_path, runtime = load_predictor(args, args.model, "--model")
     settings = {"model_sha256": weights_sha256(model_path), "mean": list(pred.mean), "std": list(pred.std),
                 "base_size": pred.base_size, **opts.settings()}
     choice = settle_precision(pred, inputs, opts, args.precision)
     header = {"model": str(model_path), "classes": list(pred.class_names), "palette": [list(c) for c in pred.palette],
-              "precision": choice.to_dict(), "environment": environment()}
+              "precision": choice.to_dict(), "runtime": runtime, "environment": environment()}
     claim(out, run=True)
-    summary = run(pred, inputs, out, opts, settings, header, on_finished=lambda: keep_outputs(out))
+    summary = run(pred, inputs, out, opts, settings, header, on_finished=lambda: keep_outputs(out),
+                  row_bands=args.row_bands)
     done = len(summary.images)
     kept = f" ({summary.skipped} already finished, kept)" if summary.skipped else ""
     print(f"predicted {done} of {len(inputs)} image(s) into {out}{kept}; summary: {summary.path}")

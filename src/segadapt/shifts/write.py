@@ -266,6 +266,7 @@ def write_shifted(
     """Write D2 of `split` under `out`. `units`/`base_size`: in network units with base_size > 0 the severity's
     lengths are pixels of the image resized to that shorter side (shifts/units.py); the marker records both and
     the factor(s) used. `extra` is recorded in the finished marker too (e.g. the severity search's result)."""
+    from segadapt import ranks
     from segadapt.shifts import BACKENDS
     from segadapt.shifts.compose import check
     from segadapt.shifts.units import check_units
@@ -276,36 +277,59 @@ def write_shifted(
     check_units(units)
     params = {"filter": name, "severity": severity, "seed": seed, "backend": backend, "split": split,
               "units": units, "base_size": base_size}
+    ranks.start()  # under torchrun each rank writes a share of the images; rank 0 alone the marker
     marker = marker_path(out, split)
+    problem, held = "", None
+    if ranks.is_main():
+        try:
+            held = _claim_marker(source, root, out, split, params, marker)
+        except DataError as e:
+            problem = str(e)
+    problem, held = ranks.same_everywhere((problem, held))  # every rank stops alike, after the marker exists
+    if problem:
+        raise DataError(problem)
+    scale = _scales(source, base_size, units)
+    rule_base = _length_rule(params)[1]  # 0: factor 1
+    jobs = ranks.share([(source, root, out, split, i, name, severity, seed, backend, rule_base)
+                        for i in range(len(source))])
+    workers = workers or os.cpu_count() or 1
+    desc = f"shift {split} ({name})"
+    quiet = not ranks.is_main()
+    if workers == 1:
+        done = [_one(job) for job in progress_bar(jobs, desc=desc, dynamic_ncols=True, disable=quiet)]
+    else:
+        with ProcessPoolExecutor(workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+            done = list(progress_bar(pool.map(_one, jobs, chunksize=4), total=len(jobs), desc=desc,
+                                     dynamic_ncols=True, disable=quiet))
+    parts = ranks.gather([(job[4], result) for job, result in zip(jobs, done)])
+    results = sorted((r for part in parts for r in part), key=lambda r: r[0])
+    repaired = sum(r for _, (r, _) in results)
+    transforms = {source.stem(i): t for i, (_, t) in results if t is not None}
+    if not ranks.is_main():
+        return {"images": len(results), "repaired": repaired, "out": str(out), **params, "scale": scale}
+    if root is not None and (root / "ImageSets").is_dir():  # VOC split lists travel with the images
+        shutil.copytree(root / "ImageSets", out / "ImageSets", dirs_exist_ok=True)
+    write_json_atomic(marker, {"params": held or params, "scale": scale, **(extra or {}), "images": len(results),
+                               "complete": True, **({"transforms": transforms} if transforms else {})})
+    return {"images": len(results), "repaired": repaired, "out": str(out), **params, "scale": scale}
+
+
+def _claim_marker(source: SegmentationSource, root: Path | None, out: Path, split: str, params: dict[str, Any],
+                  marker: Path) -> dict[str, Any] | None:
+    """Check `out` may take this shift and mark it as begun; the parameters an earlier run recorded, if any."""
     held = recorded_params(out, split)
     if held is not None:
         if not _same_params(held, params):
             raise DataError(f"{marker}: {out} already holds D2 (complete or partly written) made with other "
                             f"parameters {held}; choose another --out")
-    else:
-        if root is not None and out.resolve() == root.resolve():
-            raise DataError(f"{out}: is the dataset itself (D1); write D2 to another --out")
-        taken = next((img for i in range(len(source)) if (img := _targets(source, root, out, split, i)[0]).exists()),
-                     None)
-        if taken is not None:  # existing files would be kept as if this run had written them
-            raise DataError(f"{taken}: already exists in {out}, which holds no segadapt shift of {split}; "
-                            f"choose an empty --out")
-        # written before any image, so a run stopped half-way is still known by its parameters
-        write_json_atomic(marker, {"params": params, "complete": False})
-    scale = _scales(source, base_size, units)
-    rule_base = _length_rule(params)[1]  # 0: factor 1
-    jobs = [(source, root, out, split, i, name, severity, seed, backend, rule_base) for i in range(len(source))]
-    workers = workers or os.cpu_count() or 1
-    desc = f"shift {split} ({name})"
-    if workers == 1:
-        done = [_one(job) for job in progress_bar(jobs, desc=desc, dynamic_ncols=True)]
-    else:
-        with ProcessPoolExecutor(workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
-            done = list(progress_bar(pool.map(_one, jobs, chunksize=4), total=len(jobs), desc=desc, dynamic_ncols=True))
-    repaired = sum(r for r, _ in done)
-    transforms = {source.stem(i): t for i, (_, t) in enumerate(done) if t is not None}
-    if root is not None and (root / "ImageSets").is_dir():  # VOC split lists travel with the images
-        shutil.copytree(root / "ImageSets", out / "ImageSets", dirs_exist_ok=True)
-    write_json_atomic(marker, {"params": held or params, "scale": scale, **(extra or {}), "images": len(jobs),
-                               "complete": True, **({"transforms": transforms} if transforms else {})})
-    return {"images": len(jobs), "repaired": repaired, "out": str(out), **params, "scale": scale}
+        return held
+    if root is not None and out.resolve() == root.resolve():
+        raise DataError(f"{out}: is the dataset itself (D1); write D2 to another --out")
+    taken = next((img for i in range(len(source)) if (img := _targets(source, root, out, split, i)[0]).exists()),
+                 None)
+    if taken is not None:  # existing files would be kept as if this run had written them
+        raise DataError(f"{taken}: already exists in {out}, which holds no segadapt shift of {split}; "
+                        f"choose an empty --out")
+    # written before any image, so a run stopped half-way is still known by its parameters
+    write_json_atomic(marker, {"params": params, "complete": False})
+    return None
