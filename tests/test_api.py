@@ -1,6 +1,8 @@
 """The library-first Python API (segadapt.load_model, adapt_model, evaluate_model, Predictor, ModelCard) and the
 pieces under it a notebook user meets: the model-spec parser and the contract's forward on wrapped models."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -37,25 +39,19 @@ def test_hooked_transformers_model_forward_is_logits_at_input_size():
     assert isinstance(out, torch.Tensor) and out.shape == (2, NUM_CLASSES, 32, 48)
 
 
-# The README's "Python API" example, run as written (README quotes this text; keep the two the same).
-NOTEBOOK_EXAMPLE = '''
-import torch, segadapt
-from segadapt.models import build_model
+README = Path(__file__).resolve().parents[1] / "README.md"
 
-h1 = build_model("vgg16_deeplab", num_classes=3, width=0.0625)      # or any nn.Module you trained
-x1 = torch.randn(24, 3, 32, 32)                                      # D1 images, normalised
-pairs = [(a, a + 0.3 * torch.randn_like(a)) for a in x1]             # (x1, x2): the same scenes in D2
-result = segadapt.adapt_model(h1, pairs, iterations=8, batch_size=4, device="cpu")
-h2 = result.model                                                    # H2, an nn.Module ready to use
-labelled = [(x2, torch.randint(0, 3, (32, 32))) for _, x2 in pairs[:4]]
-print(segadapt.evaluate_model(h2, labelled).miou)
-mask = segadapt.Predictor.from_model(h2).predict(torch.rand(3, 40, 56)).mask  # H x W classes
-'''
+
+def readme_example() -> str:
+    """The README's "Python API" example, as the README shows it (its first Python block under that heading)."""
+    text = README.read_text()
+    section = text[text.index("## Python API"):]
+    return section[section.index("```python") + len("```python"):section.index("```", section.index("```python") + 9)]
 
 
 def test_notebook_example_runs_in_ten_lines():
     """The README's example: adapt an in-memory module on in-memory pairs, score it, predict one image."""
-    code = NOTEBOOK_EXAMPLE.strip()
+    code = readme_example().strip()
     assert len([line for line in code.splitlines() if line.strip()]) <= 10
     torch.manual_seed(0)
     scope: dict = {}
