@@ -221,3 +221,12 @@ def test_auto_layout_in_adapt_is_recorded_and_adapts_as_the_layout_it_picked(tmp
     wa, _ = ckpt.load_model_file(tmp_path / "auto")
     wb, _ = ckpt.load_model_file(tmp_path / "fixed")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_too_few_pairs_to_hold_out_any_is_said(tmp_path, h1, capsys):
+    """Four pairs: a fifth of them is none, so there is no label-free selection; the run says so instead of
+    leaving the user to find model_selected.safetensors missing."""
+    teacher, meta = h1
+    adapt(tiny_cfg(["pool1"], iterations=2), tmp_path, make_pairs(4), teacher=teacher, h1_meta=meta)
+    assert "too few to hold any out" in capsys.readouterr().out
+    assert not (tmp_path / "model_selected.safetensors").exists() and (tmp_path / "model.safetensors").is_file()

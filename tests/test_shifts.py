@@ -81,6 +81,9 @@ def test_bad_arguments_are_one_line_errors():
         apply_filter("ripple", img, severity=1.5)
     with pytest.raises(ValueError, match="mask_radius"):
         photocopy(img, mask_radius=60)
+    # a severity in range at scale 1 whose lengths leave it in network units (small base size): one line
+    with pytest.raises(ConfigError, match=r"mask_radius=75 .*x7\.5 to network units.*base_size"):
+        apply_filter("photocopy", img, severity=1.0, scale=7.5)
     with pytest.raises(ValueError, match="abyss_policy"):
         ripple(img, abyss_policy="mirror")
     with pytest.raises(ValueError, match="uint8"):

@@ -189,6 +189,9 @@ def adapt(
         print(f"{pairs.paths[1]} covers {pairs.coverage:.1%} of the ground of {pairs.paths[0]}: windows are drawn "
               f"around the overlap, pixels without both mosaics are left out of the loss (raster_coverage)")
     holdout_ids, fit_ids = split_holdout(len(pairs), ac.holdout, tc.seed)
+    if ac.holdout > 0 and ac.probes > 0 and not holdout_ids and run.main:  # said, not left to a missing file
+        print(f"segadapt: {len(pairs)} pairs are too few to hold any out for the label-free checkpoint selection "
+              f"(at most a fifth are held out); no selection.csv or model_selected.safetensors, use model.safetensors")
     labels_miou = None if labelled is None else (
         lambda model: score(model, labelled, cfg, device).miou)  # type: ignore[arg-type]
     probe = HoldoutProbe(pairs, holdout_ids, teacher, objective, taps, tc.seed, device,

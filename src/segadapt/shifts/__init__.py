@@ -76,8 +76,13 @@ def apply_filter(
                           "property; use the native backend, or shift.units = \"image\"")
     if name == "ripple" and float(chosen.get("amplitude", 1.0)) == 0.0:
         return image.copy()  # severity 0 is the identity on both backends (gegl would still resample)
-    if backend == "gegl":  # the native filter checks the values on a 2x2 image: gegl takes bad ones silently
+    try:  # the native filter checks the values on a 2x2 image first (gegl would take bad ones silently)
         FILTERS[name](np.zeros((2, 2, 3), np.uint8), **chosen)
+    except ValueError as e:  # in range at scale 1, a severity's lengths can leave it in network units
+        where = f" at severity {severity:g}" if severity is not None else ""
+        hint = (f" (its lengths scaled x{scale:.3g} to network units: raise data.base_size, lower the severity or "
+                f"set shift.units = \"image\")" if scale != 1.0 else "")
+        raise ConfigError(f"{name}{where}: {e}{hint}") from None
     out = run_gegl(image, name, **chosen) if backend == "gegl" else FILTERS[name](image, **chosen)
     return blend(image, out, opacity)
 
