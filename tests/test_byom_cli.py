@@ -46,12 +46,13 @@ def hf_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def adapted(hf_dirs, tmp_path_factory):
-    """family -> the run directory of `segadapt adapt` on that family's directory (stage2, 2 steps)."""
+    """family -> the run directory of `segadapt adapt` on that family's directory (the study's regression at
+    stage2, 2 steps; not a transformers model's default objective, which trains the head too)."""
     runs = {}
     for name, folder in hf_dirs.items():
         run = tmp_path_factory.mktemp(f"adapt-{name}") / "run"
         assert main(["adapt", "--h1", str(folder), *DATA, *STEPS, "--filter", "ripple", "--layers", "stage2",
-                     "--out", str(run)]) == 0
+                     "--objective", "features", "--out", str(run)]) == 0
         runs[name] = run
     return runs
 
@@ -164,7 +165,8 @@ def test_the_sweep_runs_on_an_hf_h1_with_b1_of_its_architecture(hf_dirs, tmp_pat
                  "--set", "experiment.figure_images=1", "--set", "experiment.reconstruct_steps=1",
                  "--set", "adapt.holdout=2", "--set", "adapt.probes=1", "--out", str(sweep)]) == 0
     results = json.loads((sweep / "results.json").read_text())
-    assert {e["method"] for e in results["summary"]} == {"H1", "B0", "B1", "B2", "H2:stage2"}
+    # the sweep adapts by the architecture's default objective, named in the row
+    assert {e["method"] for e in results["summary"]} == {"H1", "B0", "B1", "B2", "H2:stage2+output_kl+paired_pseudo"}
     b1 = json.loads((sweep / "seed0" / "ripple" / "B1" / "model.json").read_text())
     assert b1["arch"] == "hf" and b1["hf_config"]["model_type"] == "segformer"  # a fresh SegFormer, not a VGG
     h1_sd = load_file(str(hf_dirs["segformer"] / "model.safetensors"))
@@ -189,7 +191,8 @@ def test_teacher_cache_refuses_global_attention_and_serves_convnext(family, code
     """A crop smaller than the frame: a window of the frame's maps is a crop's maps only for convolutions."""
     cache = tmp_path / "cache"
     args = ["adapt", "--h1", str(hf_dirs[family]), "--dataset", "synthetic", *STEPS, "--filter", "ripple",
-            "--layers", "stage2", "--set", "data.synthetic_size=[64, 96]", "--set", "data.crop_size=[32, 48]",
+            "--layers", "stage2", "--objective", "features",  # a cache holds maps, for the feature regression
+            "--set", "data.synthetic_size=[64, 96]", "--set", "data.crop_size=[32, 48]",
             "--set", "data.synthetic_train=8", "--set", "data.synthetic_val=2",
             "--set", f"adapt.teacher_cache={cache}", "--out", str(tmp_path / "run")]
     assert main(args) == code

@@ -289,7 +289,7 @@ def test_adapt_runs_end_to_end_on_an_hf_h1(saved, tmp_path):
     pairs = PairedDataset(d1, ShiftedSource(d1, lambda image, seed: image // 2),
                           JointTransform(train=True, crop_size=(32, 48), scale_range=(0.9, 1.1)))
     cfg = preset("synthetic")
-    cfg.adapt.layers = ["stage2"]
+    cfg.adapt.layers, cfg.adapt.objective = ["stage2"], {"features": 1.0}  # the study's regression (not the default)
     cfg.train.iterations, cfg.train.batch_size, cfg.train.lr, cfg.train.threads = 4, 4, 0.01, 1
     before = {k: v.clone() for k, v in h1.state_dict().items()}
     adapt(cfg, tmp_path, pairs, teacher=h1, h1_meta=meta)

@@ -32,6 +32,16 @@ def test_adapt_without_layers_regresses_the_models_deepest_stage(segformer_dir, 
     assert main(["adapt", "--h1", str(segformer_dir), *SIZE, *STEPS, "--filter", "ripple", "--out", str(out)]) == 0
     assert read_toml(out / "config.toml")["adapt"]["layers"] == ["stage4"]
     assert json.loads((out / "adapt.json").read_text())["layers"] == {"stage4": 1.0}
+    # and a transformers model's own objective, recorded: output-level terms, not the stage regression
+    assert read_toml(out / "config.toml")["adapt"]["objective"] == {"output_kl": 1.0, "paired_pseudo": 1.0}
+
+
+def test_the_vgg_adapts_by_the_studys_regression_unless_told_otherwise(tmp_path):
+    h1 = tmp_path / "h1"
+    assert main(["train", *SIZE, "--width", "0.0625", "--iterations", "1", "--batch-size", "2", "--threads", "1",
+                 "--out", str(h1)]) == 0
+    assert main(["adapt", "--h1", str(h1), *SIZE, *STEPS, "--filter", "ripple", "--out", str(tmp_path / "h2")]) == 0
+    assert read_toml(tmp_path / "h2" / "config.toml")["adapt"]["objective"] == {"features": 1.0}
 
 
 def test_a_model_without_stages_asks_for_layers_and_a_wrong_tap_is_one_readable_line(segformer_dir, tmp_path,

@@ -282,7 +282,7 @@ def test_objective_tables_round_trip_and_replace_the_default_whole(tmp_path):
     # a table on the command line replaces the default's, it is not merged into it
     only = merge(RunConfig(), parse_override("adapt.objective={output_kl = 1.0}"))
     assert only.adapt.objective == {"output_kl": 1.0}
-    assert merge(RunConfig(), parse_override("adapt.weighting=normalised")).adapt.objective == {"features": 1.0}
+    assert merge(RunConfig(), parse_override("adapt.weighting=normalised")).adapt.objective == {}  # the model's
 
 
 @pytest.mark.parametrize("table, match", [

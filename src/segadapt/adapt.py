@@ -32,7 +32,7 @@ from segadapt.data.pairs import PairedDataset
 from segadapt.errors import CheckpointError, ConfigError, SegadaptError
 from segadapt.evaluate import score
 from segadapt.losses import resolve_layers
-from segadapt.models.contract import SegmentationModel, check_taps, conform, default_layers
+from segadapt.models.contract import SegmentationModel, check_taps, conform, default_layers, default_objective
 from segadapt.models.loading import load_any, rebuild_meta, save_native
 from segadapt.models.modes import NormPolicy, adaptation_mode
 from segadapt.models.outputs import classes_read_off, logits_of
@@ -158,6 +158,7 @@ def adapt(
     ac.layers = ac.layers or taps  # config.toml says what was regressed (a resume keeps it)
     check_taps(conform(teacher), taps)
     labelled = d2_label_source(cfg, h1_classes(teacher, h1_meta)) if ac.d2_labels else None
+    ac.objective = dict(ac.objective) or default_objective(conform(teacher))  # config.toml says which
     objective = build_objective(ac, weights, labelled.info.ignore_index if labelled is not None else 255)
     if objective.needs_logits and ac.teacher_cache:
         raise ConfigError(f"adapt.teacher_cache holds H1's feature maps only, and adapt.objective "

@@ -152,8 +152,10 @@ class AdaptConfig:
     # standardised per channel by H1's std on D1; output_kl: pixel-wise KL(H1(X1) || H2(X2)) at `temperature`;
     # paired_pseudo: cross-entropy of H2(X2) on H1(X1)'s per-class most confident `pseudo_keep` pixels;
     # entropy: H2(X2)'s mean prediction entropy (a small weight; CMA uses 0.01). A table given on the command
-    # line or in a --config replaces this one whole (terms are not merged key by key).
-    objective: dict[str, float] = field(default_factory=lambda: {"features": 1.0})
+    # line or in a --config replaces this one whole (terms are not merged key by key). Empty: the model's own
+    # default (models.contract.default_objective: the study's features for the VGG and factory models,
+    # output_kl + paired_pseudo for a transformers model), written here when a run starts.
+    objective: dict[str, float] = field(default_factory=dict)
     # how the terms (and each tap of a feature term) are combined: fixed (the weights as given), normalised
     # (each divided by a running mean of its own value, so all start at 1) or uncertainty (learned
     # log-variances s: sum exp(-s) w L + s, Kendall, Gal & Cipolla 2018)
@@ -420,7 +422,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
     for key, (ok, rule) in _LIMITS.get(cls.__name__, {}).items():
         if key in data and not ok(getattr(out, key)):
             raise ConfigError(f"{where}.{key}: {data[key]!r} is out of range; it must be {rule}")
-    if isinstance(out, AdaptConfig) and "objective" in data:
+    if isinstance(out, AdaptConfig) and out.objective:  # empty: the model's default
         check_objective(out.objective, f"{where}.objective")
     if isinstance(out, ExperimentConfig):
         for i, table in enumerate(out.objectives):

@@ -40,7 +40,14 @@ from segadapt.evaluate import score
 from segadapt.losses import LAYER_PRESETS
 from segadapt.metrics import Scores, distortion
 from segadapt.models import build_model
-from segadapt.models.contract import SegmentationModel, conform, sweep_presets, tap_listing
+from segadapt.models.contract import (
+    STUDY_OBJECTIVE,
+    SegmentationModel,
+    conform,
+    default_objective,
+    sweep_presets,
+    tap_listing,
+)
 from segadapt.models.loading import data_norm, load_model, rebuild
 from segadapt.paths import check_name, remove_tree
 from segadapt.peers import PEERS, run_peer
@@ -299,15 +306,18 @@ def run_experiment(cfg: RunConfig, out_dir: Path, h1: tuple[torch.nn.Module, dic
             def miou_on_d2(step: int, model: torch.nn.Module, d2_val: SegmentationSource = d2_val) -> dict[str, float]:
                 return {"miou": score(model, d2_val, cfg, device).miou}  # labels: only here, to judge selection
 
-            for preset, objective in h2_variants(ex):
-                label = preset if objective is None else f"{preset}+{objective_label(objective)}"
-                terms = "regressing" if objective is None else f"{objective_label(objective)} at"
+            for preset, table in h2_variants(ex):
+                # no table: adapt.objective, else H1's architecture's default; the study's regression keeps
+                # the plain row name H2:<preset>
+                objective = table or cfg.adapt.objective or default_objective(arch_model)
+                study = table is None and objective == STUDY_OBJECTIVE
+                label = preset if study else f"{preset}+{objective_label(objective)}"
+                terms = "regressing" if objective == STUDY_OBJECTIVE else f"{objective_label(objective)} at"
                 _stage(seed, name, f"H2:{label}: H1 adapted by {terms} {preset} (no D2 labels)")
                 a = copy.deepcopy(base)
                 a.train.iterations, a.train.lr = ex.iterations, ex.adapt_lr
                 a.adapt.layers, a.adapt.weights = [preset], []
-                if objective is not None:
-                    a.adapt.objective = dict(objective)
+                a.adapt.objective = dict(objective)
                 if cfg.adapt.teacher_cache:  # a cache holds one H1's maps at one tap set: one per seed and preset
                     a.adapt.teacher_cache = str(Path(cfg.adapt.teacher_cache) / f"seed{seed}-{preset}")
                 try:

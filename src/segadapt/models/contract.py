@@ -101,6 +101,17 @@ def default_layers(model: SegmentationModel) -> list[str]:
     return deepest
 
 
+STUDY_OBJECTIVE = {"features": 1.0}  # the study's feature regression
+
+
+def default_objective(model: SegmentationModel) -> dict[str, float]:
+    """What adapt minimises when adapt.objective is empty: the model's DEFAULT_OBJECTIVE (a transformers
+    model's: output_kl + paired_pseudo, since its stage regressions end below B0: docs/results/objectives-
+    synthetic-segformer), else the study's feature regression (the VGG; factory models)."""
+    own = getattr(model, "DEFAULT_OBJECTIVE", None)
+    return dict(own) if own else dict(STUDY_OBJECTIVE)
+
+
 def sweep_presets(model: SegmentationModel) -> list[str]:
     """The model's layer presets for a sweep: every name of its table but `all`, an alias of `all_inc`."""
     table = model.layer_presets()
