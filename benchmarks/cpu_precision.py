@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import platform
 import statistics
@@ -89,7 +90,7 @@ def adapt_step(model: torch.nn.Module, x1: torch.Tensor, x2: torch.Tensor, arch:
     """What adapt() does per step with the default objective and layers: H1's maps under inference mode, H2's
     early-exit pass, the objective, backward through the parameters below the tap, SGD."""
     from segadapt.adapt import layer_weights, trainable_parameters, trains_head
-    from segadapt.models.contract import conform
+    from segadapt.models.contract import conform, default_objective
     from segadapt.objectives.objective import build_objective
     from segadapt.objectives.term import Outputs, as_plain, model_outputs
 
@@ -99,6 +100,7 @@ def adapt_step(model: torch.nn.Module, x1: torch.Tensor, x2: torch.Tensor, arch:
     student = copy.deepcopy(model).eval().requires_grad_(False)  # adapt.norm = keep: BatchNorm as H1's, no dropout
     weights = layer_weights(cfg, conform(teacher))
     taps = list(weights)
+    cfg.adapt.objective = default_objective(conform(teacher))
     objective = build_objective(cfg.adapt, weights)
     trainable = trainable_parameters(conform(student), taps, trains_head(cfg.adapt, objective))
     for p in trainable:
@@ -251,6 +253,22 @@ def parity(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "min_predict_agreement": min(r["predict_agreement"] for r in rows)}
 
 
+def run_parity(args: argparse.Namespace) -> dict[str, Any]:
+    if "bf16" not in args.precisions:
+        par = {"skipped": "this CPU has no native bf16: auto never picks bf16 here (--bf16 forces it)"}
+        print(f"parity: {par['skipped']}")
+        return par
+    if args.work:
+        args.work.mkdir(parents=True, exist_ok=True)
+        par = parity(args, args.work)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            par = parity(args, Path(tmp))
+    print(f"parity ({par['preset']}, {len(par['seeds'])} seed(s)): bf16 - fp32 mIoU points "
+          f"{par['mean_gap_points_bf16_minus_fp32']}; predictions agree on >= {par['min_predict_agreement']:.2%}")
+    return par
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     step_arguments(p, width=0.25, batch=8, repeats=4)
@@ -265,6 +283,10 @@ def main() -> int:
     p.add_argument("--adapt-iterations", type=int, default=100, help="adaptation steps (the demo's: 100)")
     p.add_argument("--work", type=Path, help="folder for the parity runs (default: a temporary one)")
     p.add_argument("--bf16", action="store_true", help="time bf16 also where the CPU has no native bf16 (slow)")
+    p.add_argument("--no-speed", dest="speed", action="store_false",
+                   help="with --parity: the parity runs alone (they need no idle machine; the timings do)")
+    p.add_argument("--parity-from", type=Path, metavar="JSON",
+                   help="take the parity block from this earlier --no-speed --parity run on this host")
     args = p.parse_args()
     if args.quick:
         args.width, args.size, args.batch, args.repeats, args.predict_size = 0.0625, [32, 48], 2, 2, [64, 96]
@@ -274,6 +296,11 @@ def main() -> int:
     threads = use_threads(args.threads)
     args.precisions = timed_precisions(args.bf16)
 
+    if not args.speed:
+        result = {"native_bf16": cpu_native_bf16(), "parity": run_parity(args),
+                  "environment": {"torch": torch.__version__, "cpu_count": os.cpu_count(),
+                                  "machine": platform.machine(), "load_avg_1min": {"end": load_average()}}}
+        return finish(result, out, {"parity": result["parity"].get("mean_gap_points_bf16_minus_fp32")})
     load_before = load_average()
     before = measured_peaks(threads, quick=args.quick, precisions=args.precisions)
     models = [speed(arch, args) for arch in args.archs]
@@ -315,19 +342,12 @@ def main() -> int:
                       f"{r['bf16_speedup']:>7.2f}x {lo:>5.2f}-{hi:.2f}")
             else:
                 print(f"{m['arch']:<14} {kind:<8} {r['fp32_s']:>8.4f}")
-    if args.parity and "bf16" not in args.precisions:
-        result["parity"] = {"skipped": "this CPU has no native bf16: auto never picks bf16 here (--bf16 forces it)"}
-        print(f"parity: {result['parity']['skipped']}")
+    if args.parity_from:  # run earlier, alone, while the machine was busy: recorded with where it came from
+        earlier = json.loads(args.parity_from.read_text())
+        result["parity"] = {**earlier["parity"], "from_run": {"file": args.parity_from.name,
+                                                              "environment": earlier.get("environment")}}
     elif args.parity:
-        if args.work:
-            args.work.mkdir(parents=True, exist_ok=True)
-            result["parity"] = parity(args, args.work)
-        else:
-            with tempfile.TemporaryDirectory() as tmp:
-                result["parity"] = parity(args, Path(tmp))
-        par = result["parity"]
-        print(f"parity ({par['preset']}, {len(par['seeds'])} seed(s)): bf16 - fp32 mIoU points "
-              f"{par['mean_gap_points_bf16_minus_fp32']}; predictions agree on >= {par['min_predict_agreement']:.2%}")
+        result["parity"] = run_parity(args)
     result["environment"]["load_avg_1min"]["end"] = load_average()
     summary = {m["arch"]: {k: r.get("bf16_speedup", r["fp32_s"]) for k, r in m["steps"].items()} for m in models}
     return finish(result, out, summary)

@@ -119,6 +119,8 @@ def build_objective(cfg: AdaptConfig, taps: Mapping[str, float], ignore_index: i
     """adapt.objective's terms of weight > 0 (config.check_objective has refused unknown names and negative
     weights), on the taps of adapt.layers with their weights; adapt.d2_labels adds d2_labels (weight 1 unless
     the table gives one). A term the run has no data for is one line."""
+    if not cfg.objective:  # empty means "the model's default", which only the caller knows
+        raise ConfigError("adapt.objective is empty: resolve it with models.contract.default_objective first")
     chosen = {name: w for name, w in cfg.objective.items() if w > 0}
     if cfg.d2_labels and "d2_labels" not in cfg.objective:
         chosen["d2_labels"] = 1.0
