@@ -277,7 +277,7 @@ def main() -> int:
     p.add_argument("--predict-size", type=int, nargs=2, default=[720, 960], metavar=("H", "W"),
                    help="the image predict segments (CamVid's full frame)")
     p.add_argument("--parity", action="store_true", help="also train and adapt in both precisions (slow)")
-    p.add_argument("--parity-preset", default="synthetic", choices=["synthetic", "camvid"])
+    p.add_argument("--parity-preset", default="synthetic", choices=["synthetic", "camvid", "demo"])
     p.add_argument("--seeds", type=int, default=1, help="parity seeds (0..N-1)")
     p.add_argument("--parity-iterations", type=int, default=200, help="training steps per H1 (the preset's: 800)")
     p.add_argument("--adapt-iterations", type=int, default=100, help="adaptation steps (the demo's: 100)")
