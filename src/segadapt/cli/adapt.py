@@ -1,4 +1,4 @@
-"""`segadapt adapt`: the method, H1 adapted to D2 by feature-map regression, without D2 labels."""
+"""`segadapt adapt`: the method, H1 adapted to D2 without D2 labels (by the model's default objective unless told)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ FLAGS = (*H1_FLAGS, "layers", "weights", *OBJECTIVE_FLAGS, "norm", *D2_FLAGS,
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("adapt", help="adapt H1 to D2 by feature-map regression (no D2 labels)")
+    p = sub.add_parser("adapt", help="adapt H1 to D2 without D2 labels (by the model's default objective)")
     config_args(p, FLAGS, helps={"h1": "source model H1 (required unless --resume): a segadapt run directory or "
                                        "model .safetensors, a transformers save_pretrained directory, or a Python "
                                        "factory package.module:function (with --h1-weights, --h1-kwargs)",
