@@ -112,6 +112,11 @@ def methods(a: Arch, regression_tap: str) -> dict[str, Method]:
 
 # --- running ---------------------------------------------------------------------------------------
 
+def finite(v: Any) -> bool:
+    """A score that is there: a diverged run's mIoU is NaN, written to JSON as null."""
+    return v is not None and math.isfinite(v)
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.1f}] {msg}", file=sys.stderr, flush=True)
 
@@ -234,7 +239,7 @@ def regression_tap(work: Path, arch: str, h1: Path, d2: dict[str, str]) -> str:
         m = Method(preset=tap, adapt={"objective": {"features": 1.0}})
         out = run_dir(work, arch, "photocopy", f"scan-{tap}", a.grid[1], 0)
         row = method_row(run_one(out, run_config(h1, "photocopy", d2["photocopy"], m, a.grid[1], 0, work)), tap)
-        scores[tap] = row["miou"] if row and math.isfinite(row["miou"]) else -1.0
+        scores[tap] = row["miou"] if row and finite(row["miou"]) else -1.0
     best = max(scores, key=lambda t: scores[t])
     log(f"{arch}: regression stage scan {scores} -> {best}")
     return best
@@ -248,7 +253,7 @@ def picked(work: Path, arch: str, shift: str, name: str, m: Method) -> tuple[flo
         if not res_file.is_file():
             continue
         row = method_row(json.loads(res_file.read_text()), name)
-        if row and math.isfinite(row["miou"]) and (best[1] is None or row["miou"] > best[1]["miou"]):
+        if row and finite(row["miou"]) and (best[1] is None or row["miou"] > best[1]["miou"]):
             best = (lr, row)
     return best
 
@@ -282,7 +287,7 @@ def run_setup(work: Path, arch: str, shift: str, h1: Path, d2: dict[str, str], t
 # --- collecting ------------------------------------------------------------------------------------
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
+    vals = [v for v in values if finite(v)]
     if not vals:
         return None, None
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
@@ -302,7 +307,7 @@ def collect_setup(work: Path, arch: str, shift: str, tap: str) -> dict[str, Any]
                 b0 = b0 or next(r["miou"] for r in res["rows"] if r["method"] == "B0")
                 r = method_row(res, name)
                 grid[f"{g:g}" if g is not None else "-"] = (
-                    None if r is None or not math.isfinite(r["miou"]) else r["miou"])
+                    None if r is None or not finite(r["miou"]) else r["miou"])
                 if r is not None and r.get("diverged"):
                     grid[f"{g:g}"] = "diverged"
         if row0 is None:
@@ -330,7 +335,7 @@ def collect_setup(work: Path, arch: str, shift: str, tap: str) -> dict[str, Any]
         if b0 is None or b2 is None or b2 - b0 < MIN_GAIN or e.get("miou_mean") is None:
             e["recovery_mean"] = e["recovery_std"] = None
             continue
-        rec = [(s["miou"] - b0) / (b2 - b0) for s in e["seeds"] if s["miou"] is not None and math.isfinite(s["miou"])]
+        rec = [(s["miou"] - b0) / (b2 - b0) for s in e["seeds"] if finite(s["miou"])]
         e["recovery_mean"], e["recovery_std"] = _mean_std(rec)
     return out
 
