@@ -12,7 +12,7 @@ from segadapt.errors import ConfigError, DataError
 from segadapt.shifts import FILTERS
 
 
-def darken(name: str, severity: float, image: np.ndarray, seed: int) -> np.ndarray:
+def darken(name: str, severity: float, image: np.ndarray, seed: int, base_size: int = 0) -> np.ndarray:
     return (image * (1 - 0.6 * severity)).astype(np.uint8)
 
 

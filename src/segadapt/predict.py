@@ -41,9 +41,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from segadapt.base_size import base_scale
 from segadapt.data.palettes import generic
 from segadapt.data.rasters import ArrayReader, RasterReader, Resampled
-from segadapt.data.transforms import base_scale, resize_image
+from segadapt.data.transforms import resize_image
 from segadapt.errors import ConfigError
 from segadapt.models.scale import window_factor
 from segadapt.progress import bar as progress_bar

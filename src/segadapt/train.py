@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from segadapt import checkpoint as ckpt
 from segadapt.config import RunConfig, to_dict
 from segadapt.data import SegmentationDataset, build_dataset
+from segadapt.data.base import pixel_factor
 from segadapt.errors import SegadaptError
 from segadapt.evaluate import evaluate
 from segadapt.models import build_model, conform
 from segadapt.models.loading import arch_of, rebuild_meta, save_native
-from segadapt.models.scale import pixel_factor
 from segadapt.run import Run, autocast, wrap_ddp
 from segadapt.runtime import environment
 
