@@ -231,6 +231,13 @@ def default_overlap(tile: int) -> int:
     return max(8, tile // 4 // 8 * 8)
 
 
+def check_overlap(overlap: int, tile: int, tiled: bool = True) -> int:
+    """The overlap rule: at least 0, and at most half the tile when the image is cut into tiles."""
+    if overlap < 0 or (tiled and overlap > tile // 2):
+        raise ConfigError(f"--overlap {overlap}: must be 0 to half the tile ({tile // 2})")
+    return overlap
+
+
 def plan_tiles(height: int, width: int, classes: int, act_px: float, *, tile: int | None = None,
                overlap: int | None = None, batch: int = 4, memory_mb: float = 1024) -> TilePlan:
     """The tile grid for an image at the network's scale (see the module docstring for the rules)."""
@@ -254,9 +261,7 @@ def plan_tiles(height: int, width: int, classes: int, act_px: float, *, tile: in
                 needs_mb = need[0] / 2**20 if need[0] > budget else None
     th, tw = min(tile, height), min(tile, width)
     tiled = th < height or tw < width
-    overlap = (default_overlap(tile) if tiled else 0) if overlap is None else overlap
-    if overlap < 0 or (tiled and overlap > tile // 2):
-        raise ConfigError(f"--overlap {overlap}: must be 0 to half the tile ({tile // 2})")
+    overlap = check_overlap((default_overlap(tile) if tiled else 0) if overlap is None else overlap, tile, tiled)
     ys, xs = positions(height, th, overlap), positions(width, tw, overlap)
     return TilePlan(th, tw, overlap, max(1, min(batch, len(xs))), tuple(ys), tuple(xs), needs_mb)
 
