@@ -1,3 +1,5 @@
 """segadapt: adapt a segmentation network to a new, unlabelled image domain by regressing feature maps."""
 
-__version__ = "0.1.0"
+from segadapt.version import __version__
+
+__all__ = ["__version__"]

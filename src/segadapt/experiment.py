@@ -44,7 +44,7 @@ from segadapt.models.contract import SegmentationModel, conform, sweep_presets, 
 from segadapt.models.loading import data_norm, load_model, rebuild
 from segadapt.paths import check_name, remove_tree
 from segadapt.peers import PEERS, run_peer
-from segadapt.run import finished_step
+from segadapt.run_dir import finished_step
 from segadapt.runtime import environment, select_device
 from segadapt.selection import agreement, finite_or_none, spearman
 from segadapt.train import train

@@ -114,7 +114,7 @@ def train(
         for (images, masks), ids in run.batches(train_set):
             if step >= tc.iterations:
                 break
-            lr = run.set_lr(optimizer, step)
+            lr = run.lr
             images, masks = run.to_device(images), masks.to(device, non_blocking=True)
             with autocast(device):
                 loss = F.cross_entropy(net(images), masks, ignore_index=info.ignore_index)
@@ -123,6 +123,7 @@ def train(
             loss.backward()
             run.check_grads(params, step + 1, ids, f"{fix}; weights were not updated")  # DDP has averaged them
             optimizer.step()
+            run.schedule.step()
             step += 1
             seen += images.shape[0] * run.world
             run.progress(loss=f"{loss_value:.3f}", lr=f"{lr:.3g}")

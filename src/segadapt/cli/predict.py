@@ -71,7 +71,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 "base_size": pred.base_size, **opts.settings()}
     header = {"model": str(model_path), "classes": list(pred.class_names), "palette": [list(c) for c in pred.palette],
               "environment": environment()}
-    claim(out, run=True)
+    claim(out, lock_it=True)
     summary = run(pred, inputs, out, opts, settings, header, on_finished=lambda: keep_outputs(out))
     done = len(summary.images)
     kept = f" ({summary.skipped} already finished, kept)" if summary.skipped else ""

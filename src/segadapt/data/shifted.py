@@ -38,6 +38,7 @@ from segadapt.data.base import SegmentationSource, decode_image, image_header, r
 from segadapt.data.pairs import stem_seed
 from segadapt.errors import DataError, SegadaptError
 from segadapt.progress import bar as progress_bar
+from segadapt.run_dir import pid_alive
 from segadapt.shifts import apply_filter
 from segadapt.shifts.compose import check, geometry, moves_labels, warp_labels
 from segadapt.shifts.filters import check_backend
@@ -170,16 +171,6 @@ def _signal_on_parent_death() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def _watch_parent(ppid: int, interval: float = 1.0) -> None:
     """Portable fallback: exit once this process has been handed to another parent (its own one died)."""
     while os.getppid() == ppid:
@@ -192,7 +183,7 @@ def _die_with_parent(parent: int) -> None:
     queue would live on as orphans holding a filter's memory: each worker ends itself when its parent dies."""
     _signal_on_parent_death()
     ppid = os.getppid()
-    if ppid != parent and not _pid_exists(parent):  # it died before the prctl above could take effect
+    if ppid != parent and not pid_alive(parent):  # it died before the prctl above could take effect
         os._exit(1)
     # the process that started us (the parent, or a fork server that exits with it) is the one to watch
     threading.Thread(target=_watch_parent, args=(ppid,), daemon=True, name="segadapt-watch-parent").start()
