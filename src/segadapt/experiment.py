@@ -37,10 +37,10 @@ from segadapt.data.d2 import d2_source, materialise_d2, with_shift
 from segadapt.data.pairs import PairedDataset
 from segadapt.errors import ConfigError, DataError, Diverged
 from segadapt.evaluate import score
-from segadapt.losses import LAYER_PRESETS
 from segadapt.metrics import Scores, distortion
 from segadapt.models import build_model
 from segadapt.models.contract import SegmentationModel, conform, sweep_presets, tap_listing
+from segadapt.models.vgg_deeplab import VGGDeepLab
 from segadapt.models.loading import data_norm, load_model, rebuild
 from segadapt.paths import check_name, remove_tree
 from segadapt.peers import PEERS, run_peer
@@ -99,7 +99,7 @@ def check_experiment(cfg: RunConfig, model: SegmentationModel | None = None) -> 
             if "+" in name or "=" in name:  # a composition: checked (and explained) by its parser
                 parse(name)
                 known_filters.append(name)
-    presets = list(model.layer_presets()) if model is not None else list(LAYER_PRESETS)
+    presets = list((model if model is not None else VGGDeepLab).layer_presets())
     unknown_presets = [v for v in ex.layer_presets if v not in presets and (model is None or v not in model.TAPS)]
     if unknown_presets:
         name = type(getattr(model, "net", model)).__name__

@@ -46,10 +46,10 @@ from segadapt.config import IMAGENET_MEAN, IMAGENET_STD
 from segadapt.errors import ConfigError, SegadaptError
 from segadapt.models.contract import feature_fn
 from segadapt.models.taps import Features, flags_restored
+from segadapt.models.vgg_deeplab import POOLS
 from segadapt.viz.plots import save_figure, subplots
 from segadapt.viz.surrogate import surrogate_gradients
 
-POOLS = ("pool1", "pool2", "pool3", "pool4", "pool5")
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
 # per-optimiser step size when ReconstructConfig.lr is None; X̂ is in normalised units (about ±2)
 DEFAULT_LR = {"adam": 0.1, "sgd": 1.0, "lbfgs": 1.0}
