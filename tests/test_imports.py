@@ -153,3 +153,15 @@ def test_nothing_inside_imports_the_top_level_package():
     assert _imports_root("from segadapt import __version__") and not _imports_root("from segadapt import data")
     wrong = sorted(name for name, targets in GRAPH.items() if PACKAGE in targets)
     assert not wrong, f"import {PACKAGE} itself: " + ", ".join(wrong)
+
+
+def test_the_cli_starts_without_torch():
+    """`segadapt --help` and a mistyped flag answer at once: the parsers and the output-folder helpers load no
+    torch (run_dir.py, which needs it, is imported when a command first writes)."""
+    import subprocess
+    import sys
+
+    code = "import sys, segadapt.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=SRC,
+                         env={"PATH": "/usr/bin:/bin"})
+    assert out.stdout.strip() == "False", out.stderr[-2000:]

@@ -17,11 +17,6 @@ from typing import Any
 from segadapt.config import DEFAULT_PRESET, RunConfig, dataset_preset, merge, parse_override, preset, read_toml
 from segadapt.errors import SegadaptError
 from segadapt.paths import check_path
-from segadapt.run_dir import claim as claim  # the output folders a command writes: one registry, run_dir.py
-from segadapt.run_dir import discard_partial_outputs as discard_partial_outputs
-from segadapt.run_dir import forget_outputs as forget_outputs
-from segadapt.run_dir import keep_outputs as keep_outputs
-from segadapt.run_dir import output_dir as output_dir
 
 
 def numbers(flag: str, text: str, kind: type) -> list[Any]:
@@ -268,6 +263,42 @@ def resumed(args: argparse.Namespace, kind: str, fixed: Sequence[str]) -> tuple[
         raise SegadaptError(f"--resume {run_dir} continues the run in its own directory with its own config; "
                             f"drop {', '.join(given)}")
     return run_dir, resumed_config(run_dir, kind, lambda saved: resolve_config(args, saved))
+
+
+# --- output folders: run_dir.py's one registry, imported when a command first writes (it needs torch, which
+# `segadapt --help` and a mistyped flag should not wait for)
+
+def claim(path: Path, *, lock_it: bool = False) -> Path:
+    from segadapt import run_dir
+
+    return run_dir.claim(path, lock_it=lock_it)
+
+
+def output_dir(out: str | None, out_dir: str, name: str) -> Path:
+    from segadapt import run_dir
+
+    return run_dir.output_dir(out, out_dir, name)
+
+
+def keep_outputs(path: Path) -> None:
+    from segadapt import run_dir
+
+    run_dir.keep_outputs(path)
+
+
+def _held() -> Any:
+    """run_dir when a command has loaded it (so it may hold folders), else None."""
+    return sys.modules.get("segadapt.run_dir")
+
+
+def discard_partial_outputs() -> None:
+    if (run_dir := _held()) is not None:
+        run_dir.discard_partial_outputs()
+
+
+def forget_outputs() -> None:
+    if (run_dir := _held()) is not None:
+        run_dir.forget_outputs()
 
 
 # --- small checks shared by commands ----------------------------------------------------------------
