@@ -67,7 +67,7 @@ def model_fingerprint(model: nn.Module) -> str:
 def tap_strides(teacher: nn.Module, taps: Sequence[str], device: torch.device) -> dict[str, int]:
     """Each tap's stride, from the model contract's geometry (the VGG's layer table, or measured for any
     network `tap_features` can tap); one that is no power of two cannot be cached."""
-    strides = {t: g.stride for t, g in tap_geometry(teacher, taps, device).items()}
+    strides = {t: g.stride for t, g in tap_geometry(teacher, taps, device, fields=False).items()}
     for t, s in strides.items():
         if s & (s - 1):
             raise SegadaptError(f"tap {t!r} has stride {s}, no power of two; it cannot be cached")

@@ -184,10 +184,11 @@ class HookedModel(nn.Module):
         return {}
 
 
-def tap_geometry(model: nn.Module, taps: Sequence[str], device: torch.device | None = None
-                 ) -> dict[str, TapGeometry]:
+def tap_geometry(model: nn.Module, taps: Sequence[str], device: torch.device | None = None, *,
+                 fields: bool = True) -> dict[str, TapGeometry]:
     """Each tap's geometry: the model's own table where it has one (`tap_geometry` method), else measured on
-    probe inputs (`measure_geometry`) in eval mode, the model's modes and flags left as they were."""
+    probe inputs (`measure_geometry`) in eval mode, the model's modes and flags left as they were. `fields`
+    False: a measured receptive field is left out (None), which saves a backward pass per tap."""
     own = getattr(model, "tap_geometry", None)
     if callable(own):
         return own(list(taps))
@@ -195,10 +196,11 @@ def tap_geometry(model: nn.Module, taps: Sequence[str], device: torch.device | N
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with flags_restored(model):
         model.eval()  # no BatchNorm statistics move, no dropout draws from the run's RNG
-        return measure_geometry(conform(model).features, list(taps), device)
+        return measure_geometry(conform(model).features, list(taps), device, fields=fields)
 
 
-def measure_geometry(features: Any, taps: Sequence[str], device: torch.device) -> dict[str, TapGeometry]:
+def measure_geometry(features: Any, taps: Sequence[str], device: torch.device, *,
+                     fields: bool = True) -> dict[str, TapGeometry]:
     """Geometry read off the maps `features(x, taps)` gives: the stride from how much a map grows when the
     input grows by PROBE_SIDE pixels, the receptive field from which input pixels the centre cell's gradient
     reaches (a cell that reaches the probe's border: None). Refused in one line for a tap without one fixed
@@ -214,7 +216,8 @@ def measure_geometry(features: Any, taps: Sequence[str], device: torch.device) -
         if grow[0] <= 0 or grow[0] != grow[1] or side % grow[0]:
             raise ConfigError(f"tap {t!r} has no fixed stride (its map does not grow evenly with the input); "
                               f"choose a convolutional feature map")
-        out[t] = TapGeometry(int(small[t].shape[1]), side // grow[0], _receptive_field(features, t, device))
+        field = _receptive_field(features, t, device) if fields else None
+        out[t] = TapGeometry(int(small[t].shape[1]), side // grow[0], field)
     return out
 
 
@@ -237,7 +240,7 @@ def output_stride(model: nn.Module) -> int:
     """The coarsest stride among the taps the model's presets name (VGG: 8, pool5; a transformers encoder:
     its last stage's), the grid predict's tiles align to; 1 for a model that names none (a factory's)."""
     taps = preset_taps(conform(model))
-    return max(g.stride for g in tap_geometry(model, taps).values()) if taps else 1
+    return max(g.stride for g in tap_geometry(model, taps, fields=False).values()) if taps else 1
 
 
 def conform(model: nn.Module) -> SegmentationModel:
