@@ -45,7 +45,7 @@ from _paths import CAMVID_ROOT, REPO
 from segadapt.checkpoint import write_json_atomic, write_text_atomic
 from segadapt.config import RunConfig, load_toml, merge, preset
 from segadapt.data.d2 import materialise_d2
-from segadapt.run import finished_step
+from segadapt.run_dir import finished_step
 from segadapt.runtime import environment
 
 NAME = "compare"

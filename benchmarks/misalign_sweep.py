@@ -34,11 +34,11 @@ from segadapt.config import RunConfig, ShiftConfig, preset
 from segadapt.data import SegmentationDataset, build_source, make_transform
 from segadapt.data.d2 import d2_source, materialise_d2, with_shift
 from segadapt.data.pairs import PairedDataset
+from segadapt.data.shifted import recorded_transforms
 from segadapt.evaluate import score
 from segadapt.experiment import _scores_from
 from segadapt.models.loading import load_model
 from segadapt.runtime import environment, select_device
-from segadapt.shifts.write import recorded_transforms
 from segadapt.train import train
 
 

@@ -26,10 +26,11 @@ import torch
 from _measure import load_average
 from _models import camvid_model, camvid_val_files
 from _paths import CAMVID_ROOT, REPO, recorded
+from segadapt.base_size import base_scale
 from segadapt.checkpoint import write_json_atomic
 from segadapt.config import DataConfig, from_dict
 from segadapt.data.base import read_image
-from segadapt.data.transforms import base_scale, resize_image
+from segadapt.data.transforms import resize_image
 from segadapt.predict import Predictor, load
 from segadapt.predict_job import RECORDS, PredictOptions, predict_file
 from segadapt.runtime import environment

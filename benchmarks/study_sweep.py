@@ -33,7 +33,8 @@ from typing import Any
 from _paths import CAMVID_ROOT, recorded
 from segadapt.checkpoint import write_json_atomic, write_text_atomic
 from segadapt.config import STUDY_DISTORTIONS, RunConfig, dumps_toml, preset
-from segadapt.experiment import METRICS, across_presets, json_safe, run_experiment, summarise, write_results
+from segadapt.experiment import across_presets, json_safe, run_experiment, summarise, write_results
+from segadapt.protocol import METRICS
 from segadapt.runtime import environment
 
 STUDY = "study-camvid"

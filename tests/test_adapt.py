@@ -12,9 +12,10 @@ from segadapt.data import JointTransform
 from segadapt.data.pairs import PairedDataset, ShiftedSource
 from segadapt.data.synthetic import SyntheticScenes
 from segadapt.errors import CheckpointError, ConfigError, DataError, SegadaptError
-from segadapt.losses import W_INC, resolve_layers
+from segadapt.losses import resolve_layers
 from segadapt.models import VGGDeepLab
 from segadapt.models.loading import load_model
+from segadapt.models.vgg_deeplab import LAYER_PRESETS, POOLS, W_INC
 
 
 def darken(image: np.ndarray, seed: int) -> np.ndarray:
@@ -98,8 +99,8 @@ def test_any_module_with_hook_taps(tmp_path):
 
 
 def test_layer_presets():
-    assert resolve_layers("all_inc") == dict(zip(["pool1", "pool2", "pool3", "pool4", "pool5"], W_INC))
-    assert list(resolve_layers("all_dec").values()) == list(reversed(W_INC))
+    assert resolve_layers("all_inc", presets=LAYER_PRESETS) == dict(zip(POOLS, W_INC))
+    assert list(resolve_layers("all_dec", presets=LAYER_PRESETS).values()) == list(reversed(W_INC))
     assert resolve_layers(layers=["pool3", "pool5"], weights=[0.5, 1.0]) == {"pool3": 0.5, "pool5": 1.0}
     with pytest.raises(ConfigError, match="one weight per layer"):
         resolve_layers(layers=["pool3", "pool5"], weights=[0.5])

@@ -16,6 +16,7 @@ from segadapt.data.align_cache import pair_key, register_dataset, register_pairs
 from segadapt.data.base import read_image
 from segadapt.data.d2 import make_shift
 from segadapt.data.pairs import PairedDataset, ShiftedSource, image_folder, stem_seed
+from segadapt.data.shifted import recorded_transforms, write_shifted
 from segadapt.data.synthetic import SyntheticScenes
 from segadapt.errors import ConfigError, DataError
 from segadapt.losses import feature_regression_loss, tap_mask
@@ -23,7 +24,6 @@ from segadapt.models import VGGDeepLab
 from segadapt.shifts import apply_filter
 from segadapt.shifts.compose import geometry, moves_labels, parse, warp_labels
 from segadapt.shifts.misalign import affine_matrix, draw_transform, warp_image
-from segadapt.shifts.write import recorded_transforms, write_shifted
 
 SPEC = "photocopy+misalign"  # at severity 0.5: offsets 12-24 px and rotations up to 3 degrees at 480x360
 

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from segadapt.adapt import adapt
-from segadapt.cache import META_FILE, cosine, prepare, receptive_field
+from segadapt.cache import META_FILE, cosine, prepare
 from segadapt.config import preset
 from segadapt.data import JointTransform
 from segadapt.data.pairs import PairedDataset, ShiftedSource
 from segadapt.data.synthetic import SyntheticScenes
 from segadapt.errors import ConfigError, SegadaptError
 from segadapt.models import VGGDeepLab
+from segadapt.models.contract import tap_geometry
 
 CPU = torch.device("cpu")
 TAPS = ["pool1", "pool2", "pool3", "pool4", "pool5"]
@@ -92,7 +93,8 @@ def test_stride_aligned_crops_match_in_the_interior(tmp_path, teacher):
         live = teacher.features(x1[None], taps)
         cached = cache.targets(geometry[None])
         for t in taps:
-            s, r = receptive_field(teacher, t)
+            g = tap_geometry(teacher, [t])[t]
+            s, r = g.stride, g.radius
             rows = slice(-(-r // s), (96 - 1 - r) // s + 1)
             cols = slice(-(-r // s), (128 - 1 - r) // s + 1)
             assert rows.stop - rows.start >= 4 and cols.stop - cols.start >= 8

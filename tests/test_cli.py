@@ -128,7 +128,7 @@ def test_console_script_help():
 def test_adapt_then_evaluate(tmp_path, monkeypatch, capsys):
     from segadapt.data import d2
 
-    monkeypatch.setattr(d2, "_apply_filter", lambda name, sev, img, seed: img[:, ::-1].copy())
+    monkeypatch.setattr(d2, "_apply_filter", lambda name, sev, img, seed, base_size=0: img[:, ::-1].copy())
     h1 = tmp_path / "h1"
     assert main(["train", *TINY, "--out", str(h1)]) == 0
     h2 = tmp_path / "h2"

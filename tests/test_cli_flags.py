@@ -8,7 +8,7 @@ import pytest
 from segadapt.cli import build_parser, main, resolve_config
 from segadapt.cli.common import FLAGS
 from segadapt.config import load_toml, merge, parse_override
-from segadapt.shifts.write import recorded_params
+from segadapt.data.shifted import recorded_params
 
 # command line prefix for each command with config flags (the required arguments it needs to parse)
 COMMANDS = {
@@ -118,7 +118,7 @@ def test_viz_overlays_take_the_filter_set_wins_over(h1, tmp_path, monkeypatch):
 
     seen = []
     real = d2.make_shift
-    monkeypatch.setattr(d2, "make_shift", lambda name, severity: seen.append(name) or real(name, severity))
+    monkeypatch.setattr(d2, "make_shift", lambda name, *a, **k: seen.append(name) or real(name, *a, **k))
     assert main(["viz", "overlays", "--models", f"H1={h1}", "--filter", "cubism", "--set", 'shift.filter="ripple"',
                  "--images", "1", "--out", str(tmp_path / "v")]) == 0
     assert seen == ["ripple"]

@@ -12,8 +12,9 @@ from torch import nn
 from segadapt import checkpoint as ckpt
 from segadapt.errors import ConfigError
 from segadapt.models import ARCHS, NEEDS_TRANSFORMERS, HookedModel, SegmentationModel, build_model
-from segadapt.models.contract import check_taps, deepest
+from segadapt.models.contract import check_taps, deepest, measure_geometry, output_stride, preset_taps, tap_geometry
 from segadapt.models.loading import load_model, rebuild_meta
+from segadapt.models.vgg_deeplab import POOLS
 from tiny_hf import SEGFORMER, UPERNET
 
 NUM_CLASSES = 3
@@ -123,7 +124,6 @@ def test_param_groups_hold_every_parameter_once(model):
     groups = model.param_groups(0.1, 10.0)
     ids = [id(p) for g in groups for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in model.parameters())
-    assert all(g["base_lr"] == g["lr"] for g in groups)
     assert {g["lr"] for g in groups} <= {0.1, 1.0}
 
 
@@ -159,3 +159,47 @@ def test_wrapped_models_round_trip_through_a_model_file(name, tmp_path):
     back, _ = load_model(tmp_path, trusted_factories=["tiny_hf:small_cnn"])
     x = torch.randn(X)
     assert type(back) is type(m) and torch.equal(back(x), m(x))
+
+
+def test_tap_geometry_matches_the_maps(model):
+    """Channels and stride of each preset tap (or each tap of a model without presets) agree with the maps its
+    features give; measuring leaves the model's modes and gradients as they were."""
+    taps = preset_taps(model) or list(model.TAPS[:3])
+    model.train()
+    geometry = tap_geometry(model, taps)
+    assert model.training and all(p.grad is None for p in model.parameters())
+    maps = model.features(torch.zeros(X), taps)
+    for t in taps:
+        g = geometry[t]
+        assert g.channels == maps[t].shape[1], t
+        assert (X[2] + g.stride - 1) // g.stride >= maps[t].shape[2] >= X[2] // g.stride - 1, t
+        assert g.receptive_field is None or g.receptive_field >= g.stride
+
+
+def test_vgg_geometry_is_its_layer_table():
+    """The VGG's table, not a probe: pool5 sees 227 px at stride 8 (radius 113, as the loss docs say); the
+    measured strides and channels agree, and a measured field never exceeds the table's."""
+    vgg = build_model("vgg16_deeplab", NUM_CLASSES, 0.125).eval()
+    table = tap_geometry(vgg, POOLS)
+    assert [g.stride for g in table.values()] == [2, 4, 8, 8, 8] and table["pool5"].radius == 113
+    measured = measure_geometry(vgg.features, POOLS, torch.device("cpu"))
+    for t in POOLS:
+        assert (measured[t].channels, measured[t].stride) == (table[t].channels, table[t].stride)
+        assert 0 < measured[t].receptive_field <= table[t].receptive_field
+    assert output_stride(vgg) == 8
+
+
+def test_measured_geometry_of_a_plain_network():
+    """Three centred 3x3 convolutions: fields of 3, 5 and 5 px (ReLU and 1x1 add none), stride 1; no presets,
+    so predict aligns tiles to no grid."""
+    hooked = _hooked()
+    g = tap_geometry(hooked, ["stem", "body", "head"])
+    assert [(x.channels, x.stride, x.receptive_field) for x in g.values()] == [(4, 1, 3), (4, 1, 5),
+                                                                                 (NUM_CLASSES, 1, 5)]
+    assert output_stride(hooked) == 1
+
+
+def test_global_attention_has_no_bounded_field():
+    segformer = _hf(SEGFORMER)().eval()
+    g = tap_geometry(segformer, preset_taps(segformer))
+    assert [x.stride for x in g.values()] == [4, 8, 16, 32] and g["stage4"].receptive_field is None

@@ -12,7 +12,7 @@ from segadapt.errors import ConfigError, DataError
 from segadapt.shifts import FILTERS
 
 
-def darken(name: str, severity: float, image: np.ndarray, seed: int) -> np.ndarray:
+def darken(name: str, severity: float, image: np.ndarray, seed: int, base_size: int = 0) -> np.ndarray:
     return (image * (1 - 0.6 * severity)).astype(np.uint8)
 
 
@@ -189,7 +189,7 @@ def test_the_table_legend_names_only_the_baselines_that_ran():
 def test_the_selection_table_says_n_a_for_a_signal_the_probes_did_not_hold():
     """Cross-entropy on a few D2 labels alone measures no held-out loss: its row reads n/a there, not a KeyError
     (which once ended a finished sweep before results.md was written)."""
-    from segadapt.experiment import _selection_markdown
+    from segadapt.viz.report import _selection_markdown
 
     row = {"seed": 0, "shift": "photocopy", "method": "H2:stage4+d2_labels", "selected_step": 300,
            "selected_miou": 0.4, "best_miou": 0.41, "best_step": 240, "final_miou": 0.4, "regret_points": 1.0,

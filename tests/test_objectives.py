@@ -337,7 +337,7 @@ def test_adapt_select_agreement_keeps_the_most_agreeing_probe(tmp_path):
 
 def test_a_resume_refuses_a_changed_objective_even_a_dropped_term(tmp_path):
     from segadapt.errors import SegadaptError
-    from segadapt.run import refuse_changes
+    from segadapt.run_dir import refuse_changes
 
     saved = RunConfig()
     saved.adapt.objective = {"features": 1.0, "output_kl": 1.0}

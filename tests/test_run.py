@@ -1,5 +1,5 @@
-"""The run directory (run.py): its kind and finished marker, one writer at a time, full disks, machine limits,
-TensorBoard logs."""
+"""The run directory (run_dir.py, filled by run.py): its kind and finished marker, one writer at a time, full
+disks, machine limits, TensorBoard logs."""
 
 import json
 import os
@@ -31,7 +31,7 @@ def one_error_line(err: str, expected: str) -> None:
 
 
 def test_run_json_records_kind_and_finished_state(tmp_path):
-    from segadapt import run as runs
+    from segadapt import run_dir as runs
 
     assert main(["train", *TINY, "--out", str(tmp_path / "h1")]) == 0
     assert runs.read_info(tmp_path / "h1") | {"segadapt": ""} == {"kind": "train", "state": "finished", "step": 3,
@@ -43,7 +43,7 @@ def test_run_json_records_kind_and_finished_state(tmp_path):
 
 
 def test_a_run_older_than_run_json_is_told_by_its_checkpoint(tmp_path):
-    from segadapt import run as runs
+    from segadapt import run_dir as runs
 
     assert main(["train", *TINY, "--out", str(tmp_path / "h1")]) == 0
     (tmp_path / "h1" / RUN_FILE).unlink()
@@ -226,3 +226,35 @@ def test_tensorboard_without_the_package_says_how_to_install_it(tmp_path, monkey
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'segadapt[tensorboard]'" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_one_registry_holds_a_folders_lock_and_its_clean_up(tmp_path):
+    """A command's claim (clean-up on failure) and a Run's nested lock of the same folder are one entry: a
+    failure removes what the command added and the parents it made; the end of the command unlocks it."""
+    from segadapt import run_dir
+
+    out = run_dir.claim(tmp_path / "new" / "out", lock_it=True)
+    run_dir.lock(out)  # the Run inside the command locks it again
+    assert list(run_dir._HELD) == [out.resolve()] and run_dir._HELD[out.resolve()].locks == 2
+    assert (out / LOCK_FILE).read_text().strip() == str(os.getpid())
+    (out / "log.csv").write_text("step\n")
+    run_dir.discard_partial_outputs()
+    assert not (tmp_path / "new").exists()
+    run_dir.unlock_all()
+    assert not run_dir._HELD
+
+
+def test_a_lock_held_by_a_live_process_is_refused_and_a_dead_ones_taken_over(tmp_path):
+    from segadapt import run_dir
+    from segadapt.errors import SegadaptError
+
+    (tmp_path / LOCK_FILE).write_text(f"{os.getppid()}\n")  # the test runner's parent: alive
+    with pytest.raises(SegadaptError, match="in use by another segadapt process"):
+        run_dir.lock(tmp_path)
+    assert not run_dir._HELD  # a refused lock leaves no entry behind
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / LOCK_FILE).write_text(gone.stdout)
+    run_dir.lock(tmp_path)
+    assert (tmp_path / LOCK_FILE).read_text().strip() == str(os.getpid())
+    run_dir.unlock(tmp_path)
+    assert not (tmp_path / LOCK_FILE).exists() and not run_dir._HELD

@@ -61,8 +61,8 @@ def test_network_units_give_the_same_shift_at_two_stored_sizes():
 
 
 def test_the_marker_records_units_base_size_and_factor(tmp_path):
+    from segadapt.data.shifted import marker_path, write_shifted
     from segadapt.data.synthetic import SyntheticScenes
-    from segadapt.shifts.write import marker_path, write_shifted
 
     source = SyntheticScenes(2, size=(32, 48))
     r = write_shifted(source, None, tmp_path, "val", "ripple", 0.5, workers=1, units="network", base_size=16)
@@ -79,9 +79,9 @@ def test_the_marker_records_units_base_size_and_factor(tmp_path):
 
 def test_network_units_filter_the_stored_image_at_the_factor(tmp_path):
     """D2 files keep D1's size; a factor of 2 is the severity's lengths doubled on the stored image."""
+    from segadapt.data.shifted import write_shifted
     from segadapt.data.synthetic import SyntheticScenes
     from segadapt.shifts import apply_filter
-    from segadapt.shifts.write import write_shifted
 
     source = SyntheticScenes(1, size=(32, 48))
     write_shifted(source, None, tmp_path, "val", "cubism", 0.5, seed=3, workers=1, base_size=16)
@@ -129,7 +129,7 @@ def test_subset_is_fixed_by_the_seed():
     assert a != subset_indices(100, 7, 4)
 
 
-def darken(name: str, severity: float, image: np.ndarray, seed: int) -> np.ndarray:
+def darken(name: str, severity: float, image: np.ndarray, seed: int, base_size: int = 0) -> np.ndarray:
     return (image * (1 - 0.9 * severity)).astype(np.uint8)
 
 

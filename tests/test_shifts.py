@@ -292,9 +292,9 @@ def test_gegl_backend_failure_reports_last_stderr_line(monkeypatch, tmp_path):
 
 def test_an_interrupted_shift_run_still_refuses_other_parameters(tmp_path):
     """Without a marker written up front, a rerun at another severity would mix two D2s in one folder."""
+    from segadapt.data.shifted import write_shifted
     from segadapt.data.synthetic import SyntheticScenes
     from segadapt.errors import DataError
-    from segadapt.shifts.write import write_shifted
 
     class StopsAtTwo(SyntheticScenes):
         def load(self, i):
@@ -397,7 +397,7 @@ def test_a_resumed_shift_rewrites_truncated_or_emptied_outputs(tmp_path):
     from segadapt.config import DataConfig
     from segadapt.data import build_source
     from segadapt.data.base import read_image, read_mask
-    from segadapt.shifts.write import write_shifted
+    from segadapt.data.shifted import write_shifted
 
     root, out = tmp_path / "d1", tmp_path / "d2"
     rng = np.random.default_rng(0)

@@ -2,14 +2,13 @@ import csv
 import itertools
 import json
 
-import pytest
 import torch
 
 from segadapt import checkpoint as ckpt
 from segadapt.config import load_toml
 from segadapt.data.sampler import EpochSampler
 from segadapt.models.loading import load_model
-from segadapt.run import poly_lr
+from segadapt.run import poly_schedule
 from segadapt.train import train
 from tiny import tiny_train_config
 
@@ -19,9 +18,37 @@ def tiny_config(iterations: int = 6):
 
 
 def test_poly_schedule():
-    assert poly_lr(0.1, 0, 100, 0.9) == 0.1
-    assert poly_lr(0.1, 50, 100, 0.9) == pytest.approx(0.1 * 0.5**0.9)
-    assert poly_lr(0.1, 100, 100, 0.9) == 0.0
+    opt = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.1},
+                           {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1.0}])
+    schedule = poly_schedule(opt, 100, 0.9)
+    rates = []
+    for _ in range(101):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    assert rates[0] == 0.1 and rates[50] == 0.1 * (1.0 - 50 / 100) ** 0.9 and rates[100] == 0.0
+    assert opt.param_groups[1]["initial_lr"] == 1.0  # each group's own base rate
+
+
+def test_poly_schedule_resumes_from_the_optimizers_state():
+    """A resumed schedule reads its base rates from the optimizer state a resume point holds, and takes the
+    rate at the resumed step with the run's (possibly extended) length; older points kept them as base_lr."""
+    def optimizer() -> torch.optim.SGD:
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+
+    first = optimizer()
+    schedule = poly_schedule(first, 10, 0.9)
+    for _ in range(4):
+        first.step()
+        schedule.step()
+    resumed = optimizer()
+    resumed.load_state_dict(first.state_dict())
+    resumed.param_groups[0]["lr"] = 123.0  # whatever the state held, the schedule sets the step's rate
+    assert poly_schedule(resumed, 10, 0.9, start=4).get_last_lr() == schedule.get_last_lr()
+    assert poly_schedule(resumed, 20, 0.9, start=4).get_last_lr() == [0.1 * (1.0 - 4 / 20) ** 0.9]
+    old = optimizer()
+    old.param_groups[0].update(base_lr=0.1, lr=0.05)
+    assert poly_schedule(old, 10, 0.9, start=4).get_last_lr() == schedule.get_last_lr()
 
 
 def test_epoch_sampler_resumes_mid_epoch():

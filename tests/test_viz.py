@@ -193,3 +193,32 @@ def test_report_accepts_what_experiment_writes_with_nan_as_null(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"summary": summary, "distortion": {"ripple": None}}))
     page = write_report(tmp_path).read_text()
     assert "n/a" in page and '<tr class="best"><td>B2</td>' in page
+
+
+BACKEND_CHECK = """
+import importlib, pkgutil, sys
+import matplotlib
+matplotlib.use("pdf")  # a user's own choice, which segadapt must leave alone
+import segadapt
+for m in pkgutil.walk_packages(segadapt.__path__, "segadapt."):
+    if ".cli" not in m.name and m.name != "segadapt.__main__":
+        importlib.import_module(m.name)
+assert matplotlib.get_backend() == "pdf", "import switched the backend to " + matplotlib.get_backend()
+from segadapt.viz.plots import save_figure, subplots
+fig, ax = subplots(figsize=(2, 2))
+ax.plot([0, 1], [1, 0])
+save_figure(fig, __import__("pathlib").Path(sys.argv[1]))
+assert matplotlib.get_backend() == "pdf", "writing a figure switched the backend to " + matplotlib.get_backend()
+"""
+
+
+def test_segadapt_never_switches_matplotlibs_backend(tmp_path):
+    """Importing any module, or writing a figure, keeps the backend a notebook user chose; PNGs still come out."""
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    out = tmp_path / "f.png"
+    result = subprocess.run([sys.executable, "-c", BACKEND_CHECK, str(out)], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

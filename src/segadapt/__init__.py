@@ -13,10 +13,10 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.1.0"
+from segadapt.version import __version__
 
-# public name -> the module that holds it; imported on first use, never here: every module imports this package
-# (for __version__), so an import of the API here would make each of them import the whole library
+# public name -> the module that holds it; imported on first use, so `import segadapt` (and the CLI's start)
+# stays light: no torch until a name is used
 _API = {
     "load_model": "segadapt.api", "adapt_model": "segadapt.api", "evaluate_model": "segadapt.api",
     "AdaptResult": "segadapt.api", "Metrics": "segadapt.api", "ModelCard": "segadapt.card",

@@ -206,14 +206,12 @@ def adapt(
     for p in student.parameters():
         p.requires_grad_(id(p) in train_ids)
     optimizer = torch.optim.SGD(trainable, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
-    for group in optimizer.param_groups:
-        group["base_lr"] = tc.lr
     objective.to(device)
     if objective.calibrates:  # statistics of H1 on D1 (features_std), before the first step
         objective.calibrate(list(d1_maps(teacher, pairs, fit_ids, taps, run.per_rank, tc.seed, device)))
     learned = list(objective.parameters())
     if learned:  # the uncertainty weighting's log-variances: trained with the student, never decayed
-        optimizer.add_param_group({"params": learned, "lr": tc.lr, "weight_decay": 0.0, "base_lr": tc.lr})
+        optimizer.add_param_group({"params": learned, "lr": tc.lr, "weight_decay": 0.0})
     draws = None if labelled is None else LabelledDraws(labelled, cfg, max(1, round(ac.d2_label_share * run.per_rank)))
     # under torchrun: only the student is wrapped (the teacher never trains)
     student_net = wrap_ddp(StudentPass(student, student_features, taps, objective.needs_maps,
@@ -277,7 +275,7 @@ def adapt(
         for (x1, x2, *rest), ids in run.batches(fit_pairs, fit_ids):
             if step >= tc.iterations:
                 break
-            lr = run.set_lr(optimizer, step)
+            lr = run.lr
             x1, x2 = run.to_device(x1), run.to_device(x2)
             valid = rest.pop().to(device) if pairs.with_valid else None  # registered pairs: where X2 has a source
             loss, parts = objective(batch_outputs(x1, x2, rest, valid, step))
@@ -290,6 +288,7 @@ def adapt(
                 torch.nn.utils.clip_grad_norm_(trainable, ac.grad_clip)
             run.check_grads(trainable, step + 1, ids, fix)  # before the step: the student's weights stay finite
             optimizer.step()
+            run.schedule.step()
             step += 1
             seen += x1.shape[0] * run.world
             run.progress(loss=f"{loss_value:.4g}")

@@ -44,7 +44,7 @@ from segadapt import checkpoint as ckpt
 from segadapt import distributed
 from segadapt.data.pairs import PairedDataset
 from segadapt.errors import ConfigError, SegadaptError
-from segadapt.models.contract import translation_equivariant
+from segadapt.models.contract import tap_geometry, translation_equivariant
 from segadapt.models.taps import Features
 
 FORMAT = 2  # 2: a CRC-32 per frame and tap
@@ -52,7 +52,6 @@ META_FILE = "cache.json"
 DTYPE = np.float16
 COSINE_MIN = 0.999
 NORM_TOLERANCE = 0.01  # |1 - ||cached|| / ||live|||: cosine alone would miss rescaled weights
-PROBE_GROWTH = 128  # extra pixels of the second stride probe; strides must divide it
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -65,46 +64,22 @@ def model_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def receptive_field(model: nn.Module, tap: str) -> tuple[int, int]:
-    """(stride, radius in input pixels) of `tap` for a model with `stages()` (the built-in VGG).
-
-    Every conv and pool here is centred (padding = half the dilated kernel), so cell j of a tap depends on
-    input pixels j*stride - radius .. j*stride + radius: the border band where a crop's maps can differ.
-    """
-    stride, size = 1, 1
-    for name, module in model.stages():  # type: ignore[operator]
-        for m in module.modules():
-            if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
-                k, s, d = (_pair(getattr(m, a))[0] for a in ("kernel_size", "stride", "dilation"))
-                size += d * (k - 1) * stride
-                stride *= s
-        if name == tap:
-            return stride, (size - 1) // 2
-    raise ValueError(f"{tap!r} is not a tap of {type(model).__name__}")
-
-
-def _pair(v: Any) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+def tap_strides(teacher: nn.Module, taps: Sequence[str], device: torch.device) -> dict[str, int]:
+    """Each tap's stride, from the model contract's geometry (the VGG's layer table, or measured for any
+    network `tap_features` can tap); one that is no power of two cannot be cached."""
+    strides = {t: g.stride for t, g in tap_geometry(teacher, taps, device, fields=False).items()}
+    for t, s in strides.items():
+        if s & (s - 1):
+            raise SegadaptError(f"tap {t!r} has stride {s}, no power of two; it cannot be cached")
+    return strides
 
 
 @torch.inference_mode()
-def probe_maps(
-    features: Features, taps: Sequence[str], crop: tuple[int, int], device: torch.device
-) -> tuple[dict[str, int], dict[str, tuple[int, int, int]]]:
-    """Each tap's stride (measured: how much the map grows when the input grows) and its map shape on a crop.
-
-    Measured rather than read off the architecture so it holds for any network `tap_features` can tap.
-    """
-    ch, cw = crop
-    small = features(torch.zeros(1, 3, ch, cw, device=device), list(taps))
-    big = features(torch.zeros(1, 3, ch + PROBE_GROWTH, cw + PROBE_GROWTH, device=device), list(taps))
-    strides: dict[str, int] = {}
-    for t in taps:
-        grow = (big[t].shape[-2] - small[t].shape[-2], big[t].shape[-1] - small[t].shape[-1])
-        if grow[0] <= 0 or grow[0] != grow[1] or PROBE_GROWTH % grow[0]:
-            raise SegadaptError(f"tap {t!r} has no fixed power-of-two stride; it cannot be cached")
-        strides[t] = PROBE_GROWTH // grow[0]
-    return strides, {t: (int(small[t].shape[1]), int(small[t].shape[2]), int(small[t].shape[3])) for t in taps}
+def crop_maps(features: Features, taps: Sequence[str], crop: tuple[int, int],
+              device: torch.device) -> dict[str, tuple[int, int, int]]:
+    """Each tap's map shape (C, h, w) on a crop."""
+    maps = features(torch.zeros(1, 3, *crop, device=device), list(taps))
+    return {t: (int(maps[t].shape[1]), int(maps[t].shape[2]), int(maps[t].shape[3])) for t in taps}
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -321,8 +296,8 @@ def open_or_build(directory: Path, pairs: PairedDataset, teacher: nn.Module, fea
     """
     if pairs.photometric:
         raise ConfigError("adapt.teacher_cache needs shift.photometric = 0: jittered X1 images cannot be cached")
-    strides, crop_maps = probe_maps(features, taps, pairs.transform.crop, device)
-    wanted = _describe(pairs, teacher, taps, strides, crop_maps)
+    strides = tap_strides(teacher, taps, device)
+    wanted = _describe(pairs, teacher, taps, strides, crop_maps(features, taps, pairs.transform.crop, device))
     meta_path = directory / META_FILE
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"adapt.teacher_cache = {directory}: that is a file; give a directory for the cache")

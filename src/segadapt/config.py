@@ -437,6 +437,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
 # these and checked against them, so config needs neither torch nor an import back from the code it configures.
 OBJECTIVE_TERMS = ("features", "features_std", "output_kl", "paired_pseudo", "entropy", "d2_labels")
 PEER_METHODS = ("adabn", "tent", "self_training")
+NORM_MODES = ("keep", "adabn")  # adapt.norm; models/modes.py implements each
 
 
 def check_objective(table: dict[str, float], where: str) -> None:
@@ -474,13 +475,8 @@ def _file_name() -> tuple[Any, str]:
 
 
 def _norm_mode() -> tuple[Any, str]:
-    """adapt.norm: one of models/modes.py's NORM_MODES, imported when a value is checked (config needs no torch)."""
-    def ok(value: str) -> bool:
-        from segadapt.models.modes import NORM_MODES
-
-        return value in NORM_MODES
-
-    return ok, "keep (H1's BatchNorm statistics) or adabn (re-estimated on D2)"
+    """adapt.norm: one of NORM_MODES (models/modes.py)."""
+    return (lambda value: value in NORM_MODES), "keep (H1's BatchNorm statistics) or adabn (re-estimated on D2)"
 
 
 def _peer_method() -> tuple[Any, str]:

@@ -416,7 +416,7 @@ def _check_pairs_csv(report: Report, cfg: RunConfig, csv_path: str, limit: int) 
 
 def _truths(d2: Path, split: str) -> dict[str, np.ndarray]:
     """Ground-truth transforms a `segadapt shift` with misalign recorded for the split ({} when none)."""
-    from segadapt.shifts.write import recorded_transforms
+    from segadapt.data.shifted import recorded_transforms
 
     try:
         return recorded_transforms(d2, split) if (d2 / f".segadapt-shift-{split}.json").is_file() else {}

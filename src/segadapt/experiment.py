@@ -37,7 +37,6 @@ from segadapt.data.d2 import d2_source, materialise_d2, with_shift
 from segadapt.data.pairs import PairedDataset
 from segadapt.errors import ConfigError, DataError, Diverged
 from segadapt.evaluate import score
-from segadapt.losses import LAYER_PRESETS
 from segadapt.metrics import Scores, distortion
 from segadapt.models import build_model
 from segadapt.models.contract import (
@@ -49,15 +48,14 @@ from segadapt.models.contract import (
     tap_listing,
 )
 from segadapt.models.loading import data_norm, load_model, rebuild
+from segadapt.models.vgg_deeplab import VGGDeepLab
 from segadapt.paths import check_name, remove_tree
 from segadapt.peers import PEERS, run_peer
-from segadapt.run import finished_step
+from segadapt.protocol import BASELINE_MEANINGS, BASELINES, METRICS, SummaryEntry, SweepResults
+from segadapt.run_dir import finished_step
 from segadapt.runtime import environment, select_device
 from segadapt.selection import agreement, finite_or_none, spearman
 from segadapt.train import train
-from segadapt.viz.report import BASELINE_MEANINGS, method_legend
-
-METRICS = ("mean_acc", "miou", "pixel_acc")
 
 
 def _row(seed: int, shift: str, method: str, s: Scores) -> dict[str, Any]:
@@ -85,7 +83,6 @@ def _diverged_row(seed: int, shift: str, method: str, e: Diverged) -> dict[str, 
     return {"seed": seed, "shift": shift, "method": method, **{m: math.nan for m in METRICS}, "diverged": str(e)}
 
 
-BASELINES = tuple(BASELINE_MEANINGS)  # B0, B1, B2 and the peers
 
 
 def check_experiment(cfg: RunConfig, model: SegmentationModel | None = None) -> None:
@@ -106,7 +103,7 @@ def check_experiment(cfg: RunConfig, model: SegmentationModel | None = None) -> 
             if "+" in name or "=" in name:  # a composition: checked (and explained) by its parser
                 parse(name)
                 known_filters.append(name)
-    presets = list(model.layer_presets()) if model is not None else list(LAYER_PRESETS)
+    presets = list((model if model is not None else VGGDeepLab).layer_presets())
     unknown_presets = [v for v in ex.layer_presets if v not in presets and (model is None or v not in model.TAPS)]
     if unknown_presets:
         name = type(getattr(model, "net", model)).__name__
@@ -409,12 +406,12 @@ def _scores_from(metrics: dict[str, Any]) -> Scores:
     return Scores(value("pixel_acc"), value("mean_acc"), value("miou"), [], [], 0)
 
 
-def summarise(rows: list[dict[str, Any]], filters: list[str]) -> dict[str, Any]:
+def summarise(rows: list[dict[str, Any]], filters: list[str]) -> SweepResults:
     """Mean and std over seeds per (shift, method), and each shift's distortion of H1."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["shift"], r["method"]), []).append(r)
-    summary = []
+    summary: list[SummaryEntry] = []
     for (shift, method), rs in groups.items():
         # diverged: seeds whose run went non-finite (no scores)
         entry: dict[str, Any] = {"shift": shift, "method": method, "seeds": len(rs),
@@ -423,7 +420,7 @@ def summarise(rows: list[dict[str, Any]], filters: list[str]) -> dict[str, Any]:
             vals = [r[m] for r in rs if math.isfinite(r[m])]
             entry[m] = statistics.fmean(vals) if vals else math.nan
             entry[f"{m}_std"] = statistics.stdev(vals) if len(vals) > 1 else (0.0 if vals else math.nan)
-        summary.append(entry)
+        summary.append(SummaryEntry(**entry))  # type: ignore[typeddict-item]
     lookup = {(e["shift"], e["method"]): e for e in summary}
     dist = {}
     h1 = lookup.get(("none", "H1"))
@@ -445,8 +442,9 @@ def across_presets(selection: list[dict[str, Any]]) -> dict[str, float | None]:
     }
 
 
-def write_results(results: dict[str, Any], out_dir: Path) -> None:
+def write_results(results: SweepResults, out_dir: Path) -> None:
     from segadapt.viz.plots import plot_layers, plot_methods
+    from segadapt.viz.report import results_markdown
 
     ckpt.write_json_atomic(out_dir / "results.json", json_safe(results))
     fields = ["shift", "method", "seeds", "diverged", *[k for m in METRICS for k in (m, f"{m}_std")]]
@@ -455,7 +453,7 @@ def write_results(results: dict[str, Any], out_dir: Path) -> None:
         w.writeheader()
         w.writerows(results["summary"])
     plots = [plot_methods(results, out_dir / "methods.png"), plot_layers(results, out_dir / "layers.png")]
-    ckpt.write_text_atomic(out_dir / "results.md", markdown(results, [p.name for p in plots if p]))
+    ckpt.write_text_atomic(out_dir / "results.md", results_markdown(results, [p.name for p in plots if p]))
 
 
 def json_safe(value: Any) -> Any:
@@ -467,87 +465,3 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
-
-
-def markdown(results: dict[str, Any], figures: list[str]) -> str:
-    def fmt(e: dict[str, Any], m: str) -> str:
-        if math.isnan(e[m]):
-            return "n/a"
-        return f"{e[m]:.3f} ± {e[m + '_std']:.3f}" if e["seeds"] > 1 else f"{e[m]:.3f}"
-
-    lines = ["# segadapt experiment", ""]
-    h1 = next((e for e in results["summary"] if e["method"] == "H1"), None)
-    if h1:
-        lines += [f"H1 on D1 (val): mean accuracy {fmt(h1, 'mean_acc')}, mIoU {fmt(h1, 'miou')}", ""]
-    shifts = [s for s in dict.fromkeys(e["shift"] for e in results["summary"]) if s != "none"]
-    for s in shifts:
-        lines += [f"## Shift: {s}", ""]
-        if results["distortion"].get(s) is not None:
-            lines += [f"Distortion of H1: {results['distortion'][s]:.3f}", ""]
-        lines += _search_markdown(results, s)
-        lines += ["| method | mean accuracy | mIoU | pixel accuracy |", "| --- | --- | --- | --- |"]
-        for e in results["summary"]:
-            if e["shift"] == s:
-                name = e["method"] + (f" ({e['diverged']} of {e['seeds']} diverged)" if e.get("diverged") else "")
-                lines.append(f"| {name} | {fmt(e, 'mean_acc')} | {fmt(e, 'miou')} | {fmt(e, 'pixel_acc')} |")
-        lines.append("")
-    lines += [method_legend({e["method"] for e in results["summary"]}), ""]
-    lines += _selection_markdown(results)
-    lines += [f"![{f}]({f})" for f in figures]
-    return "\n".join(lines) + "\n"
-
-
-def _search_markdown(results: dict[str, Any], shift: str) -> list[str]:
-    found = [r for r in results.get("severity_search") or [] if r["shift"] == shift]
-    if not found:
-        return []
-    first = found[0]
-    lines = [f"Severity searched for H1's distortion {first['target']:g} ± {first['tolerance']:g} on "
-             f"{first['info'].get('images')} {first['info'].get('split')} images "
-             f"({first['info'].get('units')} units):", "",
-             "| seed | severity | distortion (search images) | distortion (val) | reached | note |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for r in found:
-        val = r.get("val_distortion")
-        lines.append(f"| {r['seed']} | {r['severity']:.4f} | {r['distortion']:.3f} | "
-                     f"{'n/a' if val is None else f'{val:.3f}'} | {'yes' if r['reached'] else 'no'} | "
-                     f"{'' if r['reached'] else r['message']} |")
-    return lines + [""]
-
-
-def _selection_markdown(results: dict[str, Any]) -> list[str]:
-    sel = results.get("selection") or []
-    if not sel:
-        return []
-    lines = [
-        "## Label-free checkpoint selection", "",
-        "Each adaptation was probed during training on held-out pairs; adapt.select's signal (the agreement of "
-        "H2's labels with H1's unless set otherwise) made the label-free choice (model_selected.safetensors). "
-        "mIoU on D2 judges it here. Regret: mIoU points below the best probe, for the choice each signal would "
-        "make. Rank correlations: +1 means the signal orders checkpoints exactly as mIoU does.", "",
-        "| seed | shift | method | selected step | mIoU there | best mIoU (step) | final mIoU | regret (points) "
-        "| regret by loss / agreement / entropy | rank corr, held-out loss | rank corr, agreement "
-        "| rank corr, entropy |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in sel:
-        regrets = " / ".join(_points(r.get(f"regret_{k}")) for k in ("loss", "agreement", "entropy"))
-        lines.append(
-            f"| {r['seed']} | {r['shift']} | {r['method']} | {r['selected_step']} | {r['selected_miou']:.3f} | "
-            f"{r['best_miou']:.3f} ({r['best_step']}) | {r['final_miou']:.3f} | {r['regret_points']:.2f} | "
-            f"{regrets} | {_corr(r.get('rank_corr_loss'))} | {_corr(r.get('rank_corr_agreement'))} | "
-            f"{_corr(r.get('rank_corr_entropy'))} |"  # a signal the probes did not hold (no pairs term): n/a
-        )
-    across = results.get("selection_across_presets") or {}
-    if across:
-        lines += ["", "Across layer presets, rank correlation of (low) final entropy with final mIoU: "
-                  + ", ".join(f"{k}: {_corr(v)}" for k, v in across.items())]
-    return lines + [""]
-
-
-def _points(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
-
-
-def _corr(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}"

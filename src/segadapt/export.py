@@ -33,8 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from segadapt.base_size import base_scale
 from segadapt.checkpoint import atomic_path, write_json_atomic
-from segadapt.data.transforms import base_scale, resize_image
+from segadapt.data.transforms import resize_image
 from segadapt.errors import SegadaptError
 from segadapt.models.factory import sha256_file
 from segadapt.owned_files import owned, read_record, with_files

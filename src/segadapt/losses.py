@@ -1,4 +1,5 @@
-"""The feature-regression loss and the study's layer-weight presets.
+"""The feature-regression loss, and layer sets resolved against a model's presets (the contract's
+`layer_presets`; the study's VGG table lives with the VGG, models/vgg_deeplab.py).
 
 loss = sum_l w_l * mean((F1_l(X1) - F2_l(X2))^2): a per-element mean inside each layer, so layers of
 different sizes are comparable and the weights alone set their balance.
@@ -21,22 +22,15 @@ import torch.nn.functional as F
 
 from segadapt.errors import ConfigError
 
-POOLS = ("pool1", "pool2", "pool3", "pool4", "pool5")
-W_INC = (0.2, 0.4, 0.6, 0.8, 0.9)
-W_DEC = tuple(reversed(W_INC))
-# preset name -> (taps, weights); models hand out their own table (SegmentationModel.layer_presets)
+# preset name -> (taps, weights), as a model's layer_presets() hands them out
 LayerPresets = dict[str, tuple[tuple[str, ...], tuple[float, ...]]]
-LAYER_PRESETS: LayerPresets = {
-    **{p: ((p,), (1.0,)) for p in POOLS},
-    "all_inc": (POOLS, W_INC),
-    "all_dec": (POOLS, W_DEC),
-}
-LAYER_PRESETS["all"] = LAYER_PRESETS["all_inc"]
 
 
 def resolve_layers(preset: str = "", layers: Sequence[str] = (), weights: Sequence[float] = (),
-                   presets: LayerPresets = LAYER_PRESETS) -> dict[str, float]:
-    """Tap name -> weight, from a preset name (of `presets`) or explicit layers (weights default to 1)."""
+                   presets: LayerPresets | None = None) -> dict[str, float]:
+    """Tap name -> weight, from a preset name (of `presets`, a model's table) or explicit layers (weights
+    default to 1)."""
+    presets = presets or {}
     if preset:
         if preset not in presets:
             raise ConfigError(f"unknown layer preset {preset!r}; choose one of {', '.join(presets)}")

@@ -139,7 +139,7 @@ def _optimizer(method: str, student: nn.Module, cfg: RunConfig) -> tuple[torch.o
         return _placeholder_optimizer(), []
     if method == "tent":
         params = norm_affine_parameters(student)
-        groups: list[dict[str, Any]] = [{"params": params, "lr": tc.lr, "base_lr": tc.lr}]
+        groups: list[dict[str, Any]] = [{"params": params, "lr": tc.lr}]
         weight_decay = 0.0
     else:
         student.requires_grad_(True)
@@ -227,7 +227,7 @@ def run_peer(
             if step >= tc.iterations:
                 break
             x2, valid = run.to_device(x2), valid.to(device, non_blocking=True)
-            lr = run.set_lr(optimizer, step) if trainable else 0.0
+            lr = run.lr if trainable else 0.0
             if not trainable:  # adabn: a forward pass moves the statistics
                 with torch.no_grad(), autocast(device, tc.precision):
                     student(x2)
@@ -239,6 +239,7 @@ def run_peer(
                 loss.backward()
                 run.check_grads(trainable, step + 1, ids, f"{fix}; weights were not updated")
                 optimizer.step()
+                run.schedule.step()
             step += 1
             seen += x2.shape[0] * run.world
             run.progress(**({"loss": f"{loss_value:.4g}"} if trainable else {}))

@@ -41,10 +41,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from segadapt.base_size import base_scale
 from segadapt.data.palettes import generic
 from segadapt.data.rasters import ArrayReader, RasterReader, Resampled
-from segadapt.data.transforms import base_scale, resize_image
+from segadapt.data.transforms import resize_image
 from segadapt.errors import ConfigError
+from segadapt.models.contract import output_stride
 from segadapt.models.scale import window_factor
 from segadapt.progress import bar as progress_bar
 from segadapt.speed import PrecisionChoice, autocast, choose_inference_precision
@@ -103,6 +105,7 @@ class Predictor:
     precision: str = "fp32"  # or bf16 autocast (--precision; `sample_precision` settles "auto")
     runner: Callable[[torch.Tensor], torch.Tensor] | None = None  # another runtime (predict_runtime), else model
     _act_px: float = field(default=0.0, repr=False)
+    _stride: int = field(default=0, repr=False)
 
     @classmethod
     def from_meta(cls, model: nn.Module, meta: Mapping[str, Any] | ModelCard, data: Any = None,
@@ -183,6 +186,12 @@ class Predictor:
         """Float32 CPU logits N x C x h x w for a batch of tiles."""
         with autocast(self.device, self.precision):
             return (self.runner or self.model)(self.normalise(tiles)).float().cpu()
+
+    def output_stride(self) -> int:
+        """The model's coarsest stride (the contract's geometry), which default tile overlaps are multiples of."""
+        if not self._stride:
+            self._stride = output_stride(self.model)
+        return self._stride
 
     def activation_bytes_per_pixel(self) -> float:
         """Working memory of a forward per input pixel, estimated once from one small probe pass: four
@@ -314,14 +323,23 @@ def working_bytes(th: int, tw: int, width: int, classes: int, batch: int, act_px
     return forward + band + chunk
 
 
-def default_overlap(tile: int) -> int:
-    """A quarter of the tile, in multiples of 8 (the VGG's output stride)."""
-    return max(8, tile // 4 // 8 * 8)
+def default_overlap(tile: int, stride: int = 1) -> int:
+    """A quarter of the tile, in multiples of the model's output stride (8 for the VGG), so neighbouring
+    tiles share whole cells of its coarsest grid."""
+    return max(stride, tile // 4 // stride * stride)
+
+
+def check_overlap(overlap: int, tile: int, tiled: bool = True) -> int:
+    """The overlap rule: at least 0, and at most half the tile when the image is cut into tiles."""
+    if overlap < 0 or (tiled and overlap > tile // 2):
+        raise ConfigError(f"--overlap {overlap}: must be 0 to half the tile ({tile // 2})")
+    return overlap
 
 
 def plan_tiles(height: int, width: int, classes: int, act_px: float, *, tile: int | None = None,
-               overlap: int | None = None, batch: int = 4, memory_mb: float = 1024) -> TilePlan:
-    """The tile grid for an image at the network's scale (see the module docstring for the rules)."""
+               overlap: int | None = None, batch: int = 4, memory_mb: float = 1024, stride: int = 1) -> TilePlan:
+    """The tile grid for an image at the network's scale (see the module docstring for the rules); `stride`:
+    the model's output stride, which a default overlap is a multiple of."""
     if tile is not None and tile < MIN_TILE:
         raise ConfigError(f"--tile {tile}: tiles must be at least {MIN_TILE} pixels a side")
     needs_mb = None
@@ -342,9 +360,9 @@ def plan_tiles(height: int, width: int, classes: int, act_px: float, *, tile: in
                 needs_mb = need[0] / 2**20 if need[0] > budget else None
     th, tw = min(tile, height), min(tile, width)
     tiled = th < height or tw < width
-    overlap = (default_overlap(tile) if tiled else 0) if overlap is None else overlap
-    if overlap < 0 or (tiled and overlap > tile // 2):
-        raise ConfigError(f"--overlap {overlap}: must be 0 to half the tile ({tile // 2})")
+    if overlap is None:
+        overlap = default_overlap(tile, stride) if tiled else 0
+    overlap = check_overlap(overlap, tile, tiled)
     ys, xs = positions(height, th, overlap), positions(width, tw, overlap)
     return TilePlan(th, tw, overlap, max(1, min(batch, len(xs))), tuple(ys), tuple(xs), needs_mb)
 
@@ -504,7 +522,7 @@ def predict_image(pred: Predictor, source: RasterReader, outputs: ImageOutputs |
     if s != 1.0:  # decoded whole: resized as evaluation resizes; read in windows: resampled window by window
         net = ArrayReader(resize_image(source.image, s)) if isinstance(source, ArrayReader) else Resampled(source, s)
     plan = plan_tiles(net.height, net.width, pred.num_classes, pred.activation_bytes_per_pixel(), tile=tile,
-                      overlap=overlap, batch=batch, memory_mb=memory_mb)
+                      overlap=overlap, batch=batch, memory_mb=memory_mb, stride=pred.output_stride())
     if plan.needs_mb is not None:
         tqdm.write(f"segadapt: warning: {desc}: --memory-mb {memory_mb:g} is less than the smallest tile plan needs "
                    f"(about {plan.needs_mb:.0f} MB: {plan.tile_h}x{plan.tile_w} tiles one at a time, rows "

@@ -26,7 +26,7 @@ from segadapt.checkpoint import write_json_atomic
 from segadapt.data.rasters import GeoTiffReader, is_tiff, open_raster, rasterio_or_none
 from segadapt.errors import ConfigError, DataError, SegadaptError
 from segadapt.paths import check_path
-from segadapt.predict import Predictor, predict_image
+from segadapt.predict import Predictor, check_overlap, predict_image
 from segadapt.predict_bands import Band, predict_band, remove_bands, replay
 from segadapt.predict_outputs import ImageOutputs, OutputSpec, output_names
 from segadapt.predict_records import (
@@ -69,8 +69,8 @@ class PredictOptions:
             raise ConfigError(f"--batch {self.batch}: must be at least 1")
         if not self.memory_mb > 0:
             raise ConfigError(f"--memory-mb {self.memory_mb}: must be > 0")
-        if self.tile is not None and self.overlap is not None and not 0 <= self.overlap <= self.tile // 2:
-            raise ConfigError(f"--overlap {self.overlap}: must be 0 to half the tile ({self.tile // 2})")
+        if self.tile is not None and self.overlap is not None:
+            check_overlap(self.overlap, self.tile)
         return self
 
     def settings(self) -> dict[str, Any]:

@@ -5,27 +5,16 @@ set-up (seed, threads, device, process group), the run directory (claimed by thi
 config.toml, run.json), the sharded loader, the log (log.csv, optional TensorBoard), resume points (saved
 only after the finiteness check), the progress bar, Ctrl-C and the time budget, and the finished marker.
 
-The run directory's own rules live here too, so the CLI only reads a saved config, applies flags and asks:
-- run.json records the run's kind ("train", "adapt" or "peer") and state; `state = "finished"` is written after
-  every other file, so a run that failed while writing its results is resumable, not "already finished".
-- A directory holds a run once it has a resume point or a finished marker; one left by a start that failed
-  before its first checkpoint (disk full, bad data) can be run again.
-- `.lock` holds the pid of the process writing the directory: a second writer is refused in one line; a
-  lock whose process is gone is taken over.
-- `resumed_config`: what a resumed run may change (how long and where it runs, `RESUMABLE`), never what it
-  learns with (the checkpoint's optimizer and RNG state would silently overrule a new lr or seed).
+The run directory's own rules (lock, run.json, what a resume may change) are run_dir.py's.
 
 Under torchrun only rank 0 writes files and draws progress bars.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import csv
 import errno
-import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,15 +23,17 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from segadapt import __version__, distributed, progress
 from segadapt import checkpoint as ckpt
-from segadapt.config import RunConfig, dumps_toml, load_toml, to_dict
+from segadapt import distributed, progress
+from segadapt.config import RunConfig, dumps_toml, load_toml
 from segadapt.data.sampler import EpochSampler, batches
-from segadapt.errors import CheckpointError, ConfigError, Interrupted, SegadaptError
+from segadapt.errors import CheckpointError, ConfigError, Interrupted
 from segadapt.guards import describe_batch, global_loss, grads_finite, nonfinite_error, refuse_nonfinite
+from segadapt.run_dir import KINDS, RUN_FILE, lock, unlock, write_info
 from segadapt.runtime import (
     InterruptFlag,
     check_batch,
@@ -52,174 +43,6 @@ from segadapt.runtime import (
     warn_if_busy,
 )
 from segadapt.speed import Variant, fastest_training, precision_candidates
-
-RUN_FILE = "run.json"
-LOCK_FILE = ".lock"
-KINDS = ("train", "adapt", "peer")
-# what a resumed run may change: how long and where it runs, and how it reports, not what it learns
-RESUMABLE = {"name", "out_dir", "data.root", "data.num_workers", "train.iterations", "train.time_budget_s",
-             "train.checkpoint_every", "train.log_every", "train.eval_every", "train.device", "train.threads",
-             "train.tensorboard"}
-
-
-# --- the directory: claim, kind, state ------------------------------------------------------------------
-
-_HELD: dict[Path, int] = {}  # run directories this process has claimed, with a count (claims nest)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
-def claim(run_dir: Path) -> Path:
-    """Make this process the one writer of `run_dir` (created if needed), or refuse in one line.
-
-    The claim is a `.lock` file holding the pid, made with O_EXCL so two processes starting together cannot
-    both win. Nested claims by one process are counted; `release` undoes one, process exit all of them.
-    """
-    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun rank 0 alone writes, and claims, the directory
-        return run_dir
-    key = run_dir.resolve()
-    if key in _HELD:
-        _HELD[key] += 1
-        return run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = run_dir / LOCK_FILE
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or "0")
-            except (OSError, ValueError):
-                pid = 0
-            if pid and pid != os.getpid() and _pid_alive(pid):
-                raise SegadaptError(f"{run_dir}: in use by another segadapt process (pid {pid}); wait for it to "
-                                    f"finish or choose another --out") from None
-            lock.unlink(missing_ok=True)  # left by a process that is gone: take it over
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        _HELD[key] = 1
-        return run_dir
-    raise SegadaptError(f"{run_dir}: could not claim {LOCK_FILE}; another process keeps taking it")
-
-
-def release(run_dir: Path) -> None:
-    """Undo one `claim`; the last one removes the lock file."""
-    key = run_dir.resolve()
-    if key not in _HELD:
-        return
-    _HELD[key] -= 1
-    if _HELD[key] <= 0:
-        del _HELD[key]
-        with contextlib.suppress(OSError):
-            (run_dir / LOCK_FILE).unlink()
-
-
-@atexit.register
-def release_all() -> None:
-    """Release every directory this process has claimed (a command's end, or the process's exit)."""
-    for key in list(_HELD):
-        _HELD[key] = 1
-        release(key)
-
-
-def read_info(run_dir: Path) -> dict[str, Any]:
-    """run.json, or {} for a directory without one (not a run yet, or made before segadapt wrote it)."""
-    path = run_dir / RUN_FILE
-    if not path.is_file():
-        return {}
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise SegadaptError(f"{path}: unreadable ({e}); the run's marker is damaged, start a new run") from None
-    return info if isinstance(info, dict) else {}
-
-
-def _write_info(run_dir: Path, kind: str, state: str, step: int) -> None:
-    ckpt.write_json_atomic(run_dir / RUN_FILE, {"kind": kind, "state": state, "step": step, "segadapt": __version__})
-
-
-def run_kind(run_dir: Path) -> str:
-    """"train", "adapt" or "peer" from run.json; runs made before run.json tell by their checkpoint's metadata (an
-    adaptation's resume point records H1's fingerprint). "" when neither says."""
-    kind = read_info(run_dir).get("kind", "")
-    if kind in KINDS:
-        return kind
-    last = ckpt.latest_checkpoint(run_dir)
-    if last is None:
-        return ""
-    return "adapt" if "h1_sha256" in ckpt.read_meta(last) else "train"
-
-
-def finished_step(run_dir: Path) -> int | None:
-    """The step a run finished at, or None while it is unfinished (run.json's state is written last)."""
-    info = read_info(run_dir)
-    if info:
-        return int(info.get("step", 0)) if info.get("state") == "finished" else None
-    # made before run.json: finished when its model file is there
-    last = ckpt.latest_checkpoint(run_dir)
-    return ckpt.step_of(last) if last is not None and (run_dir / ckpt.MODEL_FILE).is_file() else None
-
-
-def holds_run(run_dir: Path) -> bool:
-    """Whether `run_dir` has something worth keeping: a resume point or a finished run."""
-    return ckpt.latest_checkpoint(run_dir) is not None or finished_step(run_dir) is not None
-
-
-def refuse_overwrite(run_dir: Path) -> None:
-    if holds_run(run_dir):
-        raise SegadaptError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
-
-
-# --- resume rules -----------------------------------------------------------------------------------
-
-def resumed_config(run_dir: Path, kind: str, apply: Callable[[RunConfig], RunConfig]) -> RunConfig | None:
-    """The config `segadapt <kind> --resume RUN` continues with: the saved one with `apply` (the command's
-    flags) on top; None when the run has already finished at that length."""
-    if not (run_dir / "config.toml").is_file():
-        raise SegadaptError(f"{run_dir}: not a run directory (no config.toml); pass the run folder to resume")
-    found = run_kind(run_dir)
-    if found and found != kind:
-        what = {"adapt": "an adaptation", "peer": "a label-free peer's"}.get(found, "a training")
-        raise SegadaptError(f"{run_dir}: {what} run; continue it with segadapt {found} --resume {run_dir}")
-    saved = load_toml(run_dir / "config.toml")
-    cfg = apply(saved)
-    refuse_changes(run_dir, saved, cfg)
-    last = ckpt.latest_checkpoint(run_dir)
-    step = ckpt.step_of(last) if last is not None else 0
-    if step > cfg.train.iterations:
-        raise SegadaptError(f"{run_dir}: already at step {step}; --iterations {cfg.train.iterations} would "
-                            f"go back. Give more iterations to extend it")
-    if step == cfg.train.iterations and finished_step(run_dir) == step:
-        print(f"{run_dir}: already finished at step {step}; pass --iterations N (> {step}) to extend it")
-        return None
-    return cfg
-
-
-def refuse_changes(run_dir: Path, saved: RunConfig, cfg: RunConfig) -> None:
-    """A resumed run keeps what it learns with; only the RESUMABLE keys may differ from config.toml."""
-    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-
-    old, new = flat(to_dict(saved)), flat(to_dict(cfg))
-    # keys of either side: a term dropped from a table (adapt.objective) is a change too
-    changed = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in {**old, **new}
-               if old.get(k) != new.get(k) and k not in RESUMABLE]
-    if changed:
-        raise SegadaptError(f"{run_dir}/config.toml: a resumed run keeps what it learns with; these differ: "
-                            f"{'; '.join(changed)}. Start a new run (--out) to change them")
-
 
 # --- small pieces both loops use ----------------------------------------------------------------------
 
@@ -233,8 +56,20 @@ def rank_batch_size(batch_size: int, world: int) -> int:
     return batch_size // world
 
 
-def poly_lr(base_lr: float, step: int, total: int, power: float) -> float:
-    return base_lr * (1.0 - step / total) ** power
+def poly_schedule(optimizer: torch.optim.Optimizer, total: int, power: float, start: int = 0) -> LambdaLR:
+    """The poly learning rate, base_lr * (1 - step / total) ** power, as a LambdaLR standing at step `start`.
+
+    Its base rates are the groups' `initial_lr`: taken from their lr on a fresh run (start 0), restored with
+    the optimizer's state from a resume point otherwise, so the schedule continues from what the resume point
+    holds; the rate at `start` is computed with this run's `total`, which a resume may extend."""
+    for group in optimizer.param_groups:  # resume points written before the schedule kept its base as base_lr
+        if start and "initial_lr" not in group:
+            group["initial_lr"] = group.get("base_lr", group["lr"])
+
+    def factor(step: int) -> float:
+        return (1.0 - step / total) ** power
+
+    return LambdaLR(optimizer, factor, last_epoch=start - 1)
 
 
 def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -315,7 +150,7 @@ class Run:
         run.hold(model, optimizer, meta)                    # what a resume point holds; restored if resuming
         with run.logging(fields, desc):                     # config.toml, run.json, log, bar, Ctrl-C
             for batch, ids in run.batches(dataset):
-                ... the step ...
+                ... the step at run.lr; optimizer.step(); run.schedule.step() ...
                 run.log(step, row); if run.end_of_step(step): break
         run.save(step); ... write results ...; run.finish(step)
     """
@@ -349,7 +184,7 @@ class Run:
         self._t0 = time.perf_counter()
         self._done = self.start
         if self.main:
-            claim(run_dir)
+            lock(run_dir)
             if not resume:  # resume points or a finished marker of an earlier run here would outrank this run's
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
                 (run_dir / RUN_FILE).unlink(missing_ok=True)
@@ -372,12 +207,14 @@ class Run:
     def hold(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: Callable[[], dict[str, Any]],
              extra: Callable[[], dict[str, torch.Tensor] | None] = lambda: None) -> dict[str, Any]:
         """Name what every resume point saves (`meta()` and `extra()` are read at each save); when resuming,
-        load the newest one into `model` and `optimizer` (RNG too) and return its metadata, else {}."""
+        load the newest one into `model` and `optimizer` (RNG too) and return its metadata, else {}. Then
+        `schedule` is the poly learning rate over `optimizer`, at the step the run starts at: the loop steps it
+        after each optimizer step, and `lr` is the rate of the step about to run."""
         self._held = (model, optimizer, meta, extra)
-        if self.last is None:
-            return {}
-        state = ckpt.load_training_state(self.last, model, optimizer)
-        if self.main:
+        state = {} if self.last is None else ckpt.load_training_state(self.last, model, optimizer)
+        tc = self.cfg.train
+        self.schedule = poly_schedule(optimizer, tc.iterations, tc.poly_power, self.start)
+        if state and self.main:
             print(f"resuming {self.dir} from step {self.start}")
         return state
 
@@ -458,7 +295,7 @@ class Run:
         keeping the last checkpoint."""
         if self.main:
             ckpt.write_text_atomic(self.dir / "config.toml", dumps_toml(self.cfg))
-            _write_info(self.dir, self.kind, "running", self.start)
+            write_info(self.dir, self.kind, "running", self.start)
             self.elapsed_before = write_log_header(self.dir / "log.csv", self.start, fields)
         self._log = RunLog(self.dir, fields, self.main, self.cfg.train.tensorboard)
         self._bar = progress.bar(total=self.cfg.train.iterations, initial=self.start, desc=desc, dynamic_ncols=True,
@@ -478,12 +315,10 @@ class Run:
             self._bar.close()
             self._log.close()
 
-    def set_lr(self, optimizer: torch.optim.Optimizer, step: int) -> float:
-        """The poly schedule at `step` for every group (from its base_lr); returns the first group's lr."""
-        tc = self.cfg.train
-        for group in optimizer.param_groups:
-            group["lr"] = poly_lr(group["base_lr"], step, tc.iterations, tc.poly_power)
-        return float(optimizer.param_groups[0]["lr"])
+    @property
+    def lr(self) -> float:
+        """The first group's learning rate for the step about to run."""
+        return float(self.schedule.get_last_lr()[0])
 
     def check_loss(self, loss: torch.Tensor, step: int, ids: Sequence[int], fix: str, what: str = "loss") -> float:
         """The loss averaged over processes; a non-finite one on any rank stops every rank at this step, in one
@@ -544,6 +379,6 @@ class Run:
     def finish(self, step: int) -> None:
         """Mark the run finished, after every other file (rank 0), release the directory, wait for all ranks."""
         if self.main:
-            _write_info(self.dir, self.kind, "finished", step)
-            release(self.dir)
+            write_info(self.dir, self.kind, "finished", step)
+            unlock(self.dir)
         distributed.barrier()  # when the loop returns, its files exist for every rank

@@ -23,11 +23,11 @@ from segadapt import checkpoint as ckpt
 from segadapt.card import written
 from segadapt.config import RunConfig, to_dict
 from segadapt.data import SegmentationDataset, build_dataset
+from segadapt.data.base import pixel_factor
 from segadapt.errors import SegadaptError
 from segadapt.evaluate import evaluate
 from segadapt.models import build_model, conform
 from segadapt.models.loading import arch_of, rebuild_meta, save_native
-from segadapt.models.scale import pixel_factor
 from segadapt.run import Run, wrap_ddp
 from segadapt.runtime import environment
 from segadapt.speed import autocast
@@ -39,7 +39,7 @@ def model_meta(cfg: RunConfig, dataset: SegmentationDataset, step: int,
                model: torch.nn.Module | None = None, pixel: float | None = None) -> dict[str, Any]:
     """The model file's metadata; for a transformers or factory model also what rebuilds it (its config, its
     factory), so an `hf:DIR` run does not need DIR later and a B2 of an external H1 is recorded as such.
-    `pixel`: the factor its training frames were resized by (models/scale.pixel_factor), for mosaics."""
+    `pixel`: the factor its training frames were resized by (data/base.pixel_factor), for mosaics."""
     info = dataset.info
     native = rebuild_meta(model) if model is not None else {}
     arch = arch_of(model, cfg.model.arch) if model is not None else cfg.model.arch
@@ -116,7 +116,7 @@ def train(
         for (images, masks), ids in run.batches(train_set):
             if step >= tc.iterations:
                 break
-            lr = run.set_lr(optimizer, step)
+            lr = run.lr
             images, masks = run.to_device(images), masks.to(device, non_blocking=True)
             with autocast(device, tc.precision):
                 loss = F.cross_entropy(net(images), masks, ignore_index=info.ignore_index)
@@ -125,6 +125,7 @@ def train(
             loss.backward()
             run.check_grads(params, step + 1, ids, f"{fix}; weights were not updated")  # DDP has averaged them
             optimizer.step()
+            run.schedule.step()
             step += 1
             seen += images.shape[0] * run.world
             run.progress(loss=f"{loss_value:.3f}", lr=f"{lr:.3g}")

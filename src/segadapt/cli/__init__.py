@@ -7,10 +7,11 @@ import argparse
 import os
 import sys
 
-from segadapt import __version__, chatter
+from segadapt import chatter
 from segadapt.cli import adapt, change, config, doctor, evaluate, experiment, export, peer, predict, shift, train, viz
 from segadapt.cli.common import discard_partial_outputs, forget_outputs, resolve_config
 from segadapt.errors import Interrupted, SegadaptError
+from segadapt.version import __version__
 
 COMMANDS = (train, evaluate, adapt, peer, experiment, shift, viz, doctor, predict, change, export, config)
 
@@ -96,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         _report(message)
         return code
     finally:
-        from segadapt.run import release_all
+        from segadapt.run_dir import unlock_all
 
-        release_all()
+        unlock_all()
 
 
 __all__ = ["build_parser", "main", "resolve_config"]

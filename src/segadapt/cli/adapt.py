@@ -46,7 +46,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from segadapt.adapt import adapt, load_h1
     from segadapt.checkpoint import load_model_file
     from segadapt.data.d2 import training_pairs
-    from segadapt.run import refuse_overwrite
+    from segadapt.run_dir import refuse_overwrite
 
     teacher: tuple[Any, dict[str, Any]] | None = None
     if args.resume:

@@ -53,7 +53,7 @@ def cmd_change(args: argparse.Namespace) -> int:
         header |= {f"model{k}": str(path), f"runtime{k}": runtime}
     header |= {"classes": list(preds[0].class_names), "environment": environment()}
     settings |= opts.settings()
-    claim(out, run=True)
+    claim(out, lock_it=True)
     summary = run((preds[0], preds[1]), pairs, out, opts, settings, header, unpaired,
                   on_finished=lambda: keep_outputs(out))
     kept = f" ({summary.skipped} already finished, kept)" if summary.skipped else ""

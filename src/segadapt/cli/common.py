@@ -8,7 +8,7 @@ declares which ones it offers, so `segadapt doctor --help` lists no optimisation
 from __future__ import annotations
 
 import argparse
-import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,7 +275,7 @@ def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
 def resumed(args: argparse.Namespace, kind: str, fixed: Sequence[str]) -> tuple[Path, RunConfig | None]:
     """`--resume RUN`: the run directory and the config it continues with (None: already finished). Flags in
     `fixed` would change the run's own settings or directory and are refused, naming them."""
-    from segadapt.run import resumed_config
+    from segadapt.run_dir import resumed_config
 
     run_dir = check_path(args.resume, "--resume")
     given = [f"--{k.replace('_', '-')}" for k in fixed if getattr(args, k, None)]
@@ -285,97 +285,40 @@ def resumed(args: argparse.Namespace, kind: str, fixed: Sequence[str]) -> tuple[
     return run_dir, resumed_config(run_dir, kind, lambda saved: resolve_config(args, saved))
 
 
-# --- output folders: claimed, and cleaned up after a failure ------------------------------------------
-# Output directories the running command writes into: (path, its top-level names before the command or None
-# if the command created it, ancestors the command created). A command that fails with a SegadaptError
-# removes what it added there, so a failed run leaves no half-written folder that looks like a result.
-_CLAIMS: list[tuple[Path, frozenset[str] | None, list[Path]]] = []
+# --- output folders: run_dir.py's one registry, imported when a command first writes (it needs torch, which
+# `segadapt --help` and a mistyped flag should not wait for)
 
+def claim(path: Path, *, lock_it: bool = False) -> Path:
+    from segadapt import run_dir
 
-def _missing_dirs(path: Path) -> list[Path]:
-    """`path` and its ancestors that do not exist yet, innermost first."""
-    return [p for p in (path, *path.parents) if not p.exists()]
-
-
-def claim(path: Path, *, run: bool = False) -> Path:
-    """Note an output directory before the command writes into it; `run`: also make this process its one
-    writer (run.claim), refused in one line while another process holds it."""
-    before = frozenset(c.name for c in path.iterdir()) if path.is_dir() else None
-    created = _missing_dirs(path)[1:]
-    if run:
-        from segadapt import run as runs
-
-        runs.claim(path)
-    _CLAIMS.append((path, before, created))
-    return path
-
-
-def created(out_dir: str, name: str) -> Path:
-    """A fresh run directory <out_dir>/<name>-<time>, noted as created by this command and claimed."""
-    from segadapt import run as runs
-    from segadapt.runtime import new_run_dir
-
-    missing = _missing_dirs(check_path(out_dir, "out_dir"))
-    path = new_run_dir(out_dir, name)
-    runs.claim(path)
-    _CLAIMS.append((path, None, missing))
-    return path
+    return run_dir.claim(path, lock_it=lock_it)
 
 
 def output_dir(out: str | None, out_dir: str, name: str) -> Path:
-    """--out when given (claimed), else a fresh directory under out_dir."""
-    return claim(check_path(out, "--out"), run=True) if out else created(out_dir, name)
+    from segadapt import run_dir
 
-
-def _holds_weights(path: Path) -> bool:
-    """A model or resume checkpoint (any .safetensors) is worth keeping even from a failed run."""
-    if path.is_file():
-        return path.suffix == ".safetensors"
-    return path.is_dir() and next(path.rglob("*.safetensors"), None) is not None
-
-
-def discard_partial_outputs() -> None:
-    """Remove what a failed command added to its output directories, unless it saved weights there.
-
-    A directory that existed before keeps its old entries; resumed runs are never claimed, and a run that
-    saved a checkpoint (e.g. interrupted, or a loss that blew up after some steps) keeps everything.
-    """
-    from segadapt import distributed
-
-    if not distributed.is_main():
-        _CLAIMS.clear()
-        return
-    while _CLAIMS:
-        path, before, made = _CLAIMS.pop()
-        if not path.is_dir() or path.is_symlink():
-            continue
-        added = [path] if before is None else [c for c in path.iterdir() if c.name not in before]
-        if any(_holds_weights(p) for p in added):
-            continue
-        for p in added:
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
-        for d in made:  # empty parents that the command created, innermost first
-            try:
-                d.rmdir()
-            except OSError:
-                break
+    return run_dir.output_dir(out, out_dir, name)
 
 
 def keep_outputs(path: Path) -> None:
-    """`path` now holds finished results, each written atomically (a long job's first finished image): a
-    later failure leaves them, and the command's lock, in place until the command ends."""
-    _CLAIMS[:] = [c for c in _CLAIMS if c[0] != path]
+    from segadapt import run_dir
+
+    run_dir.keep_outputs(path)
+
+
+def _held() -> Any:
+    """run_dir when a command has loaded it (so it may hold folders), else None."""
+    return sys.modules.get("segadapt.run_dir")
+
+
+def discard_partial_outputs() -> None:
+    if (run_dir := _held()) is not None:
+        run_dir.discard_partial_outputs()
 
 
 def forget_outputs() -> None:
-    """The command succeeded: nothing to clean up, and its run directories are released."""
-    from segadapt import run as runs
-
-    _CLAIMS.clear()
-    runs.release_all()
+    if (run_dir := _held()) is not None:
+        run_dir.forget_outputs()
 
 
 # --- small checks shared by commands ----------------------------------------------------------------

@@ -42,7 +42,7 @@ def cmd_peer(args: argparse.Namespace) -> int:
     from segadapt.checkpoint import load_model_file
     from segadapt.data.d2 import d2_images
     from segadapt.peers import PEERS, run_peer
-    from segadapt.run import refuse_overwrite
+    from segadapt.run_dir import refuse_overwrite
 
     teacher: tuple[Any, dict[str, Any]] | None = None
     if args.resume:

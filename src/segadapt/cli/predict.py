@@ -113,7 +113,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     choice = settle_precision(pred, inputs, opts, args.precision)
     header = {"model": str(model_path), "classes": list(pred.class_names), "palette": [list(c) for c in pred.palette],
               "precision": choice.to_dict(), "runtime": runtime, "environment": environment()}
-    claim(out, run=True)
+    claim(out, lock_it=True)
     summary = run(pred, inputs, out, opts, settings, header, on_finished=lambda: keep_outputs(out),
                   row_bands=args.row_bands)
     done = len(summary.images)

@@ -66,8 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_shift(args: argparse.Namespace) -> int:
     from segadapt.data import build_source
+    from segadapt.data.shifted import write_shifted
     from segadapt.runtime import check_workers
-    from segadapt.shifts.write import write_shifted
 
     cfg = resolve_config(args)
     if args.raster:

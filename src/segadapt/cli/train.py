@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from segadapt.run import refuse_overwrite
+    from segadapt.run_dir import refuse_overwrite
     from segadapt.train import train
 
     if args.resume:

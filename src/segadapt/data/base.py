@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from segadapt.base_size import base_scale
 from segadapt.errors import DataError
 
 if TYPE_CHECKING:
@@ -42,6 +43,17 @@ def spread_indices(n: int, k: int) -> list[int]:
     if k >= n:
         return list(range(n))
     return [int(i) for i in np.linspace(0, n - 1, k).round()]
+
+
+PIXEL_SAMPLES = 16  # training frames whose shorter side is read to record a model's pixel factor
+
+
+def pixel_factor(source: SegmentationSource, base_size: int) -> float | None:
+    """The factor `base_size` resized the frames of `source` by (models/scale.py), when every sampled frame has
+    one shorter side (1.0 for base size 0); None when their sizes differ (VOC), so no one factor holds."""
+    factors = {base_scale(*source.load_image(i).shape[:2], base_size)
+               for i in spread_indices(len(source), PIXEL_SAMPLES)} if base_size else {1.0}
+    return factors.pop() if len(factors) == 1 else None
 
 
 class SegmentationSource:

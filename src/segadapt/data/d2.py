@@ -26,52 +26,39 @@ from segadapt.data.base import DatasetInfo, ImageDataset, SegmentationSource
 from segadapt.data.datasets import FileSource, build_source, make_transform, pair_by_stem
 from segadapt.data.geopairs import RasterPairs, RasterTiles
 from segadapt.data.pairs import MaskShift, PairedDataset, Shift, ShiftedSource, csv_pairs, image_folder
+from segadapt.data.shifted import recorded_params, write_shifted
 from segadapt.errors import DataError, SegadaptError
+from segadapt.shifts import apply_filter
+from segadapt.shifts.compose import moves_labels, warp_labels
+from segadapt.shifts.units import length_scale, network_base
 
 
 def _apply_filter(name: str, severity: float, image: np.ndarray, seed: int, base_size: int = 0) -> np.ndarray:
     """`base_size` > 0: the severity's lengths are network pixels at that base size (shifts/units.py)."""
-    from segadapt.shifts import apply_filter
-    from segadapt.shifts.units import length_scale
-
-    scale = length_scale(*image.shape[:2], base_size) if base_size else 1.0
-    return apply_filter(name, image, severity=severity, seed=seed, scale=scale)
+    return apply_filter(name, image, severity=severity, seed=seed, scale=length_scale(*image.shape[:2], base_size))
 
 
 def make_shift(name: str, severity: float, base_size: int = 0, units: str = "network") -> Shift:
     """A picklable (image, seed) -> image function, so DataLoader workers can run it. In network units with
     base_size > 0 each image's lengths are scaled by its own factor; otherwise the severity's lengths are used
     as they are (factor 1)."""
-    from segadapt.shifts.units import check_units
-
-    if check_units(units) == "network" and base_size > 0:
-        return functools.partial(_apply_filter, name, severity, base_size=base_size)
-    return functools.partial(_apply_filter, name, severity)
+    return functools.partial(_apply_filter, name, severity, base_size=network_base(units, base_size))
 
 
 def _warp_labels(name: str, severity: float, fill: int, mask: np.ndarray, seed: int) -> np.ndarray:
-    from segadapt.shifts.compose import warp_labels
-
     return warp_labels(name, mask, severity, seed, fill)
 
 
 def make_mask_shift(name: str, severity: float, fill: int) -> MaskShift | None:
     """The labels' move for a filter that moves the image rigidly (misalign; `fill` where nothing maps), or None:
     photometric filters keep D1's labels, as in the study."""
-    from segadapt.shifts.compose import moves_labels
-
     return functools.partial(_warp_labels, name, severity, fill) if moves_labels(name) else None
 
 
 def cfg_shift(cfg: RunConfig, severity: float | None = None) -> Shift:
     """The on-the-fly D2 filter of `cfg` (its filter, units and base size) at `severity` (default shift.severity)."""
-    from segadapt.shifts.units import check_units
-
     s = cfg.shift
-    severity = s.severity if severity is None else severity
-    if check_units(s.units) == "network" and cfg.data.base_size > 0:
-        return make_shift(s.filter, severity, cfg.data.base_size, s.units)
-    return make_shift(s.filter, severity)  # factor 1 in either unit
+    return make_shift(s.filter, s.severity if severity is None else severity, cfg.data.base_size, s.units)
 
 
 def filtered_source(source: SegmentationSource, cfg: RunConfig, severity: float | None = None) -> ShiftedSource:
@@ -216,8 +203,6 @@ def with_shift(cfg: RunConfig, shift: ShiftConfig) -> RunConfig:
 def materialise_d2(cfg: RunConfig, filter_name: str, out: Path) -> ShiftConfig:
     """Write D2 once (in parallel, resumable) so that training epochs read files instead of re-filtering:
     real filters cost 0.1-0.2 s per CamVid frame, more than a CPU training step."""
-    from segadapt.shifts.write import write_shifted
-
     root = Path(cfg.data.root) if cfg.data.root and cfg.data.dataset != "synthetic" else None
     for split in dict.fromkeys((cfg.data.train_split, cfg.data.val_split)):
         source = build_source(cfg.data, split)
@@ -228,8 +213,6 @@ def materialise_d2(cfg: RunConfig, filter_name: str, out: Path) -> ShiftConfig:
 
 def same_shift(cfg: RunConfig, split: str) -> None:
     """A `segadapt shift` output records its filter and severity: refuse to report it as another shift."""
-    from segadapt.shifts.write import recorded_params
-
     if not cfg.shift.d2_dir:
         return
     d2_dir = Path(cfg.shift.d2_dir)

@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 import torch
 
+from segadapt.base_size import base_scale
+
 
 @dataclass(frozen=True)
 class GeoParams:
@@ -170,12 +172,6 @@ class JointTransform:
         """Back to uint8 HxWx3 for figures."""
         img = (x.detach().cpu().float() * self.std + self.mean).clamp(0, 1).mul(255).round()
         return img.byte().permute(1, 2, 0).numpy()
-
-
-def base_scale(height: int, width: int, base_size: int) -> float:
-    """The factor that brings the shorter side to `base_size` (1 when base_size is 0): the scale a model saw
-    its training and evaluation images at, so prediction applies it too."""
-    return base_size / min(height, width) if base_size else 1.0
 
 
 def resize_image(image: np.ndarray, scale: float) -> np.ndarray:

@@ -13,6 +13,8 @@ interface, so it is the one place a new architecture plugs in: implement it (as 
   its parameters are the freshly initialised head (trained `head_lr_mult` times faster), as nanoGPT's
   `configure_optimizers` does, so no loop probes the model's attributes.
 - `layer_presets()`: the named layer sets of the study for this architecture (pool5, all_inc, ...).
+- `tap_geometry(model, taps)`: each tap's channels, stride and receptive field (as timm's `feature_info`):
+  a model may give them from its layer table (`VGGDeepLab.tap_geometry`); any other is measured.
 - `forward(x)`: class logits at the input's height and width.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -28,9 +31,26 @@ from torch import nn
 from segadapt.errors import ConfigError
 from segadapt.losses import LayerPresets
 from segadapt.models.outputs import forward_logits
-from segadapt.models.taps import Features, parameters_used, tap_features
+from segadapt.models.taps import Features, flags_restored, parameters_used, tap_features
 
 ParamGroups = list[dict[str, Any]]
+PROBE_SIDE = 128  # input side of the geometry probe; the stride probe grows it by as much again
+
+
+@dataclass(frozen=True)
+class TapGeometry:
+    """Where a tap's cells sit on the input: `channels` maps, one cell per `stride` input pixels, each seeing
+    `receptive_field` input pixels a side around its centre (None: the whole input, as global attention does,
+    or more than the probe could see)."""
+
+    channels: int
+    stride: int
+    receptive_field: int | None
+
+    @property
+    def radius(self) -> int | None:
+        """Input pixels a cell sees on each side of its centre: the border band where a crop's maps differ."""
+        return None if self.receptive_field is None else (self.receptive_field - 1) // 2
 
 
 @runtime_checkable
@@ -130,12 +150,11 @@ def translation_equivariant(model: nn.Module) -> bool:
 
 
 def head_split(model: nn.Module, head: Sequence[nn.Parameter], lr: float, head_lr_mult: float) -> ParamGroups:
-    """Two groups: the body at `lr` and `head` at `lr * head_lr_mult`; each group records its base_lr for
-    the poly schedule. Every parameter is in exactly one group."""
+    """Two groups: the body at `lr` and `head` at `lr * head_lr_mult` (the poly schedule's base rates, run.py).
+    Every parameter is in exactly one group."""
     head_ids = {id(p) for p in head}
     body = [p for p in model.parameters() if id(p) not in head_ids]
-    groups = [{"params": body, "lr": lr, "base_lr": lr},
-              {"params": list(head), "lr": lr * head_lr_mult, "base_lr": lr * head_lr_mult}]
+    groups = [{"params": body, "lr": lr}, {"params": list(head), "lr": lr * head_lr_mult}]
     return [g for g in groups if g["params"]]
 
 
@@ -176,6 +195,65 @@ class HookedModel(nn.Module):
 
     def layer_presets(self) -> LayerPresets:
         return {}
+
+
+def tap_geometry(model: nn.Module, taps: Sequence[str], device: torch.device | None = None, *,
+                 fields: bool = True) -> dict[str, TapGeometry]:
+    """Each tap's geometry: the model's own table where it has one (`tap_geometry` method), else measured on
+    probe inputs (`measure_geometry`) in eval mode, the model's modes and flags left as they were. `fields`
+    False: a measured receptive field is left out (None), which saves a backward pass per tap."""
+    own = getattr(model, "tap_geometry", None)
+    if callable(own):
+        return own(list(taps))
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with flags_restored(model):
+        model.eval()  # no BatchNorm statistics move, no dropout draws from the run's RNG
+        return measure_geometry(conform(model).features, list(taps), device, fields=fields)
+
+
+def measure_geometry(features: Any, taps: Sequence[str], device: torch.device, *,
+                     fields: bool = True) -> dict[str, TapGeometry]:
+    """Geometry read off the maps `features(x, taps)` gives: the stride from how much a map grows when the
+    input grows by PROBE_SIDE pixels, the receptive field from which input pixels the centre cell's gradient
+    reaches (a cell that reaches the probe's border: None). Refused in one line for a tap without one fixed
+    stride that divides PROBE_SIDE (a map that is not spatial, or pooled to a fixed size)."""
+    side = PROBE_SIDE
+    with torch.no_grad():
+        small = features(torch.zeros(1, 3, side, side, device=device), list(taps))
+        big = features(torch.zeros(1, 3, 2 * side, 2 * side, device=device), list(taps))
+    out: dict[str, TapGeometry] = {}
+    for t in taps:
+        grow = (big[t].shape[-2] - small[t].shape[-2], big[t].shape[-1] - small[t].shape[-1]) if small[t].dim() == 4 \
+            else (0, 0)
+        if grow[0] <= 0 or grow[0] != grow[1] or side % grow[0]:
+            raise ConfigError(f"tap {t!r} has no fixed stride (its map does not grow evenly with the input); "
+                              f"choose a convolutional feature map")
+        field = _receptive_field(features, t, device) if fields else None
+        out[t] = TapGeometry(int(small[t].shape[1]), side // grow[0], field)
+    return out
+
+
+def _receptive_field(features: Any, tap: str, device: torch.device) -> int | None:
+    """Rows of random probe images that reach the centre cell of `tap` (None when they reach the border). Max
+    pooling passes a gradient to one input of each window, so a few probes are summed; the outermost rows of a
+    pooling network's field can still stay hidden (a lower bound, where a layer table gives it exactly)."""
+    side = 2 * PROBE_SIDE
+    with torch.inference_mode(False), torch.enable_grad():
+        x = torch.randn(4, 3, side, side, generator=torch.Generator().manual_seed(0)).to(device).requires_grad_(True)
+        y = features(x, [tap])[tap]
+        (grad,) = torch.autograd.grad(y[:, :, y.shape[-2] // 2, y.shape[-1] // 2].float().sum(), x)
+    rows = (grad.abs().sum(dim=(0, 1, 3)) > 0).nonzero().flatten().tolist()
+    if not rows or rows[0] == 0 or rows[-1] == side - 1:
+        return None
+    return rows[-1] - rows[0] + 1
+
+
+def output_stride(model: nn.Module) -> int:
+    """The coarsest stride among the taps the model's presets name (VGG: 8, pool5; a transformers encoder:
+    its last stage's), the grid predict's tiles align to; 1 for a model that names none (a factory's)."""
+    taps = preset_taps(conform(model))
+    return max(g.stride for g in tap_geometry(model, taps, fields=False).values()) if taps else 1
 
 
 def conform(model: nn.Module) -> SegmentationModel:

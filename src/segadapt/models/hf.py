@@ -21,9 +21,10 @@ from torch import nn
 
 from segadapt.chatter import hushed
 from segadapt.errors import ConfigError
-from segadapt.losses import W_INC, LayerPresets
+from segadapt.losses import LayerPresets
 from segadapt.models.contract import ParamGroups, as_list, check_taps, head_split
 from segadapt.models.taps import capture, execution_order, parameters_reached
+from segadapt.models.vgg_deeplab import W_INC
 
 INSTALL_HINT = "pip install 'segadapt[hf]'"
 SUPPORTED = "SegFormer (model_type segformer) and UperNet with a ConvNeXt backbone (upernet + convnext)"

@@ -18,11 +18,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from segadapt.config import NORM_MODES
 from segadapt.errors import ConfigError
 from segadapt.models.contract import as_list, conform
 from segadapt.models.taps import flags_restored, graph_nodes
-
-NORM_MODES = ("keep", "adabn")
 
 
 def has_running_stats(module: nn.Module) -> bool:

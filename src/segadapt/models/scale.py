@@ -14,7 +14,7 @@ before the network sees it (0: images as stored). The same weights at another sc
   --scale); it then says so in one line on stderr. Where a model records none, the data's preset (or the
   user's value) stands.
 - A raster read in windows (a mosaic of any size) has no frame whose shorter side the rule could set: its
-  pixels are resized by the factor the model's training frames were (`pixel_factor`, recorded at training
+  pixels are resized by the factor the model's training frames were (`pixel_factor`, data/base.py, recorded at training
   when every sampled frame had one shorter side: CamVid's 360 px frames at base size 240 give 2/3), so a
   GeoTIFF and a JPEG of one frame reach the network alike and a 20000 px survey is not shrunk to 240 px.
   A model whose frames had no one size is applied to mosaics at their stored resolution, said in one line.
@@ -29,7 +29,6 @@ from typing import Any
 from segadapt.errors import CheckpointError
 
 SCALE_KEY = "data.base_size"
-PIXEL_SAMPLES = 16  # training frames whose shorter side is read to record the pixel factor
 
 
 def recorded_config(meta: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -54,17 +53,6 @@ def trained_base_size(meta: Mapping[str, Any]) -> int | None:
         raise CheckpointError(f"{meta.get('hf_source', 'model metadata')}: base_size {value!r} is not a whole "
                               "number >= 0; re-save the model")
     return value
-
-
-def pixel_factor(source: Any, base_size: int) -> float | None:
-    """The factor `base_size` resized the frames of `source` (a SegmentationSource) by, when every sampled frame
-    has one shorter side (1.0 for base size 0); None when their sizes differ (VOC), so no one factor holds."""
-    if not base_size:
-        return 1.0
-    from segadapt.data.base import spread_indices
-
-    sides = {min(source.load_image(i).shape[:2]) for i in spread_indices(len(source), PIXEL_SAMPLES)}
-    return base_size / sides.pop() if len(sides) == 1 else None
 
 
 def window_factor(meta: Mapping[str, Any], base_size: int) -> float | None:

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segadapt.losses import LAYER_PRESETS, LayerPresets
-from segadapt.models.contract import ParamGroups, as_list, deepest, head_split
+from segadapt.losses import LayerPresets
+from segadapt.models.contract import ParamGroups, TapGeometry, as_list, check_taps, deepest, head_split
 
 # (name, out channels, convs, dilation, pool stride): conv1..conv5 and the pooling after each
 VGG_BLOCKS = (
@@ -27,6 +27,17 @@ VGG_BLOCKS = (
     ("5", 512, 3, 2, 1),
 )
 FC_CHANNELS = 1024
+
+# the study's layer presets: each pool alone, and all five with increasing or decreasing weights
+POOLS = ("pool1", "pool2", "pool3", "pool4", "pool5")
+W_INC = (0.2, 0.4, 0.6, 0.8, 0.9)
+W_DEC = tuple(reversed(W_INC))
+LAYER_PRESETS: LayerPresets = {
+    **{p: ((p,), (1.0,)) for p in POOLS},
+    "all_inc": (POOLS, W_INC),
+    "all_dec": (POOLS, W_DEC),
+}
+LAYER_PRESETS["all"] = LAYER_PRESETS["all_inc"]
 
 
 def scaled(channels: int, width: float) -> int:
@@ -146,8 +157,32 @@ class VGGDeepLab(nn.Module):
     def param_groups(self, lr: float, head_lr_mult: float) -> ParamGroups:
         return head_split(self, self.classifier_parameters(), lr, head_lr_mult)
 
-    def layer_presets(self) -> LayerPresets:
+    @classmethod
+    def layer_presets(cls) -> LayerPresets:
+        """The study's table (a class method: the sweep checks names before any model is built)."""
         return LAYER_PRESETS
+
+    def tap_geometry(self, taps: Sequence[str]) -> dict[str, TapGeometry]:
+        """Read off the layer table, no probe pass. Every conv and pool is centred (padding = half the dilated
+        kernel), so cell j of a tap sees input pixels j*stride - r .. j*stride + r, r = (field - 1) / 2."""
+        check_taps(self, list(taps))
+        out: dict[str, TapGeometry] = {}
+        stride, size, channels = 1, 1, 3
+        for name, module in self.stages():
+            for m in module.modules():
+                if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
+                    k, s, d = (_first(getattr(m, a)) for a in ("kernel_size", "stride", "dilation"))
+                    size += d * (k - 1) * stride
+                    stride *= s
+                if isinstance(m, nn.Conv2d):
+                    channels = m.out_channels
+            if name in taps:
+                out[name] = TapGeometry(channels, stride, size)
+        return out
+
+
+def _first(v: int | tuple[int, ...]) -> int:
+    return v if isinstance(v, int) else int(v[0])
 
 
 class PixelNet(nn.Module):

@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 
 from segadapt.errors import ConfigError
+from segadapt.shifts.filters import FILTERS, apply_single
 from segadapt.shifts.misalign import draw_transform, misalign, warp_mask
+from segadapt.shifts.severity import severity_params
 
 GEOMETRIC = {"misalign": misalign}
 
@@ -33,8 +35,6 @@ class Part:
 
 
 def known() -> list[str]:
-    from segadapt.shifts import FILTERS
-
     return [*FILTERS, *GEOMETRIC]
 
 
@@ -74,8 +74,6 @@ def resolve(spec: str, severity: float | None) -> list[tuple[str, float | None]]
 
 def check(spec: str, severity: float, seed: int = 0) -> None:
     """Refuse a bad spec or severity before any image is written."""
-    from segadapt.shifts import severity_params
-
     for name, s in resolve(spec, severity):
         severity_params(name, s if s is not None else severity, seed)
 
@@ -87,8 +85,6 @@ def moves_labels(spec: str) -> bool:
 
 
 def _geometric_params(severity: float | None, seed: int, params: dict[str, Any]) -> dict[str, Any]:
-    from segadapt.shifts import severity_params
-
     chosen = severity_params("misalign", severity, seed) if severity is not None else {"seed": seed}
     return chosen | params
 
@@ -97,8 +93,6 @@ def apply(spec: str, image: np.ndarray, severity: float | None, seed: int, backe
           **params: Any) -> np.ndarray:
     """The image through every part of the spec (see apply_filter); `params` only for a single filter. `scale`
     (network units) reaches the photometric parts; misalign's moves are fractions of the image already."""
-    from segadapt.shifts import apply_filter
-
     parts = resolve(spec, severity)
     if params and len(parts) > 1:
         raise ConfigError(f"filter {spec!r}: explicit parameters are for a single filter, not a composition")
@@ -107,7 +101,7 @@ def apply(spec: str, image: np.ndarray, severity: float | None, seed: int, backe
         if name in GEOMETRIC:  # native only: gegl has no such filter
             out = GEOMETRIC[name](out, **_geometric_params(s, seed, params))
         else:
-            out = apply_filter(name, out, severity=s, seed=seed, backend=backend, scale=scale, **params)
+            out = apply_single(name, out, severity=s, seed=seed, backend=backend, scale=scale, **params)
     return out
 
 

@@ -35,8 +35,8 @@ from segadapt.chatter import hushed
 from segadapt.checkpoint import atomic_path
 from segadapt.errors import ConfigError, DataError, SegadaptError
 from segadapt.progress import bar as progress_bar
-from segadapt.shifts import blend, resolve_params
 from segadapt.shifts.cubism import _tile_geometry, check_params, cubism_rows, tile_rows
+from segadapt.shifts.filters import blend, resolve_params
 from segadapt.shifts.gegl import srgb_to_linear
 from segadapt.shifts.photocopy import (
     blur_ratio,

@@ -11,6 +11,7 @@ the stored one. This module is the one place that factor is computed: on-the-fly
 
 from __future__ import annotations
 
+from segadapt.base_size import base_scale
 from segadapt.errors import ConfigError
 
 UNITS = ("network", "image")
@@ -22,10 +23,13 @@ def check_units(units: str) -> str:
     return units
 
 
+def network_base(units: str, base_size: int) -> int:
+    """The rule: the base size a shift's lengths refer to, `base_size` in network units, else 0 (factor 1: image
+    units, or no resize before the network)."""
+    return base_size if check_units(units) == "network" and base_size > 0 else 0
+
+
 def length_scale(height: int, width: int, base_size: int, units: str = "network") -> float:
     """Stored-image pixels per network pixel for an image of `height` x `width`: its shorter side over
-    `base_size` in network units with base_size > 0, else 1 (image units, or no resize before the network)."""
-    check_units(units)
-    if units == "image" or base_size <= 0:
-        return 1.0
-    return min(height, width) / base_size
+    `base_size` in network units with base_size > 0, else 1 (network_base)."""
+    return base_scale(height, width, network_base(units, base_size), inverse=True)

@@ -15,17 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import torch
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from segadapt.checkpoint import write_json_atomic  # noqa: E402
-from segadapt.models.contract import feature_fn  # noqa: E402
-from segadapt.viz.plots import save_figure  # noqa: E402
+from segadapt.checkpoint import write_json_atomic
+from segadapt.models.contract import feature_fn
+from segadapt.viz.plots import save_figure, subplots
 
 COLUMNS = ("X1", "H1(X1)", "X2", "H1(X2)", "H2(X2)", "|H1(X1)-H1(X2)|", "|H1(X1)-H2(X2)|")
 
@@ -70,7 +66,7 @@ def feature_grid(
 ) -> Path:
     """One PNG for image b of the batch: a row per tap, the columns of COLUMNS."""
     taps = list(maps)
-    fig, axes = plt.subplots(len(taps), len(COLUMNS), figsize=(2.1 * len(COLUMNS), 1.9 * len(taps) + 0.6),
+    fig, axes = subplots(len(taps), len(COLUMNS), figsize=(2.1 * len(COLUMNS), 1.9 * len(taps) + 0.6),
                              squeeze=False)
     for r, t in enumerate(taps):
         c = channels[t]

@@ -9,17 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.patches import Patch
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from segadapt.metrics import confusion_matrix, scores  # noqa: E402
-from segadapt.viz.plots import save_figure  # noqa: E402
+from segadapt.metrics import confusion_matrix, scores
+from segadapt.viz.plots import save_figure, subplots
 
 Palette = Sequence[Sequence[int]]
 
@@ -59,7 +55,7 @@ def overlay_figure(
     for name, pred in predictions.items():
         s = scores(confusion_matrix(torch.from_numpy(pred), gt, n, ignore_index))
         panels.append((f"{name} (mIoU {s.miou:.2f})", colorize(pred, palette, ignore_index)))
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.6 * image.shape[0] / image.shape[1] + 1.0),
+    fig, axes = subplots(1, len(panels), figsize=(2.6 * len(panels), 2.6 * image.shape[0] / image.shape[1] + 1.0),
                              squeeze=False)
     for ax, (label, img) in zip(axes[0], panels):
         ax.imshow(img, interpolation="nearest")

@@ -5,25 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from segadapt.checkpoint import atomic_path  # noqa: E402
+from segadapt.checkpoint import atomic_path
 
 
-def save_figure(fig: plt.Figure, path: Path, dpi: int = 120, tight: bool = True) -> Path:
-    """Write a PNG atomically and close the figure, also when writing fails (figures hold memory until closed).
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **grid: Any) -> tuple[Figure, Any]:
+    """A figure for a file, and its axes (as pyplot.subplots returns them). Built without pyplot, so no backend
+    is chosen or switched: a user's interactive one stays as it was, and saving renders with Agg."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **grid)
+
+
+def save_figure(fig: Figure, path: Path, dpi: int = 120, tight: bool = True) -> Path:
+    """Write a PNG atomically. The figure belongs to no pyplot window, so it is freed with its last reference.
 
     `tight` crops the canvas to its content; grids laid out with tight_layout pass False.
     """
-    try:
-        with atomic_path(path) as tmp:  # the temp name has no .png suffix: say the format
-            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
-    finally:
-        plt.close(fig)
+    with atomic_path(path) as tmp:  # the temp name has no .png suffix: say the format
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
     return path
 
 
@@ -35,7 +36,7 @@ def plot_methods(results: dict[str, Any], path: Path) -> Path | None:
     shifts = list(dict.fromkeys(e["shift"] for e in entries))
     methods = list(dict.fromkeys(e["method"] for e in entries))
     lookup = {(e["shift"], e["method"]): e for e in entries}
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(methods) * len(shifts)), 4), sharey=True)
+    fig, axes = subplots(1, 2, figsize=(max(8, 1.2 * len(methods) * len(shifts)), 4), sharey=True)
     width = 0.8 / len(methods)
     x = np.arange(len(shifts))
     for ax, metric, title in zip(axes, ("mean_acc", "miou"), ("mean accuracy", "mIoU")):
@@ -73,7 +74,7 @@ def plot_layers(results: dict[str, Any], path: Path) -> Path | None:
     shifts = list(dict.fromkeys(e["shift"] for e in entries))
     layers = list(dict.fromkeys(e["method"][3:] for e in entries))
     lookup = {(e["shift"], e["method"]): e for e in results["summary"]}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))  # each panel zooms on its own values
+    fig, axes = subplots(1, 2, figsize=(10, 4))  # each panel zooms on its own values
     for ax, metric, title in zip(axes, ("miou", "mean_acc"), ("mIoU", "mean accuracy")):
         for s in shifts:
             ys = [lookup.get((s, f"H2:{layer}"), {}).get(metric, np.nan) for layer in layers]

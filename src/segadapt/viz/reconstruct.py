@@ -35,25 +35,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
 
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch import nn  # noqa: E402
+from segadapt.checkpoint import atomic_path
+from segadapt.config import IMAGENET_MEAN, IMAGENET_STD
+from segadapt.errors import ConfigError, SegadaptError
+from segadapt.models.contract import feature_fn
+from segadapt.models.taps import Features, flags_restored
+from segadapt.models.vgg_deeplab import POOLS
+from segadapt.viz.plots import save_figure, subplots
+from segadapt.viz.surrogate import surrogate_gradients
 
-from segadapt.checkpoint import atomic_path  # noqa: E402
-from segadapt.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from segadapt.errors import ConfigError, SegadaptError  # noqa: E402
-from segadapt.models.contract import feature_fn  # noqa: E402
-from segadapt.models.taps import Features, flags_restored  # noqa: E402
-from segadapt.viz.plots import save_figure  # noqa: E402
-from segadapt.viz.surrogate import surrogate_gradients  # noqa: E402
-
-POOLS = ("pool1", "pool2", "pool3", "pool4", "pool5")
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
 # per-optimiser step size when ReconstructConfig.lr is None; X̂ is in normalised units (about ±2)
 DEFAULT_LR = {"adam": 0.1, "sgd": 1.0, "lbfgs": 1.0}
@@ -337,7 +333,7 @@ def _write_csv(path: Path, rows: list[dict[str, float]]) -> Path:
 
 def plot_losses(losses: list[dict[str, float]], path: Path, title: str = "") -> Path:
     """Total, content, style (and TV when used) against step on a log scale: the fall spans decades."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = subplots(figsize=(6, 3.5))
     steps = [r["step"] for r in losses]
     for key, style in (("total", "-"), ("content", "--"), ("style", ":"), ("tv", "-.")):
         ys = np.array([r.get(key, np.nan) for r in losses], dtype=float)
@@ -373,7 +369,7 @@ def write_reconstruction(
         "reconstruction": _write_png(out / f"{name}_reconstruction.png", img2),
     }
     h, w = img1.shape[:2]
-    fig, axes = plt.subplots(1, 2, figsize=(2 * max(3.0, 4.0 * w / max(h, w)) + 0.5, 4.0 * h / max(h, w) + 0.6))
+    fig, axes = subplots(1, 2, figsize=(2 * max(3.0, 4.0 * w / max(h, w)) + 0.5, 4.0 * h / max(h, w) + 0.6))
     for ax, img, label in zip(axes, (img1, img2), ("X1 (D1 image)", "reconstruction X̂")):
         ax.imshow(img, interpolation="nearest")
         ax.set_title(label, fontsize=9)

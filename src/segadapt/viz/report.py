@@ -1,4 +1,5 @@
-"""report.html for a sweep: one self-contained file (figures embedded) that opens in any browser.
+"""A sweep's results shown: results.md's tables (`results_markdown`), and report.html, one self-contained file
+(figures embedded) that opens in any browser.
 
 It reads only what the sweep wrote (results.json, the plots, figures/<shift>/...), so it can be rebuilt
 with `segadapt viz report DIR` after the fact, e.g. once more figures have been added.
@@ -9,21 +10,14 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from segadapt.checkpoint import write_text_atomic
 from segadapt.errors import SegadaptError
-
-# the sweep's comparison rows (experiment.baselines): the baselines of the study, then the label-free peers a
-# user would run instead (segadapt.peers), which read no D2 label either
-BASELINE_MEANINGS = {"B0": "H1 on D2", "B1": "trained from scratch on D2 with D1 labels",
-                     "B2": "H1 fine-tuned on D2 with D1 labels",
-                     "adabn": "H1 with its BatchNorm statistics re-estimated on D2 images (AdaBN; no gradient step)",
-                     "tent": "H1's normalisation scales and shifts trained to minimise its prediction entropy on D2 "
-                             "images (TENT)",
-                     "self_training": "H1 fine-tuned on D2 images with its own most confident predictions as labels"}
+from segadapt.protocol import BASELINE_MEANINGS, METRICS, SweepResults
 
 
 def method_legend(methods: Collection[str]) -> str:
@@ -113,7 +107,6 @@ def _selection_table(results: dict[str, Any]) -> str:
             + "</table>" + note)
 
 
-METRICS = ("mean_acc", "miou", "pixel_acc")
 _SELECTION_FIELDS = {"seed": "whole", "shift": "string", "method": "string", "selected_step": "whole",
                      "best_step": "whole", "selected_miou": "score", "best_miou": "score", "final_miou": "score",
                      "regret_points": "score"}
@@ -232,3 +225,91 @@ def write_report(sweep_dir: Path) -> Path:
     out = sweep_dir / "report.html"
     write_text_atomic(out, page)
     return out
+
+
+# --- results.md -------------------------------------------------------------------------------------
+
+def results_markdown(results: SweepResults, figures: list[str]) -> str:
+    """results.md: H1, then per shift its distortion, severity search and results table, the legend, the
+    label-free selection table and the plots."""
+    def fmt(e: dict[str, Any], m: str) -> str:
+        if math.isnan(e[m]):
+            return "n/a"
+        return f"{e[m]:.3f} ± {e[m + '_std']:.3f}" if e["seeds"] > 1 else f"{e[m]:.3f}"
+
+    lines = ["# segadapt experiment", ""]
+    h1 = next((e for e in results["summary"] if e["method"] == "H1"), None)
+    if h1:
+        lines += [f"H1 on D1 (val): mean accuracy {fmt(h1, 'mean_acc')}, mIoU {fmt(h1, 'miou')}", ""]
+    shifts = [s for s in dict.fromkeys(e["shift"] for e in results["summary"]) if s != "none"]
+    for s in shifts:
+        lines += [f"## Shift: {s}", ""]
+        if results["distortion"].get(s) is not None:
+            lines += [f"Distortion of H1: {results['distortion'][s]:.3f}", ""]
+        lines += _search_markdown(results, s)
+        lines += ["| method | mean accuracy | mIoU | pixel accuracy |", "| --- | --- | --- | --- |"]
+        for e in results["summary"]:
+            if e["shift"] == s:
+                name = e["method"] + (f" ({e['diverged']} of {e['seeds']} diverged)" if e.get("diverged") else "")
+                lines.append(f"| {name} | {fmt(e, 'mean_acc')} | {fmt(e, 'miou')} | {fmt(e, 'pixel_acc')} |")
+        lines.append("")
+    lines += [method_legend({e["method"] for e in results["summary"]}), ""]
+    lines += _selection_markdown(results)
+    lines += [f"![{f}]({f})" for f in figures]
+    return "\n".join(lines) + "\n"
+
+
+def _search_markdown(results: SweepResults, shift: str) -> list[str]:
+    found = [r for r in results.get("severity_search") or [] if r["shift"] == shift]
+    if not found:
+        return []
+    first = found[0]
+    lines = [f"Severity searched for H1's distortion {first['target']:g} ± {first['tolerance']:g} on "
+             f"{first['info'].get('images')} {first['info'].get('split')} images "
+             f"({first['info'].get('units')} units):", "",
+             "| seed | severity | distortion (search images) | distortion (val) | reached | note |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in found:
+        val = r.get("val_distortion")
+        lines.append(f"| {r['seed']} | {r['severity']:.4f} | {r['distortion']:.3f} | "
+                     f"{'n/a' if val is None else f'{val:.3f}'} | {'yes' if r['reached'] else 'no'} | "
+                     f"{'' if r['reached'] else r['message']} |")
+    return lines + [""]
+
+
+def _selection_markdown(results: SweepResults) -> list[str]:
+    sel = results.get("selection") or []
+    if not sel:
+        return []
+    lines = [
+        "## Label-free checkpoint selection", "",
+        "Each adaptation was probed during training on held-out pairs; adapt.select's signal (the agreement of "
+        "H2's labels with H1's unless set otherwise) made the label-free choice (model_selected.safetensors). "
+        "mIoU on D2 judges it here. Regret: mIoU points below the best probe, for the choice each signal would "
+        "make. Rank correlations: +1 means the signal orders checkpoints exactly as mIoU does.", "",
+        "| seed | shift | method | selected step | mIoU there | best mIoU (step) | final mIoU | regret (points) "
+        "| regret by loss / agreement / entropy | rank corr, held-out loss | rank corr, agreement "
+        "| rank corr, entropy |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in sel:
+        regrets = " / ".join(_points(r.get(f"regret_{k}")) for k in ("loss", "agreement", "entropy"))
+        lines.append(
+            f"| {r['seed']} | {r['shift']} | {r['method']} | {r['selected_step']} | {r['selected_miou']:.3f} | "
+            f"{r['best_miou']:.3f} ({r['best_step']}) | {r['final_miou']:.3f} | {r['regret_points']:.2f} | "
+            f"{regrets} | {_corr(r.get('rank_corr_loss'))} | {_corr(r.get('rank_corr_agreement'))} | "
+            f"{_corr(r.get('rank_corr_entropy'))} |"  # a signal the probes did not hold (no pairs term): n/a
+        )
+    across = results.get("selection_across_presets") or {}
+    if across:
+        lines += ["", "Across layer presets, rank correlation of (low) final entropy with final mIoU: "
+                  + ", ".join(f"{k}: {_corr(v)}" for k, v in across.items())]
+    return lines + [""]
+
+
+def _points(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _corr(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"

@@ -33,11 +33,17 @@ from typing import Any
 import cv2
 import numpy as np
 
+from segadapt import ranks
 from segadapt.checkpoint import atomic_path, write_json_atomic
 from segadapt.data.base import SegmentationSource, decode_image, image_header, read_file_bytes, read_mask
 from segadapt.data.pairs import stem_seed
-from segadapt.errors import ConfigError, DataError, SegadaptError
+from segadapt.errors import DataError, SegadaptError
 from segadapt.progress import bar as progress_bar
+from segadapt.run_dir import pid_alive
+from segadapt.shifts import apply_filter
+from segadapt.shifts.compose import check, geometry, moves_labels, warp_labels
+from segadapt.shifts.filters import check_backend
+from segadapt.shifts.units import check_units, length_scale, network_base
 
 
 def _targets(source: SegmentationSource, root: Path | None, out: Path, split: str, i: int) -> tuple[Path, Path]:
@@ -95,8 +101,6 @@ def _mask_intact(path: Path, original: Path | None, size: tuple[int, int]) -> bo
 
 def _labels_for(source: SegmentationSource, i: int, name: str, severity: float, seed: int) -> np.ndarray:
     """D1's labels of image i moved as the filter moves the image (geometric filters only)."""
-    from segadapt.shifts.compose import warp_labels
-
     _, mask = source.load(i)
     return warp_labels(name, mask, severity, stem_seed(source.stem(i), seed), source.info.ignore_index)
 
@@ -117,10 +121,6 @@ def _one(job: Job) -> tuple[bool, list[list[float]] | None]:
     was broken, and the image's ground-truth transform when the filter moves it rigidly. `base_size` > 0: the
     severity's lengths are network pixels (shifts/units.py)."""
     source, root, out, split, i, name, severity, seed, backend, base_size = job
-    from segadapt.shifts import apply_filter
-    from segadapt.shifts.compose import geometry, moves_labels
-    from segadapt.shifts.units import length_scale
-
     img_out, mask_out = _targets(source, root, out, split, i)
     moves = moves_labels(name)
     # a resumed run skips only what is whole: a stop mid-write leaves none (atomic), but disks and people can
@@ -136,7 +136,7 @@ def _one(job: Job) -> tuple[bool, list[list[float]] | None]:
     if not (img_ok and mask_ok):
         image, mask = source.load(i)  # also validates the pair
         if not img_ok:
-            scale = length_scale(*image.shape[:2], base_size) if base_size else 1.0
+            scale = length_scale(*image.shape[:2], base_size)
             shifted = apply_filter(name, image, severity=severity, seed=stem_seed(source.stem(i), seed),
                                    backend=backend, scale=scale)
             _write_image(img_out, shifted)
@@ -172,16 +172,6 @@ def _signal_on_parent_death() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def _watch_parent(ppid: int, interval: float = 1.0) -> None:
     """Portable fallback: exit once this process has been handed to another parent (its own one died)."""
     while os.getppid() == ppid:
@@ -194,7 +184,7 @@ def _die_with_parent(parent: int) -> None:
     queue would live on as orphans holding a filter's memory: each worker ends itself when its parent dies."""
     _signal_on_parent_death()
     ppid = os.getppid()
-    if ppid != parent and not _pid_exists(parent):  # it died before the prctl above could take effect
+    if ppid != parent and not pid_alive(parent):  # it died before the prctl above could take effect
         os._exit(1)
     # the process that started us (the parent, or a fork server that exits with it) is the one to watch
     threading.Thread(target=_watch_parent, args=(ppid,), daemon=True, name="segadapt-watch-parent").start()
@@ -207,8 +197,8 @@ def marker_path(out: Path, split: str) -> Path:
 def _length_rule(params: dict[str, Any]) -> tuple[str, int]:
     """How a marker's lengths were measured, as one comparable value: factor 1 whichever the units (image units,
     or base_size 0), else network pixels at its base size. Markers from before `units` existed: image units."""
-    units, base_size = params.get("units", "image"), int(params.get("base_size", 0) or 0)
-    return ("network", base_size) if units == "network" and base_size > 0 else ("image", 0)
+    base_size = network_base(params.get("units", "image"), int(params.get("base_size", 0) or 0))
+    return ("network", base_size) if base_size else ("image", 0)
 
 
 def _same_params(held: dict[str, Any], params: dict[str, Any]) -> bool:
@@ -219,9 +209,7 @@ def _same_params(held: dict[str, Any], params: dict[str, Any]) -> bool:
 
 def _scales(source: SegmentationSource, base_size: int, units: str) -> float | list[float]:
     """The length factor(s) of a split (one per image size): one number when every image shares it."""
-    from segadapt.shifts.units import length_scale
-
-    if units == "image" or base_size <= 0:
+    if not network_base(units, base_size):
         return 1.0
     found = sorted({round(length_scale(*_source_size(source, i), base_size, units), 6) for i in range(len(source))})
     return found[0] if len(found) == 1 else [found[0], found[-1]]
@@ -266,14 +254,8 @@ def write_shifted(
     """Write D2 of `split` under `out`. `units`/`base_size`: in network units with base_size > 0 the severity's
     lengths are pixels of the image resized to that shorter side (shifts/units.py); the marker records both and
     the factor(s) used. `extra` is recorded in the finished marker too (e.g. the severity search's result)."""
-    from segadapt import ranks
-    from segadapt.shifts import BACKENDS
-    from segadapt.shifts.compose import check
-    from segadapt.shifts.units import check_units
-
     check(name, severity, seed)  # filter and severity (nan, inf) refused before anything is written
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    check_backend(backend)
     check_units(units)
     params = {"filter": name, "severity": severity, "seed": seed, "backend": backend, "split": split,
               "units": units, "base_size": base_size}
