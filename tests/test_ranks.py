@@ -169,7 +169,8 @@ def test_row_bands_of_one_mosaic_across_ranks_give_the_one_process_outputs(tmp_p
     model = colour_model_file(tmp_path / "colour")  # a 1x1 network: the bands' seams cannot show
     mosaic = _mosaic(tmp_path / "mosaic.tif", (1200, 40))  # taller than both bands with their context rows
     args = ["predict", "--model", str(model), "--images", str(mosaic), "--trust-factory", "tiny_colour:colour_net",
-            "--confidence", "--entropy", "--overlay", "--tile", "64"]
+            "--confidence", "--entropy", "--overlay", "--tile", "64",
+            "--precision", "fp32"]  # the ranks are subprocesses: on a bf16 CPU "auto" could time its way to bf16
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     r = _torchrun([*args, "--out", str(tmp_path / "two"), "--row-bands"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]

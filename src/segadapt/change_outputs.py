@@ -148,7 +148,7 @@ class ChangeOutputs:
 
     def _figure(self, path: Path, images: tuple[np.ndarray, np.ndarray], class_names: Sequence[str],
                 report: dict[str, Any]) -> None:
-        from segadapt.viz.plots import plt
+        from segadapt.viz.plots import subplots
 
         c = self.num_classes
         small = {k: np.concatenate(v, 0) for k, v in self.small.items()}
@@ -158,7 +158,7 @@ class ChangeOutputs:
                   ("era 1 classes", mask_lut[small["mask1"]]), ("era 2 classes (on era 1's grid)",
                                                                 mask_lut[small["mask2"]]),
                   ("change (from -> to)", code_lut[small["change"]])]
-        fig, axes = plt.subplots(2, 3, figsize=(13, 8))
+        fig, axes = subplots(2, 3, figsize=(13, 8))
         for ax, (title, img) in zip(axes.ravel(), panels):
             ax.imshow(img, interpolation="nearest")
             ax.set_title(title, fontsize=9)
@@ -179,7 +179,4 @@ class ChangeOutputs:
         legend_ax.legend(handles=handles, loc="center", fontsize=8, frameon=False,
                          title=f"changed: {100 * report['changed_fraction']:.2f}% of confident pixels")
         fig.tight_layout()
-        try:
-            fig.savefig(path, format="png", dpi=100)
-        finally:
-            plt.close(fig)
+        fig.savefig(path, format="png", dpi=100)  # a temp path the caller renames; no pyplot window to close

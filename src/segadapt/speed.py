@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
@@ -38,11 +39,14 @@ def autocast(device: torch.device, precision: str = "auto") -> contextlib.Abstra
 
 def precision_candidates(requested: str, device: torch.device) -> list[str]:
     """The precisions worth timing for `requested`: itself when fixed; for "auto" the CUDA rule's pick on a GPU,
-    fp32 and bf16 on a CPU with native bf16, fp32 alone on one without (emulated bf16 is never faster)."""
+    fp32 and bf16 on a CPU with native bf16, fp32 alone on one without (emulated bf16 is never faster) and under
+    torchrun."""
     if requested != "auto":
         return [requested]
     if device.type == "cuda":
         return ["bf16" if autocast_dtype(device) is not None else "fp32"]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun ranks must agree, and a timing each would not
+        return ["fp32"]
     return ["fp32", "bf16"] if cpu_native_bf16() else ["fp32"]
 
 
