@@ -313,6 +313,13 @@ def collect_setup(work: Path, arch: str, shift: str, tap: str) -> dict[str, Any]
                     None if r is None or not finite(r["miou"]) else r["miou"])
                 if r is not None and r.get("diverged"):
                     grid[f"{g:g}"] = "diverged"
+        outside = {}  # rates of an earlier grid still in the work folder: shown, never picked
+        for d in sorted(run_dir(work, arch, shift, name, 0.0, 0).parents[1].glob("lr*")):
+            f = d / "seed0" / "results.json"
+            g = d.name[2:]
+            if m.has_lr and g not in {f"{v:g}" for v in ARCHS[arch].grid} and f.is_file():
+                r = method_row(json.loads(f.read_text()), name)
+                outside[g] = r["miou"] if r is not None and finite(r["miou"]) else "diverged"
         if row0 is None:
             if grid:
                 out[name] = {"grid": grid, "seeds": [], "miou_mean": None}
@@ -326,7 +333,7 @@ def collect_setup(work: Path, arch: str, shift: str, tap: str) -> dict[str, Any]
                     seeds[s] = r["miou"]
         mean, std = _mean_std(list(seeds.values()))
         edge = lr is not None and lr in (ARCHS[arch].grid[0], ARCHS[arch].grid[-1])  # the optimum may lie outside
-        entry = {"lr": lr, "lr_at_grid_edge": edge, "grid": grid,
+        entry = {"lr": lr, "lr_at_grid_edge": edge, "grid": grid, "outside_grid": outside,
                  "seeds": [{"seed": s, "miou": v} for s, v in seeds.items()],
                  "miou_mean": mean, "miou_std": std}
         if "selection" in row0:
@@ -374,7 +381,8 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += [f"## {arch} (H1 D1 val mIoU {fmt(doc['h1_miou'].get(arch))})", ""]
         for shift, table in shifts.items():
             lines += [f"### {shift}", "", "| method | picked LR | mIoU on D2 val (mean ± std, seeds) | recovery | "
-                      "grid (LR: mIoU, seed 0) | regret of the label-free pick (points) |",
+                      "grid (LR: mIoU, seed 0; an earlier grid's rates shown, never picked) | regret of the "
+                      "label-free pick (points) |",
                       "| --- | --- | --- | --- | --- | --- |"]
             for name, e in table.items():
                 mean = fmt(e.get("miou_mean"))
@@ -384,6 +392,8 @@ def markdown(doc: dict[str, Any]) -> str:
                 if rec and len(e["seeds"]) > 1:
                     rec += f" ± {fmt(e['recovery_std'], 2)}"
                 grid = ", ".join(f"{k}: {fmt(v)}" for k, v in e.get("grid", {}).items())
+                if e.get("outside_grid"):
+                    grid += " (earlier grid: " + ", ".join(f"{k}: {fmt(v)}" for k, v in e["outside_grid"].items()) + ")"
                 regret = e.get("selection_regret_agreement")
                 lr = (fmt(e["lr"], 4) + (" (edge)" if e.get("lr_at_grid_edge") else "")) if e.get("lr") else ""
                 lines.append(f"| {name} | {lr} | {mean} | {rec} | {grid} | "
