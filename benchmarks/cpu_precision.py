@@ -253,6 +253,12 @@ def parity(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "min_predict_agreement": min(r["predict_agreement"] for r in rows)}
 
 
+def parity_block(path: Path) -> dict[str, Any]:
+    """The parity block of an earlier `--no-speed --parity` run on this host, with the run it came from."""
+    earlier = json.loads(path.read_text())
+    return {**earlier["parity"], "from_run": {"file": path.name, "environment": earlier.get("environment")}}
+
+
 def run_parity(args: argparse.Namespace) -> dict[str, Any]:
     if "bf16" not in args.precisions:
         par = {"skipped": "this CPU has no native bf16: auto never picks bf16 here (--bf16 forces it)"}
@@ -287,6 +293,8 @@ def main() -> int:
                    help="with --parity: the parity runs alone (they need no idle machine; the timings do)")
     p.add_argument("--parity-from", type=Path, metavar="JSON",
                    help="take the parity block from this earlier --no-speed --parity run on this host")
+    p.add_argument("--add-parity-to", type=Path, metavar="JSON",
+                   help="with --parity-from: put that parity block into this earlier speed run's results, run nothing")
     args = p.parse_args()
     if args.quick:
         args.width, args.size, args.batch, args.repeats, args.predict_size = 0.0625, [32, 48], 2, 2, [64, 96]
@@ -296,6 +304,10 @@ def main() -> int:
     threads = use_threads(args.threads)
     args.precisions = timed_precisions(args.bf16)
 
+    if args.add_parity_to:  # the speed part measured alone earlier, the parity runs (hours of CPU) beside other work
+        result = json.loads(args.add_parity_to.read_text())
+        result["parity"] = parity_block(args.parity_from)
+        return finish(result, args.add_parity_to, {"parity": result["parity"].get("mean_gap_points_bf16_minus_fp32")})
     if not args.speed:
         result = {"native_bf16": cpu_native_bf16(), "parity": run_parity(args),
                   "environment": {"torch": torch.__version__, "cpu_count": os.cpu_count(),
@@ -343,9 +355,7 @@ def main() -> int:
             else:
                 print(f"{m['arch']:<14} {kind:<8} {r['fp32_s']:>8.4f}")
     if args.parity_from:  # run earlier, alone, while the machine was busy: recorded with where it came from
-        earlier = json.loads(args.parity_from.read_text())
-        result["parity"] = {**earlier["parity"], "from_run": {"file": args.parity_from.name,
-                                                              "environment": earlier.get("environment")}}
+        result["parity"] = parity_block(args.parity_from)
     elif args.parity:
         result["parity"] = run_parity(args)
     result["environment"]["load_avg_1min"]["end"] = load_average()
