@@ -110,7 +110,7 @@ def _clock_ghz() -> tuple[float | None, str]:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("cpu MHz"):
-                return float(line.split(":")[1]) / 1e3, "/proc/cpuinfo cpu MHz (may be below turbo)"
+                return float(line.split(":")[1]) / 1e3, "cpu MHz of /proc/cpuinfo (may be below turbo)"
     except (OSError, ValueError, IndexError):
         pass
     return None, "not readable on this platform"
