@@ -271,13 +271,18 @@ def key_methods(work: Path, arch: str, shift: str, table: dict[str, Method]) -> 
     return [n for n in dict.fromkeys(out) if n is not None]
 
 
-def run_setup(work: Path, arch: str, shift: str, h1: Path, d2: dict[str, str], tap: str) -> None:
+def run_setup(work: Path, arch: str, shift: str, h1: Path, d2: dict[str, str], tap: str,
+              only: set[str] | None = None) -> None:
     table = methods(ARCHS[arch], tap)
     for name, m in table.items():
+        if only is not None and name not in only:
+            continue
         for lr in (ARCHS[arch].grid if m.has_lr else (None,)):
             cfg = run_config(h1, shift, d2[shift], m, lr if lr is not None else ARCHS[arch].grid[1], 0, work)
             run_one(run_dir(work, arch, shift, name, lr, 0), cfg)
     for name in key_methods(work, arch, shift, table):
+        if only is not None and name not in only:
+            continue
         lr, _ = picked(work, arch, shift, name, table[name])
         if table[name].has_lr and lr is None:
             continue  # diverged at every rate
@@ -492,6 +497,8 @@ def main() -> int:
     p.add_argument("--work", type=Path, required=True, help="H1s, D2s and one folder per run go here")
     p.add_argument("--archs", nargs="+", choices=list(ARCHS), default=list(ARCHS))
     p.add_argument("--shifts", nargs="+", choices=list(SHIFTS), default=list(SHIFTS))
+    p.add_argument("--methods", nargs="+", choices=list(methods(ARCHS["vgg"], "pool5")), default=None,
+                   help="run only these rows (e.g. the label-free ones first, the k-label rows later); default all")
     p.add_argument("--collect", action="store_true", help="only write the results from finished runs")
     p.add_argument("--docs", type=Path, default=REPO / "docs" / "results")
     p.add_argument("--figures", type=Path, default=REPO / "docs" / "figures")
@@ -508,7 +515,7 @@ def main() -> int:
             d2 = {s: write_d2(args.work, h1, s) for s in SHIFTS if s in args.shifts or s == "photocopy"}
             tap = regression_tap(args.work, arch, h1, d2)
             for shift in args.shifts:
-                run_setup(args.work, arch, shift, h1, d2, tap)
+                run_setup(args.work, arch, shift, h1, d2, tap, set(args.methods) if args.methods else None)
                 collect(args.work, args.docs, args.figures, time.perf_counter() - start)
     doc = collect(args.work, args.docs, args.figures, time.perf_counter() - start)
     print(f"wrote {args.docs / NAME}.json/.md; left: {len(doc['missing'])} setups incomplete")
