@@ -133,6 +133,7 @@ def h1_config(name: str) -> RunConfig:
     cfg.model.arch, cfg.model.width = a.arch, a.width
     cfg.train.iterations, cfg.train.batch_size, cfg.train.lr = a.h1_iterations, 8, 0.01
     cfg.train.checkpoint_every, cfg.train.log_every = 500, 100
+    cfg.train.precision = "fp32"  # "auto" times bf16 against fp32 under whatever load the host has at start
     cfg.shift.units = "network"
     return cfg
 
@@ -190,6 +191,7 @@ def run_config(h1: Path, shift: str, d2_dir: str, m: Method, lr: float, seed: in
     cfg.adapt.h1 = str(h1.resolve())
     cfg.shift.filter, cfg.shift.severity, cfg.shift.d2_dir = SHIFTS[shift][0], 1.0, d2_dir
     cfg.train.batch_size = BATCH
+    cfg.train.precision = "fp32"  # every method in the same precision, whatever the host's load at its start
     cfg.adapt.probes = 5
     ex = cfg.experiment
     ex.filters, ex.seeds, ex.iterations = [SHIFTS[shift][0]], [seed], ITERATIONS
