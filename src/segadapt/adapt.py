@@ -15,6 +15,7 @@ import csv
 import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,65 @@ def load_h1(cfg: RunConfig, device: torch.device | str) -> tuple[nn.Module, dict
                     trusted_factories=a.trust_factories)
 
 
+@dataclass
+class Adaptation:
+    """What the loop of `adapt` works with, built once by `_prepare`: the frozen teacher H1 and its student H2,
+    what H2 minimises, the pairs it fits and the held-out ones it is probed on, what trains and how."""
+
+    cfg: RunConfig
+    device: torch.device
+    teacher: nn.Module
+    teacher_features: Features  # H1's early-exit pass (made once: a plain module's is built from hooks)
+    student: nn.Module
+    objective: Objective
+    weights: dict[str, float]  # tap -> weight of the feature terms
+    policy: NormPolicy
+    pairs: PairedDataset | RasterPairs  # registered when adapt.align is set
+    fit_pairs: PairedDataset | RasterPairs  # the same, or their X1-free view when H1's maps come from the cache
+    fit_ids: list[int]
+    probe: HoldoutProbe | None
+    probe_at: set[int]
+    trainable: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    student_net: nn.Module  # the student's pass (StudentPass), under torchrun wrapped by DDP
+    registration: dict[str, Any] | None = None
+    cache: teacher_cache.TeacherCache | None = None
+    draws: LabelledDraws | None = None
+
+    @property
+    def taps(self) -> list[str]:
+        return list(self.weights)
+
+    def outputs(self, x1: torch.Tensor, x2: torch.Tensor, rest: list[Any], valid: torch.Tensor | None,
+                step: int) -> Outputs:
+        """H1 on X1 (inference mode, or sliced from the cache) and H2 on X2, as the terms read them; with
+        adapt.d2_labels also H2 on this step's labelled D2 images."""
+        o, device = self.objective, self.device
+        xl, labels = self.draws.batch(step, device) if self.draws is not None else (None, None)
+        with autocast(device, self.cfg.train.precision):
+            with torch.inference_mode():
+                if self.cache is None:
+                    target, target_logits = model_outputs(self.teacher, self.teacher_features, x1,
+                                                          self.taps, o.needs_maps, o.needs_logits)
+                else:
+                    target, target_logits = self.cache.targets(rest[0], device), None
+            pred, pred_logits, labelled_logits = self.student_net(x2, xl)
+        return Outputs(target, pred, as_plain(target_logits), pred_logits, valid, labelled_logits, labels)
+
+
+@dataclass
+class Selection:
+    """The label-free probes measured so far and the checkpoint adapt.select prefers: its probe and weights."""
+
+    probes: list[dict[str, float]] = field(default_factory=list)
+    best: tuple[dict[str, float], dict[str, torch.Tensor]] | None = None
+
+    def offer(self, point: dict[str, float], student: nn.Module, select: str) -> None:
+        self.probes.append(point)
+        if self.best is None or better(point, self.best[0], select):
+            self.best = (point, {k: v.detach().clone() for k, v in student.state_dict().items()})
+
+
 def adapt(
     cfg: RunConfig,
     run_dir: Path,
@@ -147,12 +207,86 @@ def adapt(
     """
     tc, ac = cfg.train, cfg.adapt
     run = Run(cfg, run_dir, "adapt", resume=resume)
-    device = run.device
-
-    # teacher H1 (frozen), student H2 (a copy) and what H2 is trained to minimise
     if teacher is None:
-        teacher, h1_meta = load_h1(cfg, device)
+        teacher, h1_meta = load_h1(cfg, run.device)
     assert h1_meta is not None
+    a = _prepare(cfg, run, run_dir, teacher, h1_meta, pairs)
+    student, objective, trainable, optimizer = a.student, a.objective, a.trainable, a.optimizer
+    # resume point: restored last, so the RNG is the checkpoint's, untouched by the set-up above
+    sel = Selection()
+    _hold(run, run_dir, a, sel)
+
+    # loop
+    adaptation_mode(student, a.policy)
+    step, seen, loss_value = run.start, 0, math.nan
+    values: dict[str, float] = {}
+    fields = ["step", "loss", *[f"loss_{p}" for p in objective.parts], "lr", "images_per_s", "elapsed_s"]
+    fix = "lower train.lr or set adapt.grad_clip (e.g. 5)"
+    what = "regression loss" if objective.features_only else "adaptation loss"
+    desc = "+".join(a.taps) if objective.features_only else f"{'+'.join(objective.terms)} ({'+'.join(a.taps)})"
+    with run.logging(fields, f"adapt {desc}"):
+        for (x1, x2, *rest), ids in run.batches(a.fit_pairs, a.fit_ids):
+            if step >= tc.iterations:
+                break
+            lr = run.lr
+            x1, x2 = run.to_device(x1), run.to_device(x2)
+            valid = rest.pop().to(run.device) if a.pairs.with_valid else None  # registered: where X2 has a source
+            loss, parts = objective(a.outputs(x1, x2, rest, valid, step))
+            values = {k: float(v.detach()) for k, v in parts.items()}
+            loss_value = run.check_loss(loss, step + 1, ids, fix, what=what)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            objective.weighting.sync_grads()
+            if ac.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, ac.grad_clip)
+            run.check_grads(trainable, step + 1, ids, fix)  # before the step: the student's weights stay finite
+            optimizer.step()
+            run.schedule.step()
+            step += 1
+            seen += x1.shape[0] * run.world
+            run.progress(loss=f"{loss_value:.4g}")
+            if run.due(step):
+                values = distributed.mean_over_ranks(values)  # same step on every rank: safe collective
+                run.log({"step": step, "loss": f"{loss_value:.6g}", "lr": f"{lr:.3g}",
+                         "images_per_s": f"{seen / run.elapsed():.2f}"}
+                        | {f"loss_{k}": f"{v:.6g}" for k, v in values.items()})
+            if step in a.probe_at:
+                assert a.probe is not None
+                point = {"step": step, **a.probe.measure(student)}
+                if on_probe is not None:
+                    point |= on_probe(step, student)
+                    adaptation_mode(student, a.policy)
+                sel.offer(point, student, ac.select)
+            if run.end_of_step(step):
+                break
+    train_time = run.elapsed()
+
+    result = _write(run, run_dir, a, sel, h1_meta, step)
+    ran = step > run.start
+    result |= {
+        "final_loss": loss_value if ran else None,
+        "final_layer_loss": {t: values[t] for t in a.taps if t in values} if ran and "features" in objective.terms
+        else {},
+        "final_term_loss": objective.term_values(values) if ran else {},
+        "final_weights": objective.weighting.effective(),
+        "probes": sel.probes,
+        "selected_step": sel.best[0]["step"] if sel.best else None,
+        "train_time_s": round(train_time, 2),
+        **({"registration": a.registration} if a.registration is not None else {}),
+        **({"raster_coverage": round(a.pairs.coverage, 4)} if isinstance(a.pairs, RasterPairs) else {}),
+        "environment": environment(),
+    }
+    if run.main:
+        ckpt.write_json_atomic(run_dir / "adapt.json", result)
+    run.finish(step)
+    return result
+
+
+def _prepare(cfg: RunConfig, run: Run, run_dir: Path, teacher: nn.Module, h1_meta: dict[str, Any],
+             pairs: PairedDataset | RasterPairs) -> Adaptation:
+    """Teacher, student, objective, pairs (registered), held-out probe and optimizer, in the order the RNG
+    streams expect: a seed gives the same H2 as it always has."""
+    tc, ac, device = cfg.train, cfg.adapt, run.device
     weights = layer_weights(cfg, conform(teacher))
     taps = list(weights)
     ac.layers = ac.layers or taps  # config.toml says what was regressed (a resume keeps it)
@@ -170,7 +304,7 @@ def adapt(
     if tc.channels_last:
         teacher = copy.deepcopy(teacher).to(memory_format=run.memory_format)
     student = copy.deepcopy(teacher).to(device)
-    teacher_features, student_features = conform(teacher).features, conform(student).features
+    teacher_features = conform(teacher).features
     # the student runs without dropout or stochastic depth (the teacher's maps come from eval mode: a student
     # dropping random units could not match them even with equal weights), BatchNorm as adapt.norm says
     policy = NormPolicy(student, ac.norm, taps)
@@ -197,7 +331,6 @@ def adapt(
         lambda model: score(model, labelled, cfg, device).miou)  # type: ignore[arg-type]
     probe = HoldoutProbe(pairs, holdout_ids, teacher, objective, taps, tc.seed, device,
                          labels_miou) if holdout_ids else None
-    probe_at = probe_steps(tc.iterations, ac.probes) if probe else set()
     trainable = trainable_parameters(conform(student), taps, trains_head(ac, objective))
     # one augmented pair drawn here, as adapt() always has (before the model contract it fed the parameter
     # probe): the loop's augmentation stream starts where it did, so a seed gives the same H2 as before
@@ -214,136 +347,64 @@ def adapt(
         optimizer.add_param_group({"params": learned, "lr": tc.lr, "weight_decay": 0.0})
     draws = None if labelled is None else LabelledDraws(labelled, cfg, max(1, round(ac.d2_label_share * run.per_rank)))
     # under torchrun: only the student is wrapped (the teacher never trains)
-    student_net = wrap_ddp(StudentPass(student, student_features, taps, objective.needs_maps,
+    student_net = wrap_ddp(StudentPass(student, conform(student).features, taps, objective.needs_maps,
                                        objective.needs_logits), device)
-
     cache, fit_pairs = None, pairs
     if ac.teacher_cache:  # H1's maps read from disk instead of recomputed; X1 is then never loaded
         cache, fit_pairs = teacher_cache.prepare(
             ac.teacher_cache, pairs, teacher, teacher_features, taps, device, run.per_rank)
+    return Adaptation(
+        cfg=cfg, device=device, teacher=teacher, teacher_features=teacher_features, student=student,
+        objective=objective, weights=weights, policy=policy, pairs=pairs, fit_pairs=fit_pairs, fit_ids=fit_ids,
+        probe=probe, probe_at=probe_steps(tc.iterations, ac.probes) if probe else set(), trainable=trainable,
+        optimizer=optimizer, student_net=student_net, registration=registration, cache=cache, draws=draws)
 
-    def batch_outputs(x1: torch.Tensor, x2: torch.Tensor, rest: list[Any], valid: torch.Tensor | None,
-                      step: int) -> Outputs:
-        """H1 on X1 (inference mode, or sliced from the cache) and H2 on X2, as the terms read them; with
-        adapt.d2_labels also H2 on this step's labelled D2 images."""
-        xl, labels = draws.batch(step, device) if draws is not None else (None, None)
-        with autocast(device, tc.precision):
-            with torch.inference_mode():
-                if cache is None:
-                    target, target_logits = model_outputs(teacher, teacher_features, x1, taps,
-                                                          objective.needs_maps, objective.needs_logits)
-                else:
-                    target, target_logits = cache.targets(rest[0], device), None
-            pred, pred_logits, labelled_logits = student_net(x2, xl)
-        return Outputs(target, pred, as_plain(target_logits), pred_logits, valid, labelled_logits, labels)
 
-    # resume point: restored last, so the RNG is the checkpoint's, untouched by the set-up above
-    probes: list[dict[str, float]] = []
-    selected: tuple[dict[str, float], dict[str, torch.Tensor]] | None = None
-    h1_sha = teacher_cache.model_fingerprint(teacher)  # a resume must regress onto the same H1
+def _hold(run: Run, run_dir: Path, a: Adaptation, sel: Selection) -> None:
+    """Hand the run what a resume point holds (student, optimizer, probes, the selected weights, the
+    objective's own state) and, when resuming, read them back into `a` and `sel`."""
+    h1_sha = teacher_cache.model_fingerprint(a.teacher)  # a resume must regress onto the same H1
 
     def resume_meta() -> dict[str, Any]:
-        return {"probes": probes, "selected": selected[0] if selected else None, "config": to_dict(cfg),
+        return {"probes": sel.probes, "selected": sel.best[0] if sel.best else None, "config": to_dict(a.cfg),
                 "h1_sha256": h1_sha}
 
     def resume_extra() -> dict[str, torch.Tensor] | None:
-        own = {f"{OBJECTIVE_STATE}{k}": v for k, v in objective.state_dict().items()}
-        return {**(selected[1] if selected else {}), **own} or None
+        own = {f"{OBJECTIVE_STATE}{k}": v for k, v in a.objective.state_dict().items()}
+        return {**(sel.best[1] if sel.best else {}), **own} or None
 
-    state = run.hold(student, optimizer, resume_meta, resume_extra)
-    if state:
-        if state.get("h1_sha256", h1_sha) != h1_sha:
-            raise CheckpointError(f"{ac.h1}: H1's weights changed since {run_dir} started; resuming would "
-                                  f"regress onto another teacher. Start a new adaptation (--out)")
-        probes = state.get("probes", [])
-        extra = ckpt.read_extra(run.last)
-        own = {k[len(OBJECTIVE_STATE):]: v for k, v in extra.items() if k.startswith(OBJECTIVE_STATE)}
-        if own:
-            objective.load_state_dict(own)
-        if state.get("selected") is not None:
-            selected = (state["selected"], {k: v for k, v in extra.items() if not k.startswith(OBJECTIVE_STATE)})
+    state = run.hold(a.student, a.optimizer, resume_meta, resume_extra)
+    if not state:
+        return
+    if state.get("h1_sha256", h1_sha) != h1_sha:
+        raise CheckpointError(f"{a.cfg.adapt.h1}: H1's weights changed since {run_dir} started; resuming would "
+                              f"regress onto another teacher. Start a new adaptation (--out)")
+    sel.probes = state.get("probes", [])
+    extra = ckpt.read_extra(run.last)
+    own = {k[len(OBJECTIVE_STATE):]: v for k, v in extra.items() if k.startswith(OBJECTIVE_STATE)}
+    if own:
+        a.objective.load_state_dict(own)
+    if state.get("selected") is not None:
+        sel.best = (state["selected"], {k: v for k, v in extra.items() if not k.startswith(OBJECTIVE_STATE)})
 
-    # loop
-    adaptation_mode(student, policy)
-    step, seen, loss_value = run.start, 0, math.nan
-    values: dict[str, float] = {}
-    fields = ["step", "loss", *[f"loss_{p}" for p in objective.parts], "lr", "images_per_s", "elapsed_s"]
-    fix = "lower train.lr or set adapt.grad_clip (e.g. 5)"
-    what = "regression loss" if objective.features_only else "adaptation loss"
-    desc = "+".join(taps) if objective.features_only else f"{'+'.join(objective.terms)} ({'+'.join(taps)})"
-    with run.logging(fields, f"adapt {desc}"):
-        for (x1, x2, *rest), ids in run.batches(fit_pairs, fit_ids):
-            if step >= tc.iterations:
-                break
-            lr = run.lr
-            x1, x2 = run.to_device(x1), run.to_device(x2)
-            valid = rest.pop().to(device) if pairs.with_valid else None  # registered pairs: where X2 has a source
-            loss, parts = objective(batch_outputs(x1, x2, rest, valid, step))
-            values = {k: float(v.detach()) for k, v in parts.items()}
-            loss_value = run.check_loss(loss, step + 1, ids, fix, what=what)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            objective.weighting.sync_grads()
-            if ac.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, ac.grad_clip)
-            run.check_grads(trainable, step + 1, ids, fix)  # before the step: the student's weights stay finite
-            optimizer.step()
-            run.schedule.step()
-            step += 1
-            seen += x1.shape[0] * run.world
-            run.progress(loss=f"{loss_value:.4g}")
-            if run.due(step):
-                values = distributed.mean_over_ranks(values)  # same step on every rank: safe collective
-                run.log({"step": step, "loss": f"{loss_value:.6g}", "lr": f"{lr:.3g}",
-                         "images_per_s": f"{seen / run.elapsed():.2f}"}
-                        | {f"loss_{k}": f"{v:.6g}" for k, v in values.items()})
-            if step in probe_at:
-                assert probe is not None
-                point = {"step": step, **probe.measure(student)}
-                if on_probe is not None:
-                    point |= on_probe(step, student)
-                    adaptation_mode(student, policy)
-                probes.append(point)
-                if selected is None or better(point, selected[0], ac.select):
-                    selected = (point, {k: v.detach().clone() for k, v in student.state_dict().items()})
-            if run.end_of_step(step):
-                break
-    train_time = run.elapsed()
 
-    # files (rank 0)
+def _write(run: Run, run_dir: Path, a: Adaptation, sel: Selection, h1_meta: dict[str, Any],
+           step: int) -> dict[str, Any]:
+    """The run's files (rank 0): H2 as model.safetensors and in H1's own format, the selected checkpoint, the
+    resume point; returns the settings part of adapt.json."""
+    ac, student = a.cfg.adapt, a.student
     student.requires_grad_(True).eval()
     meta = written({**h1_meta, **rebuild_meta(student), "step": step, "adapted_from": str(ac.h1),
-                    "layers": weights, "objective": objective.term_weights, "config": to_dict(cfg)})
+                    "layers": a.weights, "objective": a.objective.term_weights, "config": to_dict(a.cfg)})
     run.save(step)  # the run can be extended later (--resume with more iterations)
     if run.main:
         ckpt.save_model(run_dir / ckpt.MODEL_FILE, student, meta)
         native = functools.partial(save_native, student, run_dir, meta, h1_meta.get("hf_source"))
         native()  # H2 in H1's own format too (hf_model/, factory_weights.safetensors): a drop-in replacement
-        if selected is not None:
-            _write_selection(run_dir, probes, selected, student, meta, native)
-    ran = step > run.start
-    result = {
-        "layers": weights,
-        "objective": objective.term_weights,
-        "weighting": ac.weighting,
-        "select": ac.select,
-        "step": step,
-        "final_loss": loss_value if ran else None,
-        "final_layer_loss": {t: values[t] for t in taps if t in values} if ran and "features" in objective.terms
-        else {},
-        "final_term_loss": objective.term_values(values) if ran else {},
-        "final_weights": objective.weighting.effective(),
-        "probes": probes,
-        "selected_step": selected[0]["step"] if selected else None,
-        "train_time_s": round(train_time, 2),
-        **({"registration": registration} if registration is not None else {}),
-        **({"raster_coverage": round(pairs.coverage, 4)} if isinstance(pairs, RasterPairs) else {}),
-        "environment": environment(),
-    }
-    if run.main:
-        ckpt.write_json_atomic(run_dir / "adapt.json", result)
-    run.finish(step)
-    return result
+        if sel.best is not None:
+            _write_selection(run_dir, sel.probes, sel.best, student, meta, native)
+    return {"layers": a.weights, "objective": a.objective.term_weights, "weighting": ac.weighting,
+            "select": ac.select, "step": step}
 
 
 def _write_selection(
