@@ -32,7 +32,14 @@ import torch
 from segadapt import checkpoint as ckpt
 from segadapt.adapt import adapt, load_h1
 from segadapt.config import ExperimentConfig, RunConfig, dumps_toml
-from segadapt.data import ImageDataset, SegmentationDataset, SegmentationSource, build_source, make_transform
+from segadapt.data import (
+    ImageDataset,
+    JointTransform,
+    SegmentationDataset,
+    SegmentationSource,
+    build_source,
+    make_transform,
+)
 from segadapt.data.d2 import d2_source, materialise_d2, with_shift
 from segadapt.data.pairs import PairedDataset
 from segadapt.errors import ConfigError, DataError, Diverged
@@ -194,6 +201,39 @@ def fresh_of(h1_meta: dict[str, Any], source: str, trusted: list[str], seed: int
     return rebuild(h1_meta, source, trusted)
 
 
+@dataclasses.dataclass
+class SeedRun:
+    """What every step of one seed's sweep reads (settings, H1, where runs go) and the lists it adds to."""
+
+    cfg: RunConfig  # the sweep's settings
+    base: RunConfig  # the same with this seed
+    device: torch.device
+    out_dir: Path
+    h1: torch.nn.Module
+    h1_meta: dict[str, Any]
+    reused: bool  # H1 came from adapt.h1 (or the caller), not trained by this sweep
+    trusted: list[str]
+    default_objective: dict[str, float]  # H1's architecture's, for H2 rows without adapt.objective
+    rows: list[dict[str, Any]]
+    selection: list[dict[str, Any]]
+
+    @property
+    def seed(self) -> int:
+        return self.base.train.seed
+
+
+@dataclasses.dataclass
+class ShiftData:
+    """One shift's D2 for one seed: its splits, and the datasets B1 and B2 train and score on."""
+
+    name: str
+    dir: Path  # <out>/seed<N>/<shift>: the runs of this seed and shift
+    train: SegmentationSource
+    val: SegmentationSource
+    train_tf: JointTransform  # D2 train's augmentation (the pairs' too)
+    sets: tuple[SegmentationDataset, SegmentationDataset]
+
+
 def run_experiment(cfg: RunConfig, out_dir: Path, h1: tuple[torch.nn.Module, dict[str, Any]] | None = None,
                    search_start: dict[str, float] | None = None) -> dict[str, Any]:
     """The sweep into `out_dir`; `h1` (model, metadata): an H1 the caller has loaded (else adapt.h1, else trained).
@@ -236,102 +276,15 @@ def run_experiment(cfg: RunConfig, out_dir: Path, h1: tuple[torch.nn.Module, dic
             raise ConfigError(f"{cfg.adapt.h1}: H1 predicts {h1_meta.get('num_classes')} classes but "
                               f"{cfg.data.dataset} has {d1_val.info.num_classes}; use an H1 trained on this dataset")
         rows.append(_row(seed, "none", "H1", score(h1, d1_val, cfg, device)))
+        run = SeedRun(cfg, base, device, out_dir, h1, h1_meta, reused is not None, trusted,
+                      default_objective(arch_model), rows, selection)
 
         for name in ex.filters:
-            shift_dir = seed_dir / name
-            shift = dataclasses.replace(cfg.shift, filter=name)
-            d2_name = f"d2-{name}"
-            if name in ex.target_distortion:
-                found = _search(h1, with_shift(base, shift), device, seed, name, ex.target_distortion[name],
-                                landed.get(name))
-                searches.append(found)
-                landed[name] = found["severity"]
-                shift = dataclasses.replace(shift, severity=found["severity"])
-                d2_name = f"d2-{name}-severity{found['severity']:.4f}"  # seeds landing alike share one D2
-            if ex.materialise_d2 and not shift.d2_dir:
-                shift = materialise_d2(with_shift(cfg, shift), name, out_dir / d2_name)
-            d2_train = d2_source(with_shift(cfg, shift), cfg.data.train_split, labelled=True)
-            d2_val = d2_source(with_shift(cfg, shift), cfg.data.val_split, labelled=True)
-            train_tf = make_transform(cfg.data, True, d1_train.info.ignore_index)
-            eval_tf = make_transform(cfg.data, False, d1_train.info.ignore_index)
-            d2_sets = (SegmentationDataset(d2_train, train_tf), SegmentationDataset(d2_val, eval_tf))
-
-            if "B0" in ex.baselines:
-                _stage(seed, name, "B0: H1 scored on D2")
-                rows.append(_row(seed, name, "B0", score(h1, d2_val, cfg, device)))
-                if name in ex.target_distortion:  # the distortion the search aimed at, as the val split shows it
-                    h1_row, b0_row = next(r for r in rows if r["seed"] == seed and r["method"] == "H1"), rows[-1]
-                    searches[-1]["val_distortion"] = finite_or_none(distortion(
-                        h1_row["mean_acc"], h1_row["miou"], b0_row["mean_acc"], b0_row["miou"]))
-            if "B1" in ex.baselines:
-                _stage(seed, name, "B1: trained from scratch on D2 with D1's labels")
-                fresh = fresh_of(h1_meta, cfg.adapt.h1, trusted, seed) if reused is not None else None
-                try:
-                    m, resume = _earlier(shift_dir / "B1", out_dir, "metrics.json")
-                    m = m or train(base, shift_dir / "B1", model=fresh, train_set=d2_sets[0], val_set=d2_sets[1],
-                                   resume=resume)
-                    rows.append(_row(seed, name, "B1", _scores_from(m)))
-                except Diverged as e:
-                    rows.append(_diverged_row(seed, name, "B1", e))
-            if "B2" in ex.baselines:
-                _stage(seed, name, "B2: H1 fine-tuned on D2 with D1's labels")
-                b2 = copy.deepcopy(base)
-                b2.train.iterations, b2.train.lr = ex.iterations, ex.finetune_lr
-                try:
-                    m, resume = _earlier(shift_dir / "B2", out_dir, "metrics.json")
-                    m = m or train(b2, shift_dir / "B2", model=copy.deepcopy(h1), train_set=d2_sets[0],
-                                   val_set=d2_sets[1], resume=resume)
-                    rows.append(_row(seed, name, "B2", _scores_from(m)))
-                except Diverged as e:
-                    rows.append(_diverged_row(seed, name, "B2", e))
-            for method in [b for b in ex.baselines if b in PEERS]:  # D2's images alone: no label is read
-                _stage(seed, name, f"{method}: {BASELINE_MEANINGS[method]}")
-                p = copy.deepcopy(base)
-                p.train.iterations, p.train.lr, p.peer.method = ex.iterations, ex.adapt_lr, method
-                try:
-                    done, resume = _earlier(shift_dir / method, out_dir, "peer.json")
-                    if done is None:
-                        run_peer(p, shift_dir / method, ImageDataset(d2_train, train_tf), teacher=h1,
-                                 h1_meta=h1_meta, resume=resume)
-                except Diverged as e:
-                    rows.append(_diverged_row(seed, name, method, e))
-                    continue
-                h2, _ = load_model(shift_dir / method, device, trusted_factories=trusted)
-                rows.append(_row(seed, name, method, score(h2, d2_val, cfg, device)))
-
-            pairs = PairedDataset(d1_train, d2_train, train_tf, cfg.shift.photometric)
-            def miou_on_d2(step: int, model: torch.nn.Module, d2_val: SegmentationSource = d2_val) -> dict[str, float]:
-                return {"miou": score(model, d2_val, cfg, device).miou}  # labels: only here, to judge selection
-
-            for preset, table in h2_variants(ex):
-                # no table: adapt.objective, else H1's architecture's default; the study's regression keeps
-                # the plain row name H2:<preset>
-                objective = table or cfg.adapt.objective or default_objective(arch_model)
-                study = table is None and objective == STUDY_OBJECTIVE
-                label = preset if study else f"{preset}+{objective_label(objective)}"
-                terms = "regressing" if objective == STUDY_OBJECTIVE else f"{objective_label(objective)} at"
-                _stage(seed, name, f"H2:{label}: H1 adapted by {terms} {preset} (no D2 labels)")
-                a = copy.deepcopy(base)
-                a.train.iterations, a.train.lr = ex.iterations, ex.adapt_lr
-                a.adapt.layers, a.adapt.weights = [preset], []
-                a.adapt.objective = dict(objective)
-                if cfg.adapt.teacher_cache:  # a cache holds one H1's maps at one tap set: one per seed and preset
-                    a.adapt.teacher_cache = str(Path(cfg.adapt.teacher_cache) / f"seed{seed}-{preset}")
-                try:
-                    res, resume = _earlier(shift_dir / f"H2-{label}", out_dir, "adapt.json")
-                    res = res or adapt(a, shift_dir / f"H2-{label}", pairs, teacher=h1, h1_meta=h1_meta,
-                                       on_probe=miou_on_d2, resume=resume)
-                except Diverged as e:
-                    rows.append(_diverged_row(seed, name, f"H2:{label}", e))
-                    continue
-                h2, _ = load_model(shift_dir / f"H2-{label}", device, trusted_factories=trusted)
-                rows.append(_row(seed, name, f"H2:{label}", score(h2, d2_val, cfg, device)))
-                if res["probes"]:
-                    sel = agreement(res["probes"], a.adapt.select) | {"final_entropy": res["probes"][-1]["entropy"]}
-                    selection.append({"seed": seed, "shift": name, "method": f"H2:{label}", **sel})
-
+            d2 = _shift_data(run, name, d1_train, searches, landed)
+            _baselines(run, d2, searches)
+            _adaptations(run, d2, d1_train)
             if seed == ex.seeds[0] and ex.figure_images > 0 and ex.layer_presets:
-                _figures(cfg, out_dir / "figures" / name, shift_dir, h1, rows, seed, name, d1_val, d2_val, device,
+                _figures(cfg, out_dir / "figures" / name, d2.dir, h1, rows, seed, name, d1_val, d2.val, device,
                          trusted)
 
     results = summarise(rows, ex.filters)
@@ -344,6 +297,114 @@ def run_experiment(cfg: RunConfig, out_dir: Path, h1: tuple[torch.nn.Module, dic
 
     results["report"] = str(write_report(out_dir))
     return results
+
+
+def _shift_data(run: SeedRun, name: str, d1_train: SegmentationSource, searches: list[dict[str, Any]],
+                landed: dict[str, float]) -> ShiftData:
+    """This seed's D2 for filter `name`: its severity searched when experiment.target_distortion names it
+    (recorded in `searches`, the landing kept in `landed` for the next seed), written to disk if asked."""
+    cfg, ex = run.cfg, run.cfg.experiment
+    shift = dataclasses.replace(cfg.shift, filter=name)
+    d2_name = f"d2-{name}"
+    if name in ex.target_distortion:
+        found = _search(run.h1, with_shift(run.base, shift), run.device, run.seed, name, ex.target_distortion[name],
+                        landed.get(name))
+        searches.append(found)
+        landed[name] = found["severity"]
+        shift = dataclasses.replace(shift, severity=found["severity"])
+        d2_name = f"d2-{name}-severity{found['severity']:.4f}"  # seeds landing alike share one D2
+    if ex.materialise_d2 and not shift.d2_dir:
+        shift = materialise_d2(with_shift(cfg, shift), name, run.out_dir / d2_name)
+    d2_train = d2_source(with_shift(cfg, shift), cfg.data.train_split, labelled=True)
+    d2_val = d2_source(with_shift(cfg, shift), cfg.data.val_split, labelled=True)
+    train_tf = make_transform(cfg.data, True, d1_train.info.ignore_index)
+    eval_tf = make_transform(cfg.data, False, d1_train.info.ignore_index)
+    sets = (SegmentationDataset(d2_train, train_tf), SegmentationDataset(d2_val, eval_tf))
+    return ShiftData(name, run.out_dir / f"seed{run.seed}" / name, d2_train, d2_val, train_tf, sets)
+
+
+def _baselines(run: SeedRun, d2: ShiftData, searches: list[dict[str, Any]]) -> None:
+    """The rows experiment.baselines names for one seed and shift: B0, B1, B2 and the label-free peers."""
+    cfg, ex, seed, name, rows = run.cfg, run.cfg.experiment, run.seed, d2.name, run.rows
+    if "B0" in ex.baselines:
+        _stage(seed, name, "B0: H1 scored on D2")
+        rows.append(_row(seed, name, "B0", score(run.h1, d2.val, cfg, run.device)))
+        if name in ex.target_distortion:  # the distortion the search aimed at, as the val split shows it
+            h1_row, b0_row = next(r for r in rows if r["seed"] == seed and r["method"] == "H1"), rows[-1]
+            searches[-1]["val_distortion"] = finite_or_none(distortion(
+                h1_row["mean_acc"], h1_row["miou"], b0_row["mean_acc"], b0_row["miou"]))
+    if "B1" in ex.baselines:
+        _stage(seed, name, "B1: trained from scratch on D2 with D1's labels")
+        fresh = fresh_of(run.h1_meta, cfg.adapt.h1, run.trusted, seed) if run.reused else None
+        try:
+            m, resume = _earlier(d2.dir / "B1", run.out_dir, "metrics.json")
+            m = m or train(run.base, d2.dir / "B1", model=fresh, train_set=d2.sets[0], val_set=d2.sets[1],
+                           resume=resume)
+            rows.append(_row(seed, name, "B1", _scores_from(m)))
+        except Diverged as e:
+            rows.append(_diverged_row(seed, name, "B1", e))
+    if "B2" in ex.baselines:
+        _stage(seed, name, "B2: H1 fine-tuned on D2 with D1's labels")
+        b2 = copy.deepcopy(run.base)
+        b2.train.iterations, b2.train.lr = ex.iterations, ex.finetune_lr
+        try:
+            m, resume = _earlier(d2.dir / "B2", run.out_dir, "metrics.json")
+            m = m or train(b2, d2.dir / "B2", model=copy.deepcopy(run.h1), train_set=d2.sets[0],
+                           val_set=d2.sets[1], resume=resume)
+            rows.append(_row(seed, name, "B2", _scores_from(m)))
+        except Diverged as e:
+            rows.append(_diverged_row(seed, name, "B2", e))
+    for method in [b for b in ex.baselines if b in PEERS]:  # D2's images alone: no label is read
+        _stage(seed, name, f"{method}: {BASELINE_MEANINGS[method]}")
+        p = copy.deepcopy(run.base)
+        p.train.iterations, p.train.lr, p.peer.method = ex.iterations, ex.adapt_lr, method
+        try:
+            done, resume = _earlier(d2.dir / method, run.out_dir, "peer.json")
+            if done is None:
+                run_peer(p, d2.dir / method, ImageDataset(d2.train, d2.train_tf), teacher=run.h1,
+                         h1_meta=run.h1_meta, resume=resume)
+        except Diverged as e:
+            rows.append(_diverged_row(seed, name, method, e))
+            continue
+        h2, _ = load_model(d2.dir / method, run.device, trusted_factories=run.trusted)
+        rows.append(_row(seed, name, method, score(h2, d2.val, cfg, run.device)))
+
+
+def _adaptations(run: SeedRun, d2: ShiftData, d1_train: SegmentationSource) -> None:
+    """The H2 rows for one seed and shift: H1 adapted on (D1, D2) pairs once per layer preset (and objective
+    table), no D2 label read; the sweep's labels score the probes only, to judge the label-free selection."""
+    cfg, seed, name, device = run.cfg, run.seed, d2.name, run.device
+    pairs = PairedDataset(d1_train, d2.train, d2.train_tf, cfg.shift.photometric)
+
+    def miou_on_d2(step: int, model: torch.nn.Module) -> dict[str, float]:
+        return {"miou": score(model, d2.val, cfg, device).miou}  # labels: only here, to judge selection
+
+    for preset, table in h2_variants(cfg.experiment):
+        # no table: adapt.objective, else H1's architecture's default; the study's regression keeps
+        # the plain row name H2:<preset>
+        objective = table or cfg.adapt.objective or run.default_objective
+        study = table is None and objective == STUDY_OBJECTIVE
+        label = preset if study else f"{preset}+{objective_label(objective)}"
+        terms = "regressing" if objective == STUDY_OBJECTIVE else f"{objective_label(objective)} at"
+        _stage(seed, name, f"H2:{label}: H1 adapted by {terms} {preset} (no D2 labels)")
+        a = copy.deepcopy(run.base)
+        a.train.iterations, a.train.lr = cfg.experiment.iterations, cfg.experiment.adapt_lr
+        a.adapt.layers, a.adapt.weights = [preset], []
+        a.adapt.objective = dict(objective)
+        if cfg.adapt.teacher_cache:  # a cache holds one H1's maps at one tap set: one per seed and preset
+            a.adapt.teacher_cache = str(Path(cfg.adapt.teacher_cache) / f"seed{seed}-{preset}")
+        try:
+            res, resume = _earlier(d2.dir / f"H2-{label}", run.out_dir, "adapt.json")
+            res = res or adapt(a, d2.dir / f"H2-{label}", pairs, teacher=run.h1, h1_meta=run.h1_meta,
+                               on_probe=miou_on_d2, resume=resume)
+        except Diverged as e:
+            run.rows.append(_diverged_row(seed, name, f"H2:{label}", e))
+            continue
+        h2, _ = load_model(d2.dir / f"H2-{label}", device, trusted_factories=run.trusted)
+        run.rows.append(_row(seed, name, f"H2:{label}", score(h2, d2.val, cfg, device)))
+        if res["probes"]:
+            sel = agreement(res["probes"], a.adapt.select) | {"final_entropy": res["probes"][-1]["entropy"]}
+            run.selection.append({"seed": seed, "shift": name, "method": f"H2:{label}", **sel})
 
 
 def h2_variants(ex: ExperimentConfig) -> list[tuple[str, dict[str, float] | None]]:
