@@ -17,7 +17,7 @@ Protocol (one H1 per architecture, shared by the seeds):
   and k = 20 labelled D2 train images (drawn once with LABEL_SEED): cross-entropy alone, and with that
   combination.
 - Seeds: 0 for the grid; then 1 and 2 at the picked rate for B2, the regression, the best label-free method and
-  the best peer of that architecture and shift.
+  the best peer of that architecture and shift, and (once every shift has run) for the default chosen.
 Each run is one small sweep (segadapt.experiment.run_experiment) into its own folder, so scoring, probes and the
 label-free selection are the sweep's own; a finished run is read back, an unfinished one resumes, so the script
 continues where it was stopped. `--collect` only writes the results from what has finished.
@@ -294,6 +294,21 @@ def run_setup(work: Path, arch: str, shift: str, h1: Path, d2: dict[str, str], t
             run_one(run_dir(work, arch, shift, name, lr, seed), cfg)
 
 
+def seed_default(work: Path, arch: str, shifts: list[str], h1: Path, d2: dict[str, str], tap: str,
+                 default: str) -> None:
+    """Seeds 1 and 2 of the chosen default on every shift: it is chosen across shifts, so on some it is not
+    that shift's best label-free method (which run_setup seeds)."""
+    table = methods(ARCHS[arch], tap)
+    for shift in shifts:
+        lr, row = picked(work, arch, shift, default, table[default])
+        if row is None:
+            continue
+        for seed in EXTRA_SEEDS:
+            cfg = run_config(h1, shift, d2[shift], table[default], lr if lr is not None else ARCHS[arch].grid[1],
+                             seed, work)
+            run_one(run_dir(work, arch, shift, default, lr, seed), cfg)
+
+
 # --- collecting ------------------------------------------------------------------------------------
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -481,8 +496,8 @@ def collect(work: Path, docs: Path, figures: Path, wall_s: float) -> dict[str, A
                   f"(VGG {list(ARCHS['vgg'].grid)}, SegFormer {list(ARCHS['segformer'].grid)}) by D2 val mIoU "
                   f"(an oracle choice, the same for every method); recovery (M - B0) / (B2 - B0) where B2 gains "
                   f">= {MIN_GAIN}; combo = output_kl + paired_pseudo; k labelled D2 images drawn with seed "
-                  f"{LABEL_SEED}; seeds 1 and 2 for B2, the regression, the best label-free method and the best "
-                  f"peer, seed 0 alone for the rest."),
+                  f"{LABEL_SEED}; seeds 1 and 2 for B2, the regression, the best label-free method, the best "
+                  f"peer and the default chosen, seed 0 alone for the rest."),
         "setups": setups, "defaults": defaults(setups), "h1_miou": h1s, "missing": missing,
         "compute_s": round(seconds, 1), "wall_s_this_invocation": round(wall_s, 1),
         "load_average_1min_end": os.getloadavg()[0], "environment": environment(),
@@ -514,11 +529,14 @@ def main() -> int:
         # order: every shift of one architecture before the next, photocopy first (the tap scan runs on it)
         for arch in args.archs:
             h1 = train_h1(args.work, arch)
-            d2 = {s: write_d2(args.work, h1, s) for s in SHIFTS if s in args.shifts or s == "photocopy"}
+            d2 = {s: write_d2(args.work, h1, s) for s in SHIFTS}
             tap = regression_tap(args.work, arch, h1, d2)
             for shift in args.shifts:
                 run_setup(args.work, arch, shift, h1, d2, tap, set(args.methods) if args.methods else None)
                 collect(args.work, args.docs, args.figures, time.perf_counter() - start)
+            default = collect(args.work, args.docs, args.figures, time.perf_counter() - start)["defaults"][arch]
+            if default is not None:  # every shift measured: the default gets its seeds too
+                seed_default(args.work, arch, list(SHIFTS), h1, d2, tap, default)
     doc = collect(args.work, args.docs, args.figures, time.perf_counter() - start)
     print(f"wrote {args.docs / NAME}.json/.md; left: {len(doc['missing'])} setups incomplete")
     return 0
