@@ -397,8 +397,55 @@ def fmt(v: Any, nd: int = 3) -> str:
     return "" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
+def objective_of(name: str) -> dict[str, float] | None:
+    """The adapt.objective a label-free row runs (None: not an objective of the model contract's)."""
+    m = methods(ARCHS["vgg"], "pool5").get(name)
+    return m.adapt.get("objective") if m is not None and name in LABEL_FREE else None
+
+
+def code_default(arch: str) -> str:
+    """The row whose objective segadapt adapts this architecture by today (models.contract.default_objective)."""
+    from segadapt.models.contract import default_objective
+    from segadapt.models.hf import HFSegmentation
+    from segadapt.models.vgg_deeplab import VGGDeepLab
+
+    own = default_objective({"vgg": VGGDeepLab, "segformer": HFSegmentation}[arch])  # a class attribute
+    return next((n for n in LABEL_FREE if objective_of(n) == own), str(own))
+
+
+def summary_rows(doc: dict[str, Any]) -> list[str]:
+    """The README's lead table: per architecture and shift, B0, B2, the best peer, segadapt's default and
+    its recovery, and the best label-free row where that is another."""
+    lines = ["| architecture, shift | B0 | B2 (labels) | best peer | segadapt default (recovery) | "
+             "best label-free (recovery) |", "| --- | --- | --- | --- | --- | --- |"]
+
+    def cell(e: dict[str, Any] | None, name: str) -> str:
+        if not e or e.get("miou_mean") is None:
+            return f"{name}: not run yet"
+        out = f"{name}: {fmt(e['miou_mean'])}"
+        if e.get("recovery_mean") is not None:
+            out += f" ({fmt(e['recovery_mean'], 2)}"
+            out += f" ± {fmt(e['recovery_std'], 2)}, {len(e['seeds'])} seeds)" if len(e["seeds"]) > 1 else \
+                ", 1 seed)"
+        return out
+
+    for arch, shifts in doc["setups"].items():
+        default = code_default(arch)
+        for shift, t in shifts.items():
+            b0, b2 = t.get("B0", {}).get("miou_mean"), t.get("B2", {})
+            peers = {n: t[n] for n in PEERS if t.get(n, {}).get("miou_mean") is not None}
+            peer = max(peers, key=lambda n: peers[n]["miou_mean"]) if peers else None
+            free = {n: t[n] for n in LABEL_FREE if t.get(n, {}).get("miou_mean") is not None}
+            best = max(free, key=lambda n: free[n]["miou_mean"]) if free else None
+            b2_cell = fmt(b2.get("miou_mean")) + (f" ± {fmt(b2['miou_std'])}" if len(b2.get("seeds", [])) > 1 else "")
+            lines.append(f"| {arch}, {shift} | {fmt(b0)} | {b2_cell} | "
+                         f"{cell(peers.get(peer), peer) if peer else ''} | {cell(t.get(default), default)} | "
+                         f"{cell(free[best], best) if best and best != default else ('the default' if best else '')} |")
+    return lines
+
+
 def markdown(doc: dict[str, Any]) -> str:
-    lines = [f"# {NAME}", "", doc["setup"], ""]
+    lines = [f"# {NAME}", "", doc["setup"], "", *summary_rows(doc), ""]
     for arch, shifts in doc["setups"].items():
         lines += [f"## {arch} (H1 D1 val mIoU {fmt(doc['h1_miou'].get(arch))})", ""]
         for shift, table in shifts.items():
