@@ -198,6 +198,9 @@ class AdaptConfig:
     align_min_corr: float = 0.35  # correlation of the aligned images below which a registration fails
     align_min_inliers: int = 20  # RANSAC inliers (features) below which it fails
     align_min_overlap: float = 0.5  # fraction of X1 that X2 must cover
+    # where ecc and features register: "network" (at data.base_size, the resolution the network sees: a shift
+    # in network units is coarse at the stored size and fails min_corr there) or "stored" (the files' pixels)
+    align_at: str = "network"
 
 
 @dataclass
@@ -559,6 +562,7 @@ _LIMITS: dict[str, dict[str, tuple[Any, str]]] = {
                     "align_image": _one_of("contrast", "gradient"), "align_cache": _usable_path(),
                     "align_min_corr": _between(-1, 1), "align_min_inliers": _at_least(3),
                     "align_min_overlap": ((lambda v: 0 < v <= 1), "in (0, 1]"),
+                    "align_at": _one_of("network", "stored"),
                     "pseudo_keep": ((lambda v: 0 < v <= 1), "in (0, 1]"), "temperature": _positive(),
                     "weighting": _one_of("fixed", "normalised", "uncertainty"),
                     "train_head": ((lambda v: isinstance(v, bool) or v == "auto"), 'true, false or "auto"'),

@@ -435,7 +435,7 @@ def _register(report: Report, cfg: RunConfig, pairs: list[tuple[SegmentationSour
     from segadapt.data.align import corner_error, describe
     from segadapt.data.align_cache import refuse_none_left, register_pairs, settings_of
 
-    settings = settings_of(cfg.adapt)
+    settings = settings_of(cfg.adapt, cfg.data.base_size)
     cache = Path(cfg.adapt.align_cache) if cfg.adapt.align_cache else None
     assert report.pairs is not None
     rows = report.pairs.setdefault("registration", [])

@@ -41,13 +41,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from segadapt.base_size import base_scale
 from segadapt.errors import ConfigError
 
 METHODS = ("none", "ecc", "features", "geo")
@@ -69,6 +70,11 @@ class AlignSettings:
     min_inliers: int = 20
     min_overlap: float = 0.5
     iterations: int = 100  # ECC iterations per pyramid level
+    # register at the resolution the network sees: each image resized (never enlarged) so its shorter side is
+    # base_size (data.base_size; 0: as stored). A shift in network units is coarse at the stored size (a
+    # photocopy's grain 3x wider on CamVid at base size 120): there the contrast images correlate too little
+    # to pass min_corr, at the network's size they do (docs/results/registration.md)
+    base_size: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS[1:]:  # "none" has no registration
@@ -203,6 +209,15 @@ def _rescale(matrix: np.ndarray, src1: tuple[int, int], dst1: tuple[int, int], s
     return centre_scale(src2, dst2) @ matrix @ np.linalg.inv(centre_scale(src1, dst1))
 
 
+def _to_base(x: np.ndarray, base_size: int) -> np.ndarray:
+    """`x` resized so its shorter side is `base_size` (area-averaged), or `x` itself when it is no larger."""
+    f = base_scale(*_size(x), base_size)
+    if f >= 1:
+        return x
+    h, w = _size(x)
+    return cv2.resize(x, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+
+
 def _size(a: np.ndarray) -> tuple[int, int]:
     return int(a.shape[0]), int(a.shape[1])
 
@@ -327,9 +342,16 @@ def from_georeference(path1: Path, path2: Path, settings: AlignSettings) -> Regi
 
 
 def register(x1: np.ndarray, x2: np.ndarray, settings: AlignSettings) -> Registration:
-    """Estimate W (X1 -> X2 coordinates) for one pair of uint8 RGB images, and check it (ecc, features)."""
+    """Estimate W (X1 -> X2 coordinates) for one pair of uint8 RGB images, and check it (ecc, features); with
+    settings.base_size, on both images at the network's resolution (W is still for the stored sizes)."""
     if settings.method not in ("ecc", "features"):
         raise ValueError(f"register() estimates from pixels (ecc, features), not {settings.method!r}")
+    if settings.base_size > 0:
+        small1, small2 = _to_base(x1, settings.base_size), _to_base(x2, settings.base_size)
+        if small1.shape != x1.shape or small2.shape != x2.shape:
+            found = register(small1, small2, replace(settings, base_size=0))
+            matrix = _rescale(found.transform, _size(small1), _size(x1), _size(small2), _size(x2))
+            return replace(found, matrix=matrix.tolist(), size1=_size(x1), size2=_size(x2))
     t0 = time.perf_counter()
     s = settings
     size1, size2 = _size(x1), _size(x2)

@@ -30,11 +30,13 @@ FORMAT = 1
 Register = Callable[[np.ndarray, np.ndarray, AlignSettings], Registration]
 
 
-def settings_of(adapt: AdaptConfig) -> AlignSettings:
-    """The registration settings of a run's [adapt] table (adapt.align must not be "none")."""
+def settings_of(adapt: AdaptConfig, base_size: int = 0) -> AlignSettings:
+    """The registration settings of a run's [adapt] table (adapt.align must not be "none"); `base_size`: the
+    data's (data.base_size), the resolution registered at when adapt.align_at is "network"."""
     return AlignSettings(method=adapt.align, model=adapt.align_model, image=adapt.align_image,
                          min_corr=adapt.align_min_corr, min_inliers=adapt.align_min_inliers,
-                         min_overlap=adapt.align_min_overlap)
+                         min_overlap=adapt.align_min_overlap,
+                         base_size=base_size if adapt.align_at == "network" else 0)
 
 
 def register_dataset(pairs: PairedDataset, adapt: AdaptConfig, default_cache: Path | None,
@@ -42,7 +44,7 @@ def register_dataset(pairs: PairedDataset, adapt: AdaptConfig, default_cache: Pa
     """The registered view of `pairs` (failed pairs left out) and its summary; refuses when none passed."""
     from segadapt import distributed
 
-    settings = settings_of(adapt)
+    settings = settings_of(adapt, pairs.transform.base_size)
     cache = Path(adapt.align_cache) if adapt.align_cache else default_cache
 
     def run() -> list[Registration]:
