@@ -201,6 +201,8 @@ def run_config(h1: Path, shift: str, d2_dir: str, m: Method, lr: float, seed: in
     ex.adapt_lr = ex.finetune_lr = lr
     adapt = copy.deepcopy(m.adapt)
     adapt["align"] = SHIFTS[shift][1]
+    if adapt["align"] != "none":  # one registration per pair for every run on this D2 (keyed by the settings)
+        adapt["align_cache"] = str(work / f"d2-{shift}-align")
     if m.labels:
         adapt["d2_labels"] = str(labelled_subset(Path(d2_dir), m.labels, work / f"d2-{shift}-labels-k{m.labels}"))
     return merge(cfg, {"adapt": adapt}, f"{NAME} {shift}")
@@ -546,10 +548,13 @@ def collect(work: Path, docs: Path, figures: Path, wall_s: float) -> dict[str, A
                   f"{LABEL_SEED}; seeds 1 and 2 for B2, the regression, the best label-free method, the best "
                   f"peer and the default chosen, seed 0 alone for the rest."),
         "setups": setups, "defaults": defaults(setups), "h1_miou": h1s, "missing": missing,
+        "code_defaults": {a: code_default(a) for a in ARCHS},
         "compute_s": round(seconds, 1), "wall_s_this_invocation": round(wall_s, 1),
         "load_average_1min_end": os.getloadavg()[0], "environment": environment(),
         "script": "benchmarks/compare_camvid.py",
     }
+    # what the model contract must hand out (tests/test_defaults.py holds the code to it)
+    doc["default_objectives"] = {a: objective_of(d) if d else None for a, d in doc["defaults"].items()}
     write_json_atomic(docs / f"{NAME}.json", doc)
     write_text_atomic(docs / f"{NAME}.md", markdown(doc))
     figure(doc, figures / f"{NAME}.png")
