@@ -7,6 +7,10 @@ corners through the estimate and through the truth, in pixels) is the accuracy m
 the quality check counts as a failure (never as accurate). Also: unrelated pairs (X2 the photocopy of another
 frame), which must all be flagged.
 
+`--network-units BASE` makes X2 as `segadapt shift --units network` does for a network that sees the frames at
+a shorter side of BASE pixels (the photocopy's lengths scaled by 480x360's 360 / BASE), reports corner errors
+in network pixels, and adds the variants that register at that size (`*-network`, adapt.align_at = network).
+
     python benchmarks/registration.py --pairs 100 --out docs/results/registration.json \\
         --figure docs/figures/registration.png
 """
@@ -18,6 +22,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,7 @@ import numpy as np
 
 from _measure import load_average
 from _paths import CAMVID_ROOT
+from segadapt.base_size import base_scale
 from segadapt.checkpoint import write_json_atomic
 from segadapt.data.align import (
     AlignSettings,
@@ -47,6 +53,8 @@ VARIANTS = {  # name -> settings; "ecc-gradient" is the representation the modul
     "ecc": AlignSettings("ecc"),
     "features": AlignSettings("features"),
     "ecc-gradient": AlignSettings("ecc", image="gradient"),
+    "ecc-network": AlignSettings("ecc"),  # base_size: --network-units
+    "features-network": AlignSettings("features"),
 }
 
 
@@ -122,7 +130,11 @@ def main() -> int:
     p.add_argument("--root", type=Path, default=CAMVID_ROOT)
     p.add_argument("--pairs", type=int, default=100)
     p.add_argument("--severities", type=float, nargs="+", default=[0.5, 1.0])
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                   help="default: ecc, features, ecc-gradient; with --network-units: ecc, ecc-network, "
+                        "features-network")
+    p.add_argument("--network-units", type=int, default=0, metavar="BASE",
+                   help="shift in network units for a network at base size BASE (errors in network pixels)")
     p.add_argument("--unrelated", type=int, default=20, help="unrelated pairs, which must all be flagged")
     p.add_argument("--out", type=Path)
     p.add_argument("--figure", type=Path)
@@ -136,17 +148,26 @@ def main() -> int:
     if args.merge and args.out and args.out.is_file():
         results = json.loads(args.out.read_text()) | {"load_average_start": load_average()}
     drawn = False
+    base = args.network_units
+    args.variants = args.variants or (["ecc", "ecc-network", "features-network"] if base else
+                                      ["ecc", "features", "ecc-gradient"])
+    settings = {v: replace(VARIANTS[v], base_size=base if v.endswith("-network") else 0) for v in args.variants}
+
+    def scale_of(x: np.ndarray) -> float:  # stored pixels per network pixel (1: image units)
+        return base_scale(*x.shape[:2], base, inverse=True)
+
     for severity in args.severities:
         spec = spec_of(severity)
+        key = f"{spec} network units base {base}" if base else spec
         rows: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
         for n, path in enumerate(paths):
             x1 = read_image(path)
             seed = stem_seed(path.stem, 0)
-            x2 = apply_filter(spec, x1, severity=1.0, seed=seed)
+            x2 = apply_filter(spec, x1, severity=1.0, seed=seed, scale=scale_of(x1))
             truth = geometry(spec, *x1.shape[:2], 1.0, seed)
             for v in args.variants:
-                reg = register(x1, x2, VARIANTS[v])
-                err = corner_error(reg.transform, truth, *x1.shape[:2])
+                reg = register(x1, x2, settings[v])
+                err = corner_error(reg.transform, truth, *x1.shape[:2]) / scale_of(x1)
                 rows[v].append({"x1": path.name, "ok": reg.ok, "corner_error": err, "seconds": reg.seconds,
                                 "reason": reg.reason, **reg.quality})
                 if args.figure and not drawn and v == "ecc" and reg.ok and n == len(paths) // 3:
@@ -154,14 +175,14 @@ def main() -> int:
                     drawn = True
             print(f"severity {severity:g}: {n + 1}/{len(paths)} pairs", end="\r", file=sys.stderr)
         print(file=sys.stderr)
-        run = results["runs"].setdefault(spec, {"rows": {}})
+        run = results["runs"].setdefault(key, {"rows": {}})
         run.update({v: summarise(r) for v, r in rows.items()})
         run["rows"].update(rows)
-        results["runs"][spec]["measured_at_load"] = load_average()
+        results["runs"][key]["measured_at_load"] = load_average()
         for v in args.variants:
-            s = results["runs"][spec][v]
+            s = results["runs"][key][v]
             e = s["corner_error_px"] or {}
-            print(f"{spec} {v:>13}: {s['fraction_within_1px']:.0%} within 1 px, {s['flagged']} flagged, "
+            print(f"{key} {v:>16}: {s['fraction_within_1px']:.0%} within 1 px, {s['flagged']} flagged, "
                   f"median {e.get('median', float('nan')):.3f} px, p95 {e.get('p95', float('nan')):.3f} px, "
                   f"{s['seconds_per_pair']['median']:.2f} s/pair")
     # unrelated pairs: X2 is the photocopy of a frame a third of the list away
@@ -169,10 +190,12 @@ def main() -> int:
     k = min(args.unrelated, len(paths))
     for a in range(k):
         x1 = read_image(paths[a])
-        x2 = apply_filter("photocopy", read_image(paths[(a + len(paths) // 3) % len(paths)]), severity=1.0)
+        x2 = apply_filter("photocopy", read_image(paths[(a + len(paths) // 3) % len(paths)]), severity=1.0,
+                          scale=scale_of(x1))
         for v in args.variants:
-            unrelated[v] += not register(x1, x2, VARIANTS[v]).ok
-    results.setdefault("unrelated", {"pairs": k, "flagged": {}})["flagged"].update(unrelated)
+            unrelated[v] += not register(x1, x2, settings[v]).ok
+    flagged = results.setdefault("unrelated", {"pairs": k, "flagged": {}})["flagged"]
+    flagged.update({(f"{v} (network units base {base})" if base else v): n for v, n in unrelated.items()})
     print(f"unrelated pairs flagged (of {k}): {unrelated}")
     results["wall_s"] = round(time.perf_counter() - t0, 1)
     results["load_average_end"] = load_average()
