@@ -256,3 +256,22 @@ def test_a_stopped_sweep_continues_where_it_was(tmp_path, tiny, monkeypatch):
     tiny.experiment.iterations = 5
     with pytest.raises(ConfigError, match="holds a sweep with other settings"):
         experiment.run_experiment(tiny, tmp_path)
+
+
+def test_an_objective_that_reads_no_feature_map_runs_once_not_once_per_preset():
+    """With the head training, output-level terms train every parameter whatever the layer preset: one run
+    (at the deepest preset) stands for all; feature terms, or a frozen head, still run per preset."""
+    from segadapt.config import AdaptConfig
+
+    ex = preset("demo").experiment
+    ex.layer_presets = ["pool2", "pool5", "all_inc"]
+    ex.objectives = [{"features": 1.0}, {"output_kl": 1.0, "paired_pseudo": 1.0}]
+    got = [(p, experiment.objective_label(o)) for p, _, o in experiment.h2_variants(ex, AdaptConfig(), {}, "pool5")]
+    assert got == [("pool2", "features"), ("pool5", "features"), ("pool5", "output_kl+paired_pseudo"),
+                   ("all_inc", "features")]
+    ex.objectives = []  # no table: adapt.objective, else the architecture's default
+    combo = {"output_kl": 1.0, "paired_pseudo": 1.0}
+    assert [p for p, _, _ in experiment.h2_variants(ex, AdaptConfig(), combo, "pool5")] == ["pool5"]
+    assert [p for p, _, _ in experiment.h2_variants(ex, AdaptConfig(), combo, "")] == ["all_inc"]
+    frozen = AdaptConfig(train_head=False)  # only the layers below the tap train: each preset is its own run
+    assert len(experiment.h2_variants(ex, frozen, combo, "pool5")) == 3

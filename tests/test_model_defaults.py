@@ -81,3 +81,19 @@ def test_camvid_adapts_at_camvids_rate_whether_h1_records_a_run_or_not():
     assert (cfg.train.lr, cfg.train.iterations, cfg.adapt.grad_clip) == (0.005, 1000, 5.0)
     # the data settings are CamVid's preset's too, not the defaults' (321x321 crops, no base size)
     assert (cfg.data.base_size, cfg.data.crop_size, cfg.train.batch_size) == (240, [240, 320], 8)
+
+
+def test_each_architectures_default_is_what_the_comparison_measured_best():
+    """docs/results/compare.json (benchmarks/compare_camvid.py) names, per architecture whose three shifts have
+    run, the label-free objective with the best mean recovery; the model contract must hand out that one."""
+    from pathlib import Path
+
+    from segadapt.models.contract import default_objective
+    from segadapt.models.hf import HFSegmentation
+    from segadapt.models.vgg_deeplab import VGGDeepLab
+
+    doc = json.loads((Path(__file__).parents[1] / "docs" / "results" / "compare.json").read_text())
+    measured = {a: o for a, o in doc.get("default_objectives", {}).items() if o is not None}
+    for arch, model in (("vgg", VGGDeepLab), ("segformer", HFSegmentation)):
+        if arch in measured:
+            assert default_objective(model) == measured[arch], arch  # type: ignore[arg-type]

@@ -31,7 +31,7 @@ import torch
 
 from segadapt import checkpoint as ckpt
 from segadapt.adapt import adapt, load_h1
-from segadapt.config import ExperimentConfig, RunConfig, dumps_toml
+from segadapt.config import AdaptConfig, ExperimentConfig, RunConfig, dumps_toml
 from segadapt.data import (
     ImageDataset,
     JointTransform,
@@ -50,6 +50,7 @@ from segadapt.models.contract import (
     STUDY_OBJECTIVE,
     SegmentationModel,
     conform,
+    default_layers,
     default_objective,
     sweep_presets,
     tap_listing,
@@ -214,6 +215,7 @@ class SeedRun:
     reused: bool  # H1 came from adapt.h1 (or the caller), not trained by this sweep
     trusted: list[str]
     default_objective: dict[str, float]  # H1's architecture's, for H2 rows without adapt.objective
+    deepest: str  # its deepest one-tap preset ("" for a model without presets)
     rows: list[dict[str, Any]]
     selection: list[dict[str, Any]]
 
@@ -277,7 +279,7 @@ def run_experiment(cfg: RunConfig, out_dir: Path, h1: tuple[torch.nn.Module, dic
                               f"{cfg.data.dataset} has {d1_val.info.num_classes}; use an H1 trained on this dataset")
         rows.append(_row(seed, "none", "H1", score(h1, d1_val, cfg, device)))
         run = SeedRun(cfg, base, device, out_dir, h1, h1_meta, reused is not None, trusted,
-                      default_objective(arch_model), rows, selection)
+                      default_objective(arch_model), _deepest(arch_model), rows, selection)
 
         for name in ex.filters:
             d2 = _shift_data(run, name, d1_train, searches, landed)
@@ -297,6 +299,13 @@ def run_experiment(cfg: RunConfig, out_dir: Path, h1: tuple[torch.nn.Module, dic
 
     results["report"] = str(write_report(out_dir))
     return results
+
+
+def _deepest(model: SegmentationModel) -> str:
+    try:
+        return default_layers(model)[0]
+    except ConfigError:  # no presets (a factory model): the sweep's layer presets are taps, the last one is used
+        return ""
 
 
 def _shift_data(run: SeedRun, name: str, d1_train: SegmentationSource, searches: list[dict[str, Any]],
@@ -379,10 +388,8 @@ def _adaptations(run: SeedRun, d2: ShiftData, d1_train: SegmentationSource) -> N
     def miou_on_d2(step: int, model: torch.nn.Module) -> dict[str, float]:
         return {"miou": score(model, d2.val, cfg, device).miou}  # labels: only here, to judge selection
 
-    for preset, table in h2_variants(cfg.experiment):
-        # no table: adapt.objective, else H1's architecture's default; the study's regression keeps
-        # the plain row name H2:<preset>
-        objective = table or cfg.adapt.objective or run.default_objective
+    for preset, table, objective in h2_variants(cfg.experiment, cfg.adapt, run.default_objective, run.deepest):
+        # the study's regression keeps the plain row name H2:<preset>
         study = table is None and objective == STUDY_OBJECTIVE
         label = preset if study else f"{preset}+{objective_label(objective)}"
         terms = "regressing" if objective == STUDY_OBJECTIVE else f"{objective_label(objective)} at"
@@ -407,11 +414,29 @@ def _adaptations(run: SeedRun, d2: ShiftData, d1_train: SegmentationSource) -> N
             run.selection.append({"seed": seed, "shift": name, "method": f"H2:{label}", **sel})
 
 
-def h2_variants(ex: ExperimentConfig) -> list[tuple[str, dict[str, float] | None]]:
-    """(layer preset, objective) of every adaptation the sweep runs: each preset once per experiment.objectives
-    table, or once with adapt.objective (None) when there is none."""
-    objectives: list[dict[str, float] | None] = list(ex.objectives) or [None]
-    return [(preset, objective) for preset in ex.layer_presets for objective in objectives]
+def h2_variants(ex: ExperimentConfig, adapt_cfg: AdaptConfig, model_default: dict[str, float],
+                deepest: str) -> list[tuple[str, dict[str, float] | None, dict[str, float]]]:
+    """(layer preset, experiment.objectives table or None, the objective) of every adaptation the sweep runs:
+    each preset once per table, or once with adapt.objective (else the architecture's default) when there is
+    none. An objective that reads no feature map while the head trains trains every parameter whatever the
+    preset, so it runs once per seed and shift, at `deepest` (the deepest preset swept), not once per preset."""
+    tables: list[dict[str, float] | None] = list(ex.objectives) or [None]
+    at = deepest if deepest in ex.layer_presets else ex.layer_presets[-1] if ex.layer_presets else ""
+    out = []
+    for preset in ex.layer_presets:
+        for table in tables:
+            objective = table or adapt_cfg.objective or model_default
+            if preset == at or not preset_free(objective, adapt_cfg):
+                out.append((preset, table, objective))
+    return out
+
+
+def preset_free(objective: dict[str, float], adapt_cfg: AdaptConfig) -> bool:
+    """Whether the layers an objective is given change nothing: no term of it reads a feature map and the
+    head trains (adapt.train_head), so every parameter trains (adapt.trainable_parameters)."""
+    from segadapt.objectives import TERMS
+
+    return adapt_cfg.train_head is not False and not any(TERMS[t].needs_maps for t, w in objective.items() if w > 0)
 
 
 def objective_label(objective: dict[str, float]) -> str:
