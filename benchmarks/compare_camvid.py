@@ -486,6 +486,7 @@ def figure(doc: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.patches import Patch
 
     archs = [a for a in doc["setups"] if doc["setups"][a]]
     if not archs:
@@ -499,16 +500,24 @@ def figure(doc: dict[str, Any], path: Path) -> None:
         for i, s in enumerate(shifts):
             t = doc["setups"][arch][s]
             vals = [t.get(n, {}).get("recovery_mean") for n in names]
-            errs = [t.get(n, {}).get("recovery_std") or 0.0 for n in names]
-            ax.bar(x + i * w - 0.4 + w / 2, [np.nan if v is None else v for v in vals], w, yerr=errs, label=s,
-                   capsize=2)
+            single = [len(t.get(n, {}).get("seeds", [])) == 1 for n in names]
+            errs = [np.nan if one else t.get(n, {}).get("recovery_std") or 0.0 for n, one in zip(names, single)]
+            bars = ax.bar(x + i * w - 0.4 + w / 2, [np.nan if v is None else v for v in vals], w, yerr=errs,
+                          label=s, capsize=2)
+            for bar, one in zip(bars, single):
+                if one:  # one seed: no spread to show
+                    bar.set_hatch("///")
+                    bar.set_edgecolor("white")
         ax.axhline(0, color="k", lw=0.8)
         ax.axhline(1, color="k", lw=0.8, ls="--")
         ax.axhline(0.9, color="g", lw=0.8, ls=":")
         ax.set_xticks(x, names, rotation=45, ha="right")
         ax.set_ylabel("recovery (M - B0) / (B2 - B0)")
-        ax.set_title(f"{arch} (H1 D1 val mIoU {fmt(doc['h1_miou'].get(arch))})")
-        ax.legend(fontsize=8)
+        ax.set_title(f"{arch} (H1 D1 val mIoU {fmt(doc['h1_miou'].get(arch))}); error bars: std over 3 seeds",
+                     fontsize=10)
+        handles = [Patch(facecolor=f"C{i}", label=s) for i, s in enumerate(shifts)]
+        handles.append(Patch(facecolor="grey", edgecolor="white", hatch="///", label="1 seed"))
+        ax.legend(handles=handles, fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
