@@ -23,7 +23,7 @@ from typing import Any
 
 from _paths import CAMVID_ROOT, recorded
 from segadapt.checkpoint import write_json_atomic
-from segadapt.config import RunConfig, ShiftConfig, preset
+from segadapt.config import STUDY_OBJECTIVE, RunConfig, ShiftConfig, preset
 from segadapt.experiment import run_experiment
 
 
@@ -49,6 +49,7 @@ def camvid_photocopy(args: argparse.Namespace) -> RunConfig:
     cfg.train.iterations, cfg.train.lr, cfg.train.checkpoint_every, cfg.train.log_every = 4000, 0.01, 0, 50
     cfg.shift = ShiftConfig(filter="photocopy", severity=1.0, units="image")
     cfg.adapt.grad_clip = 5.0
+    cfg.adapt.objective = dict(STUDY_OBJECTIVE)  # the study's regression, as when these results were measured
     cfg.experiment.filters = ["photocopy"]
     cfg.experiment.layer_presets = ["pool1", "pool3", "pool5", "all_inc", "all_dec"]
     cfg.experiment.iterations = args.iterations or 1000

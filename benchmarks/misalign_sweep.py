@@ -30,7 +30,7 @@ from _measure import load_average
 from _paths import CAMVID_ROOT
 from segadapt.adapt import adapt
 from segadapt.checkpoint import write_json_atomic, write_text_atomic
-from segadapt.config import RunConfig, ShiftConfig, preset
+from segadapt.config import STUDY_OBJECTIVE, RunConfig, ShiftConfig, preset
 from segadapt.data import SegmentationDataset, build_source, make_transform
 from segadapt.data.d2 import d2_source, materialise_d2, with_shift
 from segadapt.data.pairs import PairedDataset
@@ -50,6 +50,7 @@ def base_config(root: str, iterations: int) -> RunConfig:
     cfg.train.lr, cfg.train.checkpoint_every, cfg.train.log_every = 0.01, 0, 50
     cfg.shift = ShiftConfig(filter="photocopy", severity=1.0)
     cfg.adapt.grad_clip, cfg.adapt.layers = 5.0, ["pool5"]
+    cfg.adapt.objective = dict(STUDY_OBJECTIVE)  # the study's regression, as when these results were measured
     cfg.experiment.iterations, cfg.experiment.finetune_lr, cfg.experiment.adapt_lr = iterations, 0.01, 0.005
     return cfg
 

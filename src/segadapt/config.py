@@ -318,6 +318,7 @@ def _preset_demo() -> RunConfig:
     cfg.shift = ShiftConfig(filter="ripple", severity=1.0)
     cfg.adapt.grad_clip = 5.0
     cfg.adapt.probes = 3
+    cfg.adapt.objective = dict(STUDY_OBJECTIVE)  # the study's sweep of layer presets, whatever the VGG's default
     cfg.experiment = ExperimentConfig(filters=["ripple"], iterations=100, finetune_lr=0.02, adapt_lr=0.01,
                                       baselines=["B0", "B2"])
     return cfg
@@ -334,6 +335,7 @@ def _preset_study_camvid() -> RunConfig:
     cfg.data.base_size, cfg.data.crop_size = 120, [120, 160]
     cfg.train.iterations, cfg.train.checkpoint_every, cfg.train.log_every = 4000, 0, 50
     cfg.shift = ShiftConfig(units="network")
+    cfg.adapt.objective = dict(STUDY_OBJECTIVE)  # the study's regression, whatever the VGG's default
     cfg.experiment = ExperimentConfig(
         filters=list(STUDY_DISTORTIONS), target_distortion=dict(STUDY_DISTORTIONS), seeds=[0, 1, 2],
         iterations=1000, finetune_lr=0.01, adapt_lr=0.005,
@@ -441,6 +443,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
 # The names a config may give; the modules that implement them (objectives.TERMS, peers) are built from
 # these and checked against them, so config needs neither torch nor an import back from the code it configures.
 OBJECTIVE_TERMS = ("features", "features_std", "output_kl", "paired_pseudo", "entropy", "d2_labels")
+STUDY_OBJECTIVE = {"features": 1.0}  # the study's feature regression (the presets that reproduce it pin it)
 PEER_METHODS = ("adabn", "tent", "self_training")
 NORM_MODES = ("keep", "adabn")  # adapt.norm; models/modes.py implements each
 

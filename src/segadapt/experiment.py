@@ -31,7 +31,7 @@ import torch
 
 from segadapt import checkpoint as ckpt
 from segadapt.adapt import adapt, load_h1
-from segadapt.config import AdaptConfig, ExperimentConfig, RunConfig, dumps_toml
+from segadapt.config import STUDY_OBJECTIVE, AdaptConfig, ExperimentConfig, RunConfig, dumps_toml
 from segadapt.data import (
     ImageDataset,
     JointTransform,
@@ -47,7 +47,6 @@ from segadapt.evaluate import score
 from segadapt.metrics import Scores, distortion
 from segadapt.models import build_model
 from segadapt.models.contract import (
-    STUDY_OBJECTIVE,
     SegmentationModel,
     conform,
     default_layers,

@@ -28,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from segadapt.config import STUDY_OBJECTIVE
 from segadapt.errors import ConfigError
 from segadapt.losses import LayerPresets
 from segadapt.models.outputs import forward_logits
@@ -119,9 +120,6 @@ def default_layers(model: SegmentationModel) -> list[str]:
         raise ConfigError(f"{type(model).__name__} has no named stages to regress by default; pass --layers with "
                           f"tap names such as {tap_listing(model.TAPS, 6)}")
     return deepest
-
-
-STUDY_OBJECTIVE = {"features": 1.0}  # the study's feature regression
 
 
 def default_objective(model: SegmentationModel) -> dict[str, float]:
