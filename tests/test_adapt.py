@@ -38,6 +38,7 @@ def make_pairs(n: int = 8) -> PairedDataset:
 def tiny_cfg(layers: list[str], iterations: int = 8):
     cfg = preset("synthetic")
     cfg.adapt.layers = layers
+    cfg.adapt.objective = {"features": 1.0}  # the study's regression, whatever the VGG's default
     cfg.train.iterations, cfg.train.batch_size, cfg.train.lr, cfg.train.log_every = iterations, 4, 0.01, 1
     cfg.train.threads = 1
     return cfg

@@ -367,6 +367,7 @@ def test_registration_with_the_teacher_cache(tmp_path):
     cfg = preset("synthetic")
     cfg.adapt.layers, cfg.adapt.align, cfg.adapt.holdout, cfg.adapt.probes = ["pool3"], "ecc", 0, 0
     cfg.adapt.teacher_cache = str(tmp_path / "cache")
+    cfg.adapt.objective = {"features": 1.0}  # the cache holds feature maps: the regression reads them
     cfg.train.iterations, cfg.train.batch_size, cfg.train.lr, cfg.train.threads = 2, 4, 0.01, 1
     torch.manual_seed(0)
     teacher = VGGDeepLab(7, width=0.125)

@@ -147,6 +147,7 @@ def losses(run_dir) -> list[float]:
 def test_adapt_with_a_cache_follows_the_uncached_run(tmp_path, teacher):
     cfg = preset("synthetic")
     cfg.adapt.layers = ["pool3", "pool5"]
+    cfg.adapt.objective = {"features": 1.0}  # the cache holds feature maps: the regression reads them
     cfg.adapt.probes = 2
     cfg.train.iterations, cfg.train.batch_size, cfg.train.lr, cfg.train.log_every = 6, 4, 0.01, 1
     cfg.train.threads = 1

@@ -36,12 +36,18 @@ def test_adapt_without_layers_regresses_the_models_deepest_stage(segformer_dir, 
     assert read_toml(out / "config.toml")["adapt"]["objective"] == {"output_kl": 1.0, "paired_pseudo": 1.0}
 
 
-def test_the_vgg_adapts_by_the_studys_regression_unless_told_otherwise(tmp_path):
+def test_the_vgg_adapts_by_its_measured_default_and_the_studys_regression_when_told(tmp_path):
     h1 = tmp_path / "h1"
     assert main(["train", *SIZE, "--width", "0.0625", "--iterations", "1", "--batch-size", "2", "--threads", "1",
                  "--out", str(h1)]) == 0
     assert main(["adapt", "--h1", str(h1), *SIZE, *STEPS, "--filter", "ripple", "--out", str(tmp_path / "h2")]) == 0
-    assert read_toml(tmp_path / "h2" / "config.toml")["adapt"]["objective"] == {"features": 1.0}
+    assert read_toml(tmp_path / "h2" / "config.toml")["adapt"]["objective"] == {"output_kl": 1.0,
+                                                                                "paired_pseudo": 1.0}
+    assert main(["adapt", "--h1", str(h1), *SIZE, *STEPS, "--filter", "ripple", "--objective", "features",
+                 "--out", str(tmp_path / "study")]) == 0
+    assert read_toml(tmp_path / "study" / "config.toml")["adapt"]["objective"] == {"features": 1.0}
+    # the presets that reproduce the study keep its regression
+    assert preset("demo").adapt.objective == preset("study-camvid").adapt.objective == {"features": 1.0}
 
 
 def test_a_model_without_stages_asks_for_layers_and_a_wrong_tap_is_one_readable_line(segformer_dir, tmp_path,

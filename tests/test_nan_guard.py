@@ -139,6 +139,7 @@ def test_adapt_nan_names_step_and_pairs(tmp_path):
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     cfg = preset("synthetic")
     cfg.adapt.layers, cfg.adapt.holdout = ["pool2"], 0  # no held-out pairs: the sampler indexes all pairs
+    cfg.adapt.objective = {"features": 1.0}  # the regression's own wording is checked
     cfg.train.iterations, cfg.train.batch_size, cfg.train.lr, cfg.train.threads = 6, BATCH, 0.01, 1
     bad_batch = batch_at(2, 12)
     with pytest.raises(SegadaptError) as err:

@@ -203,7 +203,8 @@ def test_tensorboard_event_files_beside_the_log(tmp_path):
     assert {"loss", "lr", "images_per_s"} <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("loss")] == [1, 2, 3]
     h2 = tmp_path / "h2"
-    assert main(["adapt", "--h1", str(run), *ADAPT, "--layers", "pool2,pool4", "--set", "train.tensorboard=true",
+    assert main(["adapt", "--h1", str(run), *ADAPT, "--objective", "features",
+                 "--layers", "pool2,pool4", "--set", "train.tensorboard=true",
                  "--set", "train.log_every=1", "--out", str(h2)]) == 0
     events = EventAccumulator(str(h2 / "tensorboard"))
     events.Reload()

@@ -53,6 +53,7 @@ def test_adapt_probes_without_labels_and_keeps_the_selected_checkpoint(tmp_path)
     teacher = VGGDeepLab(7, width=0.125)
     cfg = preset("synthetic")
     cfg.adapt.layers = ["pool2"]
+    cfg.adapt.objective = {"features": 1.0}  # the study's regression
     cfg.train.iterations, cfg.train.batch_size, cfg.train.lr, cfg.train.threads = 6, 4, 0.01, 1
     cfg.adapt.holdout, cfg.adapt.probes = 4, 3
     seen = []

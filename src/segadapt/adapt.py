@@ -195,8 +195,8 @@ def adapt(
     on_probe: OnProbe | None = None,
     resume: bool = False,
 ) -> dict[str, Any]:
-    """Train H2 on (X1, X2) pairs by adapt.objective (by default: regress H2's features on X2 onto H1's on
-    X1); writes model.safetensors (a normal model file).
+    """Train H2 on (X1, X2) pairs by adapt.objective (by default the architecture's: models.contract.
+    default_objective); writes model.safetensors (a normal model file).
 
     Every few steps the label-free signals are measured on held-out pairs (selection.csv) and the checkpoint
     adapt.select prefers (default: the highest agreement with H1's labels) is kept as model_selected.safetensors.
@@ -296,7 +296,8 @@ def _prepare(cfg: RunConfig, run: Run, run_dir: Path, teacher: nn.Module, h1_met
     objective = build_objective(ac, weights, labelled.info.ignore_index if labelled is not None else 255)
     if objective.needs_logits and ac.teacher_cache:
         raise ConfigError(f"adapt.teacher_cache holds H1's feature maps only, and adapt.objective "
-                          f"{'+'.join(objective.terms)} reads its predictions; drop adapt.teacher_cache")
+                          f"{'+'.join(objective.terms)} reads its predictions; drop adapt.teacher_cache, or "
+                          f"regress features (--objective features)")
     teacher = teacher.to(device).eval().requires_grad_(False)
     # NHWC convolutions and bf16 as train.channels_last and train.precision say, as in train() ("auto": timed
     # on a copy). The caller's teacher is not converted in place; a copy in the new layout is used instead.

@@ -11,7 +11,8 @@ Protocol (one metric code, crop and ignore index for all):
 - adabn, tent, self_training (when experiment.baselines names them): the label-free peers a user would run
   instead (segadapt.peers), from D2's train images alone, experiment.iterations steps at experiment.adapt_lr.
 - H2 (one per layer preset, and per experiment.objectives table if any): H1 adapted on (D1, D2) pairs by
-  adapt.objective (default: feature regression), experiment.iterations steps, no D2 labels.
+  adapt.objective (default: the architecture's, models.contract.default_objective), experiment.iterations
+  steps, no D2 labels.
 All are scored on the D2 val split, whose labels are D1's (as in the study).
 """
 

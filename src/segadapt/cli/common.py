@@ -123,7 +123,8 @@ FLAGS: dict[str, Flag] = {
     "weights": Flag("adapt.weights", "one weight per layer, comma-separated (default 1.0 each)",
                     convert=lambda f, t: numbers(f, t, float)),
     "objective": Flag("adapt.objective", "what H2 is trained to minimise: terms with optional weights, comma-"
-                      "separated, e.g. features,output_kl=0.5. features (MSE on --layers; the default), "
+                      "separated, e.g. features,output_kl=0.5 (default: the architecture's measured best, output_kl,"
+                      "paired_pseudo for the VGG and transformers models). features (MSE on --layers), "
                       "features_std (the same, standardised per channel by H1's statistics on D1), output_kl "
                       "(pixel-wise KL to H1's prediction on X1), paired_pseudo (cross-entropy on H1's confident "
                       "labels of X1), entropy (H2's prediction entropy on X2)", convert=terms),

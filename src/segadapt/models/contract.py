@@ -123,9 +123,9 @@ def default_layers(model: SegmentationModel) -> list[str]:
 
 
 def default_objective(model: SegmentationModel) -> dict[str, float]:
-    """What adapt minimises when adapt.objective is empty: the model's DEFAULT_OBJECTIVE (a transformers
-    model's: output_kl + paired_pseudo, since its stage regressions end below B0: docs/results/objectives-
-    synthetic-segformer), else the study's feature regression (the VGG; factory models)."""
+    """What adapt minimises when adapt.objective is empty: the model's DEFAULT_OBJECTIVE, measured per
+    architecture (the VGG's and a transformers model's: output_kl + paired_pseudo, docs/results/compare), else
+    the study's feature regression (factory models, which no measurement covers)."""
     own = getattr(model, "DEFAULT_OBJECTIVE", None)
     return dict(own) if own else dict(STUDY_OBJECTIVE)
 

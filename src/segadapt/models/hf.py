@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segadapt.chatter import hushed
+from segadapt.config import OUTPUT_OBJECTIVE
 from segadapt.errors import ConfigError
 from segadapt.losses import LayerPresets
 from segadapt.models.contract import ParamGroups, as_list, check_taps, head_split
@@ -117,9 +118,9 @@ class HFSegmentation(nn.Module):
     (state-dict keys carry a `net.` prefix). `example` is the probe input that lists taps in execution order
     and reads `parameters_up_to` off the autograd graph."""
 
-    # adapt's objective when none is given: output-level terms with the head trained (on a SegFormer the stage
-    # regressions ended below B0, these recovered 0.92 of B2's gain: docs/results/objectives-synthetic-segformer)
-    DEFAULT_OBJECTIVE = {"output_kl": 1.0, "paired_pseudo": 1.0}
+    # adapt's objective when none is given: output-level terms with the head trained (on a synthetic SegFormer the
+    # stage regressions ended below B0, these recovered 0.92 of B2's gain: docs/results/objectives-synthetic-segformer)
+    DEFAULT_OBJECTIVE = OUTPUT_OBJECTIVE
 
     def __init__(self, net: nn.Module, example: Sequence[int] = (1, 3, 64, 64)) -> None:
         super().__init__()
