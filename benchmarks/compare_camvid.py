@@ -526,6 +526,17 @@ def figure(doc: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def fewer_measured(path: Path, doc: dict[str, Any]) -> list[str]:
+    """The (architecture / shift / method) rows scored in the results file at `path` that `doc` no longer scores:
+    a work folder that lost runs must not overwrite what was measured."""
+    if not path.is_file():
+        return []
+    old = json.loads(path.read_text()).get("setups", {})
+    return [f"{a}/{s}/{m}" for a, shifts in old.items() for s, t in shifts.items() for m, e in t.items()
+            if e.get("miou_mean") is not None
+            and doc["setups"].get(a, {}).get(s, {}).get(m, {}).get("miou_mean") is None]
+
+
 def collect(work: Path, docs: Path, figures: Path, wall_s: float) -> dict[str, Any]:
     setups: dict[str, Any] = {}
     missing: list[str] = []
@@ -569,6 +580,11 @@ def collect(work: Path, docs: Path, figures: Path, wall_s: float) -> dict[str, A
     }
     # what the model contract must hand out (tests/test_defaults.py holds the code to it)
     doc["default_objectives"] = {a: objective_of(d) if d else None for a, d in doc["defaults"].items()}
+    lost = fewer_measured(docs / f"{NAME}.json", doc)
+    if lost:  # the work folder lacks runs the written results hold: keep those results, say how to go on
+        print(f"{docs / NAME}.json holds results this work folder lacks ({', '.join(lost[:4])}...); run them again "
+              f"before collecting, or remove that file to start over; left unchanged", file=sys.stderr)
+        return doc
     write_json_atomic(docs / f"{NAME}.json", doc)
     write_text_atomic(docs / f"{NAME}.md", markdown(doc))
     figure(doc, figures / f"{NAME}.png")
